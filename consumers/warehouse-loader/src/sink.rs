@@ -1,0 +1,325 @@
+//! The PostgreSQL sink: binary COPY into a staging table, then a merge in which only a newer
+//! version of a natural key replaces the stored one, with the consumed offsets in the same
+//! transaction.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use futures::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls};
+
+use skuflow_platform::{Consumed, Refusal, Sink, SinkError};
+use skuflow_schemas::postgres::{column_names, NATURAL_KEY};
+use skuflow_schemas::{record_fields, FieldType, SkuRecord, StoreCategory};
+
+use crate::migrations::{self, FACT_TABLE, PARTITION_LOCK};
+
+static INDIVIDUAL: &str = "individual";
+static RETAIL_CHAIN: &str = "retail_chain";
+
+/// The value of column `name` of a record, for COPY and INSERT.
+pub fn column_value<'a>(rec: &'a SkuRecord, name: &str) -> &'a (dyn ToSql + Sync) {
+    match name {
+        "record_id" => &rec.record_id,
+        "record_version" => &rec.record_version,
+        "country" => &rec.country,
+        "store_id" => &rec.store_id,
+        "store_category" => match rec.store_category {
+            StoreCategory::Individual => &INDIVIDUAL,
+            StoreCategory::RetailChain => &RETAIL_CHAIN,
+        },
+        "chain" => &rec.chain,
+        "sku" => &rec.sku,
+        "product_name" => &rec.product_name,
+        "category" => &rec.category,
+        "brand" => &rec.brand,
+        "unit_price" => &rec.unit_price,
+        "unit_cost" => &rec.unit_cost,
+        "currency" => &rec.currency,
+        "quantity_on_hand" => &rec.quantity_on_hand,
+        "units_sold" => &rec.units_sold,
+        "business_date" => &rec.business_date,
+        "barcode" => &rec.barcode,
+        "file_id" => &rec.file_id,
+        "source_bucket" => &rec.source_bucket,
+        "source_key" => &rec.source_key,
+        "source_etag" => &rec.source_etag,
+        "source_line" => &rec.source_line,
+        "source_last_modified" => &rec.source_last_modified,
+        "ingested_at" => &rec.ingested_at,
+        other => panic!("record field {other} has no PostgreSQL value: add it to column_value"),
+    }
+}
+
+fn pg_wire_type(t: FieldType) -> Type {
+    match t {
+        FieldType::Keyword | FieldType::Text => Type::TEXT,
+        FieldType::Decimal => Type::NUMERIC,
+        FieldType::Integer => Type::INT4,
+        FieldType::Long => Type::INT8,
+        FieldType::Date => Type::DATE,
+        FieldType::Timestamp => Type::TIMESTAMPTZ,
+    }
+}
+
+/// Whether a PostgreSQL error is worth retrying (connection, restart, overload, deadlock).
+pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57") || c.starts_with("58")
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+        }
+    }
+}
+
+/// Whether the error is about the data of a row (retrying cannot fix it; single the row out).
+fn is_row_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+fn classify(e: tokio_postgres::Error, what: &str) -> SinkError {
+    let msg = anyhow!("{what}: {}", describe(&e));
+    if is_retriable(&e) {
+        SinkError::Retriable(msg)
+    } else {
+        SinkError::Fatal(msg)
+    }
+}
+
+/// An error's text without connection details.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// The warehouse loader's sink.
+pub struct PgSink {
+    url: String,
+    group: String,
+    client: Option<Client>,
+    partitions: HashSet<String>,
+    insert_sql: String,
+    merge_sql: String,
+    copy_sql: String,
+    types: Vec<Type>,
+    columns: Vec<&'static str>,
+}
+
+impl PgSink {
+    pub fn new(url: &str, group: &str) -> Self {
+        let columns = column_names();
+        let cols = columns.join(", ");
+        let updates: Vec<String> = columns
+            .iter()
+            .filter(|c| !NATURAL_KEY.contains(c))
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        let conflict = format!(
+            "ON CONFLICT ({}) DO UPDATE SET {} WHERE {FACT_TABLE}.record_version < EXCLUDED.record_version",
+            NATURAL_KEY.join(", "),
+            updates.join(", ")
+        );
+        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+        PgSink {
+            url: url.to_string(),
+            group: group.to_string(),
+            client: None,
+            partitions: HashSet::new(),
+            insert_sql: format!("INSERT INTO {FACT_TABLE} ({cols}) VALUES ({}) {conflict}", placeholders.join(", ")),
+            merge_sql: format!("INSERT INTO {FACT_TABLE} ({cols}) SELECT {cols} FROM sku_staging {conflict}"),
+            copy_sql: format!("COPY sku_staging ({cols}) FROM STDIN (FORMAT binary)"),
+            types: record_fields().iter().map(|f| pg_wire_type(f.field_type)).collect(),
+            columns,
+        }
+    }
+
+    /// Connects (once), applies migrations and prepares the session's staging table.
+    pub async fn connect(&mut self) -> Result<&mut Client, SinkError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let (mut client, conn) = tokio_postgres::connect(&self.url, NoTls)
+                .await
+                .map_err(|e| SinkError::Retriable(anyhow!("connecting to PostgreSQL: {}", describe(&e))))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(cause = %describe(&e), "PostgreSQL connection ended.");
+                }
+            });
+            migrations::migrate(&mut client).await.map_err(|e| classify(e, "applying migrations"))?;
+            client
+                .batch_execute(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS sku_staging (LIKE {FACT_TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                ))
+                .await
+                .map_err(|e| classify(e, "creating the staging table"))?;
+            self.client = Some(client);
+            self.partitions.clear();
+        }
+        self.client.as_mut().ok_or_else(|| SinkError::Retriable(anyhow!("no connection")))
+    }
+
+    async fn ensure_partitions(&mut self, countries: &HashSet<&str>) -> Result<(), SinkError> {
+        let missing: Vec<String> = countries.iter().filter(|c| !self.partitions.contains(**c)).map(|c| c.to_string()).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let client = self.connect().await?;
+        for cc in &missing {
+            let tx = client.transaction().await.map_err(|e| classify(e, "creating a partition"))?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+                .await
+                .map_err(|e| classify(e, "creating a partition"))?;
+            // `cc` is [A-Z]{2}, checked before: safe to format into the statement.
+            tx.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {FACT_TABLE}_{} PARTITION OF {FACT_TABLE} FOR VALUES IN ('{cc}')",
+                cc.to_ascii_lowercase()
+            ))
+            .await
+            .map_err(|e| classify(e, "creating a partition"))?;
+            tx.commit().await.map_err(|e| classify(e, "creating a partition"))?;
+            tracing::info!(country = %cc, "Partition ready.");
+        }
+        self.partitions.extend(missing);
+        Ok(())
+    }
+
+    async fn store_offsets(tx: &tokio_postgres::Transaction<'_>, group: &str, topic: &str, offsets: &BTreeMap<i32, i64>) -> Result<(), tokio_postgres::Error> {
+        for (p, o) in offsets {
+            tx.execute(
+                "INSERT INTO skuflow.consumer_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+                 SET next_offset = GREATEST(skuflow.consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
+                &[&group, &topic, p, o],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The whole batch in one COPY + merge.
+    async fn write_bulk(&mut self, topic: &str, rows: &[&SkuRecord], offsets: &BTreeMap<i32, i64>) -> Result<(), tokio_postgres::Error> {
+        let (copy_sql, merge_sql, types, columns, group) = (&self.copy_sql, &self.merge_sql, &self.types, &self.columns, &self.group);
+        let client = self.client.as_mut().expect("connected before writing");
+        let tx = client.transaction().await?;
+        let sink = tx.copy_in(copy_sql.as_str()).await?;
+        let writer = BinaryCopyInWriter::new(sink, types);
+        pin_mut!(writer);
+        let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(columns.len());
+        for rec in rows {
+            values.clear();
+            values.extend(columns.iter().map(|c| column_value(rec, c)));
+            writer.as_mut().write(&values).await?;
+        }
+        writer.finish().await?;
+        tx.execute(merge_sql.as_str(), &[]).await?;
+        Self::store_offsets(&tx, group, topic, offsets).await?;
+        tx.commit().await
+    }
+
+    /// Row by row under savepoints, to single out the rows PostgreSQL refuses.
+    async fn write_isolating(&mut self, topic: &str, rows: &[(usize, &SkuRecord)], offsets: &BTreeMap<i32, i64>) -> Result<Vec<Refusal>, tokio_postgres::Error> {
+        let (insert_sql, columns, group) = (&self.insert_sql, &self.columns, &self.group);
+        let client = self.client.as_mut().expect("connected before writing");
+        let tx = client.transaction().await?;
+        let stmt = tx.prepare(insert_sql).await?;
+        let mut refused = Vec::new();
+        for (index, rec) in rows {
+            let values: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| column_value(rec, c)).collect();
+            tx.batch_execute("SAVEPOINT row").await?;
+            match tx.execute(&stmt, &values).await {
+                Ok(_) => tx.batch_execute("RELEASE SAVEPOINT row").await?,
+                Err(e) if is_row_error(&e) => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT row").await?;
+                    refused.push(Refusal { index: *index, rule: "postgres_constraint".into(), message: describe(&e) });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Self::store_offsets(&tx, group, topic, offsets).await?;
+        tx.commit().await?;
+        Ok(refused)
+    }
+}
+
+fn valid_country(c: &str) -> bool {
+    c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+#[async_trait]
+impl Sink for PgSink {
+    fn name(&self) -> &'static str {
+        "warehouse-loader"
+    }
+
+    async fn write(&mut self, topic: &str, batch: &[Consumed<SkuRecord>], offsets: &BTreeMap<i32, i64>) -> Result<Vec<Refusal>, SinkError> {
+        let mut refusals = Vec::new();
+        // One row per natural key: the newest version in the batch (ON CONFLICT cannot touch a
+        // row twice in one statement).
+        let mut newest: HashMap<(&str, &str, &str, chrono::NaiveDate), (usize, &SkuRecord)> = HashMap::with_capacity(batch.len());
+        for (i, c) in batch.iter().enumerate() {
+            let r = &c.value;
+            if !valid_country(&r.country) {
+                refusals.push(Refusal { index: i, rule: "country".into(), message: format!("country `{}` is not an ISO 3166-1 alpha-2 code", r.country) });
+                continue;
+            }
+            let key = (r.country.as_str(), r.store_id.as_str(), r.sku.as_str(), r.business_date);
+            match newest.get(&key) {
+                Some((_, old)) if old.record_version >= r.record_version => {}
+                _ => {
+                    newest.insert(key, (i, r));
+                }
+            }
+        }
+        let mut rows: Vec<(usize, &SkuRecord)> = newest.into_values().collect();
+        rows.sort_by_key(|(i, _)| *i);
+        let countries: HashSet<&str> = rows.iter().map(|(_, r)| r.country.as_str()).collect();
+        self.ensure_partitions(&countries).await?;
+        self.connect().await?;
+        let only: Vec<&SkuRecord> = rows.iter().map(|(_, r)| *r).collect();
+        match self.write_bulk(topic, &only, offsets).await {
+            Ok(()) => Ok(refusals),
+            Err(e) if is_row_error(&e) => {
+                tracing::warn!(cause = %describe(&e), rows = rows.len(), "Batch refused; loading row by row to single out the bad rows.");
+                match self.write_isolating(topic, &rows, offsets).await {
+                    Ok(mut r) => {
+                        refusals.append(&mut r);
+                        Ok(refusals)
+                    }
+                    Err(e) => {
+                        self.client = None;
+                        Err(classify(e, "loading row by row"))
+                    }
+                }
+            }
+            Err(e) => {
+                if is_retriable(&e) {
+                    self.client = None;
+                }
+                Err(classify(e, "loading a batch"))
+            }
+        }
+    }
+
+    async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        let group = self.group.clone();
+        let client = self.connect().await?;
+        let rows = client
+            .query(
+                "SELECT partition, next_offset FROM skuflow.consumer_offsets WHERE consumer_group = $1 AND topic = $2",
+                &[&group, &topic],
+            )
+            .await
+            .map_err(|e| classify(e, "reading stored offsets"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}

@@ -1,0 +1,404 @@
+//! The one consume → sink → store-offset loop every consumer binary runs.
+//!
+//! Offsets are stored (and then committed in the background) only after the sink has durably
+//! accepted the batch and every refused record has been acknowledged on the dead-letter topic.
+//! Sinks write idempotently, so a redelivery after a crash or rebalance changes nothing. A sink
+//! that keeps its own offsets (in the same transaction as the data) reports them through
+//! [`Sink::durable_offsets`], and messages below them are skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use chrono::Utc;
+use clap::Args;
+use rand::Rng;
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use skuflow_schemas::{headers, RejectMessage, RejectReason, SkuRecord, RECORD_SCHEMA, REJECT_SCHEMA};
+
+use crate::kafka::{KafkaArgs, TopicArgs};
+
+/// One decoded message with its position.
+#[derive(Debug, Clone)]
+pub struct Consumed<T> {
+    pub partition: i32,
+    pub offset: i64,
+    pub value: T,
+}
+
+/// A record the sink refused for good (retrying cannot fix it): it goes to the dead-letter
+/// topic with the reason.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Index into the batch given to [`Sink::write`].
+    pub index: usize,
+    pub rule: String,
+    pub message: String,
+}
+
+/// Why a batch could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The sink is unavailable (down, restarting, timed out): retry the same batch later.
+    #[error("sink unavailable: {0:#}")]
+    Retriable(anyhow::Error),
+    /// Retrying cannot help and no record can be singled out: stop the consumer.
+    #[error("sink failed: {0:#}")]
+    Fatal(anyhow::Error),
+}
+
+/// A destination for `sku.records.v1`.
+#[async_trait]
+pub trait Sink: Send {
+    /// Short name, used as the dead-letter stage and in logs.
+    fn name(&self) -> &'static str;
+
+    /// Writes the batch durably and idempotently. `offsets` are the next offsets to consume per
+    /// partition once the batch is durable; a sink that stores offsets keeps them in the same
+    /// transaction as the data. Returns the records refused for good.
+    async fn write(
+        &mut self,
+        topic: &str,
+        batch: &[Consumed<SkuRecord>],
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<Vec<Refusal>, SinkError>;
+
+    /// Next offsets per partition that the sink already holds durably, if it stores them.
+    async fn durable_offsets(&mut self, _topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        Ok(HashMap::new())
+    }
+}
+
+/// Batching flags shared by consumer binaries.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    /// Consumer group id (one per sink).
+    #[arg(long = "group", env = "SKUFLOW_GROUP")]
+    pub group: Option<String>,
+    /// Records per batch written to the sink.
+    #[arg(long = "batch-size", env = "SKUFLOW_BATCH_SIZE", default_value_t = 5000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch_size: u32,
+    /// Longest time a partial batch waits before it is written, in milliseconds.
+    #[arg(long = "flush-interval-ms", env = "SKUFLOW_FLUSH_INTERVAL_MS", default_value_t = 1000)]
+    pub flush_interval_ms: u64,
+    /// Longest backoff between retries of an unavailable sink, in milliseconds.
+    #[arg(long = "max-backoff-ms", env = "SKUFLOW_MAX_BACKOFF_MS", default_value_t = 30_000)]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for ConsumeArgs {
+    fn default() -> Self {
+        ConsumeArgs {
+            group: None,
+            batch_size: 5000,
+            flush_interval_ms: 1000,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
+/// Notices rebalances so that the loop re-reads the sink's durable offsets.
+struct RebalanceFlag(Arc<AtomicBool>);
+
+impl ClientContext for RebalanceFlag {}
+
+impl ConsumerContext for RebalanceFlag {
+    fn post_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "Partitions assigned.");
+        }
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Statistics of one run, returned when the loop stops.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunStats {
+    pub received: u64,
+    pub written: u64,
+    pub refused: u64,
+    pub undecodable: u64,
+    pub skipped_durable: u64,
+    pub batches: u64,
+}
+
+/// Runs `sink` as consumer group `group` on the records topic until `shutdown` is cancelled.
+pub async fn run_sink<S: Sink>(
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    args: &ConsumeArgs,
+    default_group: &str,
+    mut sink: S,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunStats> {
+    let group = args.group.clone().unwrap_or_else(|| default_group.to_string());
+    let rebalanced = Arc::new(AtomicBool::new(true));
+    let consumer: StreamConsumer<RebalanceFlag> = kafka
+        .consumer_config(&group)
+        .create_with_context(RebalanceFlag(rebalanced.clone()))
+        .context("creating the Kafka consumer")?;
+    consumer
+        .subscribe(&[&topics.records])
+        .with_context(|| format!("subscribing to {}", topics.records))?;
+    let dlq = kafka.producer()?;
+    let topic = topics.records.as_str();
+    tracing::info!(sink = sink.name(), %group, %topic, "Consuming.");
+
+    let flush_every = Duration::from_millis(args.flush_interval_ms.max(1));
+    let mut stats = RunStats::default();
+    let mut durable: HashMap<i32, i64> = HashMap::new();
+    let mut batch: Vec<Consumed<SkuRecord>> = Vec::with_capacity(args.batch_size as usize);
+    let mut undecodable: Vec<(i32, i64, RejectMessage)> = Vec::new();
+    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut deadline = Instant::now() + flush_every;
+
+    loop {
+        if rebalanced.swap(false, Ordering::SeqCst) {
+            let mut backoff = Backoff::new(args);
+            durable = loop {
+                match sink.durable_offsets(topic).await {
+                    Ok(d) => break d,
+                    Err(e) => {
+                        if !backoff.wait(e, sink.name(), &shutdown).await? {
+                            return Ok(stats);
+                        }
+                    }
+                }
+            };
+            backoff.recovered(sink.name());
+        }
+        let pending = batch.len() + undecodable.len();
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            m = tokio::time::timeout(wait, consumer.recv()) => Some(m),
+        };
+        let stop = msg.is_none();
+        match msg {
+            Some(Ok(Ok(m))) => {
+                stats.received += 1;
+                let (partition, offset) = (m.partition(), m.offset());
+                if durable.get(&partition).is_some_and(|&next| offset < next) {
+                    stats.skipped_durable += 1;
+                    continue;
+                }
+                next_offsets.insert(partition, offset + 1);
+                match decode_record(m.payload()) {
+                    Ok(value) => batch.push(Consumed { partition, offset, value }),
+                    Err(reason) => undecodable.push((
+                        partition,
+                        offset,
+                        undecodable_dead_letter(sink.name(), m.payload(), partition, offset, reason),
+                    )),
+                }
+            }
+            Some(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "Kafka consumer error; continuing.");
+            }
+            Some(Err(_elapsed)) => {}
+            None => {}
+        }
+        let full = batch.len() >= args.batch_size as usize;
+        let due = Instant::now() >= deadline;
+        if (full || due || stop) && (pending > 0 || !batch.is_empty() || !undecodable.is_empty()) {
+            let n = batch.len();
+            let started = Instant::now();
+            let mut backoff = Backoff::new(args);
+            let mut paused = false;
+            let write = loop {
+                match sink.write(topic, &batch, &next_offsets).await {
+                    Ok(r) => break Some(r),
+                    Err(e) => {
+                        if !paused {
+                            // Backpressure: fetch nothing more while the sink is down.
+                            if let Ok(assigned) = consumer.assignment() {
+                                let _ = consumer.pause(&assigned);
+                            }
+                            paused = true;
+                        }
+                        if !backoff.wait(e, sink.name(), &shutdown).await? {
+                            break None;
+                        }
+                    }
+                }
+            };
+            backoff.recovered(sink.name());
+            if paused {
+                if let Ok(assigned) = consumer.assignment() {
+                    let _ = consumer.resume(&assigned);
+                }
+            }
+            let Some(refusals) = write else {
+                tracing::info!(records = n, "Shutdown during retries; the batch is not stored and will be redelivered.");
+                break;
+            };
+            let mut letters: Vec<RejectMessage> = refusals
+                .iter()
+                .filter_map(|r| batch.get(r.index).map(|c| refusal_dead_letter(sink.name(), c, r)))
+                .collect();
+            stats.refused += letters.len() as u64;
+            stats.undecodable += undecodable.len() as u64;
+            letters.extend(undecodable.drain(..).map(|(_, _, l)| l));
+            send_dead_letters(&dlq, &topics.rejects, &letters).await?;
+            store_offsets(&consumer, topic, &next_offsets);
+            stats.written += (n - refusals.len()) as u64;
+            stats.batches += 1;
+            tracing::debug!(sink = sink.name(), records = n, refused = refusals.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64, "Batch durable; offsets stored.");
+            for (p, o) in &next_offsets {
+                durable.insert(*p, *o);
+            }
+            batch.clear();
+            next_offsets.clear();
+        }
+        if full || due || Instant::now() >= deadline {
+            deadline = Instant::now() + flush_every;
+        }
+        if stop {
+            break;
+        }
+    }
+    // Commit what has been stored before leaving the group.
+    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        tracing::debug!(error = %e, "Final offset commit had nothing to commit.");
+    }
+    tracing::info!(sink = sink.name(), received = stats.received, written = stats.written,
+        refused = stats.refused, "Consumer stopped.");
+    Ok(stats)
+}
+
+/// Backoff with jitter while a sink is unavailable.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(args: &ConsumeArgs) -> Self {
+        Backoff { next: Duration::from_millis(200), max: Duration::from_millis(args.max_backoff_ms.max(200)), attempt: 0 }
+    }
+
+    /// Waits before the next attempt. `Ok(false)`: shutdown requested; `Err`: fatal.
+    async fn wait(&mut self, err: SinkError, sink: &str, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        let e = match err {
+            SinkError::Fatal(e) => return Err(e.context(format!("{sink} failed for good"))),
+            SinkError::Retriable(e) => e,
+        };
+        self.attempt += 1;
+        let sleep = self.next.mul_f64(rand::rng().random_range(0.5..1.0));
+        tracing::warn!(sink, attempt = self.attempt, retry_in_ms = sleep.as_millis() as u64, cause = %format!("{e:#}"),
+            "Sink unavailable; holding the batch and retrying.");
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = shutdown.cancelled() => Ok(false),
+            _ = tokio::time::sleep(sleep) => Ok(true),
+        }
+    }
+
+    fn recovered(&self, sink: &str) {
+        if self.attempt > 0 {
+            tracing::info!(sink, attempts = self.attempt + 1, "Sink available again; resuming.");
+        }
+    }
+}
+
+fn decode_record(payload: Option<&[u8]>) -> Result<SkuRecord, String> {
+    let bytes = payload.ok_or("empty message")?;
+    let rec: SkuRecord = serde_json::from_slice(bytes).map_err(|e| format!("not a {RECORD_SCHEMA} record: {e}"))?;
+    if rec.schema != RECORD_SCHEMA {
+        return Err(format!("schema is {}, expected {RECORD_SCHEMA}", rec.schema));
+    }
+    Ok(rec)
+}
+
+const RAW_CAP: usize = 4096;
+
+fn capped(raw: &str) -> (String, bool) {
+    if raw.len() <= RAW_CAP {
+        return (raw.to_string(), false);
+    }
+    let mut end = RAW_CAP;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    (raw[..end].to_string(), true)
+}
+
+fn undecodable_dead_letter(stage: &str, payload: Option<&[u8]>, partition: i32, offset: i64, reason: String) -> RejectMessage {
+    let raw = String::from_utf8_lossy(payload.unwrap_or_default());
+    let (raw, raw_truncated) = capped(&raw);
+    RejectMessage {
+        schema: REJECT_SCHEMA.into(),
+        stage: stage.into(),
+        file_id: String::new(),
+        bucket: String::new(),
+        key: format!("partition {partition} offset {offset}"),
+        country: None,
+        line: 1,
+        raw,
+        raw_truncated,
+        record_id: None,
+        reasons: vec![RejectReason { field: None, column: None, value: None, rule: "decode".into(), message: reason }],
+        rejected_at: Utc::now(),
+    }
+}
+
+fn refusal_dead_letter(stage: &str, c: &Consumed<SkuRecord>, r: &Refusal) -> RejectMessage {
+    let rec = &c.value;
+    let json = serde_json::to_string(rec).unwrap_or_default();
+    let (raw, raw_truncated) = capped(&json);
+    RejectMessage {
+        schema: REJECT_SCHEMA.into(),
+        stage: stage.into(),
+        file_id: rec.file_id.clone(),
+        bucket: rec.source_bucket.clone(),
+        key: rec.source_key.clone(),
+        country: Some(rec.country.clone()),
+        line: rec.source_line.max(1) as u64,
+        raw,
+        raw_truncated,
+        record_id: Some(rec.record_id.clone()),
+        reasons: vec![RejectReason { field: None, column: None, value: None, rule: r.rule.clone(), message: r.message.clone() }],
+        rejected_at: Utc::now(),
+    }
+}
+
+/// Produces dead letters and waits for every acknowledgement.
+pub async fn send_dead_letters(producer: &FutureProducer, topic: &str, letters: &[RejectMessage]) -> anyhow::Result<()> {
+    let payloads: Vec<Vec<u8>> = letters.iter().map(serde_json::to_vec).collect::<Result<_, _>>()?;
+    let mut pending = Vec::with_capacity(letters.len());
+    for (l, payload) in letters.iter().zip(&payloads) {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: headers::SCHEMA, value: Some(REJECT_SCHEMA) })
+            .insert(Header { key: headers::FILE_ID, value: Some(l.file_id.as_str()) });
+        let rec = FutureRecord::to(topic).payload(payload).key(l.file_id.as_str()).headers(headers);
+        pending.push(producer.send(rec, Duration::from_secs(300)));
+    }
+    for p in pending {
+        p.await.map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
+    }
+    Ok(())
+}
+
+fn store_offsets<C: ConsumerContext>(consumer: &StreamConsumer<C>, topic: &str, offsets: &BTreeMap<i32, i64>) {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *p, Offset::Offset(*o)) {
+            tracing::warn!(partition = p, error = %e, "Could not stage offset.");
+        }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // A partition revoked mid-batch: the new owner redelivers, the sink stays idempotent.
+        tracing::debug!(error = %e, "Offsets not stored (partition no longer assigned).");
+    }
+}

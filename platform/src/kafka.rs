@@ -1,0 +1,210 @@
+//! Kafka client configuration and builders.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::FutureProducer;
+
+use skuflow_schemas::topics;
+
+/// Broker connection flags shared by every binary.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers, comma-separated host:port.
+    #[arg(long = "brokers", env = "SKUFLOW_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// librdkafka properties passed through unchanged, `key=value`; repeat the flag or separate
+    /// with `;` in the environment variable (e.g. `security.protocol=SASL_SSL;sasl.mechanism=PLAIN`).
+    #[arg(
+        short = 'X',
+        long = "kafka-option",
+        env = "SKUFLOW_KAFKA_OPTIONS",
+        value_delimiter = ';',
+        value_parser = parse_kafka_option
+    )]
+    pub options: Vec<(String, String)>,
+}
+
+fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not key=value (e.g. -X compression.type=zstd)"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("`{s}` has an empty property name"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Topic names, overridable so that several pipelines can share one cluster.
+#[derive(Debug, Clone, Args)]
+pub struct TopicArgs {
+    /// Topic of upload requests (the ingest work queue).
+    #[arg(long = "uploads-topic", env = "SKUFLOW_UPLOADS_TOPIC", default_value = topics::UPLOADS)]
+    pub uploads: String,
+    /// Topic of valid records.
+    #[arg(long = "records-topic", env = "SKUFLOW_RECORDS_TOPIC", default_value = topics::RECORDS)]
+    pub records: String,
+    /// Dead-letter topic.
+    #[arg(long = "rejects-topic", env = "SKUFLOW_REJECTS_TOPIC", default_value = topics::REJECTS)]
+    pub rejects: String,
+    /// File lifecycle topic (compacted).
+    #[arg(long = "files-topic", env = "SKUFLOW_FILES_TOPIC", default_value = topics::FILES)]
+    pub files: String,
+}
+
+impl Default for TopicArgs {
+    fn default() -> Self {
+        TopicArgs {
+            uploads: topics::UPLOADS.into(),
+            records: topics::RECORDS.into(),
+            rejects: topics::REJECTS.into(),
+            files: topics::FILES.into(),
+        }
+    }
+}
+
+impl TopicArgs {
+    /// Topics with a common suffix appended, e.g. for isolated test runs.
+    pub fn with_suffix(suffix: &str) -> Self {
+        let d = TopicArgs::default();
+        TopicArgs {
+            uploads: format!("{}{suffix}", d.uploads),
+            records: format!("{}{suffix}", d.records),
+            rejects: format!("{}{suffix}", d.rejects),
+            files: format!("{}{suffix}", d.files),
+        }
+    }
+}
+
+impl KafkaArgs {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaArgs {
+            brokers: brokers.into(),
+            options: Vec::new(),
+        }
+    }
+
+    /// A base configuration: bootstrap servers, then the pass-through properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.brokers);
+        // tansu and small clusters: keep metadata fresh so new topics are seen quickly.
+        cfg.set("topic.metadata.refresh.interval.ms", "10000");
+        for (k, v) in &self.options {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+
+    /// Producer configuration: idempotent, acks=all, then the pass-through properties again so
+    /// that a user's explicit choice wins over skuflow's defaults.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut cfg = self.client_config();
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.size", "1000000")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "300000");
+        for (k, v) in &self.options {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+
+    /// Consumer configuration for group `group`: offsets are stored by the application only
+    /// after its sink has durably accepted them (`enable.auto.offset.store=false`) and committed
+    /// in the background.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut cfg = self.client_config();
+        cfg.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "30000");
+        for (k, v) in &self.options {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+
+    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        self.producer_config()
+            .create()
+            .context("creating the Kafka producer (check --brokers and -X options)")
+    }
+}
+
+/// A topic skuflow needs, with its partition count and cleanup policy.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub compacted: bool,
+}
+
+/// The pipeline's topics with default partition counts.
+pub fn pipeline_topics(t: &TopicArgs, partitions: i32) -> Vec<TopicSpec> {
+    vec![
+        TopicSpec { name: t.uploads.clone(), partitions, compacted: false },
+        TopicSpec { name: t.records.clone(), partitions, compacted: false },
+        TopicSpec { name: t.rejects.clone(), partitions, compacted: false },
+        TopicSpec { name: t.files.clone(), partitions, compacted: true },
+    ]
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+pub async fn ensure_topics(kafka: &KafkaArgs, specs: &[TopicSpec]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .client_config()
+        .create()
+        .context("creating the Kafka admin client")?;
+    let new: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|s| {
+            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(1));
+            if s.compacted {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(new.iter(), &opts)
+        .await
+        .context("creating topics")?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "Created topic."),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %name, "Topic exists.")
+            }
+            Err((name, code)) => bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_options_parse() {
+        assert_eq!(
+            parse_kafka_option("sasl.password=a=b").unwrap(),
+            ("sasl.password".to_string(), "a=b".to_string())
+        );
+        assert!(parse_kafka_option("novalue").unwrap_err().contains("key=value"));
+    }
+}

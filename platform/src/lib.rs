@@ -1,0 +1,11 @@
+//! What every skuflow binary stands on: configuration shared by all binaries, Kafka client
+//! builders, topic management, the at-least-once consume → sink → store-offset loop, tracing and
+//! graceful shutdown.
+
+pub mod consume;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use consume::{run_sink, ConsumeArgs, Consumed, Refusal, Sink, SinkError};
+pub use kafka::{KafkaArgs, TopicArgs};

@@ -1,0 +1,91 @@
+//! Discovery: scanning buckets for new uploads and queueing one request per object version.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use object_store::path::Path;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use tokio_util::sync::CancellationToken;
+
+use skuflow_schemas::{headers, Trigger, UploadRequest, UPLOAD_SCHEMA};
+
+use crate::worker::Ingestor;
+
+/// How long a queued object is not queued again by the scanner.
+const REQUEUE_AFTER: Duration = Duration::from_secs(600);
+
+/// Puts one upload request on the work queue and waits for the broker's acknowledgement.
+pub async fn request_upload(ingestor: &Ingestor, req: &UploadRequest) -> anyhow::Result<()> {
+    let payload = serde_json::to_vec(req)?;
+    let key = req.kafka_key();
+    let rec = FutureRecord::to(&ingestor.topics.uploads)
+        .key(&key)
+        .payload(&payload)
+        .headers(OwnedHeaders::new().insert(Header { key: headers::SCHEMA, value: Some(UPLOAD_SCHEMA) }));
+    ingestor
+        .control
+        .send(rec, Duration::from_secs(60))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("upload request not acknowledged: {e}"))?;
+    Ok(())
+}
+
+/// Lists each bucket's incoming prefix once; returns the requests queued.
+pub async fn scan_once(
+    ingestor: &Ingestor,
+    buckets: &[String],
+    seen: &mut HashMap<(String, String, String), Instant>,
+) -> anyhow::Result<usize> {
+    let buckets: Vec<String> = if buckets.is_empty() { ingestor.stores.local_buckets() } else { buckets.to_vec() };
+    let mut queued = 0;
+    for bucket in &buckets {
+        let store = match ingestor.stores.bucket(bucket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%bucket, cause = %format!("{e:#}"), "Cannot scan bucket.");
+                continue;
+            }
+        };
+        let prefix = Path::from(ingestor.template.incoming_prefix.trim_end_matches('/'));
+        let mut list = store.list(Some(&prefix));
+        while let Some(item) = list.next().await {
+            let meta = match item {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(%bucket, cause = %e, "Listing failed; will scan again.");
+                    break;
+                }
+            };
+            let key = meta.location.to_string();
+            let etag = meta.e_tag.clone().unwrap_or_default();
+            let id = (bucket.clone(), key.clone(), etag.clone());
+            if seen.get(&id).is_some_and(|t| t.elapsed() < REQUEUE_AFTER) {
+                continue;
+            }
+            let req = UploadRequest::new(bucket, &key, meta.e_tag.clone(), Some(meta.size), Trigger::Scan);
+            request_upload(ingestor, &req).await?;
+            seen.insert(id, Instant::now());
+            queued += 1;
+        }
+    }
+    seen.retain(|_, t| t.elapsed() < REQUEUE_AFTER);
+    Ok(queued)
+}
+
+/// Scans every `every` until shutdown.
+pub async fn scan_loop(ingestor: &Ingestor, buckets: &[String], every: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut seen = HashMap::new();
+    loop {
+        match scan_once(ingestor, buckets, &mut seen).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(queued = n, "Queued uploads found by the bucket scan."),
+            Err(e) => tracing::warn!(cause = %format!("{e:#}"), "Bucket scan failed; will scan again."),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! skuflow ingest: discovers uploads, streams and validates their CSV, and produces one record
+//! per valid row to `sku.records.v1`, dead letters to `sku.rejects.v1` and the file lifecycle to
+//! `sku.files.v1`.
+
+pub mod codes;
+pub mod contract;
+pub mod csvstream;
+pub mod discovery;
+pub mod metadata;
+pub mod produce;
+pub mod reader;
+pub mod scan;
+pub mod store;
+pub mod worker;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use skuflow_platform::{KafkaArgs, TopicArgs};
+use skuflow_schemas::UploadRequest;
+
+use crate::metadata::{BucketCountries, KeyTemplate};
+use crate::store::{StoreArgs, Stores};
+use crate::worker::{IngestSettings, Ingestor, Outcome};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Scan buckets and ingest files.
+    All,
+    /// Only scan buckets and queue upload requests.
+    Scan,
+    /// Only ingest queued upload requests.
+    Worker,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+        .ok_or_else(|| format!("`{s}` is not bucket=COUNTRY (e.g. legacy-uk=GB)"))
+}
+
+/// Flags of `skuflow-ingest`.
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// What this process does.
+    #[arg(long = "mode", env = "SKUFLOW_INGEST_MODE", value_enum, default_value_t = Mode::All)]
+    pub mode: Mode,
+    /// Bucket name template; `{country}` is the lower-case ISO 3166-1 alpha-2 code.
+    #[arg(long = "bucket-template", env = "SKUFLOW_BUCKET_TEMPLATE", default_value = "skus-{country}")]
+    pub bucket_template: String,
+    /// Buckets to scan, comma-separated; `bucket=CC` also sets a bucket's country. Default with
+    /// the local backend: every bucket directory under --bucket-root.
+    #[arg(long = "buckets", env = "SKUFLOW_BUCKETS", value_delimiter = ',')]
+    pub buckets: Vec<String>,
+    /// Key template; `[...]` is optional (the chain of retail_chain stores).
+    #[arg(long = "key-template", env = "SKUFLOW_KEY_TEMPLATE", default_value = KeyTemplate::DEFAULT)]
+    pub key_template: String,
+    /// Seconds between bucket scans.
+    #[arg(long = "scan-interval-secs", env = "SKUFLOW_SCAN_INTERVAL_SECS", default_value_t = 10)]
+    pub scan_interval_secs: u64,
+    /// Consumer group of the ingest workers.
+    #[arg(long = "group", env = "SKUFLOW_INGEST_GROUP", default_value = "skuflow-ingest")]
+    pub group: String,
+    /// A file fails as a whole when more than this share of its rows is rejected (0.0-1.0).
+    #[arg(long = "max-reject-ratio", env = "SKUFLOW_MAX_REJECT_RATIO", default_value_t = 0.5)]
+    pub max_reject_ratio: f64,
+    /// Largest decompressed size of one upload, in bytes (guards against compression bombs).
+    #[arg(long = "max-decompressed-bytes", env = "SKUFLOW_MAX_DECOMPRESSED_BYTES", default_value_t = 64 << 30)]
+    pub max_decompressed_bytes: u64,
+    /// Largest CSV record, in bytes; longer records are rejected.
+    #[arg(long = "max-record-bytes", env = "SKUFLOW_MAX_RECORD_BYTES", default_value_t = 64 * 1024)]
+    pub max_record_bytes: usize,
+}
+
+impl IngestArgs {
+    /// Explicit `bucket=CC` pairs and plain bucket names.
+    fn bucket_list(&self) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+        let mut names = Vec::new();
+        let mut pairs = Vec::new();
+        for b in self.buckets.iter().map(|b| b.trim()).filter(|b| !b.is_empty()) {
+            if b.contains('=') {
+                let p = parse_pair(b)?;
+                names.push(p.0.clone());
+                pairs.push(p);
+            } else {
+                names.push(b.to_string());
+            }
+        }
+        Ok((names, pairs))
+    }
+
+    /// Checks the flags and builds the ingestor.
+    pub fn build(&self, kafka: &KafkaArgs, topics: &TopicArgs) -> anyhow::Result<(Ingestor, Vec<String>)> {
+        if !(0.0..=1.0).contains(&self.max_reject_ratio) {
+            anyhow::bail!("--max-reject-ratio must be between 0.0 and 1.0, got {}", self.max_reject_ratio);
+        }
+        let (names, pairs) = self.bucket_list().map_err(anyhow::Error::msg).context("--buckets")?;
+        let countries = BucketCountries::new(&self.bucket_template, &pairs)
+            .map_err(anyhow::Error::msg)
+            .context("--bucket-template / --buckets")?;
+        let template = KeyTemplate::parse(&self.key_template).map_err(anyhow::Error::msg).context("--key-template")?;
+        if template.incoming_prefix.is_empty() {
+            anyhow::bail!("--key-template must start with a literal prefix such as incoming/");
+        }
+        let (records, control) = worker::producers(kafka)?;
+        let mut settings = IngestSettings {
+            max_reject_ratio: self.max_reject_ratio,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            ..IngestSettings::default()
+        };
+        settings.limits.max_record_bytes = self.max_record_bytes.max(1024);
+        Ok((
+            Ingestor {
+                stores: Stores::new(self.store.clone()),
+                countries,
+                template,
+                topics: topics.clone(),
+                settings,
+                records,
+                control,
+            },
+            names,
+        ))
+    }
+}
+
+/// Runs scanning and/or ingesting until `shutdown`.
+pub async fn run(args: &IngestArgs, kafka: &KafkaArgs, topics: &TopicArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (ingestor, buckets) = args.build(kafka, topics)?;
+    let ingestor = std::sync::Arc::new(ingestor);
+    let mut tasks = tokio::task::JoinSet::new();
+    if matches!(args.mode, Mode::All | Mode::Scan) {
+        let (i, s, b) = (ingestor.clone(), shutdown.clone(), buckets.clone());
+        let every = Duration::from_secs(args.scan_interval_secs.max(1));
+        tasks.spawn(async move { discovery::scan_loop(&i, &b, every, s).await });
+    }
+    if matches!(args.mode, Mode::All | Mode::Worker) {
+        let (i, s, k, g) = (ingestor.clone(), shutdown.clone(), kafka.clone(), args.group.clone());
+        tasks.spawn(async move { work_loop(&i, &k, &g, s).await });
+    }
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        let r = r.context("ingest task panicked").and_then(|r| r);
+        if r.is_err() {
+            shutdown.cancel();
+            if result.is_ok() {
+                result = r;
+            }
+        }
+    }
+    result
+}
+
+/// Consumes upload requests and ingests them one at a time; the request's offset is committed
+/// only once the file's outcome is final.
+pub async fn work_loop(ingestor: &Ingestor, kafka: &KafkaArgs, group: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut cfg = kafka.consumer_config(group);
+    // A large file can take a while between polls.
+    cfg.set("max.poll.interval.ms", "3600000");
+    for (k, v) in &kafka.options {
+        cfg.set(k, v);
+    }
+    let consumer: StreamConsumer = cfg.create().context("creating the upload consumer")?;
+    consumer.subscribe(&[&ingestor.topics.uploads]).context("subscribing to uploads")?;
+    tracing::info!(topic = %ingestor.topics.uploads, %group, "Ingest worker waiting for uploads.");
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consumer error; continuing.");
+                continue;
+            }
+        };
+        let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+        let req: Option<UploadRequest> = match msg.payload().map(serde_json::from_slice::<UploadRequest>) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                tracing::error!(partition, offset, error = %e, "Upload request is not sku-upload/v1; skipping it.");
+                None
+            }
+            None => None,
+        };
+        if let Some(req) = req {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match ingestor.ingest(&req).await {
+                    Ok(Outcome::Skipped(why)) => {
+                        tracing::debug!(bucket = %req.bucket, key = %req.key, %why, "Skipped upload request.");
+                        break;
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(bucket = %req.bucket, key = %req.key, cause = %e, retry_in_ms = backoff.as_millis() as u64,
+                            "Ingest interrupted; retrying the file.");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1))?;
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            tracing::warn!(error = %e, "Committing the upload offset failed; the request may be redelivered (harmless).");
+        }
+    }
+    Ok(())
+}

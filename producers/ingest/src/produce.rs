@@ -1,0 +1,107 @@
+//! The record producer: idempotent, asynchronous sends counted per file so that a file is
+//! complete only when the broker has acknowledged every one of its messages.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::error::KafkaError;
+use rdkafka::ClientContext;
+
+/// Delivery accounting of one file.
+#[derive(Debug, Default)]
+pub struct FileProgress {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl FileProgress {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    fn settled(&self) -> u64 {
+        self.acked.load(Ordering::Acquire) + self.failed.load(Ordering::Acquire)
+    }
+}
+
+/// Routes delivery reports to their file.
+pub struct DeliveryCounter;
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = Arc<FileProgress>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, progress: Arc<FileProgress>) {
+        match result {
+            Ok(_) => {
+                progress.acked.fetch_add(1, Ordering::AcqRel);
+            }
+            Err((e, _)) => {
+                let mut first = progress.first_error.lock().unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert_with(|| e.to_string());
+                progress.failed.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+pub type RecordProducer = ThreadedProducer<DeliveryCounter>;
+
+/// Enqueues one message, waiting while librdkafka's queue is full.
+pub fn send(
+    producer: &RecordProducer,
+    progress: &Arc<FileProgress>,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    headers: OwnedHeaders,
+) -> Result<(), KafkaError> {
+    let mut record = BaseRecord::with_opaque_to(topic, progress.clone())
+        .key(key)
+        .payload(payload)
+        .headers(headers);
+    loop {
+        match producer.send(record) {
+            Ok(()) => {
+                progress.sent.fetch_add(1, Ordering::AcqRel);
+                return Ok(());
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Waits until every message of the file is acknowledged or failed; returns the first failure.
+pub fn wait_settled(progress: &FileProgress, timeout: Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    while progress.settled() < progress.sent() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "{} of {} messages not acknowledged by the broker within {:?}",
+                progress.sent() - progress.settled(),
+                progress.sent(),
+                timeout
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    match progress.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        Some(e) => Err(format!(
+            "{} of {} messages failed: {e}",
+            progress.failed.load(Ordering::Acquire),
+            progress.sent()
+        )),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,170 @@
+//! Object storage: one bucket per country, on a local directory (the embedded default) or any
+//! S3 API (AWS S3, MinIO, s3s-fs). Both go through `object_store`, so the ingest code is the same.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::ObjectStore;
+
+/// A string that never prints its value.
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// Each bucket is a subdirectory of --bucket-root.
+    Local,
+    /// An S3 API (AWS, MinIO, s3s-fs).
+    S3,
+}
+
+/// Where the buckets live.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Object store backend.
+    #[arg(long = "object-store", env = "SKUFLOW_OBJECT_STORE", value_enum, default_value_t = Backend::Local)]
+    pub backend: Backend,
+    /// Local backend: directory holding one subdirectory per bucket.
+    #[arg(long = "bucket-root", env = "SKUFLOW_BUCKET_ROOT", default_value = "buckets")]
+    pub bucket_root: PathBuf,
+    /// S3 backend: endpoint URL for S3-compatible servers (empty: AWS).
+    #[arg(long = "s3-endpoint", env = "SKUFLOW_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 backend: region.
+    #[arg(long = "s3-region", env = "SKUFLOW_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// S3 backend: access key id.
+    #[arg(long = "s3-access-key-id", env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    /// S3 backend: secret access key (never logged).
+    #[arg(long = "s3-secret-access-key", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<Secret>,
+}
+
+impl StoreArgs {
+    pub fn local(root: impl Into<PathBuf>) -> Self {
+        StoreArgs {
+            backend: Backend::Local,
+            bucket_root: root.into(),
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+        }
+    }
+}
+
+/// Opens buckets on demand and keeps them.
+pub struct Stores {
+    args: StoreArgs,
+    open: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+fn check_bucket_name(name: &str) -> anyhow::Result<()> {
+    let ok = (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.contains("..");
+    if !ok {
+        bail!("`{name}` is not a valid bucket name (3-63 characters of a-z 0-9 - .)");
+    }
+    Ok(())
+}
+
+impl Stores {
+    pub fn new(args: StoreArgs) -> Self {
+        Stores { args, open: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn args(&self) -> &StoreArgs {
+        &self.args
+    }
+
+    /// The store of `bucket`.
+    pub fn bucket(&self, bucket: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        check_bucket_name(bucket)?;
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = open.get(bucket) {
+            return Ok(s.clone());
+        }
+        let store: Arc<dyn ObjectStore> = match self.args.backend {
+            Backend::Local => {
+                let dir = self.args.bucket_root.join(bucket);
+                if !dir.is_dir() {
+                    bail!("bucket {bucket} does not exist (no directory {})", dir.display());
+                }
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(&dir)
+                        .with_context(|| format!("opening bucket directory {}", dir.display()))?,
+                )
+            }
+            Backend::S3 => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(&self.args.s3_region);
+                if let Some(ep) = &self.args.s3_endpoint {
+                    b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+                }
+                if let Some(k) = &self.args.s3_access_key_id {
+                    b = b.with_access_key_id(k);
+                }
+                if let Some(s) = &self.args.s3_secret_access_key {
+                    b = b.with_secret_access_key(&s.0);
+                }
+                Arc::new(b.build().with_context(|| format!("configuring S3 bucket {bucket}"))?)
+            }
+        };
+        open.insert(bucket.to_string(), store.clone());
+        Ok(store)
+    }
+
+    /// Buckets found under the local root (the S3 backend has no listing: configure them).
+    pub fn local_buckets(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.args.bucket_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| check_bucket_name(n).is_ok())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s: Secret = "hunter2".parse().unwrap();
+        assert_eq!(format!("{s:?}"), "\"***\"");
+    }
+
+    #[test]
+    fn bucket_names_are_checked() {
+        assert!(check_bucket_name("skus-de").is_ok());
+        assert!(check_bucket_name("../etc").is_err());
+        assert!(check_bucket_name("Skus").is_err());
+    }
+}

@@ -1,0 +1,463 @@
+//! Ingesting one upload: metadata, two streaming passes (validate, then produce), the file
+//! lifecycle, and moving the object to `processed/` or `errors/`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{Attribute, GetOptions, ObjectStore, PutPayload};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use skuflow_platform::TopicArgs;
+use skuflow_schemas::{
+    headers, FileEvent, FileStatus, RejectMessage, RejectReason, SkuRecord, UploadRequest,
+    FILE_SCHEMA, RECORD_SCHEMA, REJECT_SCHEMA,
+};
+
+use crate::contract::ValidRow;
+use crate::csvstream::Limits;
+use crate::metadata::{resolve, BucketCountries, KeyMetadata, KeyTemplate};
+use crate::produce::{self, FileProgress, RecordProducer};
+use crate::reader::{self, Compression};
+use crate::scan::{scan, RowEvent, ScanError, ScanSummary};
+use crate::store::Stores;
+
+/// How the ingest of one request ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Every valid row is acknowledged; the object is in `processed/`.
+    Completed(FileEvent),
+    /// The file was rejected as a whole; the object is in `errors/` beside its report.
+    Failed(FileEvent),
+    /// Nothing to do (already ingested and moved, or not an upload).
+    Skipped(String),
+}
+
+/// A failure that retrying the same request may fix (store or broker unavailable).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Retry(pub anyhow::Error);
+
+/// Ingest settings.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub max_reject_ratio: f64,
+    pub max_decompressed_bytes: u64,
+    pub limits: Limits,
+    /// Rejected rows listed in an error report.
+    pub report_cap: usize,
+    pub processed_prefix: String,
+    pub errors_prefix: String,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            max_reject_ratio: 0.5,
+            max_decompressed_bytes: 64 << 30,
+            limits: Limits::default(),
+            report_cap: 1000,
+            processed_prefix: "processed/".into(),
+            errors_prefix: "errors/".into(),
+        }
+    }
+}
+
+pub struct Ingestor {
+    pub stores: Stores,
+    pub countries: BucketCountries,
+    pub template: KeyTemplate,
+    pub topics: TopicArgs,
+    pub settings: IngestSettings,
+    pub records: Arc<RecordProducer>,
+    pub control: FutureProducer,
+}
+
+/// Hex of the first 16 bytes of SHA-256 over the parts, separated by NUL.
+pub fn short_hash(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The deterministic id of an upload version.
+pub fn file_id(bucket: &str, key: &str, etag: &str) -> String {
+    short_hash(&[bucket.as_bytes(), key.as_bytes(), etag.as_bytes()])
+}
+
+/// Everything the rows of one file share.
+struct FileContext {
+    file_id: String,
+    bucket: String,
+    key: String,
+    etag: String,
+    last_modified: DateTime<Utc>,
+    country: String,
+    meta: KeyMetadata,
+    ingested_at: DateTime<Utc>,
+}
+
+impl FileContext {
+    fn record_id(&self, line: u64) -> String {
+        short_hash(&[self.bucket.as_bytes(), self.key.as_bytes(), self.etag.as_bytes(), line.to_string().as_bytes()])
+    }
+
+    fn record(&self, line: u64, row: ValidRow) -> SkuRecord {
+        SkuRecord {
+            schema: RECORD_SCHEMA.to_string(),
+            record_id: self.record_id(line),
+            record_version: SkuRecord::version_of(self.last_modified, line),
+            country: self.country.clone(),
+            store_id: self.meta.store_id.clone(),
+            store_category: self.meta.store_category,
+            chain: self.meta.chain.clone(),
+            sku: row.sku,
+            product_name: row.product_name,
+            category: row.category,
+            brand: row.brand,
+            unit_price: row.unit_price,
+            unit_cost: row.unit_cost,
+            currency: row.currency,
+            quantity_on_hand: row.quantity_on_hand,
+            units_sold: row.units_sold,
+            business_date: row.business_date,
+            barcode: row.barcode,
+            file_id: self.file_id.clone(),
+            source_bucket: self.bucket.clone(),
+            source_key: self.key.clone(),
+            source_etag: self.etag.clone(),
+            source_line: line as i64,
+            source_last_modified: self.last_modified,
+            ingested_at: self.ingested_at,
+        }
+    }
+
+    fn reject(&self, line: u64, raw: &[u8], raw_truncated: bool, reasons: Vec<RejectReason>) -> RejectMessage {
+        RejectMessage {
+            schema: REJECT_SCHEMA.to_string(),
+            stage: "ingest".into(),
+            file_id: self.file_id.clone(),
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            country: Some(self.country.clone()),
+            line,
+            raw: String::from_utf8_lossy(raw).into_owned(),
+            raw_truncated,
+            record_id: None,
+            reasons,
+            rejected_at: Utc::now(),
+        }
+    }
+}
+
+/// The machine-readable report written beside a rejected file.
+#[derive(Debug, Serialize)]
+struct ErrorReport<'a> {
+    file_id: &'a str,
+    bucket: &'a str,
+    key: &'a str,
+    reason: &'a str,
+    rows_total: Option<u64>,
+    rows_valid: Option<u64>,
+    rows_rejected: Option<u64>,
+    rejected_rows: &'a [ReportRow],
+    rejected_rows_truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ReportRow {
+    line: u64,
+    raw: String,
+    reasons: Vec<RejectReason>,
+}
+
+/// Moves `key` from the incoming prefix to `prefix`.
+fn moved_key(key: &str, incoming: &str, prefix: &str) -> String {
+    format!("{prefix}{}", key.strip_prefix(incoming).unwrap_or(key))
+}
+
+fn file_headers(schema: &str, file_id: &str) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(2)
+        .insert(Header { key: headers::SCHEMA, value: Some(schema) })
+        .insert(Header { key: headers::FILE_ID, value: Some(file_id) })
+}
+
+impl Ingestor {
+    async fn emit_file_event(&self, ev: &FileEvent) -> Result<(), Retry> {
+        let payload = serde_json::to_vec(ev).map_err(|e| Retry(e.into()))?;
+        let rec = FutureRecord::to(&self.topics.files)
+            .key(ev.file_id.as_str())
+            .payload(&payload)
+            .headers(file_headers(FILE_SCHEMA, &ev.file_id));
+        self.control
+            .send(rec, Duration::from_secs(300))
+            .await
+            .map_err(|(e, _)| Retry(anyhow::anyhow!("file event not acknowledged: {e}")))?;
+        Ok(())
+    }
+
+    /// Ingests the object a request names. `Err(Retry)` leaves everything to be redone.
+    pub async fn ingest(&self, req: &UploadRequest) -> Result<Outcome, Retry> {
+        let started = Instant::now();
+        let store = match self.stores.bucket(&req.bucket) {
+            Ok(s) => s,
+            Err(e) => return self.fail_unreadable(req, format!("{e:#}")).await,
+        };
+        if let Err(reason) = crate::metadata::check_key(&req.key) {
+            return self.fail_unreadable(req, reason).await;
+        }
+        if !req.key.starts_with(&self.template.incoming_prefix) {
+            return Ok(Outcome::Skipped(format!("{} is not under {}", req.key, self.template.incoming_prefix)));
+        }
+        let path = Path::from(req.key.as_str());
+        let head = match store.head(&path).await {
+            Ok(h) => h,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Ok(Outcome::Skipped(format!("{}/{} is gone (already ingested and moved)", req.bucket, req.key)))
+            }
+            Err(e) => return Err(Retry(anyhow::Error::new(e).context("reading object metadata"))),
+        };
+        let etag = head.e_tag.clone().unwrap_or_else(|| format!("{}-{}", head.size, head.last_modified.timestamp_micros()));
+        if req.etag.as_deref().is_some_and(|e| e != etag) {
+            tracing::info!(bucket = %req.bucket, key = %req.key, "Object changed since the request; ingesting the current version.");
+        }
+        let fid = file_id(&req.bucket, &req.key, &etag);
+        let mut event = FileEvent::new(&fid, FileStatus::Accepted, &req.bucket, &req.key);
+        event.etag = Some(etag.clone());
+        event.size = Some(head.size);
+        event.last_modified = Some(head.last_modified);
+
+        // First pass: validate only. The object is pinned to this ETag for both passes.
+        let opts = || GetOptions { if_match: Some(etag.clone()), ..GetOptions::default() };
+        let first = store.get_opts(&path, opts()).await.map_err(|e| Retry(anyhow::Error::new(e).context("opening the object")))?;
+        let user_meta: HashMap<String, String> = first
+            .attributes
+            .iter()
+            .filter_map(|(k, v)| match k {
+                Attribute::Metadata(name) => Some((name.to_ascii_lowercase(), v.as_ref().to_string())),
+                _ => None,
+            })
+            .collect();
+        let content_encoding = first.attributes.get(&Attribute::ContentEncoding).map(|v| v.as_ref().to_string());
+        let country = self.countries.country(&req.bucket);
+        let meta = resolve(&self.template, &req.key, &user_meta);
+        event.country = country.as_ref().ok().cloned();
+        if let Ok(m) = &meta {
+            event.store_id = Some(m.store_id.clone());
+            event.store_category = Some(m.store_category);
+            event.chain = m.chain.clone();
+            event.business_date = Some(m.business_date);
+        }
+        self.emit_file_event(&event).await?;
+        let (country, meta) = match (country, meta) {
+            (Ok(c), Ok(m)) => (c, m),
+            (Err(e), _) | (_, Err(e)) => {
+                drop(first);
+                return self.finish_failed(&store, event, e, None, &[], started).await;
+            }
+        };
+        let ctx = Arc::new(FileContext {
+            file_id: fid.clone(),
+            bucket: req.bucket.clone(),
+            key: req.key.clone(),
+            etag: etag.clone(),
+            last_modified: head.last_modified,
+            country,
+            meta,
+            ingested_at: Utc::now(),
+        });
+        let hint = Compression::from_hint(&req.key, content_encoding.as_deref());
+        let cap = self.settings.report_cap;
+        let pass1 = self
+            .run_pass(first.into_stream(), hint, move |ev, report: &mut Vec<ReportRow>| {
+                if let RowEvent::Rejected { line, raw, reasons, .. } = ev {
+                    if report.len() < cap {
+                        report.push(ReportRow { line, raw: String::from_utf8_lossy(raw).into_owned(), reasons });
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        let (summary, report) = match pass1 {
+            Ok(ok) => ok,
+            Err(reason) => return self.finish_failed(&store, event, reason, None, &[], started).await,
+        };
+        let ratio = summary.rows_rejected as f64 / summary.rows_total as f64;
+        if ratio > self.settings.max_reject_ratio {
+            let reason = format!(
+                "{} of {} rows ({:.1}%) were rejected, above the {:.1}% limit; see the rejected rows",
+                summary.rows_rejected,
+                summary.rows_total,
+                ratio * 100.0,
+                self.settings.max_reject_ratio * 100.0
+            );
+            return self.finish_failed(&store, event, reason, Some(&summary), &report, started).await;
+        }
+
+        // Second pass: produce every valid row and every rejected one, then wait for the acks.
+        let second = store.get_opts(&path, opts()).await.map_err(|e| Retry(anyhow::Error::new(e).context("reopening the object")))?;
+        let progress = Arc::new(FileProgress::default());
+        let (records, topics, p, c) = (self.records.clone(), self.topics.clone(), progress.clone(), ctx.clone());
+        let mut buf = Vec::with_capacity(1024);
+        let pass2 = self
+            .run_pass(second.into_stream(), hint, move |ev, _: &mut Vec<ReportRow>| {
+                match ev {
+                    RowEvent::Valid { line, row } => {
+                        let rec = c.record(line, row);
+                        buf.clear();
+                        serde_json::to_writer(&mut buf, &rec)?;
+                        let key = rec.kafka_key();
+                        produce::send(&records, &p, &topics.records, key.as_bytes(), &buf, file_headers(RECORD_SCHEMA, &c.file_id))?;
+                    }
+                    RowEvent::Rejected { line, raw, raw_truncated, reasons } => {
+                        let rej = c.reject(line, raw, raw_truncated, reasons);
+                        buf.clear();
+                        serde_json::to_writer(&mut buf, &rej)?;
+                        produce::send(&records, &p, &topics.rejects, c.file_id.as_bytes(), &buf, file_headers(REJECT_SCHEMA, &c.file_id))?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        let summary2 = match pass2 {
+            Ok((s, _)) => s,
+            Err(reason) => return Err(Retry(anyhow::anyhow!("second pass differs from the first: {reason}"))),
+        };
+        if summary2.rows_total != summary.rows_total {
+            return Err(Retry(anyhow::anyhow!("second pass read {} rows, the first {}", summary2.rows_total, summary.rows_total)));
+        }
+        let settle = progress.clone();
+        tokio::task::spawn_blocking(move || produce::wait_settled(&settle, Duration::from_secs(600)))
+            .await
+            .map_err(|e| Retry(e.into()))?
+            .map_err(|e| Retry(anyhow::anyhow!(e)))?;
+
+        let target = moved_key(&req.key, &self.template.incoming_prefix, &self.settings.processed_prefix);
+        event.status = FileStatus::Completed;
+        fill_counts(&mut event, &summary, started);
+        event.moved_to = Some(target.clone());
+        event.at = Utc::now();
+        self.emit_file_event(&event).await?;
+        store
+            .rename(&path, &Path::from(target.as_str()))
+            .await
+            .map_err(|e| Retry(anyhow::Error::new(e).context("moving the object to processed/")))?;
+        tracing::info!(file_id = %fid, bucket = %req.bucket, key = %req.key, rows_valid = summary.rows_valid,
+            rows_rejected = summary.rows_rejected, elapsed_ms = started.elapsed().as_millis() as u64, "Ingested file.");
+        Ok(Outcome::Completed(event))
+    }
+
+    /// Streams the object through decompression and the CSV scan on a blocking thread.
+    async fn run_pass<F>(
+        &self,
+        stream: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+        hint: Option<Compression>,
+        mut on_row: F,
+    ) -> Result<Result<(ScanSummary, Vec<ReportRow>), String>, Retry>
+    where
+        F: FnMut(RowEvent<'_>, &mut Vec<ReportRow>) -> anyhow::Result<()> + Send + 'static,
+    {
+        let reader = SyncIoBridge::new(StreamReader::new(stream.map_err(std::io::Error::other)));
+        let settings = self.settings.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut report = Vec::new();
+            let (input, _) = match reader::open(reader, hint, settings.max_decompressed_bytes) {
+                Ok(x) => x,
+                Err(e) if reader::is_source_error(&e) => return Err(ScanError::Source(e)),
+                Err(e) => return Err(ScanError::File(e.to_string())),
+            };
+            let s = scan(input, settings.limits, |ev| on_row(ev, &mut report))?;
+            Ok((s, report))
+        })
+        .await
+        .map_err(|e| Retry(e.into()))?;
+        match res {
+            Ok(ok) => Ok(Ok(ok)),
+            Err(ScanError::File(reason)) => Ok(Err(reason)),
+            Err(ScanError::Source(e)) => Err(Retry(anyhow::Error::new(e).context("reading the object"))),
+            Err(ScanError::Emit(e)) => Err(Retry(e.context("producing records"))),
+        }
+    }
+
+    /// A request that cannot even be opened (bad bucket or key): report it on the lifecycle topic.
+    async fn fail_unreadable(&self, req: &UploadRequest, reason: String) -> Result<Outcome, Retry> {
+        let fid = file_id(&req.bucket, &req.key, req.etag.as_deref().unwrap_or_default());
+        let mut event = FileEvent::new(&fid, FileStatus::Failed, &req.bucket, &req.key);
+        event.reason = Some(reason.clone());
+        self.emit_file_event(&event).await?;
+        tracing::warn!(file_id = %fid, bucket = %req.bucket, key = %req.key, %reason, "Upload refused.");
+        Ok(Outcome::Failed(event))
+    }
+
+    async fn finish_failed(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        mut event: FileEvent,
+        reason: String,
+        summary: Option<&ScanSummary>,
+        report: &[ReportRow],
+        started: Instant,
+    ) -> Result<Outcome, Retry> {
+        let target = moved_key(&event.key, &self.template.incoming_prefix, &self.settings.errors_prefix);
+        let report_key = format!("{target}.errors.json");
+        let body = ErrorReport {
+            file_id: &event.file_id,
+            bucket: &event.bucket,
+            key: &event.key,
+            reason: &reason,
+            rows_total: summary.map(|s| s.rows_total),
+            rows_valid: summary.map(|s| s.rows_valid),
+            rows_rejected: summary.map(|s| s.rows_rejected),
+            rejected_rows: report,
+            rejected_rows_truncated: summary.is_some_and(|s| s.rows_rejected as usize > report.len()),
+        };
+        let json = serde_json::to_vec_pretty(&body).map_err(|e| Retry(e.into()))?;
+        store
+            .put(&Path::from(report_key.as_str()), PutPayload::from(json))
+            .await
+            .map_err(|e| Retry(anyhow::Error::new(e).context("writing the error report")))?;
+        event.status = FileStatus::Failed;
+        if let Some(s) = summary {
+            fill_counts(&mut event, s, started);
+        }
+        event.reason = Some(reason.clone());
+        event.moved_to = Some(target.clone());
+        event.at = Utc::now();
+        self.emit_file_event(&event).await?;
+        store
+            .rename(&Path::from(event.key.as_str()), &Path::from(target.as_str()))
+            .await
+            .map_err(|e| Retry(anyhow::Error::new(e).context("moving the object to errors/")))?;
+        tracing::warn!(file_id = %event.file_id, bucket = %event.bucket, key = %event.key, %reason, "File rejected as a whole.");
+        Ok(Outcome::Failed(event))
+    }
+}
+
+fn fill_counts(event: &mut FileEvent, s: &ScanSummary, started: Instant) {
+    event.rows_total = Some(s.rows_total);
+    event.rows_valid = Some(s.rows_valid);
+    event.rows_rejected = Some(s.rows_rejected);
+    event.bytes = Some(s.bytes);
+    event.duration_ms = Some(started.elapsed().as_millis() as u64);
+    event.warnings = s.warnings.clone();
+}
+
+/// Builds the record producer and the control producer.
+pub fn producers(kafka: &skuflow_platform::KafkaArgs) -> anyhow::Result<(Arc<RecordProducer>, FutureProducer)> {
+    let records: RecordProducer = kafka
+        .producer_config()
+        .create_with_context(produce::DeliveryCounter)
+        .context("creating the record producer")?;
+    Ok((Arc::new(records), kafka.producer()?))
+}
