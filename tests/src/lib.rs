@@ -1,1 +1,146 @@
-//! End-to-end tests live in tests/.
+//! Sample SKU uploads shared by the end-to-end tests and the demo: rows whose validity is known
+//! in advance, rendered as CSV text.
+
+use std::fmt::Write as _;
+
+/// One generated row and whether the contract accepts it.
+#[derive(Debug, Clone)]
+pub struct SampleRow {
+    pub sku: String,
+    pub product_name: String,
+    pub category: String,
+    pub brand: String,
+    pub unit_price: String,
+    pub unit_cost: String,
+    pub currency: String,
+    pub quantity_on_hand: String,
+    pub units_sold: String,
+    pub business_date: String,
+    pub barcode: String,
+    pub valid: bool,
+}
+
+pub const HEADER: &str = "sku,product_name,category,brand,unit_price,unit_cost,currency,quantity_on_hand,units_sold,business_date,barcode";
+
+fn quote(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// GTIN-13 with a correct check digit from a 12-digit body.
+pub fn gtin13(body: u64) -> String {
+    let digits = format!("{:012}", body % 1_000_000_000_000);
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| u32::from(d - b'0') * if i % 2 == 0 { 3 } else { 1 })
+        .sum();
+    format!("{digits}{}", (10 - sum % 10) % 10)
+}
+
+const CATEGORIES: [&str; 5] = ["dairy", "bakery", "produce", "household", "furniture"];
+const BRANDS: [&str; 4] = ["Nordic", "Acme", "", "Öko & Co"];
+
+impl SampleRow {
+    /// A valid row, deterministic in `(seed, i)`.
+    pub fn valid(seed: u64, i: u64, currency: &str, date: &str) -> Self {
+        let x = seed.wrapping_mul(6364136223846793005).wrapping_add(i.wrapping_mul(1442695040888963407)) ^ (i << 17);
+        let price_cents = 50 + (x >> 20) % 20_000;
+        let with_cost = i % 3 != 0;
+        let name = match i % 7 {
+            0 => format!("Oat drink, barista \"{i}\""),
+            1 => format!("Shelf unit\nmodel {i}"),
+            2 => format!("Crème brûlée {i} — 2×100 g"),
+            _ => format!("Product {i}"),
+        };
+        SampleRow {
+            sku: format!("SKU-{seed}.{i:05}"),
+            product_name: name,
+            category: CATEGORIES[(i % 5) as usize].to_string(),
+            brand: BRANDS[(i % 4) as usize].to_string(),
+            unit_price: format!("{}.{:02}", price_cents / 100, price_cents % 100),
+            unit_cost: if with_cost { format!("{}.{:04}", price_cents / 200, (x >> 7) % 10_000) } else { String::new() },
+            currency: currency.to_string(),
+            quantity_on_hand: ((x >> 33) % 500).to_string(),
+            units_sold: ((x >> 41) % 60).to_string(),
+            business_date: date.to_string(),
+            barcode: if i % 2 == 0 { gtin13(seed * 1_000_000 + i) } else { String::new() },
+            valid: true,
+        }
+    }
+
+    /// An invalid row; `kind` picks which rule it breaks.
+    pub fn invalid(seed: u64, i: u64, currency: &str, date: &str, kind: u64) -> Self {
+        let mut r = SampleRow::valid(seed, i, currency, date);
+        r.valid = false;
+        match kind % 6 {
+            0 => r.unit_price = "-3.50".into(),
+            1 => r.currency = "EURO".into(),
+            2 => r.business_date = "2026-02-30".into(),
+            3 => r.barcode = "4006381333932".into(),
+            4 => r.unit_price = "12.34567".into(),
+            _ => r.sku = "bad sku!".into(),
+        }
+        r
+    }
+
+    pub fn to_csv_line(&self) -> String {
+        [
+            &self.sku,
+            &self.product_name,
+            &self.category,
+            &self.brand,
+            &self.unit_price,
+            &self.unit_cost,
+            &self.currency,
+            &self.quantity_on_hand,
+            &self.units_sold,
+            &self.business_date,
+            &self.barcode,
+        ]
+        .iter()
+        .map(|s| quote(s))
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+}
+
+/// `n` rows with every `invalid_every`-th row invalid (0: none).
+pub fn sample_rows(seed: u64, n: u64, invalid_every: u64, currency: &str, date: &str) -> Vec<SampleRow> {
+    (0..n)
+        .map(|i| {
+            if invalid_every > 0 && i % invalid_every == invalid_every - 1 {
+                SampleRow::invalid(seed, i, currency, date, i / invalid_every)
+            } else {
+                SampleRow::valid(seed, i, currency, date)
+            }
+        })
+        .collect()
+}
+
+/// Renders rows as a CSV file; `crlf` picks the line ending, `bom` adds a UTF-8 byte-order mark.
+pub fn render_csv(rows: &[SampleRow], crlf: bool, bom: bool) -> String {
+    let nl = if crlf { "\r\n" } else { "\n" };
+    let mut out = String::new();
+    if bom {
+        out.push('\u{feff}');
+    }
+    out.push_str(HEADER);
+    out.push_str(nl);
+    for r in rows {
+        let _ = write!(out, "{}{nl}", r.to_csv_line());
+    }
+    out
+}
+
+/// Gzips `data`.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("writing to memory");
+    e.finish().expect("writing to memory")
+}

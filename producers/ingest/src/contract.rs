@@ -209,7 +209,7 @@ impl<'a> Check<'a> {
             self.fail(c, Some(v), "max_length", format!("{} is longer than {max} characters", c.name()));
             return None;
         }
-        if v.chars().any(|ch| ch.is_control()) {
+        if v.chars().any(|ch| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t')) {
             self.fail(c, Some(v), "control_characters", format!("{} contains control characters", c.name()));
             return None;
         }

@@ -1,0 +1,221 @@
+//! `skuflow demo`: generated uploads through the whole pipeline, in one process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use tokio_util::sync::CancellationToken;
+
+use skuflow_e2e::{gzip, render_csv, sample_rows};
+use skuflow_ingest::store::StoreArgs;
+use skuflow_ingest::{IngestArgs, Mode};
+use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
+use skuflow_platform::{ConsumeArgs, KafkaArgs, TopicArgs};
+use skuflow_schemas::{FileEvent, FileStatus};
+use skuflow_warehouse_loader::LoaderArgs;
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DemoArgs {
+    /// Kafka bootstrap servers; without it the demo runs an in-process mock broker.
+    #[arg(long = "brokers", env = "SKUFLOW_DEMO_BROKERS")]
+    brokers: Option<String>,
+    /// PostgreSQL connection string of the demo database (its `skuflow` schema is reset).
+    #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
+    pg_url: String,
+    /// Output directory: the bucket root lives in `<out>/buckets`.
+    #[arg(long = "out", default_value = "out/demo")]
+    out: PathBuf,
+    /// Countries, one bucket each.
+    #[arg(long = "countries", value_delimiter = ',', default_value = "DE,FR,US")]
+    countries: Vec<String>,
+    /// Rows per generated file.
+    #[arg(long = "rows-per-file", default_value_t = 2000)]
+    rows_per_file: u64,
+    /// Give up after this many seconds.
+    #[arg(long = "timeout-secs", default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+fn currency(cc: &str) -> &'static str {
+    match cc {
+        "US" => "USD",
+        "GB" => "GBP",
+        "JP" => "JPY",
+        "CH" => "CHF",
+        "SE" => "SEK",
+        _ => "EUR",
+    }
+}
+
+fn put(root: &Path, bucket: &str, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let path = root.join(bucket).join(key);
+    std::fs::create_dir_all(path.parent().context("key has a parent")?)?;
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes the sample uploads; returns the number of files per bucket.
+fn generate(root: &Path, countries: &[String], rows: u64) -> anyhow::Result<BTreeMap<String, usize>> {
+    let date = "2026-11-20";
+    let mut files = BTreeMap::new();
+    for (n, cc) in countries.iter().enumerate() {
+        let bucket = format!("skus-{}", cc.to_ascii_lowercase());
+        let cur = currency(cc);
+        let seed = 100 * (n as u64 + 1);
+        let chain = if n % 2 == 0 { "walmart" } else { "ikea" };
+        put(root, &bucket, &format!("incoming/retail_chain/{chain}/{}-001/{date}/skus.csv", cc.to_lowercase()),
+            render_csv(&sample_rows(seed, rows, 25, cur, date), true, true).as_bytes())?;
+        put(root, &bucket, &format!("incoming/retail_chain/{chain}/{}-002/{date}/skus.csv", cc.to_lowercase()),
+            render_csv(&sample_rows(seed + 1, rows, 40, cur, date), false, false).as_bytes())?;
+        put(root, &bucket, &format!("incoming/individual/corner-{}/{date}/skus.csv.gz", cc.to_lowercase()),
+            &gzip(render_csv(&sample_rows(seed + 2, rows / 2, 30, cur, date), false, false).as_bytes()))?;
+        let mut count = 3;
+        if n == 0 {
+            // A file rejected as a whole: the unit_price column is missing.
+            put(root, &bucket, &format!("incoming/individual/kiosk-1/{date}/skus.csv"),
+                b"sku,product_name,category,currency,quantity_on_hand,units_sold,business_date\nK1,Gum,snacks,EUR,3,1,2026-11-20\n")?;
+            count += 1;
+        }
+        files.insert(bucket, count);
+    }
+    Ok(files)
+}
+
+async fn reset_schema(pg_url: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to PostgreSQL (is it running? `make stack`)")?;
+    tokio::spawn(conn);
+    client.batch_execute("DROP SCHEMA IF EXISTS skuflow CASCADE").await.context("resetting the demo schema")?;
+    Ok(())
+}
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let buckets = args.out.join("buckets");
+    if buckets.exists() {
+        std::fs::remove_dir_all(&buckets).with_context(|| format!("clearing {}", buckets.display()))?;
+    }
+    let expected_files = generate(&buckets, &args.countries, args.rows_per_file)?;
+    let total_files: usize = expected_files.values().sum();
+    reset_schema(&args.pg_url).await?;
+
+    let topics = TopicArgs::default();
+    let _mock;
+    let brokers = match &args.brokers {
+        Some(b) => {
+            ensure_topics(&KafkaArgs::new(b), &pipeline_topics(&topics, 3)).await?;
+            b.clone()
+        }
+        None => {
+            let cluster = MockCluster::new(1).context("starting the in-process mock broker")?;
+            for t in pipeline_topics(&topics, 3) {
+                cluster.create_topic(&t.name, t.partitions, 1).context("creating a topic")?;
+            }
+            let b = cluster.bootstrap_servers();
+            _mock = cluster;
+            b
+        }
+    };
+    let kafka = KafkaArgs::new(&brokers);
+    let stop = CancellationToken::new();
+
+    let ingest = IngestArgs {
+        store: StoreArgs::local(&buckets),
+        mode: Mode::All,
+        bucket_template: "skus-{country}".into(),
+        buckets: Vec::new(),
+        key_template: skuflow_ingest::metadata::KeyTemplate::DEFAULT.into(),
+        scan_interval_secs: 1,
+        group: "skuflow-ingest".into(),
+        max_reject_ratio: 0.5,
+        max_decompressed_bytes: 64 << 30,
+        max_record_bytes: 64 * 1024,
+    };
+    let loader = LoaderArgs {
+        pg_url: args.pg_url.clone(),
+        consume: ConsumeArgs { flush_interval_ms: 500, ..ConsumeArgs::default() },
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (k, t, s) = (kafka.clone(), topics.clone(), stop.clone());
+        tasks.spawn(async move { skuflow_ingest::run(&ingest, &k, &t, s).await.context("ingest") });
+    }
+    {
+        let (k, t, s) = (kafka.clone(), topics.clone(), stop.clone());
+        tasks.spawn(async move { skuflow_warehouse_loader::run(&loader, &k, &t, s).await.map(|_| ()).context("warehouse loader") });
+    }
+
+    // Follow the file lifecycle until every file is final and the warehouse holds every valid row.
+    let files_consumer: BaseConsumer = kafka.consumer_config("skuflow-demo-status").set("enable.auto.commit", "false").create()?;
+    files_consumer.subscribe(&[&topics.files])?;
+    let mut latest: HashMap<String, FileEvent> = HashMap::new();
+    let (client, conn) = tokio_postgres::connect(&args.pg_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let per_country = loop {
+        if Instant::now() > deadline {
+            stop.cancel();
+            bail!("the pipeline did not drain within {} s", args.timeout_secs);
+        }
+        if let Some(r) = tasks.try_join_next() {
+            r??;
+            bail!("a pipeline task stopped early");
+        }
+        while let Some(Ok(m)) = files_consumer.poll(Duration::from_millis(100)) {
+            if let Some(ev) = m.payload().and_then(|p| serde_json::from_slice::<FileEvent>(p).ok()) {
+                let newer = latest.get(&ev.file_id).is_none_or(|old| old.status == FileStatus::Accepted);
+                if newer {
+                    latest.insert(ev.file_id.clone(), ev);
+                }
+            }
+        }
+        let finals: Vec<&FileEvent> = latest.values().filter(|e| e.status != FileStatus::Accepted).collect();
+        let want: i64 = finals.iter().filter_map(|e| e.rows_valid.filter(|_| e.status == FileStatus::Completed)).sum::<u64>() as i64;
+        if finals.len() >= total_files {
+            let rows = client
+                .query("SELECT country, count(*) FROM skuflow.sku_facts GROUP BY country", &[])
+                .await
+                .unwrap_or_default();
+            let loaded: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            if loaded.values().sum::<i64>() == want {
+                break loaded;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    stop.cancel();
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+
+    println!();
+    println!("skuflow demo: {} files in {} buckets drained in {:.1} s (broker: {})",
+        total_files, expected_files.len(), started.elapsed().as_secs_f64(),
+        if args.brokers.is_some() { brokers.as_str() } else { "in-process mock" });
+    println!();
+    println!("{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16}", "country", "files", "completed", "failed", "rows accepted", "rows rejected", "rows in postgres");
+    for (bucket, _) in &expected_files {
+        let evs: Vec<&FileEvent> = latest.values().filter(|e| &e.bucket == bucket && e.status != FileStatus::Accepted).collect();
+        let cc = evs.iter().find_map(|e| e.country.clone()).unwrap_or_else(|| bucket.trim_start_matches("skus-").to_uppercase());
+        let done = evs.iter().filter(|e| e.status == FileStatus::Completed).count();
+        let failed = evs.iter().filter(|e| e.status == FileStatus::Failed).count();
+        let valid: u64 = evs.iter().filter_map(|e| e.rows_valid).sum();
+        let rejected: u64 = evs.iter().filter_map(|e| e.rows_rejected).sum();
+        println!("{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16}", cc, evs.len(), done, failed, valid, rejected, per_country.get(&cc).copied().unwrap_or(0));
+    }
+    for e in latest.values().filter(|e| e.status == FileStatus::Failed) {
+        println!("\nfailed: {}/{}\n  reason: {}\n  report: {}/{}.errors.json", e.bucket, e.key,
+            e.reason.as_deref().unwrap_or("-"), e.bucket, e.moved_to.as_deref().unwrap_or("-"));
+    }
+    println!();
+    println!("where the output is:");
+    println!("  buckets        {}  (incoming/ -> processed/ | errors/ + <file>.errors.json)", buckets.display());
+    println!("  kafka topics   {}, {}, {}, {}", topics.uploads, topics.records, topics.rejects, topics.files);
+    println!("  postgresql     skuflow.sku_facts (partitioned by country), views skuflow.latest_stock_price, skuflow.daily_sales");
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Harness for end-to-end tests on the real local stack (`scripts/stack.sh up`): isolated topics
+//! and database per test, the real binaries as child processes, and readers for the topics.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
+use skuflow_platform::{KafkaArgs, TopicArgs};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `make test`, which starts the local stack (scripts/stack.sh up) and exports it")
+    })
+}
+
+pub struct Stack {
+    pub brokers: String,
+    pub pg_url: String,
+    pub s3_endpoint: String,
+    pub s3_data: PathBuf,
+    pub s3_key: String,
+    pub s3_secret: String,
+}
+
+impl Stack {
+    pub fn from_env() -> Self {
+        Stack {
+            brokers: env("SKUFLOW_TEST_BROKERS"),
+            pg_url: env("SKUFLOW_TEST_PG_URL"),
+            s3_endpoint: env("SKUFLOW_TEST_S3_ENDPOINT"),
+            s3_data: PathBuf::from(env("SKUFLOW_TEST_S3_DATA")),
+            s3_key: env("SKUFLOW_TEST_S3_ACCESS_KEY"),
+            s3_secret: env("SKUFLOW_TEST_S3_SECRET_KEY"),
+        }
+    }
+}
+
+/// A short unique id for names of this test's topics, database and buckets.
+pub fn unique_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{:x}{:x}", std::process::id(), nanos % 0xffff_ffff)
+}
+
+/// One isolated pipeline: its own topics and database.
+pub struct Pipeline {
+    pub id: String,
+    pub stack: Stack,
+    pub topics: TopicArgs,
+    pub db_url: String,
+    pub children: Vec<Child>,
+}
+
+/// Directory of the workspace's built binaries (next to this test executable).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is not built: run `cargo build --workspace` first", p.display());
+    p
+}
+
+impl Pipeline {
+    pub async fn new() -> Self {
+        let stack = Stack::from_env();
+        let id = unique_id();
+        let topics = TopicArgs::with_suffix(&format!(".t{id}"));
+        ensure_topics(&KafkaArgs::new(&stack.brokers), &pipeline_topics(&topics, 3)).await.expect("creating topics");
+        let db = format!("sf_{id}");
+        let (client, conn) = tokio_postgres::connect(&stack.pg_url, tokio_postgres::NoTls).await.expect("connecting to PostgreSQL");
+        tokio::spawn(conn);
+        client.batch_execute(&format!("CREATE DATABASE {db}")).await.expect("creating the test database");
+        let db_url = match stack.pg_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{db}"),
+            None => panic!("SKUFLOW_TEST_PG_URL must be a postgres:// URL"),
+        };
+        Pipeline { id, stack, topics, db_url, children: Vec::new() }
+    }
+
+    fn topic_args(&self) -> Vec<String> {
+        vec![
+            format!("--uploads-topic={}", self.topics.uploads),
+            format!("--records-topic={}", self.topics.records),
+            format!("--rejects-topic={}", self.topics.rejects),
+            format!("--files-topic={}", self.topics.files),
+            format!("--brokers={}", self.stack.brokers),
+        ]
+    }
+
+    /// Starts `skuflow-ingest` with extra flags.
+    pub fn start_ingest(&mut self, extra: &[String]) -> usize {
+        let mut cmd = Command::new(bin("skuflow-ingest"));
+        cmd.args(self.topic_args())
+            .arg(format!("--group=skuflow-ingest-{}", self.id))
+            .arg("--scan-interval-secs=1")
+            .env("AWS_ACCESS_KEY_ID", &self.stack.s3_key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.stack.s3_secret)
+            .args(extra);
+        self.spawn(cmd, "ingest")
+    }
+
+    /// Starts `skuflow-warehouse-loader`.
+    pub fn start_loader(&mut self, extra: &[String]) -> usize {
+        let mut cmd = Command::new(bin("skuflow-warehouse-loader"));
+        cmd.args(self.topic_args())
+            .arg(format!("--group=skuflow-warehouse-loader-{}", self.id))
+            .arg("--flush-interval-ms=300")
+            .env("SKUFLOW_PG_URL", &self.db_url)
+            .args(extra);
+        self.spawn(cmd, "loader")
+    }
+
+    fn spawn(&mut self, mut cmd: Command, name: &str) -> usize {
+        let logdir = std::env::temp_dir().join(format!("skuflow-test-{}", self.id));
+        std::fs::create_dir_all(&logdir).unwrap();
+        let log = std::fs::File::create(logdir.join(format!("{name}-{}.log", self.children.len()))).unwrap();
+        cmd.env("SKUFLOW_LOG", "info").stdout(Stdio::null()).stderr(Stdio::from(log));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// The logs of every child so far (for failure messages and secret checks).
+    pub fn logs(&self) -> String {
+        let logdir = std::env::temp_dir().join(format!("skuflow-test-{}", self.id));
+        let mut out = String::new();
+        for e in std::fs::read_dir(logdir).into_iter().flatten().flatten() {
+            out.push_str(&format!("== {}\n", e.path().display()));
+            out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+        out
+    }
+
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls).await.expect("connecting to the test database");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Polls `count_sql` (one bigint) until it equals `want` or the timeout passes; returns the last value.
+    pub async fn wait_for_count(&self, count_sql: &str, want: i64, timeout: Duration) -> i64 {
+        let start = Instant::now();
+        let mut last = -1;
+        while start.elapsed() < timeout {
+            if let Ok((client, conn)) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                if let Ok(row) = client.query_one(count_sql, &[]).await {
+                    last = row.get(0);
+                    if last == want {
+                        return last;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        last
+    }
+
+    /// Reads every message currently on `topic` (payloads).
+    pub fn read_topic(&self, topic: &str) -> Vec<serde_json::Value> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.stack.brokers)
+            .set("group.id", format!("reader-{}", unique_id()))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let partitions = md.topics()[0].partitions().len() as i32;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for p in 0..partitions {
+            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            ends.push(high);
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let total: i64 = ends.iter().sum();
+        let mut seen = vec![0i64; partitions as usize];
+        let mut out = Vec::new();
+        let start = Instant::now();
+        while seen.iter().zip(&ends).any(|(s, e)| s < e) && start.elapsed() < Duration::from_secs(60) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                seen[m.partition() as usize] = m.offset() + 1;
+                if let Some(p) = m.payload() {
+                    out.push(serde_json::from_slice(p).expect("every message is JSON"));
+                }
+            }
+        }
+        assert!(out.len() as i64 <= total);
+        out
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
