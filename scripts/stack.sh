@@ -86,7 +86,7 @@ up_tansu() {
   "$here/install-stack.sh" tansu
   if port_open "$KAFKA_PORT"; then log "tansu already on $KAFKA_PORT"; return 0; fi
   mkdir -p "$STACK/tansu"
-  local storage="${SKUFLOW_TANSU_STORAGE:-sqlite://$STACK/tansu/tansu.db}"
+  local storage="${SKUFLOW_TANSU_STORAGE:-sqlite:///$STACK/tansu/tansu.db}"
   nohup tansu broker \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \

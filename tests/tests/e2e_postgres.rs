@@ -153,7 +153,13 @@ async fn local_bucket_to_postgres_exactly_once() {
     let rejects = p.read_topic(&p.topics.rejects);
     validate_all(json_schemas::REJECT, &rejects);
     assert_eq!(rejects.len(), invalid);
-    let first = rejects.iter().find(|r| r["line"] == 11 && r["key"].as_str().unwrap().contains("ikea")).expect("reject of line 11");
+    let first_bad = chain_rows.iter().position(|r| !r.valid).unwrap();
+    let bad_line = chain_lines[first_bad];
+    let first = rejects
+        .iter()
+        .find(|r| r["line"] == bad_line && r["key"].as_str().unwrap().contains("ikea"))
+        .unwrap_or_else(|| panic!("no reject for line {bad_line}: {rejects:?}"));
+    assert!(first["raw"].as_str().unwrap().starts_with(&chain_rows[first_bad].sku));
     assert_eq!(first["reasons"][0]["field"], "unit_price");
     assert_eq!(first["reasons"][0]["rule"], "non_negative");
     let files = p.read_topic(&p.topics.files);

@@ -7,8 +7,14 @@ use skuflow_ingest::scan::{scan, RowEvent};
 
 #[test]
 fn generated_rows_are_what_they_claim() {
-    let rows = sample_rows(7, 500, 9, "EUR", "2026-11-01");
-    let csv = render_csv(&rows, true, true);
+    for (seed, n, every, crlf) in [(7, 500, 9, true), (11, 60, 10, true), (12, 40, 8, false), (100, 2000, 25, true)] {
+        check(seed, n, every, crlf);
+    }
+}
+
+fn check(seed: u64, n: u64, every: u64, crlf: bool) {
+    let rows = sample_rows(seed, n, every, "EUR", "2026-11-01");
+    let csv = render_csv(&rows, crlf, crlf);
     let mut verdicts = Vec::new();
     let summary = scan(csv.as_bytes(), Limits::default(), |e| {
         verdicts.push(match e {
@@ -18,7 +24,7 @@ fn generated_rows_are_what_they_claim() {
         Ok(())
     })
     .unwrap();
-    assert_eq!(summary.rows_total, 500);
+    assert_eq!(summary.rows_total, n);
     for (i, (r, (ok, why))) in rows.iter().zip(&verdicts).enumerate() {
         assert_eq!(r.valid, *ok, "row {i} {:?}: {why}", r.to_csv_line());
     }
