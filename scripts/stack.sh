@@ -73,6 +73,8 @@ SELECT 'CREATE ROLE skuflow LOGIN CREATEDB CREATEROLE PASSWORD ''$PG_PASSWORD'''
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'skuflow') \gexec
 SELECT 'CREATE DATABASE skuflow OWNER skuflow'
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'skuflow') \gexec
+SELECT 'CREATE DATABASE skuflow_demo OWNER skuflow'
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'skuflow_demo') \gexec
 SQL
   log "PostgreSQL ready on 127.0.0.1:$PG_PORT"
 }
@@ -120,6 +122,7 @@ print_env() {
 export SKUFLOW_STACK_DIR='$STACK'
 export SKUFLOW_TEST_BROKERS='127.0.0.1:$KAFKA_PORT'
 export SKUFLOW_TEST_PG_URL='postgres://skuflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/skuflow'
+export SKUFLOW_DEMO_PG_URL='postgres://skuflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/skuflow_demo'
 export SKUFLOW_TEST_PG_ADMIN='host=$STACK/pg/socket port=$PG_PORT user=postgres dbname=postgres'
 export SKUFLOW_TEST_PG_BIN='$(pg_bin)'
 export SKUFLOW_TEST_S3_ENDPOINT='http://127.0.0.1:$S3_PORT'

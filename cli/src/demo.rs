@@ -59,7 +59,11 @@ fn put(root: &Path, bucket: &str, key: &str, bytes: &[u8]) -> anyhow::Result<()>
 }
 
 /// Writes the sample uploads; returns the number of files per bucket.
-fn generate(root: &Path, countries: &[String], rows: u64) -> anyhow::Result<BTreeMap<String, usize>> {
+fn generate(
+    root: &Path,
+    countries: &[String],
+    rows: u64,
+) -> anyhow::Result<BTreeMap<String, usize>> {
     let date = "2026-11-20";
     let mut files = BTreeMap::new();
     for (n, cc) in countries.iter().enumerate() {
@@ -67,12 +71,40 @@ fn generate(root: &Path, countries: &[String], rows: u64) -> anyhow::Result<BTre
         let cur = currency(cc);
         let seed = 100 * (n as u64 + 1);
         let chain = if n % 2 == 0 { "walmart" } else { "ikea" };
-        put(root, &bucket, &format!("incoming/retail_chain/{chain}/{}-001/{date}/skus.csv", cc.to_lowercase()),
-            render_csv(&sample_rows(seed, rows, 25, cur, date), true, true).as_bytes())?;
-        put(root, &bucket, &format!("incoming/retail_chain/{chain}/{}-002/{date}/skus.csv", cc.to_lowercase()),
-            render_csv(&sample_rows(seed + 1, rows, 40, cur, date), false, false).as_bytes())?;
-        put(root, &bucket, &format!("incoming/individual/corner-{}/{date}/skus.csv.gz", cc.to_lowercase()),
-            &gzip(render_csv(&sample_rows(seed + 2, rows / 2, 30, cur, date), false, false).as_bytes()))?;
+        put(
+            root,
+            &bucket,
+            &format!(
+                "incoming/retail_chain/{chain}/{}-001/{date}/skus.csv",
+                cc.to_lowercase()
+            ),
+            render_csv(&sample_rows(seed, rows, 25, cur, date), true, true).as_bytes(),
+        )?;
+        put(
+            root,
+            &bucket,
+            &format!(
+                "incoming/retail_chain/{chain}/{}-002/{date}/skus.csv",
+                cc.to_lowercase()
+            ),
+            render_csv(&sample_rows(seed + 1, rows, 40, cur, date), false, false).as_bytes(),
+        )?;
+        put(
+            root,
+            &bucket,
+            &format!(
+                "incoming/individual/corner-{}/{date}/skus.csv.gz",
+                cc.to_lowercase()
+            ),
+            &gzip(
+                render_csv(
+                    &sample_rows(seed + 2, rows / 2, 30, cur, date),
+                    false,
+                    false,
+                )
+                .as_bytes(),
+            ),
+        )?;
         let mut count = 3;
         if n == 0 {
             // A file rejected as a whole: the unit_price column is missing.
@@ -90,7 +122,10 @@ async fn reset_schema(pg_url: &str) -> anyhow::Result<()> {
         .await
         .context("connecting to PostgreSQL (is it running? `make stack`)")?;
     tokio::spawn(conn);
-    client.batch_execute("DROP SCHEMA IF EXISTS skuflow CASCADE").await.context("resetting the demo schema")?;
+    client
+        .batch_execute("DROP SCHEMA IF EXISTS skuflow CASCADE")
+        .await
+        .context("resetting the demo schema")?;
     Ok(())
 }
 
@@ -98,7 +133,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let buckets = args.out.join("buckets");
     if buckets.exists() {
-        std::fs::remove_dir_all(&buckets).with_context(|| format!("clearing {}", buckets.display()))?;
+        std::fs::remove_dir_all(&buckets)
+            .with_context(|| format!("clearing {}", buckets.display()))?;
     }
     let expected_files = generate(&buckets, &args.countries, args.rows_per_file)?;
     let total_files: usize = expected_files.values().sum();
@@ -114,7 +150,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         None => {
             let cluster = MockCluster::new(1).context("starting the in-process mock broker")?;
             for t in pipeline_topics(&topics, 3) {
-                cluster.create_topic(&t.name, t.partitions, 1).context("creating a topic")?;
+                cluster
+                    .create_topic(&t.name, t.partitions, 1)
+                    .context("creating a topic")?;
             }
             let b = cluster.bootstrap_servers();
             _mock = cluster;
@@ -138,20 +176,35 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let loader = LoaderArgs {
         pg_url: args.pg_url.clone(),
-        consume: ConsumeArgs { flush_interval_ms: 500, ..ConsumeArgs::default() },
+        consume: ConsumeArgs {
+            flush_interval_ms: 500,
+            ..ConsumeArgs::default()
+        },
     };
     let mut tasks = tokio::task::JoinSet::new();
     {
         let (k, t, s) = (kafka.clone(), topics.clone(), stop.clone());
-        tasks.spawn(async move { skuflow_ingest::run(&ingest, &k, &t, s).await.context("ingest") });
+        tasks.spawn(async move {
+            skuflow_ingest::run(&ingest, &k, &t, s)
+                .await
+                .context("ingest")
+        });
     }
     {
         let (k, t, s) = (kafka.clone(), topics.clone(), stop.clone());
-        tasks.spawn(async move { skuflow_warehouse_loader::run(&loader, &k, &t, s).await.map(|_| ()).context("warehouse loader") });
+        tasks.spawn(async move {
+            skuflow_warehouse_loader::run(&loader, &k, &t, s)
+                .await
+                .map(|_| ())
+                .context("warehouse loader")
+        });
     }
 
     // Follow the file lifecycle until every file is final and the warehouse holds every valid row.
-    let files_consumer: BaseConsumer = kafka.consumer_config("skuflow-demo-status").set("enable.auto.commit", "false").create()?;
+    let files_consumer: BaseConsumer = kafka
+        .consumer_config("skuflow-demo-status")
+        .set("enable.auto.commit", "false")
+        .create()?;
     files_consumer.subscribe(&[&topics.files])?;
     let mut latest: HashMap<String, FileEvent> = HashMap::new();
     let (client, conn) = tokio_postgres::connect(&args.pg_url, tokio_postgres::NoTls).await?;
@@ -167,18 +220,32 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             bail!("a pipeline task stopped early");
         }
         while let Some(Ok(m)) = files_consumer.poll(Duration::from_millis(100)) {
-            if let Some(ev) = m.payload().and_then(|p| serde_json::from_slice::<FileEvent>(p).ok()) {
-                let newer = latest.get(&ev.file_id).is_none_or(|old| old.status == FileStatus::Accepted);
+            if let Some(ev) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<FileEvent>(p).ok())
+            {
+                let newer = latest
+                    .get(&ev.file_id)
+                    .is_none_or(|old| old.status == FileStatus::Accepted);
                 if newer {
                     latest.insert(ev.file_id.clone(), ev);
                 }
             }
         }
-        let finals: Vec<&FileEvent> = latest.values().filter(|e| e.status != FileStatus::Accepted).collect();
-        let want: i64 = finals.iter().filter_map(|e| e.rows_valid.filter(|_| e.status == FileStatus::Completed)).sum::<u64>() as i64;
+        let finals: Vec<&FileEvent> = latest
+            .values()
+            .filter(|e| e.status != FileStatus::Accepted)
+            .collect();
+        let want: i64 = finals
+            .iter()
+            .filter_map(|e| e.rows_valid.filter(|_| e.status == FileStatus::Completed))
+            .sum::<u64>() as i64;
         if finals.len() >= total_files {
             let rows = client
-                .query("SELECT country, count(*) FROM skuflow.sku_facts GROUP BY country", &[])
+                .query(
+                    "SELECT country, count(*) FROM skuflow.sku_facts GROUP BY country",
+                    &[],
+                )
                 .await
                 .unwrap_or_default();
             let loaded: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -194,28 +261,78 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     println!();
-    println!("skuflow demo: {} files in {} buckets drained in {:.1} s (broker: {})",
-        total_files, expected_files.len(), started.elapsed().as_secs_f64(),
-        if args.brokers.is_some() { brokers.as_str() } else { "in-process mock" });
+    println!(
+        "skuflow demo: {} files in {} buckets drained in {:.1} s (broker: {})",
+        total_files,
+        expected_files.len(),
+        started.elapsed().as_secs_f64(),
+        if args.brokers.is_some() {
+            brokers.as_str()
+        } else {
+            "in-process mock"
+        }
+    );
     println!();
-    println!("{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16}", "country", "files", "completed", "failed", "rows accepted", "rows rejected", "rows in postgres");
-    for (bucket, _) in &expected_files {
-        let evs: Vec<&FileEvent> = latest.values().filter(|e| &e.bucket == bucket && e.status != FileStatus::Accepted).collect();
-        let cc = evs.iter().find_map(|e| e.country.clone()).unwrap_or_else(|| bucket.trim_start_matches("skus-").to_uppercase());
-        let done = evs.iter().filter(|e| e.status == FileStatus::Completed).count();
-        let failed = evs.iter().filter(|e| e.status == FileStatus::Failed).count();
+    println!(
+        "{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16}",
+        "country",
+        "files",
+        "completed",
+        "failed",
+        "rows accepted",
+        "rows rejected",
+        "rows in postgres"
+    );
+    for bucket in expected_files.keys() {
+        let evs: Vec<&FileEvent> = latest
+            .values()
+            .filter(|e| &e.bucket == bucket && e.status != FileStatus::Accepted)
+            .collect();
+        let cc = evs
+            .iter()
+            .find_map(|e| e.country.clone())
+            .unwrap_or_else(|| bucket.trim_start_matches("skus-").to_uppercase());
+        let done = evs
+            .iter()
+            .filter(|e| e.status == FileStatus::Completed)
+            .count();
+        let failed = evs
+            .iter()
+            .filter(|e| e.status == FileStatus::Failed)
+            .count();
         let valid: u64 = evs.iter().filter_map(|e| e.rows_valid).sum();
         let rejected: u64 = evs.iter().filter_map(|e| e.rows_rejected).sum();
-        println!("{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16}", cc, evs.len(), done, failed, valid, rejected, per_country.get(&cc).copied().unwrap_or(0));
+        println!(
+            "{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16}",
+            cc,
+            evs.len(),
+            done,
+            failed,
+            valid,
+            rejected,
+            per_country.get(&cc).copied().unwrap_or(0)
+        );
     }
     for e in latest.values().filter(|e| e.status == FileStatus::Failed) {
-        println!("\nfailed: {}/{}\n  reason: {}\n  report: {}/{}.errors.json", e.bucket, e.key,
-            e.reason.as_deref().unwrap_or("-"), e.bucket, e.moved_to.as_deref().unwrap_or("-"));
+        println!(
+            "\nfailed: {}/{}\n  reason: {}\n  report: {}/{}.errors.json",
+            e.bucket,
+            e.key,
+            e.reason.as_deref().unwrap_or("-"),
+            e.bucket,
+            e.moved_to.as_deref().unwrap_or("-")
+        );
     }
     println!();
     println!("where the output is:");
-    println!("  buckets        {}  (incoming/ -> processed/ | errors/ + <file>.errors.json)", buckets.display());
-    println!("  kafka topics   {}, {}, {}, {}", topics.uploads, topics.records, topics.rejects, topics.files);
+    println!(
+        "  buckets        {}  (incoming/ -> processed/ | errors/ + <file>.errors.json)",
+        buckets.display()
+    );
+    println!(
+        "  kafka topics   {}, {}, {}, {}",
+        topics.uploads, topics.records, topics.rejects, topics.files
+    );
     println!("  postgresql     skuflow.sku_facts (partitioned by country), views skuflow.latest_stock_price, skuflow.daily_sales");
     Ok(())
 }

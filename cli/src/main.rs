@@ -12,7 +12,11 @@ use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
 use skuflow_platform::{telemetry, KafkaArgs, TopicArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "skuflow", version, about = "skuflow: store SKU uploads streamed to every sink, exactly once")]
+#[command(
+    name = "skuflow",
+    version,
+    about = "skuflow: store SKU uploads streamed to every sink, exactly once"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,9 +54,19 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(&cli.log);
     match cli.command {
-        Command::Topics { action: TopicsAction::Create { kafka, topics, partitions } } => {
+        Command::Topics {
+            action:
+                TopicsAction::Create {
+                    kafka,
+                    topics,
+                    partitions,
+                },
+        } => {
             ensure_topics(&kafka, &pipeline_topics(&topics, partitions)).await?;
-            println!("topics ready: {}, {}, {}, {}", topics.uploads, topics.records, topics.rejects, topics.files);
+            println!(
+                "topics ready: {}, {}, {}, {}",
+                topics.uploads, topics.records, topics.rejects, topics.files
+            );
             Ok(())
         }
         Command::Demo(args) => demo::run(args).await,

@@ -22,7 +22,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use skuflow_schemas::{headers, RejectMessage, RejectReason, SkuRecord, RECORD_SCHEMA, REJECT_SCHEMA};
+use skuflow_schemas::{
+    headers, RejectMessage, RejectReason, SkuRecord, RECORD_SCHEMA, REJECT_SCHEMA,
+};
 
 use crate::kafka::{KafkaArgs, TopicArgs};
 
@@ -88,10 +90,18 @@ pub struct ConsumeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch_size: u32,
     /// Longest time a partial batch waits before it is written, in milliseconds.
-    #[arg(long = "flush-interval-ms", env = "SKUFLOW_FLUSH_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(
+        long = "flush-interval-ms",
+        env = "SKUFLOW_FLUSH_INTERVAL_MS",
+        default_value_t = 1000
+    )]
     pub flush_interval_ms: u64,
     /// Longest backoff between retries of an unavailable sink, in milliseconds.
-    #[arg(long = "max-backoff-ms", env = "SKUFLOW_MAX_BACKOFF_MS", default_value_t = 30_000)]
+    #[arg(
+        long = "max-backoff-ms",
+        env = "SKUFLOW_MAX_BACKOFF_MS",
+        default_value_t = 30_000
+    )]
     pub max_backoff_ms: u64,
 }
 
@@ -112,7 +122,11 @@ struct RebalanceFlag(Arc<AtomicBool>);
 impl ClientContext for RebalanceFlag {}
 
 impl ConsumerContext for RebalanceFlag {
-    fn post_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(
+        &self,
+        _c: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "Partitions assigned.");
         }
@@ -140,7 +154,10 @@ pub async fn run_sink<S: Sink>(
     mut sink: S,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunStats> {
-    let group = args.group.clone().unwrap_or_else(|| default_group.to_string());
+    let group = args
+        .group
+        .clone()
+        .unwrap_or_else(|| default_group.to_string());
     let rebalanced = Arc::new(AtomicBool::new(true));
     let consumer: StreamConsumer<RebalanceFlag> = kafka
         .consumer_config(&group)
@@ -193,11 +210,21 @@ pub async fn run_sink<S: Sink>(
                 }
                 next_offsets.insert(partition, offset + 1);
                 match decode_record(m.payload()) {
-                    Ok(value) => batch.push(Consumed { partition, offset, value }),
+                    Ok(value) => batch.push(Consumed {
+                        partition,
+                        offset,
+                        value,
+                    }),
                     Err(reason) => undecodable.push((
                         partition,
                         offset,
-                        undecodable_dead_letter(sink.name(), m.payload(), partition, offset, reason),
+                        undecodable_dead_letter(
+                            sink.name(),
+                            m.payload(),
+                            partition,
+                            offset,
+                            reason,
+                        ),
                     )),
                 }
             }
@@ -238,12 +265,19 @@ pub async fn run_sink<S: Sink>(
                 }
             }
             let Some(refusals) = write else {
-                tracing::info!(records = n, "Shutdown during retries; the batch is not stored and will be redelivered.");
+                tracing::info!(
+                    records = n,
+                    "Shutdown during retries; the batch is not stored and will be redelivered."
+                );
                 break;
             };
             let mut letters: Vec<RejectMessage> = refusals
                 .iter()
-                .filter_map(|r| batch.get(r.index).map(|c| refusal_dead_letter(sink.name(), c, r)))
+                .filter_map(|r| {
+                    batch
+                        .get(r.index)
+                        .map(|c| refusal_dead_letter(sink.name(), c, r))
+                })
                 .collect();
             stats.refused += letters.len() as u64;
             stats.undecodable += undecodable.len() as u64;
@@ -252,8 +286,13 @@ pub async fn run_sink<S: Sink>(
             store_offsets(&consumer, topic, &next_offsets);
             stats.written += (n - refusals.len()) as u64;
             stats.batches += 1;
-            tracing::debug!(sink = sink.name(), records = n, refused = refusals.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64, "Batch durable; offsets stored.");
+            tracing::debug!(
+                sink = sink.name(),
+                records = n,
+                refused = refusals.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Batch durable; offsets stored."
+            );
             for (p, o) in &next_offsets {
                 durable.insert(*p, *o);
             }
@@ -271,8 +310,13 @@ pub async fn run_sink<S: Sink>(
     if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
         tracing::debug!(error = %e, "Final offset commit had nothing to commit.");
     }
-    tracing::info!(sink = sink.name(), received = stats.received, written = stats.written,
-        refused = stats.refused, "Consumer stopped.");
+    tracing::info!(
+        sink = sink.name(),
+        received = stats.received,
+        written = stats.written,
+        refused = stats.refused,
+        "Consumer stopped."
+    );
     Ok(stats)
 }
 
@@ -285,11 +329,20 @@ struct Backoff {
 
 impl Backoff {
     fn new(args: &ConsumeArgs) -> Self {
-        Backoff { next: Duration::from_millis(200), max: Duration::from_millis(args.max_backoff_ms.max(200)), attempt: 0 }
+        Backoff {
+            next: Duration::from_millis(200),
+            max: Duration::from_millis(args.max_backoff_ms.max(200)),
+            attempt: 0,
+        }
     }
 
     /// Waits before the next attempt. `Ok(false)`: shutdown requested; `Err`: fatal.
-    async fn wait(&mut self, err: SinkError, sink: &str, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+    async fn wait(
+        &mut self,
+        err: SinkError,
+        sink: &str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
         let e = match err {
             SinkError::Fatal(e) => return Err(e.context(format!("{sink} failed for good"))),
             SinkError::Retriable(e) => e,
@@ -307,16 +360,24 @@ impl Backoff {
 
     fn recovered(&self, sink: &str) {
         if self.attempt > 0 {
-            tracing::info!(sink, attempts = self.attempt + 1, "Sink available again; resuming.");
+            tracing::info!(
+                sink,
+                attempts = self.attempt + 1,
+                "Sink available again; resuming."
+            );
         }
     }
 }
 
 fn decode_record(payload: Option<&[u8]>) -> Result<SkuRecord, String> {
     let bytes = payload.ok_or("empty message")?;
-    let rec: SkuRecord = serde_json::from_slice(bytes).map_err(|e| format!("not a {RECORD_SCHEMA} record: {e}"))?;
+    let rec: SkuRecord =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a {RECORD_SCHEMA} record: {e}"))?;
     if rec.schema != RECORD_SCHEMA {
-        return Err(format!("schema is {}, expected {RECORD_SCHEMA}", rec.schema));
+        return Err(format!(
+            "schema is {}, expected {RECORD_SCHEMA}",
+            rec.schema
+        ));
     }
     Ok(rec)
 }
@@ -334,7 +395,13 @@ fn capped(raw: &str) -> (String, bool) {
     (raw[..end].to_string(), true)
 }
 
-fn undecodable_dead_letter(stage: &str, payload: Option<&[u8]>, partition: i32, offset: i64, reason: String) -> RejectMessage {
+fn undecodable_dead_letter(
+    stage: &str,
+    payload: Option<&[u8]>,
+    partition: i32,
+    offset: i64,
+    reason: String,
+) -> RejectMessage {
     let raw = String::from_utf8_lossy(payload.unwrap_or_default());
     let (raw, raw_truncated) = capped(&raw);
     RejectMessage {
@@ -348,7 +415,13 @@ fn undecodable_dead_letter(stage: &str, payload: Option<&[u8]>, partition: i32, 
         raw,
         raw_truncated,
         record_id: None,
-        reasons: vec![RejectReason { field: None, column: None, value: None, rule: "decode".into(), message: reason }],
+        reasons: vec![RejectReason {
+            field: None,
+            column: None,
+            value: None,
+            rule: "decode".into(),
+            message: reason,
+        }],
         rejected_at: Utc::now(),
     }
 }
@@ -368,29 +441,56 @@ fn refusal_dead_letter(stage: &str, c: &Consumed<SkuRecord>, r: &Refusal) -> Rej
         raw,
         raw_truncated,
         record_id: Some(rec.record_id.clone()),
-        reasons: vec![RejectReason { field: None, column: None, value: None, rule: r.rule.clone(), message: r.message.clone() }],
+        reasons: vec![RejectReason {
+            field: None,
+            column: None,
+            value: None,
+            rule: r.rule.clone(),
+            message: r.message.clone(),
+        }],
         rejected_at: Utc::now(),
     }
 }
 
 /// Produces dead letters and waits for every acknowledgement.
-pub async fn send_dead_letters(producer: &FutureProducer, topic: &str, letters: &[RejectMessage]) -> anyhow::Result<()> {
-    let payloads: Vec<Vec<u8>> = letters.iter().map(serde_json::to_vec).collect::<Result<_, _>>()?;
+pub async fn send_dead_letters(
+    producer: &FutureProducer,
+    topic: &str,
+    letters: &[RejectMessage],
+) -> anyhow::Result<()> {
+    let payloads: Vec<Vec<u8>> = letters
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<_, _>>()?;
     let mut pending = Vec::with_capacity(letters.len());
     for (l, payload) in letters.iter().zip(&payloads) {
         let headers = OwnedHeaders::new()
-            .insert(Header { key: headers::SCHEMA, value: Some(REJECT_SCHEMA) })
-            .insert(Header { key: headers::FILE_ID, value: Some(l.file_id.as_str()) });
-        let rec = FutureRecord::to(topic).payload(payload).key(l.file_id.as_str()).headers(headers);
+            .insert(Header {
+                key: headers::SCHEMA,
+                value: Some(REJECT_SCHEMA),
+            })
+            .insert(Header {
+                key: headers::FILE_ID,
+                value: Some(l.file_id.as_str()),
+            });
+        let rec = FutureRecord::to(topic)
+            .payload(payload)
+            .key(l.file_id.as_str())
+            .headers(headers);
         pending.push(producer.send(rec, Duration::from_secs(300)));
     }
     for p in pending {
-        p.await.map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
+        p.await
+            .map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
     }
     Ok(())
 }
 
-fn store_offsets<C: ConsumerContext>(consumer: &StreamConsumer<C>, topic: &str, offsets: &BTreeMap<i32, i64>) {
+fn store_offsets<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    offsets: &BTreeMap<i32, i64>,
+) {
     let mut tpl = TopicPartitionList::new();
     for (p, o) in offsets {
         if let Err(e) = tpl.add_partition_offset(topic, *p, Offset::Offset(*o)) {

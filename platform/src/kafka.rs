@@ -16,7 +16,11 @@ use skuflow_schemas::topics;
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Bootstrap servers, comma-separated host:port.
-    #[arg(long = "brokers", env = "SKUFLOW_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long = "brokers",
+        env = "SKUFLOW_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub brokers: String,
     /// librdkafka properties passed through unchanged, `key=value`; repeat the flag or separate
     /// with `;` in the environment variable (e.g. `security.protocol=SASL_SSL;sasl.mechanism=PLAIN`).
@@ -24,6 +28,7 @@ pub struct KafkaArgs {
         short = 'X',
         long = "kafka-option",
         env = "SKUFLOW_KAFKA_OPTIONS",
+        hide_env_values = true,
         value_delimiter = ';',
         value_parser = parse_kafka_option
     )]
@@ -154,10 +159,26 @@ pub struct TopicSpec {
 /// The pipeline's topics with default partition counts.
 pub fn pipeline_topics(t: &TopicArgs, partitions: i32) -> Vec<TopicSpec> {
     vec![
-        TopicSpec { name: t.uploads.clone(), partitions, compacted: false },
-        TopicSpec { name: t.records.clone(), partitions, compacted: false },
-        TopicSpec { name: t.rejects.clone(), partitions, compacted: false },
-        TopicSpec { name: t.files.clone(), partitions, compacted: true },
+        TopicSpec {
+            name: t.uploads.clone(),
+            partitions,
+            compacted: false,
+        },
+        TopicSpec {
+            name: t.records.clone(),
+            partitions,
+            compacted: false,
+        },
+        TopicSpec {
+            name: t.rejects.clone(),
+            partitions,
+            compacted: false,
+        },
+        TopicSpec {
+            name: t.files.clone(),
+            partitions,
+            compacted: true,
+        },
     ]
 }
 
@@ -205,6 +226,8 @@ mod tests {
             parse_kafka_option("sasl.password=a=b").unwrap(),
             ("sasl.password".to_string(), "a=b".to_string())
         );
-        assert!(parse_kafka_option("novalue").unwrap_err().contains("key=value"));
+        assert!(parse_kafka_option("novalue")
+            .unwrap_err()
+            .contains("key=value"));
     }
 }

@@ -58,7 +58,10 @@ mod tests {
         let props = &t["template"]["mappings"]["properties"];
         assert_eq!(props["unit_price"]["type"], "scaled_float");
         assert_eq!(props["unit_price"]["scaling_factor"], 10000);
-        assert_eq!(props["product_name"]["fields"]["keyword"]["type"], "keyword");
+        assert_eq!(
+            props["product_name"]["fields"]["keyword"]["type"],
+            "keyword"
+        );
         assert_eq!(props["business_date"]["type"], "date");
     }
 }

@@ -100,7 +100,11 @@ pub fn parse_fields(schema_json: &str) -> Result<Vec<Field>, String> {
             _ => return Err(format!("property {name} has no type")),
         };
         let nullable = json_types.contains(&"null");
-        let base: Vec<&str> = json_types.iter().copied().filter(|t| *t != "null").collect();
+        let base: Vec<&str> = json_types
+            .iter()
+            .copied()
+            .filter(|t| *t != "null")
+            .collect();
         let expected = match field_type {
             FieldType::Integer | FieldType::Long => "integer",
             _ => "string",

@@ -107,7 +107,13 @@ pub struct UploadRequest {
 }
 
 impl UploadRequest {
-    pub fn new(bucket: &str, key: &str, etag: Option<String>, size: Option<u64>, trigger: Trigger) -> Self {
+    pub fn new(
+        bucket: &str,
+        key: &str,
+        etag: Option<String>,
+        size: Option<u64>,
+        trigger: Trigger,
+    ) -> Self {
         UploadRequest {
             schema: UPLOAD_SCHEMA.to_string(),
             bucket: bucket.to_string(),

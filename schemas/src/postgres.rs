@@ -49,7 +49,11 @@ mod tests {
     fn ddl_has_every_field_and_the_natural_key() {
         let ddl = create_fact_table("skuflow.sku_facts");
         for f in record_fields() {
-            assert!(ddl.contains(&format!("\n    {} ", f.name)), "{} missing", f.name);
+            assert!(
+                ddl.contains(&format!("\n    {} ", f.name)),
+                "{} missing",
+                f.name
+            );
         }
         assert!(ddl.contains("unit_price numeric(18,4) NOT NULL"));
         assert!(ddl.contains("unit_cost numeric(18,4),"));

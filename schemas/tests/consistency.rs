@@ -67,13 +67,19 @@ fn rust_record_serializes_exactly_the_schema_properties_in_order() {
     sorted_fields.sort();
     let mut sorted_keys = keys.clone();
     sorted_keys.sort();
-    assert_eq!(sorted_keys, sorted_fields, "SkuRecord and sku-record.schema.json differ");
+    assert_eq!(
+        sorted_keys, sorted_fields,
+        "SkuRecord and sku-record.schema.json differ"
+    );
 }
 
 #[test]
 fn every_derived_schema_has_exactly_the_record_fields() {
     let fields = field_names();
-    let pg: Vec<String> = postgres::column_names().iter().map(|s| s.to_string()).collect();
+    let pg: Vec<String> = postgres::column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(pg, fields, "PostgreSQL columns drifted");
 
     let arrow: Vec<String> = arrow::record_schema()
@@ -83,7 +89,10 @@ fn every_derived_schema_has_exactly_the_record_fields() {
         .collect();
     assert_eq!(arrow, fields, "Arrow schema drifted");
 
-    let mut es: Vec<String> = elasticsearch::mapping_properties().keys().cloned().collect();
+    let mut es: Vec<String> = elasticsearch::mapping_properties()
+        .keys()
+        .cloned()
+        .collect();
     es.sort();
     let mut sorted = fields.clone();
     sorted.sort();
@@ -93,14 +102,25 @@ fn every_derived_schema_has_exactly_the_record_fields() {
     for (f, a) in record_fields().iter().zip(arrow::record_schema().fields()) {
         assert_eq!(f.nullable, a.is_nullable(), "{} nullability", f.name);
         let ddl = postgres::column_definitions();
-        let col = ddl.iter().find(|c| c.starts_with(&format!("{} ", f.name))).unwrap();
-        assert_eq!(!f.nullable, col.ends_with("NOT NULL"), "{} NOT NULL", f.name);
+        let col = ddl
+            .iter()
+            .find(|c| c.starts_with(&format!("{} ", f.name)))
+            .unwrap();
+        assert_eq!(
+            !f.nullable,
+            col.ends_with("NOT NULL"),
+            "{} NOT NULL",
+            f.name
+        );
     }
 }
 
 #[test]
 fn sample_messages_validate_against_their_schemas() {
-    validate(json_schemas::RECORD, &serde_json::to_value(sample_record()).unwrap());
+    validate(
+        json_schemas::RECORD,
+        &serde_json::to_value(sample_record()).unwrap(),
+    );
     let upload = UploadRequest::new("skus-de", "incoming/x.csv", None, Some(10), Trigger::Scan);
     validate(json_schemas::UPLOAD, &serde_json::to_value(upload).unwrap());
     let reject = RejectMessage {

@@ -48,9 +48,12 @@ const BRANDS: [&str; 4] = ["Nordic", "Acme", "", "Öko & Co"];
 impl SampleRow {
     /// A valid row, deterministic in `(seed, i)`.
     pub fn valid(seed: u64, i: u64, currency: &str, date: &str) -> Self {
-        let x = seed.wrapping_mul(6364136223846793005).wrapping_add(i.wrapping_mul(1442695040888963407)) ^ (i << 17);
+        let x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(i.wrapping_mul(1442695040888963407))
+            ^ (i << 17);
         let price_cents = 50 + (x >> 20) % 20_000;
-        let with_cost = i % 3 != 0;
+        let with_cost = !i.is_multiple_of(3);
         let name = match i % 7 {
             0 => format!("Oat drink, barista \"{i}\""),
             1 => format!("Shelf unit\nmodel {i}"),
@@ -63,12 +66,20 @@ impl SampleRow {
             category: CATEGORIES[(i % 5) as usize].to_string(),
             brand: BRANDS[(i % 4) as usize].to_string(),
             unit_price: format!("{}.{:02}", price_cents / 100, price_cents % 100),
-            unit_cost: if with_cost { format!("{}.{:04}", price_cents / 200, (x >> 7) % 10_000) } else { String::new() },
+            unit_cost: if with_cost {
+                format!("{}.{:04}", price_cents / 200, (x >> 7) % 10_000)
+            } else {
+                String::new()
+            },
             currency: currency.to_string(),
             quantity_on_hand: ((x >> 33) % 500).to_string(),
             units_sold: ((x >> 41) % 60).to_string(),
             business_date: date.to_string(),
-            barcode: if i % 2 == 0 { gtin13(seed * 1_000_000 + i) } else { String::new() },
+            barcode: if i.is_multiple_of(2) {
+                gtin13(seed * 1_000_000 + i)
+            } else {
+                String::new()
+            },
             valid: true,
         }
     }
@@ -110,7 +121,13 @@ impl SampleRow {
 }
 
 /// `n` rows with every `invalid_every`-th row invalid (0: none).
-pub fn sample_rows(seed: u64, n: u64, invalid_every: u64, currency: &str, date: &str) -> Vec<SampleRow> {
+pub fn sample_rows(
+    seed: u64,
+    n: u64,
+    invalid_every: u64,
+    currency: &str,
+    date: &str,
+) -> Vec<SampleRow> {
     (0..n)
         .map(|i| {
             if invalid_every > 0 && i % invalid_every == invalid_every - 1 {

@@ -66,20 +66,45 @@ async fn assert_exact(p: &Pipeline, expected: &[Expect<'_>]) {
         .unwrap();
     let mut by_key: HashMap<(String, String, String), tokio_postgres::Row> = HashMap::new();
     for r in rows {
-        let key = (r.get::<_, String>(11), r.get::<_, String>(12), r.get::<_, String>(0));
-        assert!(by_key.insert(key.clone(), r).is_none(), "natural key {key:?} loaded twice");
+        let key = (
+            r.get::<_, String>(11),
+            r.get::<_, String>(12),
+            r.get::<_, String>(0),
+        );
+        assert!(
+            by_key.insert(key.clone(), r).is_none(),
+            "natural key {key:?} loaded twice"
+        );
     }
-    assert_eq!(by_key.len(), expected.len(), "rows loaded vs valid rows uploaded");
+    assert_eq!(
+        by_key.len(),
+        expected.len(),
+        "rows loaded vs valid rows uploaded"
+    );
     for e in expected {
         let r = by_key
-            .get(&(e.country.to_string(), e.store_id.to_string(), e.row.sku.clone()))
+            .get(&(
+                e.country.to_string(),
+                e.store_id.to_string(),
+                e.row.sku.clone(),
+            ))
             .unwrap_or_else(|| panic!("row {} of {} was lost", e.row.sku, e.store_id));
         let s = e.row;
         assert_eq!(r.get::<_, String>(1), s.product_name, "{}", s.sku);
         assert_eq!(r.get::<_, String>(2), s.category);
         assert_eq!(r.get::<_, Option<String>>(3), opt(&s.brand));
-        assert_eq!(r.get::<_, Decimal>(4), dec(&s.unit_price).unwrap(), "unit_price of {}", s.sku);
-        assert_eq!(r.get::<_, Option<Decimal>>(5), dec(&s.unit_cost), "unit_cost of {}", s.sku);
+        assert_eq!(
+            r.get::<_, Decimal>(4),
+            dec(&s.unit_price).unwrap(),
+            "unit_price of {}",
+            s.sku
+        );
+        assert_eq!(
+            r.get::<_, Option<Decimal>>(5),
+            dec(&s.unit_cost),
+            "unit_cost of {}",
+            s.sku
+        );
         assert_eq!(r.get::<_, String>(6), s.currency);
         assert_eq!(r.get::<_, i32>(7).to_string(), s.quantity_on_hand);
         assert_eq!(r.get::<_, i32>(8).to_string(), s.units_sold);
@@ -93,10 +118,19 @@ async fn assert_exact(p: &Pipeline, expected: &[Expect<'_>]) {
 
 fn validate_all(schema_doc: &str, messages: &[Value]) {
     let schema: Value = serde_json::from_str(schema_doc).unwrap();
-    let v = jsonschema::options().should_validate_formats(true).build(&schema).unwrap();
+    let v = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
     for m in messages {
-        let errors: Vec<String> = v.iter_errors(m).map(|e| format!("{e} at {}", e.instance_path)).collect();
-        assert!(errors.is_empty(), "produced message fails its JSON Schema: {errors:?}\n{m}");
+        let errors: Vec<String> = v
+            .iter_errors(m)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "produced message fails its JSON Schema: {errors:?}\n{m}"
+        );
     }
 }
 
@@ -109,10 +143,22 @@ async fn local_bucket_to_postgres_exactly_once() {
 
     let chain_rows = sample_rows(11, 60, 10, "EUR", "2026-11-01");
     let shop_rows = sample_rows(12, 40, 8, "eur", "2026-11-01");
-    write(&de.join("incoming/retail_chain/ikea/berlin-1/2026-11-01/skus.csv"), render_csv(&chain_rows, true, true).as_bytes());
-    write(&de.join("incoming/individual/corner-7/2026-11-01/skus.csv.gz"), &gzip(render_csv(&shop_rows, false, false).as_bytes()));
-    write(&de.join("incoming/individual/corner-7/2026-11-01/broken.csv"), b"sku,product_name,category\nA,b,c\n");
-    write(&de.join("incoming/wholesale/x/2026-11-01/a.csv"), render_csv(&shop_rows[..2], false, false).as_bytes());
+    write(
+        &de.join("incoming/retail_chain/ikea/berlin-1/2026-11-01/skus.csv"),
+        render_csv(&chain_rows, true, true).as_bytes(),
+    );
+    write(
+        &de.join("incoming/individual/corner-7/2026-11-01/skus.csv.gz"),
+        &gzip(render_csv(&shop_rows, false, false).as_bytes()),
+    );
+    write(
+        &de.join("incoming/individual/corner-7/2026-11-01/broken.csv"),
+        b"sku,product_name,category\nA,b,c\n",
+    );
+    write(
+        &de.join("incoming/wholesale/x/2026-11-01/a.csv"),
+        render_csv(&shop_rows[..2], false, false).as_bytes(),
+    );
 
     p.start_loader(&[]);
     p.start_ingest(&[format!("--bucket-root={}", buckets.display())]);
@@ -121,29 +167,73 @@ async fn local_bucket_to_postgres_exactly_once() {
     let chain_lines = lines_of(&chain_rows);
     for (r, l) in chain_rows.iter().zip(&chain_lines) {
         if r.valid {
-            expected.push(Expect { row: r, country: "DE", store_id: "berlin-1", store_category: "retail_chain", chain: Some("ikea"), line: *l });
+            expected.push(Expect {
+                row: r,
+                country: "DE",
+                store_id: "berlin-1",
+                store_category: "retail_chain",
+                chain: Some("ikea"),
+                line: *l,
+            });
         }
     }
     let shop_lines = lines_of(&shop_rows);
-    let upper: Vec<SampleRow> = shop_rows.iter().map(|r| SampleRow { currency: r.currency.to_uppercase(), ..r.clone() }).collect();
+    let upper: Vec<SampleRow> = shop_rows
+        .iter()
+        .map(|r| SampleRow {
+            currency: r.currency.to_uppercase(),
+            ..r.clone()
+        })
+        .collect();
     for (r, l) in upper.iter().zip(&shop_lines) {
         if r.valid {
-            expected.push(Expect { row: r, country: "DE", store_id: "corner-7", store_category: "individual", chain: None, line: *l });
+            expected.push(Expect {
+                row: r,
+                country: "DE",
+                store_id: "corner-7",
+                store_category: "individual",
+                chain: None,
+                line: *l,
+            });
         }
     }
-    let invalid = chain_rows.iter().chain(&shop_rows).filter(|r| !r.valid).count();
-    let got = p.wait_for_count("SELECT count(*) FROM skuflow.sku_facts", expected.len() as i64, WAIT).await;
-    assert_eq!(got, expected.len() as i64, "loader did not converge; logs:\n{}", p.logs());
+    let invalid = chain_rows
+        .iter()
+        .chain(&shop_rows)
+        .filter(|r| !r.valid)
+        .count();
+    let got = p
+        .wait_for_count(
+            "SELECT count(*) FROM skuflow.sku_facts",
+            expected.len() as i64,
+            WAIT,
+        )
+        .await;
+    assert_eq!(
+        got,
+        expected.len() as i64,
+        "loader did not converge; logs:\n{}",
+        p.logs()
+    );
     // Give any duplicate a chance to show up before checking exactly.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_exact(&p, &expected).await;
 
     // Objects moved: good files to processed/, the broken ones to errors/ with a report.
-    assert!(de.join("processed/retail_chain/ikea/berlin-1/2026-11-01/skus.csv").exists());
-    assert!(de.join("processed/individual/corner-7/2026-11-01/skus.csv.gz").exists());
-    let report = std::fs::read_to_string(de.join("errors/individual/corner-7/2026-11-01/broken.csv.errors.json")).unwrap();
+    assert!(de
+        .join("processed/retail_chain/ikea/berlin-1/2026-11-01/skus.csv")
+        .exists());
+    assert!(de
+        .join("processed/individual/corner-7/2026-11-01/skus.csv.gz")
+        .exists());
+    let report = std::fs::read_to_string(
+        de.join("errors/individual/corner-7/2026-11-01/broken.csv.errors.json"),
+    )
+    .unwrap();
     assert!(report.contains("missing required column"), "{report}");
-    let report = std::fs::read_to_string(de.join("errors/wholesale/x/2026-11-01/a.csv.errors.json")).unwrap();
+    let report =
+        std::fs::read_to_string(de.join("errors/wholesale/x/2026-11-01/a.csv.errors.json"))
+            .unwrap();
     assert!(report.contains("wholesale"), "{report}");
 
     // Every produced message validates against its JSON Schema; rejects carry every reason.
@@ -159,49 +249,96 @@ async fn local_bucket_to_postgres_exactly_once() {
         .iter()
         .find(|r| r["line"] == bad_line && r["key"].as_str().unwrap().contains("ikea"))
         .unwrap_or_else(|| panic!("no reject for line {bad_line}: {rejects:?}"));
-    assert!(first["raw"].as_str().unwrap().starts_with(&chain_rows[first_bad].sku));
+    assert!(first["raw"]
+        .as_str()
+        .unwrap()
+        .starts_with(&chain_rows[first_bad].sku));
     assert_eq!(first["reasons"][0]["field"], "unit_price");
     assert_eq!(first["reasons"][0]["rule"], "non_negative");
     let files = p.read_topic(&p.topics.files);
     validate_all(json_schemas::FILE, &files);
-    let completed: Vec<&Value> = files.iter().filter(|f| f["status"] == "completed").collect();
+    let completed: Vec<&Value> = files
+        .iter()
+        .filter(|f| f["status"] == "completed")
+        .collect();
     assert_eq!(completed.len(), 2);
     assert_eq!(files.iter().filter(|f| f["status"] == "failed").count(), 2);
 
     // A correction: the chain store uploads the same day again with a new price for one SKU.
     let mut fixed = chain_rows.clone();
     fixed[0].unit_price = "999.9900".into();
-    write(&de.join("incoming/retail_chain/ikea/berlin-1/2026-11-01/skus-v2.csv"), render_csv(&fixed, false, false).as_bytes());
-    let sql = format!("SELECT count(*) FROM skuflow.sku_facts WHERE sku = '{}' AND unit_price = 999.99", fixed[0].sku);
-    assert_eq!(p.wait_for_count(&sql, 1, WAIT).await, 1, "correction not applied; logs:\n{}", p.logs());
+    write(
+        &de.join("incoming/retail_chain/ikea/berlin-1/2026-11-01/skus-v2.csv"),
+        render_csv(&fixed, false, false).as_bytes(),
+    );
+    let sql = format!(
+        "SELECT count(*) FROM skuflow.sku_facts WHERE sku = '{}' AND unit_price = 999.99",
+        fixed[0].sku
+    );
+    assert_eq!(
+        p.wait_for_count(&sql, 1, WAIT).await,
+        1,
+        "correction not applied; logs:\n{}",
+        p.logs()
+    );
 
     // An older file replayed later (earlier last-modified) never overwrites newer data.
     let mut stale = chain_rows.clone();
     stale[0].unit_price = "0.0100".into();
     let stale_path = de.join("incoming/retail_chain/ikea/berlin-1/2026-11-01/skus-old.csv");
     write(&stale_path, render_csv(&stale, false, false).as_bytes());
-    let f = std::fs::File::options().write(true).open(&stale_path).unwrap();
-    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(86_400)).unwrap();
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&stale_path)
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(86_400))
+        .unwrap();
     drop(f);
     let moved = de.join("processed/retail_chain/ikea/berlin-1/2026-11-01/skus-old.csv");
     let start = std::time::Instant::now();
     while !moved.exists() && start.elapsed() < WAIT {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(moved.exists(), "stale file not ingested; logs:\n{}", p.logs());
+    assert!(
+        moved.exists(),
+        "stale file not ingested; logs:\n{}",
+        p.logs()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let db = p.db().await;
     let price: Decimal = db
-        .query_one("SELECT unit_price FROM skuflow.sku_facts WHERE sku = $1", &[&fixed[0].sku])
+        .query_one(
+            "SELECT unit_price FROM skuflow.sku_facts WHERE sku = $1",
+            &[&fixed[0].sku],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(price, "999.99".parse::<Decimal>().unwrap(), "an older upload overwrote newer data");
-    let total: i64 = db.query_one("SELECT count(*) FROM skuflow.sku_facts", &[]).await.unwrap().get(0);
+    assert_eq!(
+        price,
+        "999.99".parse::<Decimal>().unwrap(),
+        "an older upload overwrote newer data"
+    );
+    let total: i64 = db
+        .query_one("SELECT count(*) FROM skuflow.sku_facts", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(total, expected.len() as i64, "re-uploads must not add rows");
     // The secret in the connection string never reaches a log line.
-    let secret = p.db_url.split(':').nth(2).unwrap().split('@').next().unwrap().to_string();
-    assert!(!p.logs().contains(&secret), "a log line contains the PostgreSQL password");
+    let secret = p
+        .db_url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        !p.logs().contains(&secret),
+        "a log line contains the PostgreSQL password"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,14 +357,22 @@ async fn s3_bucket_to_postgres_with_metadata_override() {
         .unwrap();
     let rows = sample_rows(21, 50, 7, "EUR", "2026-11-02");
     let key = "incoming/retail_chain/carrefour/paris-2/2026-11-02/skus.csv";
-    s3.put(&key.into(), PutPayload::from(render_csv(&rows, false, false))).await.unwrap();
+    s3.put(
+        &key.into(),
+        PutPayload::from(render_csv(&rows, false, false)),
+    )
+    .await
+    .unwrap();
     let other = sample_rows(22, 20, 0, "EUR", "2026-11-02");
     let mut attrs = Attributes::new();
     attrs.insert(Attribute::Metadata("store-id".into()), "lyon-9".into());
     s3.put_opts(
         &"incoming/individual/placeholder/2026-11-02/skus.csv".into(),
         PutPayload::from(render_csv(&other, false, false)),
-        PutOptions { attributes: attrs, ..PutOptions::default() },
+        PutOptions {
+            attributes: attrs,
+            ..PutOptions::default()
+        },
     )
     .await
     .unwrap();
@@ -242,21 +387,54 @@ async fn s3_bucket_to_postgres_with_metadata_override() {
     let mut expected = Vec::new();
     for (r, l) in rows.iter().zip(lines_of(&rows)) {
         if r.valid {
-            expected.push(Expect { row: r, country: "FR", store_id: "paris-2", store_category: "retail_chain", chain: Some("carrefour"), line: l });
+            expected.push(Expect {
+                row: r,
+                country: "FR",
+                store_id: "paris-2",
+                store_category: "retail_chain",
+                chain: Some("carrefour"),
+                line: l,
+            });
         }
     }
     for (r, l) in other.iter().zip(lines_of(&other)) {
-        expected.push(Expect { row: r, country: "FR", store_id: "lyon-9", store_category: "individual", chain: None, line: l });
+        expected.push(Expect {
+            row: r,
+            country: "FR",
+            store_id: "lyon-9",
+            store_category: "individual",
+            chain: None,
+            line: l,
+        });
     }
-    let got = p.wait_for_count("SELECT count(*) FROM skuflow.sku_facts", expected.len() as i64, WAIT).await;
-    assert_eq!(got, expected.len() as i64, "loader did not converge; logs:\n{}", p.logs());
+    let got = p
+        .wait_for_count(
+            "SELECT count(*) FROM skuflow.sku_facts",
+            expected.len() as i64,
+            WAIT,
+        )
+        .await;
+    assert_eq!(
+        got,
+        expected.len() as i64,
+        "loader did not converge; logs:\n{}",
+        p.logs()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_exact(&p, &expected).await;
-    s3.head(&"processed/retail_chain/carrefour/paris-2/2026-11-02/skus.csv".into()).await.expect("object moved to processed/");
-    assert!(s3.head(&key.into()).await.is_err(), "object left in incoming/");
+    s3.head(&"processed/retail_chain/carrefour/paris-2/2026-11-02/skus.csv".into())
+        .await
+        .expect("object moved to processed/");
+    assert!(
+        s3.head(&key.into()).await.is_err(),
+        "object left in incoming/"
+    );
     let db = p.db().await;
     let parts: i64 = db
-        .query_one("SELECT count(*) FROM pg_inherits WHERE inhparent = 'skuflow.sku_facts'::regclass", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'skuflow.sku_facts'::regclass",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

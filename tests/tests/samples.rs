@@ -7,7 +7,12 @@ use skuflow_ingest::scan::{scan, RowEvent};
 
 #[test]
 fn generated_rows_are_what_they_claim() {
-    for (seed, n, every, crlf) in [(7, 500, 9, true), (11, 60, 10, true), (12, 40, 8, false), (100, 2000, 25, true)] {
+    for (seed, n, every, crlf) in [
+        (7, 500, 9, true),
+        (11, 60, 10, true),
+        (12, 40, 8, false),
+        (100, 2000, 25, true),
+    ] {
         check(seed, n, every, crlf);
     }
 }

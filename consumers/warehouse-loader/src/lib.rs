@@ -25,7 +25,10 @@ pub struct LoaderArgs {
 
 impl std::fmt::Debug for LoaderArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoaderArgs").field("pg_url", &"***").field("consume", &self.consume).finish()
+        f.debug_struct("LoaderArgs")
+            .field("pg_url", &"***")
+            .field("consume", &self.consume)
+            .finish()
     }
 }
 
@@ -36,7 +39,11 @@ pub async fn run(
     topics: &skuflow_platform::TopicArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<skuflow_platform::consume::RunStats> {
-    let group = args.consume.group.clone().unwrap_or_else(|| GROUP.to_string());
+    let group = args
+        .consume
+        .group
+        .clone()
+        .unwrap_or_else(|| GROUP.to_string());
     let mut sink = PgSink::new(&args.pg_url, &group);
     // Fail fast on a wrong URL or missing privileges; an unreachable server is retried.
     match sink.connect().await {

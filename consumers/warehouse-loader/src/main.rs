@@ -4,7 +4,11 @@ use clap::Parser;
 use skuflow_platform::{shutdown, telemetry, KafkaArgs, TopicArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "skuflow-warehouse-loader", version, about = "Loads sku.records.v1 into PostgreSQL exactly once")]
+#[command(
+    name = "skuflow-warehouse-loader",
+    version,
+    about = "Loads sku.records.v1 into PostgreSQL exactly once"
+)]
 struct Cli {
     #[command(flatten)]
     kafka: KafkaArgs,

@@ -79,7 +79,8 @@ pub fn migrations() -> Vec<Migration> {
 /// Applies the migrations that are not applied yet. Returns the versions applied now.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS skuflow;\n\
          CREATE TABLE IF NOT EXISTS skuflow.schema_migrations (\n\

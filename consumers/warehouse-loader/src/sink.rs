@@ -72,7 +72,11 @@ pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
         None => true,
         Some(code) => {
             let c = code.code();
-            c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57") || c.starts_with("58")
+            c.starts_with("08")
+                || c.starts_with("40")
+                || c.starts_with("53")
+                || c.starts_with("57")
+                || c.starts_with("58")
                 || *code == SqlState::LOCK_NOT_AVAILABLE
         }
     }
@@ -80,7 +84,8 @@ pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
 
 /// Whether the error is about the data of a row (retrying cannot fix it; single the row out).
 fn is_row_error(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
 }
 
 fn classify(e: tokio_postgres::Error, what: &str) -> SinkError {
@@ -133,10 +138,18 @@ impl PgSink {
             group: group.to_string(),
             client: None,
             partitions: HashSet::new(),
-            insert_sql: format!("INSERT INTO {FACT_TABLE} ({cols}) VALUES ({}) {conflict}", placeholders.join(", ")),
-            merge_sql: format!("INSERT INTO {FACT_TABLE} ({cols}) SELECT {cols} FROM sku_staging {conflict}"),
+            insert_sql: format!(
+                "INSERT INTO {FACT_TABLE} ({cols}) VALUES ({}) {conflict}",
+                placeholders.join(", ")
+            ),
+            merge_sql: format!(
+                "INSERT INTO {FACT_TABLE} ({cols}) SELECT {cols} FROM sku_staging {conflict}"
+            ),
             copy_sql: format!("COPY sku_staging ({cols}) FROM STDIN (FORMAT binary)"),
-            types: record_fields().iter().map(|f| pg_wire_type(f.field_type)).collect(),
+            types: record_fields()
+                .iter()
+                .map(|f| pg_wire_type(f.field_type))
+                .collect(),
             columns,
         }
     }
@@ -147,15 +160,20 @@ impl PgSink {
             self.client = None;
         }
         if self.client.is_none() {
-            let (mut client, conn) = tokio_postgres::connect(&self.url, NoTls)
-                .await
-                .map_err(|e| SinkError::Retriable(anyhow!("connecting to PostgreSQL: {}", describe(&e))))?;
+            let (mut client, conn) =
+                tokio_postgres::connect(&self.url, NoTls)
+                    .await
+                    .map_err(|e| {
+                        SinkError::Retriable(anyhow!("connecting to PostgreSQL: {}", describe(&e)))
+                    })?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(cause = %describe(&e), "PostgreSQL connection ended.");
                 }
             });
-            migrations::migrate(&mut client).await.map_err(|e| classify(e, "applying migrations"))?;
+            migrations::migrate(&mut client)
+                .await
+                .map_err(|e| classify(e, "applying migrations"))?;
             client
                 .batch_execute(&format!(
                     "CREATE TEMP TABLE IF NOT EXISTS sku_staging (LIKE {FACT_TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -165,17 +183,26 @@ impl PgSink {
             self.client = Some(client);
             self.partitions.clear();
         }
-        self.client.as_mut().ok_or_else(|| SinkError::Retriable(anyhow!("no connection")))
+        self.client
+            .as_mut()
+            .ok_or_else(|| SinkError::Retriable(anyhow!("no connection")))
     }
 
     async fn ensure_partitions(&mut self, countries: &HashSet<&str>) -> Result<(), SinkError> {
-        let missing: Vec<String> = countries.iter().filter(|c| !self.partitions.contains(**c)).map(|c| c.to_string()).collect();
+        let missing: Vec<String> = countries
+            .iter()
+            .filter(|c| !self.partitions.contains(**c))
+            .map(|c| c.to_string())
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
         let client = self.connect().await?;
         for cc in &missing {
-            let tx = client.transaction().await.map_err(|e| classify(e, "creating a partition"))?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| classify(e, "creating a partition"))?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
                 .await
                 .map_err(|e| classify(e, "creating a partition"))?;
@@ -186,14 +213,21 @@ impl PgSink {
             ))
             .await
             .map_err(|e| classify(e, "creating a partition"))?;
-            tx.commit().await.map_err(|e| classify(e, "creating a partition"))?;
+            tx.commit()
+                .await
+                .map_err(|e| classify(e, "creating a partition"))?;
             tracing::info!(country = %cc, "Partition ready.");
         }
         self.partitions.extend(missing);
         Ok(())
     }
 
-    async fn store_offsets(tx: &tokio_postgres::Transaction<'_>, group: &str, topic: &str, offsets: &BTreeMap<i32, i64>) -> Result<(), tokio_postgres::Error> {
+    async fn store_offsets(
+        tx: &tokio_postgres::Transaction<'_>,
+        group: &str,
+        topic: &str,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<(), tokio_postgres::Error> {
         for (p, o) in offsets {
             tx.execute(
                 "INSERT INTO skuflow.consumer_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
@@ -207,8 +241,19 @@ impl PgSink {
     }
 
     /// The whole batch in one COPY + merge.
-    async fn write_bulk(&mut self, topic: &str, rows: &[&SkuRecord], offsets: &BTreeMap<i32, i64>) -> Result<(), tokio_postgres::Error> {
-        let (copy_sql, merge_sql, types, columns, group) = (&self.copy_sql, &self.merge_sql, &self.types, &self.columns, &self.group);
+    async fn write_bulk(
+        &mut self,
+        topic: &str,
+        rows: &[&SkuRecord],
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let (copy_sql, merge_sql, types, columns, group) = (
+            &self.copy_sql,
+            &self.merge_sql,
+            &self.types,
+            &self.columns,
+            &self.group,
+        );
         let client = self.client.as_mut().expect("connected before writing");
         let tx = client.transaction().await?;
         let sink = tx.copy_in(copy_sql.as_str()).await?;
@@ -227,20 +272,30 @@ impl PgSink {
     }
 
     /// Row by row under savepoints, to single out the rows PostgreSQL refuses.
-    async fn write_isolating(&mut self, topic: &str, rows: &[(usize, &SkuRecord)], offsets: &BTreeMap<i32, i64>) -> Result<Vec<Refusal>, tokio_postgres::Error> {
+    async fn write_isolating(
+        &mut self,
+        topic: &str,
+        rows: &[(usize, &SkuRecord)],
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
         let (insert_sql, columns, group) = (&self.insert_sql, &self.columns, &self.group);
         let client = self.client.as_mut().expect("connected before writing");
         let tx = client.transaction().await?;
         let stmt = tx.prepare(insert_sql).await?;
         let mut refused = Vec::new();
         for (index, rec) in rows {
-            let values: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| column_value(rec, c)).collect();
+            let values: Vec<&(dyn ToSql + Sync)> =
+                columns.iter().map(|c| column_value(rec, c)).collect();
             tx.batch_execute("SAVEPOINT row").await?;
             match tx.execute(&stmt, &values).await {
                 Ok(_) => tx.batch_execute("RELEASE SAVEPOINT row").await?,
                 Err(e) if is_row_error(&e) => {
                     tx.batch_execute("ROLLBACK TO SAVEPOINT row").await?;
-                    refused.push(Refusal { index: *index, rule: "postgres_constraint".into(), message: describe(&e) });
+                    refused.push(Refusal {
+                        index: *index,
+                        rule: "postgres_constraint".into(),
+                        message: describe(&e),
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -261,18 +316,33 @@ impl Sink for PgSink {
         "warehouse-loader"
     }
 
-    async fn write(&mut self, topic: &str, batch: &[Consumed<SkuRecord>], offsets: &BTreeMap<i32, i64>) -> Result<Vec<Refusal>, SinkError> {
+    async fn write(
+        &mut self,
+        topic: &str,
+        batch: &[Consumed<SkuRecord>],
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<Vec<Refusal>, SinkError> {
         let mut refusals = Vec::new();
         // One row per natural key: the newest version in the batch (ON CONFLICT cannot touch a
         // row twice in one statement).
-        let mut newest: HashMap<(&str, &str, &str, chrono::NaiveDate), (usize, &SkuRecord)> = HashMap::with_capacity(batch.len());
+        let mut newest: HashMap<(&str, &str, &str, chrono::NaiveDate), (usize, &SkuRecord)> =
+            HashMap::with_capacity(batch.len());
         for (i, c) in batch.iter().enumerate() {
             let r = &c.value;
             if !valid_country(&r.country) {
-                refusals.push(Refusal { index: i, rule: "country".into(), message: format!("country `{}` is not an ISO 3166-1 alpha-2 code", r.country) });
+                refusals.push(Refusal {
+                    index: i,
+                    rule: "country".into(),
+                    message: format!("country `{}` is not an ISO 3166-1 alpha-2 code", r.country),
+                });
                 continue;
             }
-            let key = (r.country.as_str(), r.store_id.as_str(), r.sku.as_str(), r.business_date);
+            let key = (
+                r.country.as_str(),
+                r.store_id.as_str(),
+                r.sku.as_str(),
+                r.business_date,
+            );
             match newest.get(&key) {
                 Some((_, old)) if old.record_version >= r.record_version => {}
                 _ => {

@@ -97,7 +97,11 @@ pub enum HeaderError {
     #[error("missing required column(s): {}", .0.join(", "))]
     Missing(Vec<&'static str>),
     #[error("column {name} appears twice (columns {first} and {second})")]
-    Duplicate { name: String, first: usize, second: usize },
+    Duplicate {
+        name: String,
+        first: usize,
+        second: usize,
+    },
 }
 
 impl HeaderMap {
@@ -110,7 +114,11 @@ impl HeaderMap {
             width = i + 1;
             let name = normalize_header(raw);
             if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
-                return Err(HeaderError::Duplicate { name, first: first + 1, second: i + 1 });
+                return Err(HeaderError::Duplicate {
+                    name,
+                    first: first + 1,
+                    second: i + 1,
+                });
             }
             seen.push((name.clone(), i));
             match Column::ALL.iter().find(|c| c.name() == name) {
@@ -126,7 +134,11 @@ impl HeaderMap {
         if !missing.is_empty() {
             return Err(HeaderError::Missing(missing));
         }
-        Ok(HeaderMap { positions, width, extra })
+        Ok(HeaderMap {
+            positions,
+            width,
+            extra,
+        })
     }
 
     /// 0-based file column of `c`.
@@ -166,7 +178,10 @@ struct Check<'a> {
 
 impl<'a> Check<'a> {
     fn raw(&self, c: Column) -> Option<&'a str> {
-        self.map.position(c).and_then(|i| self.fields.get(i)).map(|s| s.trim())
+        self.map
+            .position(c)
+            .and_then(|i| self.fields.get(i))
+            .map(|s| s.trim())
     }
 
     fn fail(&mut self, c: Column, value: Option<&str>, rule: &str, message: String) {
@@ -206,11 +221,23 @@ impl<'a> Check<'a> {
     fn text(&mut self, c: Column, max: usize) -> Option<String> {
         let v = self.value(c)?;
         if v.chars().count() > max {
-            self.fail(c, Some(v), "max_length", format!("{} is longer than {max} characters", c.name()));
+            self.fail(
+                c,
+                Some(v),
+                "max_length",
+                format!("{} is longer than {max} characters", c.name()),
+            );
             return None;
         }
-        if v.chars().any(|ch| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t')) {
-            self.fail(c, Some(v), "control_characters", format!("{} contains control characters", c.name()));
+        if v.chars()
+            .any(|ch| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t'))
+        {
+            self.fail(
+                c,
+                Some(v),
+                "control_characters",
+                format!("{} contains control characters", c.name()),
+            );
             return None;
         }
         Some(v.to_string())
@@ -226,25 +253,53 @@ impl<'a> Check<'a> {
         let well_formed = !int.is_empty()
             && int.bytes().all(|b| b.is_ascii_digit())
             && frac.bytes().all(|b| b.is_ascii_digit())
-            && (frac.is_empty() == !digits.contains('.'));
+            && (frac.is_empty() != digits.contains('.'));
         if !well_formed {
-            self.fail(c, Some(v), "decimal", format!("{} must be a plain decimal number like 12.50", c.name()));
+            self.fail(
+                c,
+                Some(v),
+                "decimal",
+                format!("{} must be a plain decimal number like 12.50", c.name()),
+            );
             return None;
         }
         if frac.len() > MAX_SCALE {
-            self.fail(c, Some(v), "decimal_places", format!("{} has more than {MAX_SCALE} decimal places", c.name()));
+            self.fail(
+                c,
+                Some(v),
+                "decimal_places",
+                format!("{} has more than {MAX_SCALE} decimal places", c.name()),
+            );
             return None;
         }
         if int.trim_start_matches('0').len() > MAX_INTEGER_DIGITS {
-            self.fail(c, Some(v), "range", format!("{} has more than {MAX_INTEGER_DIGITS} integer digits", c.name()));
+            self.fail(
+                c,
+                Some(v),
+                "range",
+                format!(
+                    "{} has more than {MAX_INTEGER_DIGITS} integer digits",
+                    c.name()
+                ),
+            );
             return None;
         }
         let Ok(d) = digits.parse::<Decimal>() else {
-            self.fail(c, Some(v), "decimal", format!("{} is not a decimal number", c.name()));
+            self.fail(
+                c,
+                Some(v),
+                "decimal",
+                format!("{} is not a decimal number", c.name()),
+            );
             return None;
         };
         if negative && !d.is_zero() {
-            self.fail(c, Some(v), "non_negative", format!("{} must be >= 0", c.name()));
+            self.fail(
+                c,
+                Some(v),
+                "non_negative",
+                format!("{} must be >= 0", c.name()),
+            );
             return None;
         }
         Some(d)
@@ -257,18 +312,33 @@ impl<'a> Check<'a> {
             None => (false, v),
         };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            self.fail(c, Some(v), "integer", format!("{} must be a whole number", c.name()));
+            self.fail(
+                c,
+                Some(v),
+                "integer",
+                format!("{} must be a whole number", c.name()),
+            );
             return None;
         }
         let n: Option<i32> = digits.parse().ok();
         match (negative, n) {
             (true, Some(0)) | (false, Some(_)) => n,
             (true, _) => {
-                self.fail(c, Some(v), "non_negative", format!("{} must be >= 0", c.name()));
+                self.fail(
+                    c,
+                    Some(v),
+                    "non_negative",
+                    format!("{} must be >= 0", c.name()),
+                );
                 None
             }
             (false, None) => {
-                self.fail(c, Some(v), "range", format!("{} is larger than {}", c.name(), i32::MAX));
+                self.fail(
+                    c,
+                    Some(v),
+                    "range",
+                    format!("{} is larger than {}", c.name(), i32::MAX),
+                );
                 None
             }
         }
@@ -289,23 +359,37 @@ fn gtin_check_ok(digits: &[u8]) -> bool {
 /// Validates one row's fields (already known to be UTF-8) against the contract, collecting
 /// every reason it fails.
 pub fn validate_row(map: &HeaderMap, fields: &[&str]) -> Result<ValidRow, Vec<RejectReason>> {
-    let mut ck = Check { map, fields, reasons: Vec::new() };
+    let mut ck = Check {
+        map,
+        fields,
+        reasons: Vec::new(),
+    };
     if fields.len() != map.width {
         ck.reasons.push(RejectReason {
             field: None,
             column: None,
             value: None,
             rule: "field_count".into(),
-            message: format!("expected {} fields (as in the header), found {}", map.width, fields.len()),
+            message: format!(
+                "expected {} fields (as in the header), found {}",
+                map.width,
+                fields.len()
+            ),
         });
     }
     let sku = ck.value(Column::Sku).and_then(|v| {
         let ok = v.len() <= 64
-            && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok {
             Some(v.to_string())
         } else {
-            ck.fail(Column::Sku, Some(v), "sku_format", "sku must be 1-64 characters of A-Z a-z 0-9 . _ -".into());
+            ck.fail(
+                Column::Sku,
+                Some(v),
+                "sku_format",
+                "sku must be 1-64 characters of A-Z a-z 0-9 . _ -".into(),
+            );
             None
         }
     });
@@ -319,7 +403,12 @@ pub fn validate_row(map: &HeaderMap, fields: &[&str]) -> Result<ValidRow, Vec<Re
         if codes::is_currency(&up) {
             Some(up)
         } else {
-            ck.fail(Column::Currency, Some(v), "currency", "currency must be an ISO 4217 code such as EUR".into());
+            ck.fail(
+                Column::Currency,
+                Some(v),
+                "currency",
+                "currency must be an ISO 4217 code such as EUR".into(),
+            );
             None
         }
     });
@@ -330,17 +419,32 @@ pub fn validate_row(map: &HeaderMap, fields: &[&str]) -> Result<ValidRow, Vec<Re
             .then(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok())
             .flatten();
         if parsed.is_none() {
-            ck.fail(Column::BusinessDate, Some(v), "date", "business_date must be a real date in YYYY-MM-DD form".into());
+            ck.fail(
+                Column::BusinessDate,
+                Some(v),
+                "date",
+                "business_date must be a real date in YYYY-MM-DD form".into(),
+            );
         }
         parsed
     });
     let barcode = ck.value(Column::Barcode).and_then(|v| {
         let b = v.as_bytes();
         if !(matches!(b.len(), 8 | 12 | 13 | 14) && b.iter().all(u8::is_ascii_digit)) {
-            ck.fail(Column::Barcode, Some(v), "gtin_format", "barcode must be a GTIN of 8, 12, 13 or 14 digits".into());
+            ck.fail(
+                Column::Barcode,
+                Some(v),
+                "gtin_format",
+                "barcode must be a GTIN of 8, 12, 13 or 14 digits".into(),
+            );
             None
         } else if !gtin_check_ok(b) {
-            ck.fail(Column::Barcode, Some(v), "gtin_check_digit", "barcode check digit is wrong".into());
+            ck.fail(
+                Column::Barcode,
+                Some(v),
+                "gtin_check_digit",
+                "barcode check digit is wrong".into(),
+            );
             None
         } else {
             Some(v.to_string())
@@ -349,8 +453,26 @@ pub fn validate_row(map: &HeaderMap, fields: &[&str]) -> Result<ValidRow, Vec<Re
     if !ck.reasons.is_empty() {
         return Err(ck.reasons);
     }
-    match (sku, product_name, category, unit_price, currency, quantity_on_hand, units_sold, business_date) {
-        (Some(sku), Some(product_name), Some(category), Some(unit_price), Some(currency), Some(quantity_on_hand), Some(units_sold), Some(business_date)) => Ok(ValidRow {
+    match (
+        sku,
+        product_name,
+        category,
+        unit_price,
+        currency,
+        quantity_on_hand,
+        units_sold,
+        business_date,
+    ) {
+        (
+            Some(sku),
+            Some(product_name),
+            Some(category),
+            Some(unit_price),
+            Some(currency),
+            Some(quantity_on_hand),
+            Some(units_sold),
+            Some(business_date),
+        ) => Ok(ValidRow {
             sku,
             product_name,
             category,
@@ -378,8 +500,17 @@ mod tests {
     use super::*;
 
     const HEADER: [&str; 11] = [
-        "SKU", " Product Name ", "category", "brand", "unit_price", "unit_cost", "currency",
-        "quantity_on_hand", "units_sold", "business_date", "barcode",
+        "SKU",
+        " Product Name ",
+        "category",
+        "brand",
+        "unit_price",
+        "unit_cost",
+        "currency",
+        "quantity_on_hand",
+        "units_sold",
+        "business_date",
+        "barcode",
     ];
 
     fn map() -> HeaderMap {
@@ -388,7 +519,17 @@ mod tests {
 
     fn row(overrides: &[(usize, &str)]) -> Vec<String> {
         let mut r: Vec<String> = [
-            "A-1", "Oat milk", "dairy", "", "1.2900", "0.8", "eur", "10", "3", "2026-11-01", "4006381333931",
+            "A-1",
+            "Oat milk",
+            "dairy",
+            "",
+            "1.2900",
+            "0.8",
+            "eur",
+            "10",
+            "3",
+            "2026-11-01",
+            "4006381333931",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -405,7 +546,11 @@ mod tests {
     }
 
     fn rules(r: &[String]) -> Vec<String> {
-        check(r).unwrap_err().into_iter().map(|x| format!("{}:{}", x.field.unwrap_or_default(), x.rule)).collect()
+        check(r)
+            .unwrap_err()
+            .into_iter()
+            .map(|x| format!("{}:{}", x.field.unwrap_or_default(), x.rule))
+            .collect()
     }
 
     #[test]
@@ -419,7 +564,18 @@ mod tests {
 
     #[test]
     fn headers_match_case_and_space_insensitively_in_any_order() {
-        let m = HeaderMap::from_names(["units sold", "Unit-Price", "extra", "sku", "PRODUCT_NAME", "category", "currency", "quantity on hand", "business date"]).unwrap();
+        let m = HeaderMap::from_names([
+            "units sold",
+            "Unit-Price",
+            "extra",
+            "sku",
+            "PRODUCT_NAME",
+            "category",
+            "currency",
+            "quantity on hand",
+            "business date",
+        ])
+        .unwrap();
         assert_eq!(m.position(Column::UnitsSold), Some(0));
         assert_eq!(m.extra, vec!["extra"]);
         assert_eq!(m.position(Column::Barcode), None);
@@ -430,23 +586,56 @@ mod tests {
         let e = HeaderMap::from_names(["sku", "category"]).unwrap_err();
         assert!(e.to_string().contains("product_name"));
         let e = HeaderMap::from_names(["sku", "SKU "]).unwrap_err();
-        assert_eq!(e, HeaderError::Duplicate { name: "sku".into(), first: 1, second: 2 });
+        assert_eq!(
+            e,
+            HeaderError::Duplicate {
+                name: "sku".into(),
+                first: 1,
+                second: 2
+            }
+        );
     }
 
     #[test]
     fn every_reason_is_reported() {
-        let r = rules(&row(&[(0, "bad sku!"), (4, "-1"), (6, "EURO"), (7, "1.5"), (9, "2026-02-30"), (10, "4006381333932")]));
-        assert_eq!(r, vec![
-            "sku:sku_format", "unit_price:non_negative", "currency:currency",
-            "quantity_on_hand:integer", "business_date:date", "barcode:gtin_check_digit",
-        ]);
+        let r = rules(&row(&[
+            (0, "bad sku!"),
+            (4, "-1"),
+            (6, "EURO"),
+            (7, "1.5"),
+            (9, "2026-02-30"),
+            (10, "4006381333932"),
+        ]));
+        assert_eq!(
+            r,
+            vec![
+                "sku:sku_format",
+                "unit_price:non_negative",
+                "currency:currency",
+                "quantity_on_hand:integer",
+                "business_date:date",
+                "barcode:gtin_check_digit",
+            ]
+        );
     }
 
     #[test]
     fn decimals_are_strict() {
-        for (v, rule) in [("1.23456", "decimal_places"), ("1e3", "decimal"), ("1,5", "decimal"), ("", "required"),
-                          ("1.", "decimal"), (".5", "decimal"), ("123456789012345", "range"), ("+1", "decimal")] {
-            assert_eq!(rules(&row(&[(4, v)])), vec![format!("unit_price:{rule}")], "{v}");
+        for (v, rule) in [
+            ("1.23456", "decimal_places"),
+            ("1e3", "decimal"),
+            ("1,5", "decimal"),
+            ("", "required"),
+            ("1.", "decimal"),
+            (".5", "decimal"),
+            ("123456789012345", "range"),
+            ("+1", "decimal"),
+        ] {
+            assert_eq!(
+                rules(&row(&[(4, v)])),
+                vec![format!("unit_price:{rule}")],
+                "{v}"
+            );
         }
         assert_eq!(check(&row(&[(4, "0")])).unwrap().unit_price, Decimal::ZERO);
         assert_eq!(check(&row(&[(5, "")])).unwrap().unit_cost, None);

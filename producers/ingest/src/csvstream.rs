@@ -52,7 +52,7 @@ pub struct RecordReader<R> {
     limits: Limits,
     input: Box<[u8]>,
     pos: usize,
-    len: usize,
+    filled: usize,
     eof: bool,
     started: bool,
     out: Vec<u8>,
@@ -75,7 +75,7 @@ impl<R: Read> RecordReader<R> {
             limits,
             input: vec![0; INPUT_BUF].into_boxed_slice(),
             pos: 0,
-            len: 0,
+            filled: 0,
             eof: false,
             started: false,
             out: vec![0; 4096.min(limits.max_record_bytes.max(1))],
@@ -90,11 +90,11 @@ impl<R: Read> RecordReader<R> {
     }
 
     fn fill(&mut self) -> io::Result<()> {
-        if self.pos < self.len || self.eof {
+        if self.pos < self.filled || self.eof {
             return Ok(());
         }
         self.pos = 0;
-        self.len = 0;
+        self.filled = 0;
         loop {
             match self.src.read(&mut self.input) {
                 Ok(0) => {
@@ -102,7 +102,7 @@ impl<R: Read> RecordReader<R> {
                     break;
                 }
                 Ok(n) => {
-                    self.len = n;
+                    self.filled = n;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -112,14 +112,14 @@ impl<R: Read> RecordReader<R> {
         if !self.started {
             self.started = true;
             // A UTF-8 byte-order mark is not part of the first header name.
-            while self.len < 3 && !self.eof {
-                let n = self.src.read(&mut self.input[self.len..])?;
+            while self.filled < 3 && !self.eof {
+                let n = self.src.read(&mut self.input[self.filled..])?;
                 if n == 0 {
                     self.eof = true;
                 }
-                self.len += n;
+                self.filled += n;
             }
-            if self.input[..self.len].starts_with(&[0xEF, 0xBB, 0xBF]) {
+            if self.input[..self.filled].starts_with(&[0xEF, 0xBB, 0xBF]) {
                 self.pos = 3;
                 self.bytes += 3;
             }
@@ -137,7 +137,7 @@ impl<R: Read> RecordReader<R> {
         let line_before = self.newlines;
         loop {
             self.fill()?;
-            let input = &self.input[self.pos..self.len];
+            let input = &self.input[self.pos..self.filled];
             let (res, nin, nout, nend) = self.core.read_record(
                 input,
                 &mut self.out[self.out_len..],
@@ -149,7 +149,8 @@ impl<R: Read> RecordReader<R> {
             if consumed.len() > room {
                 self.raw_truncated = true;
             }
-            self.raw.extend_from_slice(&consumed[..consumed.len().min(room)]);
+            self.raw
+                .extend_from_slice(&consumed[..consumed.len().min(room)]);
             self.pos += nin;
             self.bytes += nin as u64;
             self.out_len += nout;
@@ -195,7 +196,11 @@ impl<R: Read> RecordReader<R> {
     }
 
     fn trim_raw(&mut self) {
-        let start = self.raw.iter().take_while(|&&b| b == b'\n' || b == b'\r').count();
+        let start = self
+            .raw
+            .iter()
+            .take_while(|&&b| b == b'\n' || b == b'\r')
+            .count();
         let mut end = self.raw.len();
         if !self.raw_truncated {
             while end > start && (self.raw[end - 1] == b'\n' || self.raw[end - 1] == b'\r') {
@@ -243,16 +248,24 @@ mod tests {
             let fields = if info.oversized.is_some() {
                 vec![]
             } else {
-                (0..r.len()).map(|i| String::from_utf8_lossy(r.field(i)).into_owned()).collect()
+                (0..r.len())
+                    .map(|i| String::from_utf8_lossy(r.field(i)).into_owned())
+                    .collect()
             };
-            v.push((info.line, info.oversized, fields, String::from_utf8_lossy(r.raw().0).into_owned()));
+            v.push((
+                info.line,
+                info.oversized,
+                fields,
+                String::from_utf8_lossy(r.raw().0).into_owned(),
+            ));
         }
         v
     }
 
     #[test]
     fn bom_crlf_quotes_and_embedded_newlines() {
-        let input = b"\xEF\xBB\xBFsku,name\r\nA1,\"two\r\nlines, and \"\"quotes\"\"\"\r\n\r\nB2,plain\r\n";
+        let input =
+            b"\xEF\xBB\xBFsku,name\r\nA1,\"two\r\nlines, and \"\"quotes\"\"\"\r\n\r\nB2,plain\r\n";
         let recs = all(input, Limits::default());
         assert_eq!(recs.len(), 3);
         assert_eq!(recs[0].2, vec!["sku", "name"]);
@@ -277,7 +290,10 @@ mod tests {
         for _ in 0..100_000 {
             input.extend_from_slice(b"B,more text here\n");
         }
-        let limits = Limits { max_record_bytes: 1024, max_fields: 16 };
+        let limits = Limits {
+            max_record_bytes: 1024,
+            max_fields: 16,
+        };
         let mut r = RecordReader::new(&input[..], limits);
         r.next_record().unwrap().unwrap();
         let info = r.next_record().unwrap().unwrap();
@@ -292,7 +308,13 @@ mod tests {
     #[test]
     fn too_many_fields_is_oversized() {
         let row = vec!["x"; 40].join(",");
-        let recs = all(format!("h\n{row}\nok\n").as_bytes(), Limits { max_record_bytes: 1024, max_fields: 8 });
+        let recs = all(
+            format!("h\n{row}\nok\n").as_bytes(),
+            Limits {
+                max_record_bytes: 1024,
+                max_fields: 8,
+            },
+        );
         assert_eq!(recs[1].1, Some(Oversize::Fields));
         assert_eq!(recs[2].2, vec!["ok"]);
         assert_eq!(recs[2].0, 3);

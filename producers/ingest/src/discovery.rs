@@ -23,7 +23,10 @@ pub async fn request_upload(ingestor: &Ingestor, req: &UploadRequest) -> anyhow:
     let rec = FutureRecord::to(&ingestor.topics.uploads)
         .key(&key)
         .payload(&payload)
-        .headers(OwnedHeaders::new().insert(Header { key: headers::SCHEMA, value: Some(UPLOAD_SCHEMA) }));
+        .headers(OwnedHeaders::new().insert(Header {
+            key: headers::SCHEMA,
+            value: Some(UPLOAD_SCHEMA),
+        }));
     ingestor
         .control
         .send(rec, Duration::from_secs(60))
@@ -38,7 +41,11 @@ pub async fn scan_once(
     buckets: &[String],
     seen: &mut HashMap<(String, String, String), Instant>,
 ) -> anyhow::Result<usize> {
-    let buckets: Vec<String> = if buckets.is_empty() { ingestor.stores.local_buckets() } else { buckets.to_vec() };
+    let buckets: Vec<String> = if buckets.is_empty() {
+        ingestor.stores.local_buckets()
+    } else {
+        buckets.to_vec()
+    };
     let mut queued = 0;
     for bucket in &buckets {
         let store = match ingestor.stores.bucket(bucket) {
@@ -64,7 +71,13 @@ pub async fn scan_once(
             if seen.get(&id).is_some_and(|t| t.elapsed() < REQUEUE_AFTER) {
                 continue;
             }
-            let req = UploadRequest::new(bucket, &key, meta.e_tag.clone(), Some(meta.size), Trigger::Scan);
+            let req = UploadRequest::new(
+                bucket,
+                &key,
+                meta.e_tag.clone(),
+                Some(meta.size),
+                Trigger::Scan,
+            );
             request_upload(ingestor, &req).await?;
             seen.insert(id, Instant::now());
             queued += 1;
@@ -75,13 +88,20 @@ pub async fn scan_once(
 }
 
 /// Scans every `every` until shutdown.
-pub async fn scan_loop(ingestor: &Ingestor, buckets: &[String], every: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn scan_loop(
+    ingestor: &Ingestor,
+    buckets: &[String],
+    every: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut seen = HashMap::new();
     loop {
         match scan_once(ingestor, buckets, &mut seen).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(queued = n, "Queued uploads found by the bucket scan."),
-            Err(e) => tracing::warn!(cause = %format!("{e:#}"), "Bucket scan failed; will scan again."),
+            Err(e) => {
+                tracing::warn!(cause = %format!("{e:#}"), "Bucket scan failed; will scan again.")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -45,6 +45,9 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not bucket=COUNTRY (e.g. legacy-uk=GB)"))
 }
 
+/// Bucket names to scan, and explicit bucket → country pairs.
+type BucketList = (Vec<String>, Vec<(String, String)>);
+
 /// Flags of `skuflow-ingest`.
 #[derive(Debug, Clone, Args)]
 pub struct IngestArgs {
@@ -54,7 +57,11 @@ pub struct IngestArgs {
     #[arg(long = "mode", env = "SKUFLOW_INGEST_MODE", value_enum, default_value_t = Mode::All)]
     pub mode: Mode,
     /// Bucket name template; `{country}` is the lower-case ISO 3166-1 alpha-2 code.
-    #[arg(long = "bucket-template", env = "SKUFLOW_BUCKET_TEMPLATE", default_value = "skus-{country}")]
+    #[arg(
+        long = "bucket-template",
+        env = "SKUFLOW_BUCKET_TEMPLATE",
+        default_value = "skus-{country}"
+    )]
     pub bucket_template: String,
     /// Buckets to scan, comma-separated; `bucket=CC` also sets a bucket's country. Default with
     /// the local backend: every bucket directory under --bucket-root.
@@ -64,13 +71,25 @@ pub struct IngestArgs {
     #[arg(long = "key-template", env = "SKUFLOW_KEY_TEMPLATE", default_value = KeyTemplate::DEFAULT)]
     pub key_template: String,
     /// Seconds between bucket scans.
-    #[arg(long = "scan-interval-secs", env = "SKUFLOW_SCAN_INTERVAL_SECS", default_value_t = 10)]
+    #[arg(
+        long = "scan-interval-secs",
+        env = "SKUFLOW_SCAN_INTERVAL_SECS",
+        default_value_t = 10
+    )]
     pub scan_interval_secs: u64,
     /// Consumer group of the ingest workers.
-    #[arg(long = "group", env = "SKUFLOW_INGEST_GROUP", default_value = "skuflow-ingest")]
+    #[arg(
+        long = "group",
+        env = "SKUFLOW_INGEST_GROUP",
+        default_value = "skuflow-ingest"
+    )]
     pub group: String,
     /// A file fails as a whole when more than this share of its rows is rejected (0.0-1.0).
-    #[arg(long = "max-reject-ratio", env = "SKUFLOW_MAX_REJECT_RATIO", default_value_t = 0.5)]
+    #[arg(
+        long = "max-reject-ratio",
+        env = "SKUFLOW_MAX_REJECT_RATIO",
+        default_value_t = 0.5
+    )]
     pub max_reject_ratio: f64,
     /// Largest decompressed size of one upload, in bytes (guards against compression bombs).
     #[arg(long = "max-decompressed-bytes", env = "SKUFLOW_MAX_DECOMPRESSED_BYTES", default_value_t = 64 << 30)]
@@ -82,10 +101,15 @@ pub struct IngestArgs {
 
 impl IngestArgs {
     /// Explicit `bucket=CC` pairs and plain bucket names.
-    fn bucket_list(&self) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+    fn bucket_list(&self) -> Result<BucketList, String> {
         let mut names = Vec::new();
         let mut pairs = Vec::new();
-        for b in self.buckets.iter().map(|b| b.trim()).filter(|b| !b.is_empty()) {
+        for b in self
+            .buckets
+            .iter()
+            .map(|b| b.trim())
+            .filter(|b| !b.is_empty())
+        {
             if b.contains('=') {
                 let p = parse_pair(b)?;
                 names.push(p.0.clone());
@@ -98,15 +122,27 @@ impl IngestArgs {
     }
 
     /// Checks the flags and builds the ingestor.
-    pub fn build(&self, kafka: &KafkaArgs, topics: &TopicArgs) -> anyhow::Result<(Ingestor, Vec<String>)> {
+    pub fn build(
+        &self,
+        kafka: &KafkaArgs,
+        topics: &TopicArgs,
+    ) -> anyhow::Result<(Ingestor, Vec<String>)> {
         if !(0.0..=1.0).contains(&self.max_reject_ratio) {
-            anyhow::bail!("--max-reject-ratio must be between 0.0 and 1.0, got {}", self.max_reject_ratio);
+            anyhow::bail!(
+                "--max-reject-ratio must be between 0.0 and 1.0, got {}",
+                self.max_reject_ratio
+            );
         }
-        let (names, pairs) = self.bucket_list().map_err(anyhow::Error::msg).context("--buckets")?;
+        let (names, pairs) = self
+            .bucket_list()
+            .map_err(anyhow::Error::msg)
+            .context("--buckets")?;
         let countries = BucketCountries::new(&self.bucket_template, &pairs)
             .map_err(anyhow::Error::msg)
             .context("--bucket-template / --buckets")?;
-        let template = KeyTemplate::parse(&self.key_template).map_err(anyhow::Error::msg).context("--key-template")?;
+        let template = KeyTemplate::parse(&self.key_template)
+            .map_err(anyhow::Error::msg)
+            .context("--key-template")?;
         if template.incoming_prefix.is_empty() {
             anyhow::bail!("--key-template must start with a literal prefix such as incoming/");
         }
@@ -133,7 +169,12 @@ impl IngestArgs {
 }
 
 /// Runs scanning and/or ingesting until `shutdown`.
-pub async fn run(args: &IngestArgs, kafka: &KafkaArgs, topics: &TopicArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    args: &IngestArgs,
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (ingestor, buckets) = args.build(kafka, topics)?;
     let ingestor = std::sync::Arc::new(ingestor);
     let mut tasks = tokio::task::JoinSet::new();
@@ -143,7 +184,12 @@ pub async fn run(args: &IngestArgs, kafka: &KafkaArgs, topics: &TopicArgs, shutd
         tasks.spawn(async move { discovery::scan_loop(&i, &b, every, s).await });
     }
     if matches!(args.mode, Mode::All | Mode::Worker) {
-        let (i, s, k, g) = (ingestor.clone(), shutdown.clone(), kafka.clone(), args.group.clone());
+        let (i, s, k, g) = (
+            ingestor.clone(),
+            shutdown.clone(),
+            kafka.clone(),
+            args.group.clone(),
+        );
         tasks.spawn(async move { work_loop(&i, &k, &g, s).await });
     }
     let mut result = Ok(());
@@ -161,7 +207,12 @@ pub async fn run(args: &IngestArgs, kafka: &KafkaArgs, topics: &TopicArgs, shutd
 
 /// Consumes upload requests and ingests them one at a time; the request's offset is committed
 /// only once the file's outcome is final.
-pub async fn work_loop(ingestor: &Ingestor, kafka: &KafkaArgs, group: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn work_loop(
+    ingestor: &Ingestor,
+    kafka: &KafkaArgs,
+    group: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut cfg = kafka.consumer_config(group);
     // A large file can take a while between polls.
     cfg.set("max.poll.interval.ms", "3600000");
@@ -169,7 +220,9 @@ pub async fn work_loop(ingestor: &Ingestor, kafka: &KafkaArgs, group: &str, shut
         cfg.set(k, v);
     }
     let consumer: StreamConsumer = cfg.create().context("creating the upload consumer")?;
-    consumer.subscribe(&[&ingestor.topics.uploads]).context("subscribing to uploads")?;
+    consumer
+        .subscribe(&[&ingestor.topics.uploads])
+        .context("subscribing to uploads")?;
     tracing::info!(topic = %ingestor.topics.uploads, %group, "Ingest worker waiting for uploads.");
     loop {
         let msg = tokio::select! {
@@ -184,7 +237,10 @@ pub async fn work_loop(ingestor: &Ingestor, kafka: &KafkaArgs, group: &str, shut
             }
         };
         let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
-        let req: Option<UploadRequest> = match msg.payload().map(serde_json::from_slice::<UploadRequest>) {
+        let req: Option<UploadRequest> = match msg
+            .payload()
+            .map(serde_json::from_slice::<UploadRequest>)
+        {
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
                 tracing::error!(partition, offset, error = %e, "Upload request is not sku-upload/v1; skipping it.");

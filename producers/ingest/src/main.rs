@@ -4,7 +4,11 @@ use clap::Parser;
 use skuflow_platform::{shutdown, telemetry, KafkaArgs, TopicArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "skuflow-ingest", version, about = "Streams store SKU uploads from buckets into Kafka")]
+#[command(
+    name = "skuflow-ingest",
+    version,
+    about = "Streams store SKU uploads from buckets into Kafka"
+)]
 struct Cli {
     #[command(flatten)]
     kafka: KafkaArgs,

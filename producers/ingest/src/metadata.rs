@@ -21,21 +21,29 @@ pub struct BucketCountries {
 impl BucketCountries {
     /// `template` must contain `{country}` once; `explicit` are `bucket=CC` pairs.
     pub fn new(template: &str, explicit: &[(String, String)]) -> Result<Self, String> {
-        let (prefix, suffix) = template
-            .split_once("{country}")
-            .ok_or_else(|| format!("bucket template `{template}` has no {{country}} placeholder"))?;
+        let (prefix, suffix) = template.split_once("{country}").ok_or_else(|| {
+            format!("bucket template `{template}` has no {{country}} placeholder")
+        })?;
         if suffix.contains("{country}") {
-            return Err(format!("bucket template `{template}` has {{country}} twice"));
+            return Err(format!(
+                "bucket template `{template}` has {{country}} twice"
+            ));
         }
         let mut map = HashMap::new();
         for (bucket, cc) in explicit {
             let cc = cc.trim().to_ascii_uppercase();
             if !codes::is_country(&cc) {
-                return Err(format!("bucket {bucket}: `{cc}` is not an ISO 3166-1 alpha-2 country code"));
+                return Err(format!(
+                    "bucket {bucket}: `{cc}` is not an ISO 3166-1 alpha-2 country code"
+                ));
             }
             map.insert(bucket.clone(), cc);
         }
-        Ok(BucketCountries { explicit: map, prefix: prefix.to_string(), suffix: suffix.to_string() })
+        Ok(BucketCountries {
+            explicit: map,
+            prefix: prefix.to_string(),
+            suffix: suffix.to_string(),
+        })
     }
 
     /// The country of `bucket`, or why there is none.
@@ -53,13 +61,20 @@ impl BucketCountries {
         if codes::is_country(&cc) {
             Ok(cc)
         } else {
-            Err(format!("bucket {bucket}: `{middle}` is not an ISO 3166-1 alpha-2 country code"))
+            Err(format!(
+                "bucket {bucket}: `{middle}` is not an ISO 3166-1 alpha-2 country code"
+            ))
         }
     }
 
     /// The bucket name of `country` by the template.
     pub fn bucket_for(&self, country: &str) -> String {
-        format!("{}{}{}", self.prefix, country.to_ascii_lowercase(), self.suffix)
+        format!(
+            "{}{}{}",
+            self.prefix,
+            country.to_ascii_lowercase(),
+            self.suffix
+        )
     }
 }
 
@@ -80,7 +95,13 @@ pub struct KeyTemplate {
     pub incoming_prefix: String,
 }
 
-const VARS: [&str; 5] = ["store_category", "chain", "store_id", "business_date", "file"];
+const VARS: [&str; 5] = [
+    "store_category",
+    "chain",
+    "store_id",
+    "business_date",
+    "file",
+];
 
 /// What a key says about its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,10 +121,15 @@ fn parse_segments(s: &str) -> Result<Vec<Seg>, String> {
                 if VARS.contains(&v) {
                     Ok(Seg::Var(v.to_string()))
                 } else {
-                    Err(format!("unknown placeholder {{{v}}} (known: {})", VARS.join(", ")))
+                    Err(format!(
+                        "unknown placeholder {{{v}}} (known: {})",
+                        VARS.join(", ")
+                    ))
                 }
             } else if p.contains('{') || p.contains('}') {
-                Err(format!("segment `{p}` must be a literal or exactly one placeholder"))
+                Err(format!(
+                    "segment `{p}` must be a literal or exactly one placeholder"
+                ))
             } else {
                 Ok(Seg::Literal(p.to_string()))
             }
@@ -112,12 +138,18 @@ fn parse_segments(s: &str) -> Result<Vec<Seg>, String> {
 }
 
 impl KeyTemplate {
-    pub const DEFAULT: &'static str = "incoming/{store_category}/[{chain}/]{store_id}/{business_date}/{file}";
+    pub const DEFAULT: &'static str =
+        "incoming/{store_category}/[{chain}/]{store_id}/{business_date}/{file}";
 
     pub fn parse(template: &str) -> Result<Self, String> {
         let (with, without) = match (template.find('['), template.find(']')) {
             (Some(a), Some(b)) if a < b => {
-                let with = format!("{}{}{}", &template[..a], &template[a + 1..b], &template[b + 1..]);
+                let with = format!(
+                    "{}{}{}",
+                    &template[..a],
+                    &template[a + 1..b],
+                    &template[b + 1..]
+                );
                 let without = format!("{}{}", &template[..a], &template[b + 1..]);
                 (with, Some(without))
             }
@@ -136,7 +168,11 @@ impl KeyTemplate {
             Some(Seg::Literal(l)) => format!("{l}/"),
             _ => String::new(),
         };
-        Ok(KeyTemplate { source: template.to_string(), alternatives, incoming_prefix })
+        Ok(KeyTemplate {
+            source: template.to_string(),
+            alternatives,
+            incoming_prefix,
+        })
     }
 
     /// Reads the key. Missing parts are `None` so that user metadata can supply them.
@@ -162,7 +198,10 @@ impl KeyTemplate {
                 return Ok(vars);
             }
         }
-        Err(format!("key {key} does not match the key template {}", self.source))
+        Err(format!(
+            "key {key} does not match the key template {}",
+            self.source
+        ))
     }
 }
 
@@ -171,8 +210,14 @@ pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > 1024 {
         return Err("key is empty or longer than 1024 bytes".into());
     }
-    if key.starts_with('/') || key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-        return Err(format!("key {key:?} has an empty, `.` or `..` path segment"));
+    if key.starts_with('/')
+        || key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(format!(
+            "key {key:?} has an empty, `.` or `..` path segment"
+        ));
     }
     if key.chars().any(|c| c.is_control() || c == '\\') {
         return Err(format!("key {key:?} has control characters or backslashes"));
@@ -181,7 +226,10 @@ pub fn check_key(key: &str) -> Result<(), String> {
 }
 
 fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Combines the key's parts with user-metadata overrides (`store-id`, `store-category`, `chain`)
@@ -192,33 +240,64 @@ pub fn resolve(
     user_metadata: &HashMap<String, String>,
 ) -> Result<KeyMetadata, String> {
     let mut vars = template.extract(key)?;
-    for (meta, var) in [("store-id", "store_id"), ("store-category", "store_category"), ("chain", "chain")] {
-        if let Some(v) = user_metadata.get(meta).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+    for (meta, var) in [
+        ("store-id", "store_id"),
+        ("store-category", "store_category"),
+        ("chain", "chain"),
+    ] {
+        if let Some(v) = user_metadata
+            .get(meta)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+        {
             vars.insert(var, v.to_string());
         }
     }
-    let cat_raw = vars.get("store_category").ok_or("store category is missing (key or x-amz-meta-store-category)")?;
+    let cat_raw = vars
+        .get("store_category")
+        .ok_or("store category is missing (key or x-amz-meta-store-category)")?;
     let store_category = StoreCategory::parse(cat_raw)
         .ok_or_else(|| format!("store category `{cat_raw}` is not individual or retail_chain"))?;
     let chain = vars.get("chain").map(|c| c.to_ascii_lowercase());
     let chain = match (store_category, chain) {
         (StoreCategory::RetailChain, Some(c)) if valid_id(&c) => Some(c),
-        (StoreCategory::RetailChain, Some(c)) => return Err(format!("chain `{c}` must be 1-64 characters of a-z 0-9 . _ -")),
-        (StoreCategory::RetailChain, None) => return Err("retail_chain store without a chain name (key or x-amz-meta-chain)".into()),
-        (StoreCategory::Individual, Some(c)) => return Err(format!("individual store with a chain `{c}`")),
+        (StoreCategory::RetailChain, Some(c)) => {
+            return Err(format!(
+                "chain `{c}` must be 1-64 characters of a-z 0-9 . _ -"
+            ))
+        }
+        (StoreCategory::RetailChain, None) => {
+            return Err("retail_chain store without a chain name (key or x-amz-meta-chain)".into())
+        }
+        (StoreCategory::Individual, Some(c)) => {
+            return Err(format!("individual store with a chain `{c}`"))
+        }
         (StoreCategory::Individual, None) => None,
     };
-    let store_id = vars.get("store_id").ok_or("store id is missing (key or x-amz-meta-store-id)")?.clone();
+    let store_id = vars
+        .get("store_id")
+        .ok_or("store id is missing (key or x-amz-meta-store-id)")?
+        .clone();
     if !valid_id(&store_id) {
-        return Err(format!("store id `{store_id}` must be 1-64 characters of A-Z a-z 0-9 . _ -"));
+        return Err(format!(
+            "store id `{store_id}` must be 1-64 characters of A-Z a-z 0-9 . _ -"
+        ));
     }
-    let date_raw = vars.get("business_date").ok_or("business date is missing from the key")?;
+    let date_raw = vars
+        .get("business_date")
+        .ok_or("business date is missing from the key")?;
     let business_date = NaiveDate::parse_from_str(date_raw, "%Y-%m-%d")
         .ok()
         .filter(|_| date_raw.len() == 10)
         .ok_or_else(|| format!("business date `{date_raw}` in the key is not YYYY-MM-DD"))?;
     let file_name = vars.get("file").cloned().unwrap_or_default();
-    Ok(KeyMetadata { store_category, chain, store_id, business_date, file_name })
+    Ok(KeyMetadata {
+        store_category,
+        chain,
+        store_id,
+        business_date,
+        file_name,
+    })
 }
 
 #[cfg(test)]
@@ -232,11 +311,21 @@ mod tests {
     #[test]
     fn chain_and_individual_keys() {
         let none = HashMap::new();
-        let m = resolve(&t(), "incoming/retail_chain/walmart/s-17/2026-11-01/skus.csv", &none).unwrap();
+        let m = resolve(
+            &t(),
+            "incoming/retail_chain/walmart/s-17/2026-11-01/skus.csv",
+            &none,
+        )
+        .unwrap();
         assert_eq!(m.store_category, StoreCategory::RetailChain);
         assert_eq!(m.chain.as_deref(), Some("walmart"));
         assert_eq!(m.store_id, "s-17");
-        let m = resolve(&t(), "incoming/individual/corner-shop/2026-11-01/a.csv.gz", &none).unwrap();
+        let m = resolve(
+            &t(),
+            "incoming/individual/corner-shop/2026-11-01/a.csv.gz",
+            &none,
+        )
+        .unwrap();
         assert_eq!(m.chain, None);
         assert_eq!(m.file_name, "a.csv.gz");
         assert_eq!(t().incoming_prefix, "incoming/");
@@ -245,23 +334,47 @@ mod tests {
     #[test]
     fn metadata_overrides_the_key() {
         let meta = HashMap::from([("store-id".to_string(), "override-1".to_string())]);
-        let m = resolve(&t(), "incoming/individual/corner-shop/2026-11-01/a.csv", &meta).unwrap();
+        let m = resolve(
+            &t(),
+            "incoming/individual/corner-shop/2026-11-01/a.csv",
+            &meta,
+        )
+        .unwrap();
         assert_eq!(m.store_id, "override-1");
     }
 
     #[test]
     fn bad_keys_are_refused_with_a_reason() {
         let none = HashMap::new();
-        assert!(resolve(&t(), "incoming/individual/../2026-11-01/a.csv", &none).unwrap_err().contains(".."));
-        assert!(resolve(&t(), "incoming/wholesale/x/2026-11-01/a.csv", &none).unwrap_err().contains("wholesale"));
-        assert!(resolve(&t(), "incoming/individual/x/2026-13-01/a.csv", &none).unwrap_err().contains("2026-13-01"));
-        assert!(resolve(&t(), "incoming/retail_chain/x/2026-11-01/a.csv", &none).unwrap_err().contains("chain"));
-        assert!(resolve(&t(), "other/a.csv", &none).unwrap_err().contains("template"));
+        assert!(
+            resolve(&t(), "incoming/individual/../2026-11-01/a.csv", &none)
+                .unwrap_err()
+                .contains("..")
+        );
+        assert!(
+            resolve(&t(), "incoming/wholesale/x/2026-11-01/a.csv", &none)
+                .unwrap_err()
+                .contains("wholesale")
+        );
+        assert!(
+            resolve(&t(), "incoming/individual/x/2026-13-01/a.csv", &none)
+                .unwrap_err()
+                .contains("2026-13-01")
+        );
+        assert!(
+            resolve(&t(), "incoming/retail_chain/x/2026-11-01/a.csv", &none)
+                .unwrap_err()
+                .contains("chain")
+        );
+        assert!(resolve(&t(), "other/a.csv", &none)
+            .unwrap_err()
+            .contains("template"));
     }
 
     #[test]
     fn buckets_map_to_countries() {
-        let b = BucketCountries::new("skus-{country}", &[("legacy-uk".into(), "gb".into())]).unwrap();
+        let b =
+            BucketCountries::new("skus-{country}", &[("legacy-uk".into(), "gb".into())]).unwrap();
         assert_eq!(b.country("skus-de").unwrap(), "DE");
         assert_eq!(b.country("legacy-uk").unwrap(), "GB");
         assert!(b.country("skus-xx").unwrap_err().contains("ISO 3166"));

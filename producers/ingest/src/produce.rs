@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::error::KafkaError;
 use rdkafka::ClientContext;
 
 /// Delivery accounting of one file.
@@ -44,7 +44,10 @@ impl ProducerContext for DeliveryCounter {
                 progress.acked.fetch_add(1, Ordering::AcqRel);
             }
             Err((e, _)) => {
-                let mut first = progress.first_error.lock().unwrap_or_else(|p| p.into_inner());
+                let mut first = progress
+                    .first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 first.get_or_insert_with(|| e.to_string());
                 progress.failed.fetch_add(1, Ordering::AcqRel);
             }
@@ -96,7 +99,12 @@ pub fn wait_settled(progress: &FileProgress, timeout: Duration) -> Result<(), St
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    match progress.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+    match progress
+        .first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    {
         Some(e) => Err(format!(
             "{} of {} messages failed: {e}",
             progress.failed.load(Ordering::Acquire),

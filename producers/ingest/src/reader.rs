@@ -19,7 +19,9 @@ pub struct Source<R>(pub R);
 
 impl<R: Read> Read for Source<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| io::Error::other(SourceError(e)))
+        self.0
+            .read(buf)
+            .map_err(|e| io::Error::other(SourceError(e)))
     }
 }
 
@@ -76,7 +78,10 @@ impl<R: Read> Read for Capped<R> {
         if n as u64 > self.left {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{CAP_HIT} the limit of {} bytes (--max-decompressed-bytes)", self.cap),
+                format!(
+                    "{CAP_HIT} the limit of {} bytes (--max-decompressed-bytes)",
+                    self.cap
+                ),
             ));
         }
         self.left -= n as u64;
@@ -113,7 +118,14 @@ pub fn open<'a, R: Read + 'a>(
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buf)?),
         Compression::None => Box::new(buf),
     };
-    Ok((Box::new(Capped { inner, left: max_decompressed, cap: max_decompressed }), sniffed))
+    Ok((
+        Box::new(Capped {
+            inner,
+            left: max_decompressed,
+            cap: max_decompressed,
+        }),
+        sniffed,
+    ))
 }
 
 #[cfg(test)]

@@ -10,8 +10,16 @@ use crate::reader::{is_source_error, CAP_HIT};
 
 /// One row's outcome.
 pub enum RowEvent<'a> {
-    Valid { line: u64, row: ValidRow },
-    Rejected { line: u64, raw: &'a [u8], raw_truncated: bool, reasons: Vec<RejectReason> },
+    Valid {
+        line: u64,
+        row: ValidRow,
+    },
+    Rejected {
+        line: u64,
+        raw: &'a [u8],
+        raw_truncated: bool,
+        reasons: Vec<RejectReason>,
+    },
 }
 
 /// Counts of one pass.
@@ -63,7 +71,9 @@ pub fn scan<R: Read>(
         Err(e) => return Err(io_error(e, 0)),
     };
     if header.oversized.is_some() {
-        return Err(ScanError::File("line 1: the header line is too large or has too many columns".into()));
+        return Err(ScanError::File(
+            "line 1: the header line is too large or has too many columns".into(),
+        ));
     }
     let mut names = Vec::with_capacity(rdr.len());
     for i in 0..rdr.len() {
@@ -81,7 +91,10 @@ pub fn scan<R: Read>(
     let map = HeaderMap::from_names(names.iter().map(String::as_str))
         .map_err(|e| ScanError::File(format!("line {}: {e}", header.line)))?;
     if !map.extra.is_empty() {
-        summary.warnings.push(format!("ignored column(s) not in the contract: {}", map.extra.join(", ")));
+        summary.warnings.push(format!(
+            "ignored column(s) not in the contract: {}",
+            map.extra.join(", ")
+        ));
     }
     let mut last_line = header.line;
     loop {
@@ -95,14 +108,29 @@ pub fn scan<R: Read>(
         let event = if let Some(over) = info.oversized {
             let (raw, raw_truncated) = rdr.raw();
             let (rule, message) = match over {
-                Oversize::Bytes => ("record_too_large", format!("the record is larger than {} bytes (an unbalanced quote?)", limits.max_record_bytes)),
-                Oversize::Fields => ("too_many_fields", format!("the record has more than {} fields", limits.max_fields)),
+                Oversize::Bytes => (
+                    "record_too_large",
+                    format!(
+                        "the record is larger than {} bytes (an unbalanced quote?)",
+                        limits.max_record_bytes
+                    ),
+                ),
+                Oversize::Fields => (
+                    "too_many_fields",
+                    format!("the record has more than {} fields", limits.max_fields),
+                ),
             };
             RowEvent::Rejected {
                 line: info.line,
                 raw,
                 raw_truncated,
-                reasons: vec![RejectReason { field: None, column: None, value: None, rule: rule.into(), message }],
+                reasons: vec![RejectReason {
+                    field: None,
+                    column: None,
+                    value: None,
+                    rule: rule.into(),
+                    message,
+                }],
             }
         } else {
             let mut fields: Vec<&str> = Vec::with_capacity(map.width);
@@ -120,10 +148,18 @@ pub fn scan<R: Read>(
                 }
             }
             match validate_row(&map, &fields) {
-                Ok(row) => RowEvent::Valid { line: info.line, row },
+                Ok(row) => RowEvent::Valid {
+                    line: info.line,
+                    row,
+                },
                 Err(reasons) => {
                     let (raw, raw_truncated) = rdr.raw();
-                    RowEvent::Rejected { line: info.line, raw, raw_truncated, reasons }
+                    RowEvent::Rejected {
+                        line: info.line,
+                        raw,
+                        raw_truncated,
+                        reasons,
+                    }
                 }
             }
         };
@@ -135,7 +171,9 @@ pub fn scan<R: Read>(
     }
     summary.bytes = rdr.bytes_read();
     if summary.rows_total == 0 {
-        return Err(ScanError::File("the file has a header but no data rows".into()));
+        return Err(ScanError::File(
+            "the file has a header but no data rows".into(),
+        ));
     }
     Ok(summary)
 }
@@ -160,7 +198,8 @@ mod tests {
 
     #[test]
     fn mixed_rows_are_split() {
-        let csv = format!("{HEADER}A,n,c,,1.00,,EUR,1,1,2026-11-01,\nB,n,c,,-1,,EUR,1,1,2026-11-01,\n");
+        let csv =
+            format!("{HEADER}A,n,c,,1.00,,EUR,1,1,2026-11-01,\nB,n,c,,-1,,EUR,1,1,2026-11-01,\n");
         let (r, seen) = run(csv.as_bytes());
         let s = r.unwrap();
         assert_eq!((s.rows_total, s.rows_valid, s.rows_rejected), (2, 1, 1));
@@ -174,11 +213,17 @@ mod tests {
         let (r, _) = run(HEADER.as_bytes());
         assert!(r.unwrap_err().to_string().contains("no data rows"));
         let (r, _) = run(b"sku,category\nA,b\n");
-        assert!(r.unwrap_err().to_string().contains("missing required column"));
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("missing required column"));
         let mut bytes = HEADER.as_bytes().to_vec();
         bytes.extend_from_slice(b"A,caf\xe9,c,,1.00,,EUR,1,1,2026-11-01,\n");
         let (r, _) = run(&bytes);
         let msg = r.unwrap_err().to_string();
-        assert!(msg.contains("line 2, column 2") && msg.contains("UTF-8"), "{msg}");
+        assert!(
+            msg.contains("line 2, column 2") && msg.contains("UTF-8"),
+            "{msg}"
+        );
     }
 }

@@ -44,19 +44,35 @@ pub struct StoreArgs {
     #[arg(long = "object-store", env = "SKUFLOW_OBJECT_STORE", value_enum, default_value_t = Backend::Local)]
     pub backend: Backend,
     /// Local backend: directory holding one subdirectory per bucket.
-    #[arg(long = "bucket-root", env = "SKUFLOW_BUCKET_ROOT", default_value = "buckets")]
+    #[arg(
+        long = "bucket-root",
+        env = "SKUFLOW_BUCKET_ROOT",
+        default_value = "buckets"
+    )]
     pub bucket_root: PathBuf,
     /// S3 backend: endpoint URL for S3-compatible servers (empty: AWS).
     #[arg(long = "s3-endpoint", env = "SKUFLOW_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
     /// S3 backend: region.
-    #[arg(long = "s3-region", env = "SKUFLOW_S3_REGION", default_value = "us-east-1")]
+    #[arg(
+        long = "s3-region",
+        env = "SKUFLOW_S3_REGION",
+        default_value = "us-east-1"
+    )]
     pub s3_region: String,
     /// S3 backend: access key id.
-    #[arg(long = "s3-access-key-id", env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    #[arg(
+        long = "s3-access-key-id",
+        env = "AWS_ACCESS_KEY_ID",
+        hide_env_values = true
+    )]
     pub s3_access_key_id: Option<String>,
     /// S3 backend: secret access key (never logged).
-    #[arg(long = "s3-secret-access-key", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    #[arg(
+        long = "s3-secret-access-key",
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
     pub s3_secret_access_key: Option<Secret>,
 }
 
@@ -81,7 +97,9 @@ pub struct Stores {
 
 fn check_bucket_name(name: &str) -> anyhow::Result<()> {
     let ok = (3..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !name.contains("..");
     if !ok {
         bail!("`{name}` is not a valid bucket name (3-63 characters of a-z 0-9 - .)");
@@ -91,7 +109,10 @@ fn check_bucket_name(name: &str) -> anyhow::Result<()> {
 
 impl Stores {
     pub fn new(args: StoreArgs) -> Self {
-        Stores { args, open: Mutex::new(HashMap::new()) }
+        Stores {
+            args,
+            open: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn args(&self) -> &StoreArgs {
@@ -109,7 +130,10 @@ impl Stores {
             Backend::Local => {
                 let dir = self.args.bucket_root.join(bucket);
                 if !dir.is_dir() {
-                    bail!("bucket {bucket} does not exist (no directory {})", dir.display());
+                    bail!(
+                        "bucket {bucket} does not exist (no directory {})",
+                        dir.display()
+                    );
                 }
                 Arc::new(
                     LocalFileSystem::new_with_prefix(&dir)
@@ -121,7 +145,9 @@ impl Stores {
                     .with_bucket_name(bucket)
                     .with_region(&self.args.s3_region);
                 if let Some(ep) = &self.args.s3_endpoint {
-                    b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+                    b = b
+                        .with_endpoint(ep)
+                        .with_allow_http(ep.starts_with("http://"));
                 }
                 if let Some(k) = &self.args.s3_access_key_id {
                     b = b.with_access_key_id(k);
@@ -129,7 +155,10 @@ impl Stores {
                 if let Some(s) = &self.args.s3_secret_access_key {
                     b = b.with_secret_access_key(&s.0);
                 }
-                Arc::new(b.build().with_context(|| format!("configuring S3 bucket {bucket}"))?)
+                Arc::new(
+                    b.build()
+                        .with_context(|| format!("configuring S3 bucket {bucket}"))?,
+                )
             }
         };
         open.insert(bucket.to_string(), store.clone());

@@ -110,7 +110,12 @@ struct FileContext {
 
 impl FileContext {
     fn record_id(&self, line: u64) -> String {
-        short_hash(&[self.bucket.as_bytes(), self.key.as_bytes(), self.etag.as_bytes(), line.to_string().as_bytes()])
+        short_hash(&[
+            self.bucket.as_bytes(),
+            self.key.as_bytes(),
+            self.etag.as_bytes(),
+            line.to_string().as_bytes(),
+        ])
     }
 
     fn record(&self, line: u64, row: ValidRow) -> SkuRecord {
@@ -143,7 +148,13 @@ impl FileContext {
         }
     }
 
-    fn reject(&self, line: u64, raw: &[u8], raw_truncated: bool, reasons: Vec<RejectReason>) -> RejectMessage {
+    fn reject(
+        &self,
+        line: u64,
+        raw: &[u8],
+        raw_truncated: bool,
+        reasons: Vec<RejectReason>,
+    ) -> RejectMessage {
         RejectMessage {
             schema: REJECT_SCHEMA.to_string(),
             stage: "ingest".into(),
@@ -189,8 +200,14 @@ fn moved_key(key: &str, incoming: &str, prefix: &str) -> String {
 
 fn file_headers(schema: &str, file_id: &str) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(2)
-        .insert(Header { key: headers::SCHEMA, value: Some(schema) })
-        .insert(Header { key: headers::FILE_ID, value: Some(file_id) })
+        .insert(Header {
+            key: headers::SCHEMA,
+            value: Some(schema),
+        })
+        .insert(Header {
+            key: headers::FILE_ID,
+            value: Some(file_id),
+        })
 }
 
 impl Ingestor {
@@ -218,17 +235,30 @@ impl Ingestor {
             return self.fail_unreadable(req, reason).await;
         }
         if !req.key.starts_with(&self.template.incoming_prefix) {
-            return Ok(Outcome::Skipped(format!("{} is not under {}", req.key, self.template.incoming_prefix)));
+            return Ok(Outcome::Skipped(format!(
+                "{} is not under {}",
+                req.key, self.template.incoming_prefix
+            )));
         }
         let path = Path::from(req.key.as_str());
         let head = match store.head(&path).await {
             Ok(h) => h,
             Err(object_store::Error::NotFound { .. }) => {
-                return Ok(Outcome::Skipped(format!("{}/{} is gone (already ingested and moved)", req.bucket, req.key)))
+                return Ok(Outcome::Skipped(format!(
+                    "{}/{} is gone (already ingested and moved)",
+                    req.bucket, req.key
+                )))
             }
-            Err(e) => return Err(Retry(anyhow::Error::new(e).context("reading object metadata"))),
+            Err(e) => {
+                return Err(Retry(
+                    anyhow::Error::new(e).context("reading object metadata"),
+                ))
+            }
         };
-        let etag = head.e_tag.clone().unwrap_or_else(|| format!("{}-{}", head.size, head.last_modified.timestamp_micros()));
+        let etag = head
+            .e_tag
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", head.size, head.last_modified.timestamp_micros()));
         if req.etag.as_deref().is_some_and(|e| e != etag) {
             tracing::info!(bucket = %req.bucket, key = %req.key, "Object changed since the request; ingesting the current version.");
         }
@@ -239,17 +269,28 @@ impl Ingestor {
         event.last_modified = Some(head.last_modified);
 
         // First pass: validate only. The object is pinned to this ETag for both passes.
-        let opts = || GetOptions { if_match: Some(etag.clone()), ..GetOptions::default() };
-        let first = store.get_opts(&path, opts()).await.map_err(|e| Retry(anyhow::Error::new(e).context("opening the object")))?;
+        let opts = || GetOptions {
+            if_match: Some(etag.clone()),
+            ..GetOptions::default()
+        };
+        let first = store
+            .get_opts(&path, opts())
+            .await
+            .map_err(|e| Retry(anyhow::Error::new(e).context("opening the object")))?;
         let user_meta: HashMap<String, String> = first
             .attributes
             .iter()
             .filter_map(|(k, v)| match k {
-                Attribute::Metadata(name) => Some((name.to_ascii_lowercase(), v.as_ref().to_string())),
+                Attribute::Metadata(name) => {
+                    Some((name.to_ascii_lowercase(), v.as_ref().to_string()))
+                }
                 _ => None,
             })
             .collect();
-        let content_encoding = first.attributes.get(&Attribute::ContentEncoding).map(|v| v.as_ref().to_string());
+        let content_encoding = first
+            .attributes
+            .get(&Attribute::ContentEncoding)
+            .map(|v| v.as_ref().to_string());
         let country = self.countries.country(&req.bucket);
         let meta = resolve(&self.template, &req.key, &user_meta);
         event.country = country.as_ref().ok().cloned();
@@ -264,7 +305,9 @@ impl Ingestor {
             (Ok(c), Ok(m)) => (c, m),
             (Err(e), _) | (_, Err(e)) => {
                 drop(first);
-                return self.finish_failed(&store, event, e, None, &[], started).await;
+                return self
+                    .finish_failed(&store, event, e, None, &[], started)
+                    .await;
             }
         };
         let ctx = Arc::new(FileContext {
@@ -280,18 +323,33 @@ impl Ingestor {
         let hint = Compression::from_hint(&req.key, content_encoding.as_deref());
         let cap = self.settings.report_cap;
         let pass1 = self
-            .run_pass(first.into_stream(), hint, move |ev, report: &mut Vec<ReportRow>| {
-                if let RowEvent::Rejected { line, raw, reasons, .. } = ev {
-                    if report.len() < cap {
-                        report.push(ReportRow { line, raw: String::from_utf8_lossy(raw).into_owned(), reasons });
+            .run_pass(
+                first.into_stream(),
+                hint,
+                move |ev, report: &mut Vec<ReportRow>| {
+                    if let RowEvent::Rejected {
+                        line, raw, reasons, ..
+                    } = ev
+                    {
+                        if report.len() < cap {
+                            report.push(ReportRow {
+                                line,
+                                raw: String::from_utf8_lossy(raw).into_owned(),
+                                reasons,
+                            });
+                        }
                     }
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+            )
             .await?;
         let (summary, report) = match pass1 {
             Ok(ok) => ok,
-            Err(reason) => return self.finish_failed(&store, event, reason, None, &[], started).await,
+            Err(reason) => {
+                return self
+                    .finish_failed(&store, event, reason, None, &[], started)
+                    .await
+            }
         };
         let ratio = summary.rows_rejected as f64 / summary.rows_total as f64;
         if ratio > self.settings.max_reject_ratio {
@@ -302,48 +360,95 @@ impl Ingestor {
                 ratio * 100.0,
                 self.settings.max_reject_ratio * 100.0
             );
-            return self.finish_failed(&store, event, reason, Some(&summary), &report, started).await;
+            return self
+                .finish_failed(&store, event, reason, Some(&summary), &report, started)
+                .await;
         }
 
         // Second pass: produce every valid row and every rejected one, then wait for the acks.
-        let second = store.get_opts(&path, opts()).await.map_err(|e| Retry(anyhow::Error::new(e).context("reopening the object")))?;
+        let second = store
+            .get_opts(&path, opts())
+            .await
+            .map_err(|e| Retry(anyhow::Error::new(e).context("reopening the object")))?;
         let progress = Arc::new(FileProgress::default());
-        let (records, topics, p, c) = (self.records.clone(), self.topics.clone(), progress.clone(), ctx.clone());
+        let (records, topics, p, c) = (
+            self.records.clone(),
+            self.topics.clone(),
+            progress.clone(),
+            ctx.clone(),
+        );
         let mut buf = Vec::with_capacity(1024);
         let pass2 = self
-            .run_pass(second.into_stream(), hint, move |ev, _: &mut Vec<ReportRow>| {
-                match ev {
-                    RowEvent::Valid { line, row } => {
-                        let rec = c.record(line, row);
-                        buf.clear();
-                        serde_json::to_writer(&mut buf, &rec)?;
-                        let key = rec.kafka_key();
-                        produce::send(&records, &p, &topics.records, key.as_bytes(), &buf, file_headers(RECORD_SCHEMA, &c.file_id))?;
+            .run_pass(
+                second.into_stream(),
+                hint,
+                move |ev, _: &mut Vec<ReportRow>| {
+                    match ev {
+                        RowEvent::Valid { line, row } => {
+                            let rec = c.record(line, row);
+                            buf.clear();
+                            serde_json::to_writer(&mut buf, &rec)?;
+                            let key = rec.kafka_key();
+                            produce::send(
+                                &records,
+                                &p,
+                                &topics.records,
+                                key.as_bytes(),
+                                &buf,
+                                file_headers(RECORD_SCHEMA, &c.file_id),
+                            )?;
+                        }
+                        RowEvent::Rejected {
+                            line,
+                            raw,
+                            raw_truncated,
+                            reasons,
+                        } => {
+                            let rej = c.reject(line, raw, raw_truncated, reasons);
+                            buf.clear();
+                            serde_json::to_writer(&mut buf, &rej)?;
+                            produce::send(
+                                &records,
+                                &p,
+                                &topics.rejects,
+                                c.file_id.as_bytes(),
+                                &buf,
+                                file_headers(REJECT_SCHEMA, &c.file_id),
+                            )?;
+                        }
                     }
-                    RowEvent::Rejected { line, raw, raw_truncated, reasons } => {
-                        let rej = c.reject(line, raw, raw_truncated, reasons);
-                        buf.clear();
-                        serde_json::to_writer(&mut buf, &rej)?;
-                        produce::send(&records, &p, &topics.rejects, c.file_id.as_bytes(), &buf, file_headers(REJECT_SCHEMA, &c.file_id))?;
-                    }
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+            )
             .await?;
         let summary2 = match pass2 {
             Ok((s, _)) => s,
-            Err(reason) => return Err(Retry(anyhow::anyhow!("second pass differs from the first: {reason}"))),
+            Err(reason) => {
+                return Err(Retry(anyhow::anyhow!(
+                    "second pass differs from the first: {reason}"
+                )))
+            }
         };
         if summary2.rows_total != summary.rows_total {
-            return Err(Retry(anyhow::anyhow!("second pass read {} rows, the first {}", summary2.rows_total, summary.rows_total)));
+            return Err(Retry(anyhow::anyhow!(
+                "second pass read {} rows, the first {}",
+                summary2.rows_total,
+                summary.rows_total
+            )));
         }
         let settle = progress.clone();
-        tokio::task::spawn_blocking(move || produce::wait_settled(&settle, Duration::from_secs(600)))
-            .await
-            .map_err(|e| Retry(e.into()))?
-            .map_err(|e| Retry(anyhow::anyhow!(e)))?;
+        tokio::task::spawn_blocking(move || {
+            produce::wait_settled(&settle, Duration::from_secs(600))
+        })
+        .await
+        .map_err(|e| Retry(e.into()))?
+        .map_err(|e| Retry(anyhow::anyhow!(e)))?;
 
-        let target = moved_key(&req.key, &self.template.incoming_prefix, &self.settings.processed_prefix);
+        let target = moved_key(
+            &req.key,
+            &self.template.incoming_prefix,
+            &self.settings.processed_prefix,
+        );
         event.status = FileStatus::Completed;
         fill_counts(&mut event, &summary, started);
         event.moved_to = Some(target.clone());
@@ -385,14 +490,20 @@ impl Ingestor {
         match res {
             Ok(ok) => Ok(Ok(ok)),
             Err(ScanError::File(reason)) => Ok(Err(reason)),
-            Err(ScanError::Source(e)) => Err(Retry(anyhow::Error::new(e).context("reading the object"))),
+            Err(ScanError::Source(e)) => {
+                Err(Retry(anyhow::Error::new(e).context("reading the object")))
+            }
             Err(ScanError::Emit(e)) => Err(Retry(e.context("producing records"))),
         }
     }
 
     /// A request that cannot even be opened (bad bucket or key): report it on the lifecycle topic.
     async fn fail_unreadable(&self, req: &UploadRequest, reason: String) -> Result<Outcome, Retry> {
-        let fid = file_id(&req.bucket, &req.key, req.etag.as_deref().unwrap_or_default());
+        let fid = file_id(
+            &req.bucket,
+            &req.key,
+            req.etag.as_deref().unwrap_or_default(),
+        );
         let mut event = FileEvent::new(&fid, FileStatus::Failed, &req.bucket, &req.key);
         event.reason = Some(reason.clone());
         self.emit_file_event(&event).await?;
@@ -409,7 +520,11 @@ impl Ingestor {
         report: &[ReportRow],
         started: Instant,
     ) -> Result<Outcome, Retry> {
-        let target = moved_key(&event.key, &self.template.incoming_prefix, &self.settings.errors_prefix);
+        let target = moved_key(
+            &event.key,
+            &self.template.incoming_prefix,
+            &self.settings.errors_prefix,
+        );
         let report_key = format!("{target}.errors.json");
         let body = ErrorReport {
             file_id: &event.file_id,
@@ -420,7 +535,8 @@ impl Ingestor {
             rows_valid: summary.map(|s| s.rows_valid),
             rows_rejected: summary.map(|s| s.rows_rejected),
             rejected_rows: report,
-            rejected_rows_truncated: summary.is_some_and(|s| s.rows_rejected as usize > report.len()),
+            rejected_rows_truncated: summary
+                .is_some_and(|s| s.rows_rejected as usize > report.len()),
         };
         let json = serde_json::to_vec_pretty(&body).map_err(|e| Retry(e.into()))?;
         store
@@ -436,7 +552,10 @@ impl Ingestor {
         event.at = Utc::now();
         self.emit_file_event(&event).await?;
         store
-            .rename(&Path::from(event.key.as_str()), &Path::from(target.as_str()))
+            .rename(
+                &Path::from(event.key.as_str()),
+                &Path::from(target.as_str()),
+            )
             .await
             .map_err(|e| Retry(anyhow::Error::new(e).context("moving the object to errors/")))?;
         tracing::warn!(file_id = %event.file_id, bucket = %event.bucket, key = %event.key, %reason, "File rejected as a whole.");
@@ -454,7 +573,9 @@ fn fill_counts(event: &mut FileEvent, s: &ScanSummary, started: Instant) {
 }
 
 /// Builds the record producer and the control producer.
-pub fn producers(kafka: &skuflow_platform::KafkaArgs) -> anyhow::Result<(Arc<RecordProducer>, FutureProducer)> {
+pub fn producers(
+    kafka: &skuflow_platform::KafkaArgs,
+) -> anyhow::Result<(Arc<RecordProducer>, FutureProducer)> {
     let records: RecordProducer = kafka
         .producer_config()
         .create_with_context(produce::DeliveryCounter)

@@ -42,7 +42,10 @@ impl Stack {
 
 /// A short unique id for names of this test's topics, database and buckets.
 pub fn unique_id() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{:x}{:x}", std::process::id(), nanos % 0xffff_ffff)
 }
 
@@ -60,7 +63,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join(name);
-    assert!(p.exists(), "{} is not built: run `cargo build --workspace` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -69,16 +76,32 @@ impl Pipeline {
         let stack = Stack::from_env();
         let id = unique_id();
         let topics = TopicArgs::with_suffix(&format!(".t{id}"));
-        ensure_topics(&KafkaArgs::new(&stack.brokers), &pipeline_topics(&topics, 3)).await.expect("creating topics");
+        ensure_topics(
+            &KafkaArgs::new(&stack.brokers),
+            &pipeline_topics(&topics, 3),
+        )
+        .await
+        .expect("creating topics");
         let db = format!("sf_{id}");
-        let (client, conn) = tokio_postgres::connect(&stack.pg_url, tokio_postgres::NoTls).await.expect("connecting to PostgreSQL");
+        let (client, conn) = tokio_postgres::connect(&stack.pg_url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to PostgreSQL");
         tokio::spawn(conn);
-        client.batch_execute(&format!("CREATE DATABASE {db}")).await.expect("creating the test database");
+        client
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .expect("creating the test database");
         let db_url = match stack.pg_url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{db}"),
             None => panic!("SKUFLOW_TEST_PG_URL must be a postgres:// URL"),
         };
-        Pipeline { id, stack, topics, db_url, children: Vec::new() }
+        Pipeline {
+            id,
+            stack,
+            topics,
+            db_url,
+            children: Vec::new(),
+        }
     }
 
     fn topic_args(&self) -> Vec<String> {
@@ -117,9 +140,14 @@ impl Pipeline {
     fn spawn(&mut self, mut cmd: Command, name: &str) -> usize {
         let logdir = std::env::temp_dir().join(format!("skuflow-test-{}", self.id));
         std::fs::create_dir_all(&logdir).unwrap();
-        let log = std::fs::File::create(logdir.join(format!("{name}-{}.log", self.children.len()))).unwrap();
-        cmd.env("SKUFLOW_LOG", "info").stdout(Stdio::null()).stderr(Stdio::from(log));
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let log = std::fs::File::create(logdir.join(format!("{name}-{}.log", self.children.len())))
+            .unwrap();
+        cmd.env("SKUFLOW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         self.children.push(child);
         self.children.len() - 1
     }
@@ -136,7 +164,9 @@ impl Pipeline {
     }
 
     pub async fn db(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls).await.expect("connecting to the test database");
+        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to the test database");
         tokio::spawn(conn);
         client
     }
@@ -146,7 +176,9 @@ impl Pipeline {
         let start = Instant::now();
         let mut last = -1;
         while start.elapsed() < timeout {
-            if let Ok((client, conn)) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls).await {
+            if let Ok((client, conn)) =
+                tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls).await
+            {
                 tokio::spawn(conn);
                 if let Ok(row) = client.query_one(count_sql, &[]).await {
                     last = row.get(0);
@@ -169,21 +201,28 @@ impl Pipeline {
             .set("auto.offset.reset", "earliest")
             .create()
             .unwrap();
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
         let partitions = md.topics()[0].partitions().len() as i32;
         let mut tpl = rdkafka::TopicPartitionList::new();
         let mut ends = Vec::new();
         for p in 0..partitions {
-            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
             ends.push(high);
-            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).unwrap();
         let total: i64 = ends.iter().sum();
         let mut seen = vec![0i64; partitions as usize];
         let mut out = Vec::new();
         let start = Instant::now();
-        while seen.iter().zip(&ends).any(|(s, e)| s < e) && start.elapsed() < Duration::from_secs(60) {
+        while seen.iter().zip(&ends).any(|(s, e)| s < e)
+            && start.elapsed() < Duration::from_secs(60)
+        {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
                 seen[m.partition() as usize] = m.offset() + 1;
                 if let Some(p) = m.payload() {

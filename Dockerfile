@@ -1,0 +1,16 @@
+# Multi-stage build of every skuflow binary; the runtime image is small and runs as non-root.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bins \
+ && mkdir /out \
+ && cp target/release/skuflow target/release/skuflow-ingest target/release/skuflow-warehouse-loader /out/
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin skuflow
+COPY --from=build /out/ /usr/local/bin/
+USER 10001:10001
+ENTRYPOINT ["/usr/local/bin/skuflow"]

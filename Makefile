@@ -1,0 +1,48 @@
+# skuflow — the two commands that matter: `make demo` and `make test`.
+# Everything they need (PostgreSQL, tansu, s3s-fs) is installed and started by scripts/.
+
+SHELL := /bin/bash
+CARGO_TARGET_DIR ?= $(HOME)/.cache/skuflow-target
+export CARGO_TARGET_DIR
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+STACK := scripts/stack.sh
+
+.PHONY: demo test lint unit e2e stack stack-down stack-status fmt clean-demo
+
+## Run the whole pipeline on generated uploads (local directory bucket, local broker, local
+## PostgreSQL) and print a summary. Uses tansu when it is installed, else an in-process broker.
+demo:
+	@$(STACK) up postgres
+	@if command -v tansu >/dev/null 2>&1; then \
+	    $(STACK) up tansu && brokers="--brokers 127.0.0.1:$${SKUFLOW_KAFKA_PORT:-19092}"; \
+	 else brokers=""; fi; \
+	 eval "$$($(STACK) env)"; \
+	 cargo run --quiet -p skuflow-cli -- demo --pg-url "$$SKUFLOW_DEMO_PG_URL" $$brokers
+
+## Every test: formatting, lints, unit tests and the end-to-end tests on the real local stack.
+test: lint stack
+	cargo build --workspace --bins
+	@eval "$$($(STACK) env)"; \
+	 if cargo nextest --version >/dev/null 2>&1; then \
+	    cargo nextest run --workspace --no-fail-fast; \
+	 else cargo test --workspace --no-fail-fast; fi
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## Unit tests only (no stack needed).
+unit:
+	cargo nextest run --workspace -E 'not package(skuflow-e2e) or test(/generated_rows/)'
+
+stack:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status
+
+fmt:
+	cargo fmt --all
