@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 STACK := scripts/stack.sh
 
-.PHONY: demo test lint unit e2e stack stack-down stack-status fmt clean-demo
+.PHONY: demo test lint unit bench stack stack-down stack-status fmt
 
 ## Run the whole pipeline on generated uploads (local directory bucket, local broker, local
 ## PostgreSQL) and print a summary. Uses tansu when it is installed, else an in-process broker.
@@ -30,6 +30,11 @@ test: lint stack
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## Benchmarks on the local stack: each prints its figures and ratios against baselines measured
+## in the same run (never pass/fail on time). SKUFLOW_BENCH_RECORDS sets the size (default 1M).
+bench: stack
+	@eval "$$($(STACK) env)"; cargo bench -p skuflow-warehouse-loader --bench loader
 
 ## Unit tests only (no stack needed).
 unit:

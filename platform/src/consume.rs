@@ -473,14 +473,25 @@ pub async fn send_dead_letters(
                 key: headers::FILE_ID,
                 value: Some(l.file_id.as_str()),
             });
-        let rec = FutureRecord::to(topic)
+        let mut rec = FutureRecord::to(topic)
             .payload(payload)
             .key(l.file_id.as_str())
             .headers(headers);
-        pending.push(producer.send(rec, Duration::from_secs(300)));
+        // Enqueue every letter first (send_result does not wait), then await the acks together.
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => break pending.push(f),
+                Err((e, back)) => {
+                    tracing::debug!(error = %e, "Producer queue full; waiting.");
+                    rec = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
     }
     for p in pending {
         p.await
+            .map_err(|_| anyhow::anyhow!("dead letter producer went away"))?
             .map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
     }
     Ok(())

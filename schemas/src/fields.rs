@@ -34,6 +34,8 @@ pub struct Field {
     pub name: String,
     pub field_type: FieldType,
     pub nullable: bool,
+    /// Values may not be negative (JSON `minimum: 0`, or money).
+    pub non_negative: bool,
     pub description: String,
 }
 
@@ -130,10 +132,16 @@ pub fn parse_fields(schema_json: &str) -> Result<Vec<Field>, String> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        let non_negative = field_type == FieldType::Decimal
+            || prop
+                .get("minimum")
+                .and_then(Value::as_i64)
+                .is_some_and(|m| m >= 0);
         fields.push(Field {
             name: name.to_string(),
             field_type,
             nullable,
+            non_negative,
             description,
         });
     }

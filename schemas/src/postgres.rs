@@ -24,7 +24,12 @@ pub fn column_definitions() -> Vec<String> {
 
 fn column_definition(f: &Field) -> String {
     let null = if f.nullable { "" } else { " NOT NULL" };
-    format!("{} {}{}", f.name, pg_type(f.field_type), null)
+    let check = if f.non_negative {
+        format!(" CHECK ({} >= 0)", f.name)
+    } else {
+        String::new()
+    };
+    format!("{} {}{}{}", f.name, pg_type(f.field_type), null, check)
 }
 
 /// Column names of the fact table, in field order.
@@ -55,8 +60,9 @@ mod tests {
                 f.name
             );
         }
-        assert!(ddl.contains("unit_price numeric(18,4) NOT NULL"));
-        assert!(ddl.contains("unit_cost numeric(18,4),"));
+        assert!(ddl.contains("unit_price numeric(18,4) NOT NULL CHECK (unit_price >= 0)"));
+        assert!(ddl.contains("unit_cost numeric(18,4) CHECK (unit_cost >= 0),"));
+        assert!(ddl.contains("units_sold integer NOT NULL CHECK (units_sold >= 0)"));
         assert!(ddl.contains("PRIMARY KEY (country, store_id, sku, business_date)"));
     }
 }

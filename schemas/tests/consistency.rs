@@ -108,7 +108,7 @@ fn every_derived_schema_has_exactly_the_record_fields() {
             .unwrap();
         assert_eq!(
             !f.nullable,
-            col.ends_with("NOT NULL"),
+            col.contains(" NOT NULL"),
             "{} NOT NULL",
             f.name
         );

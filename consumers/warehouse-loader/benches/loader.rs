@@ -1,0 +1,307 @@
+//! Warehouse loader throughput, measured against baselines in the same run on the local stack
+//! (`make bench`). Prints every figure and ratio:
+//!   (a) `psql \copy` of the same rows from CSV into an identical partitioned table, same key
+//!   (b) the loader's write path alone: decoded records → COPY → merge → offsets, no broker
+//!   (c) a bare rdkafka consumer draining the topic (the broker's limit here)
+//!   (d) the loader end to end from the topic
+//! Targets: (b) ≥ 0.5 × (a); (d) ≥ 0.8 × min(b, c).
+//! Records: SKUFLOW_BENCH_RECORDS (default 1,000,000).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use rust_decimal::Decimal;
+use skuflow_platform::kafka::{ensure_topics, TopicSpec};
+use skuflow_platform::{ConsumeArgs, Consumed, KafkaArgs, Sink, TopicArgs};
+use skuflow_schemas::{SkuRecord, StoreCategory, RECORD_SCHEMA};
+use skuflow_warehouse_loader::PgSink;
+use tokio_util::sync::CancellationToken;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `make bench`"))
+}
+
+fn record(i: u64) -> SkuRecord {
+    let t = Utc.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap();
+    SkuRecord {
+        schema: RECORD_SCHEMA.into(),
+        record_id: format!("{:032x}", i),
+        record_version: SkuRecord::version_of(t, i + 2),
+        country: "DE".into(),
+        store_id: format!("store-{:04}", i % 500),
+        store_category: if i % 3 == 0 {
+            StoreCategory::Individual
+        } else {
+            StoreCategory::RetailChain
+        },
+        chain: (i % 3 != 0).then(|| "walmart".to_string()),
+        sku: format!("SKU-{i:08}"),
+        product_name: format!("Product number {i} in a realistic length name"),
+        category: ["dairy", "bakery", "produce", "household"][(i % 4) as usize].into(),
+        brand: (i % 2 == 0).then(|| "Acme".to_string()),
+        unit_price: Decimal::new((i % 100_000) as i64 + 99, 2),
+        unit_cost: (i % 5 != 0).then(|| Decimal::new((i % 50_000) as i64 + 10, 2)),
+        currency: "EUR".into(),
+        quantity_on_hand: (i % 1000) as i32,
+        units_sold: (i % 40) as i32,
+        business_date: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+        barcode: None,
+        file_id: format!("{:032x}", i / 100_000),
+        source_bucket: "skus-de".into(),
+        source_key: format!("incoming/individual/store-{}/2026-11-01/skus.csv", i % 500),
+        source_etag: "\"0123456789abcdef\"".into(),
+        source_line: (i + 2) as i64,
+        source_last_modified: t,
+        ingested_at: t,
+    }
+}
+
+fn csv_value(rec: &SkuRecord, name: &str) -> String {
+    let v = serde_json::to_value(rec).unwrap();
+    match &v[name] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => format!("\"{}\"", s.replace('"', "\"\"")),
+        other => other.to_string(),
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: u64 = std::env::var("SKUFLOW_BENCH_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let brokers = env("SKUFLOW_TEST_BROKERS");
+    let admin_url = env("SKUFLOW_TEST_PG_URL");
+    let id = format!("{:x}", Utc::now().timestamp_micros());
+    let admin = connect(&admin_url).await;
+    let db_url = |db: &str| format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
+    for db in ["a", "b", "d"] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE bench_{db}_{id}"))
+            .await
+            .unwrap();
+    }
+    println!("generating {n} records");
+    let records: Vec<SkuRecord> = (0..n).map(record).collect();
+
+    // (a) psql \copy into an identical partitioned table with the same primary key.
+    let url_a = db_url(&format!("bench_a_{id}"));
+    let mut sink_a = PgSink::new(&url_a, "bench");
+    sink_a.connect().await.unwrap();
+    let ca = connect(&url_a).await;
+    ca.batch_execute(
+        "CREATE TABLE skuflow.copy_target (LIKE skuflow.sku_facts INCLUDING ALL) PARTITION BY LIST (country);
+         CREATE TABLE skuflow.copy_target_de PARTITION OF skuflow.copy_target FOR VALUES IN ('DE');",
+    )
+    .await
+    .unwrap();
+    let cols = skuflow_schemas::postgres::column_names();
+    let mut csv = tempfile::NamedTempFile::new().unwrap();
+    {
+        let mut w = std::io::BufWriter::new(csv.as_file_mut());
+        for r in &records {
+            let line: Vec<String> = cols.iter().map(|c| csv_value(r, c)).collect();
+            writeln!(w, "{}", line.join(",")).unwrap();
+        }
+    }
+    let t = Instant::now();
+    let status = std::process::Command::new("psql")
+        .arg(&url_a)
+        .arg("-qc")
+        .arg(format!(
+            "\\copy skuflow.copy_target ({}) FROM '{}' WITH (FORMAT csv)",
+            cols.join(","),
+            csv.path().display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "psql \\copy failed");
+    let a = t.elapsed();
+
+    // (b) the loader's write path alone.
+    let url_b = db_url(&format!("bench_b_{id}"));
+    let mut sink_b = PgSink::new(&url_b, "bench");
+    sink_b.connect().await.unwrap();
+    let consumed: Vec<Consumed<SkuRecord>> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Consumed {
+            partition: 0,
+            offset: i as i64,
+            value: r.clone(),
+        })
+        .collect();
+    let batch = ConsumeArgs::default().batch_size as usize;
+    let t = Instant::now();
+    for chunk in consumed.chunks(batch) {
+        let offsets = BTreeMap::from([(0, chunk.last().unwrap().offset + 1)]);
+        sink_b.write("bench", chunk, &offsets).await.unwrap();
+    }
+    let b = t.elapsed();
+
+    // Load the topic (not timed as a stage).
+    let topics = TopicArgs::with_suffix(&format!(".bench{id}"));
+    let kafka = KafkaArgs::new(&brokers);
+    ensure_topics(
+        &kafka,
+        &[
+            TopicSpec {
+                name: topics.records.clone(),
+                partitions: 3,
+                compacted: false,
+            },
+            TopicSpec {
+                name: topics.rejects.clone(),
+                partitions: 1,
+                compacted: false,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        kafka.producer_config().create().unwrap();
+    let t = Instant::now();
+    for r in &records {
+        let payload = serde_json::to_vec(r).unwrap();
+        let key = r.kafka_key();
+        let mut rec = BaseRecord::to(&topics.records).key(&key).payload(&payload);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(600)).unwrap();
+    println!("loaded the topic in {:.1} s", t.elapsed().as_secs_f64());
+
+    // (c) a bare consumer draining the topic.
+    let consumer: BaseConsumer = kafka
+        .consumer_config(&format!("bench-bare-{id}"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(&topics.records, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let t = Instant::now();
+    let mut got = 0u64;
+    let mut bytes = 0usize;
+    while got < n {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            got += 1;
+            bytes += m.payload().map_or(0, <[u8]>::len);
+        }
+    }
+    let c = t.elapsed();
+    drop(consumer);
+
+    // (d) the loader end to end.
+    let url_d = db_url(&format!("bench_d_{id}"));
+    let sink_d = PgSink::new(&url_d, "bench-loader");
+    let stop = CancellationToken::new();
+    let args = ConsumeArgs {
+        group: Some(format!("bench-loader-{id}")),
+        ..ConsumeArgs::default()
+    };
+    let t = Instant::now();
+    let (k, tp, s) = (kafka.clone(), topics.clone(), stop.clone());
+    let task =
+        tokio::spawn(
+            async move { skuflow_platform::run_sink(&k, &tp, &args, "x", sink_d, s).await },
+        );
+    let cd = connect(&url_d).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let row = cd
+            .query_one(
+                "SELECT coalesce(sum(next_offset),0)::bigint FROM skuflow.consumer_offsets",
+                &[],
+            )
+            .await;
+        if row.is_ok_and(|r| r.get::<_, i64>(0) as u64 >= n) {
+            break;
+        }
+    }
+    let d = t.elapsed();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let loaded: i64 = cd
+        .query_one("SELECT count(*) FROM skuflow.sku_facts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(loaded as u64, n, "end-to-end load lost or duplicated rows");
+
+    let (ra, rb, rc, rd) = (rate(n, a), rate(n, b), rate(n, c), rate(n, d));
+    println!();
+    println!(
+        "warehouse loader, {n} records ({:.0} MB of JSON on the topic)",
+        bytes as f64 / 1e6
+    );
+    println!(
+        "  (a) psql \\copy CSV → same table      {:>8.2} s  {:>10.0} rows/s",
+        a.as_secs_f64(),
+        ra
+    );
+    println!(
+        "  (b) loader write path (no broker)     {:>8.2} s  {:>10.0} rows/s",
+        b.as_secs_f64(),
+        rb
+    );
+    println!(
+        "  (c) bare consumer draining the topic  {:>8.2} s  {:>10.0} rows/s",
+        c.as_secs_f64(),
+        rc
+    );
+    println!(
+        "  (d) loader end to end from the topic  {:>8.2} s  {:>10.0} rows/s",
+        d.as_secs_f64(),
+        rd
+    );
+    println!(
+        "  ratio (b)/(a)          = {:.2}  (target ≥ 0.50) {}",
+        rb / ra,
+        if rb / ra >= 0.5 { "ok" } else { "MISSED" }
+    );
+    let floor = rb.min(rc);
+    println!(
+        "  ratio (d)/min((b),(c)) = {:.2}  (target ≥ 0.80) {}",
+        rd / floor,
+        if rd / floor >= 0.8 { "ok" } else { "MISSED" }
+    );
+    for db in ["a", "b", "d"] {
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS bench_{db}_{id} WITH (FORCE)"
+            ))
+            .await;
+    }
+}

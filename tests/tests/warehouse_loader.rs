@@ -1,0 +1,213 @@
+//! The warehouse loader on the real stack: exactly once under SIGKILL and rebalances,
+//! dead letters for rows PostgreSQL refuses, and a PostgreSQL outage mid-load.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{produce, record, Pipeline, TempPostgres};
+use rust_decimal::Decimal;
+
+const WAIT: Duration = Duration::from_secs(180);
+
+/// Keyed payloads, and the newest record of each SKU.
+type Generated = (
+    Vec<(String, Vec<u8>)>,
+    HashMap<String, skuflow_schemas::SkuRecord>,
+);
+
+/// Records for `keys` natural keys, each in `versions` versions, shuffled so that older versions
+/// often arrive after newer ones.
+fn versions(country: &str, keys: u64, versions: i64, seed: u64) -> Generated {
+    let mut msgs = Vec::new();
+    let mut latest = HashMap::new();
+    for i in 0..keys {
+        for v in 1..=versions {
+            let version = v * 1000 + (i as i64 % 7);
+            let r = record(country, i, version);
+            msgs.push((r.kafka_key(), serde_json::to_vec(&r).unwrap()));
+            latest.insert(r.sku.clone(), r);
+        }
+    }
+    // Deterministic shuffle.
+    let mut x = seed | 1;
+    for i in (1..msgs.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        msgs.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    (msgs, latest)
+}
+
+async fn assert_latest(p: &Pipeline, latest: &HashMap<String, skuflow_schemas::SkuRecord>) {
+    let db = p.db().await;
+    let rows = db
+        .query(
+            "SELECT sku, record_version, unit_price, units_sold FROM skuflow.sku_facts",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), latest.len(), "one row per natural key");
+    for r in rows {
+        let sku: String = r.get(0);
+        let want = &latest[&sku];
+        assert_eq!(
+            r.get::<_, i64>(1),
+            want.record_version,
+            "{sku} holds an older version"
+        );
+        assert_eq!(r.get::<_, Decimal>(2), want.unit_price);
+        assert_eq!(r.get::<_, i32>(3), want.units_sold);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_rebalances_lose_and_duplicate_nothing() {
+    let mut p = Pipeline::new().await;
+    let (msgs, latest) = versions("NL", 6000, 4, 42);
+    produce(&p.stack.brokers, &p.topics.records, &msgs).await;
+    // A loader SIGKILLed at random points while it loads, and restarted: each round waits until
+    // the loader has committed progress, then kills it a random moment later (mid-batch, mid-COPY
+    // or between the commit and the offset store). A short session timeout lets the group drop
+    // the dead member quickly.
+    let batch = [
+        "--batch-size=300".to_string(),
+        "-Xsession.timeout.ms=6000".to_string(),
+        "-Xmax.poll.interval.ms=15000".to_string(),
+    ];
+    let progress = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut kills = 0;
+    let mut seen = 0i64;
+    for round in 0..8 {
+        let child = p.start_loader(&batch);
+        let start = std::time::Instant::now();
+        while start.elapsed() < WAIT {
+            let now = p
+                .wait_for_count(progress, i64::MAX, Duration::from_millis(100))
+                .await;
+            if now > seen {
+                seen = now;
+                break;
+            }
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        tokio::time::sleep(Duration::from_millis(x % 400)).await;
+        p.kill(child);
+        kills += 1;
+        if round == 3 {
+            // A second wave of corrections while the loader keeps dying.
+            let (more, _) = versions("NL", 6000, 5, 7);
+            produce(&p.stack.brokers, &p.topics.records, &more[more.len() / 2..]).await;
+        }
+    }
+    p.start_loader(&batch);
+    assert_eq!(kills, 8);
+    // The versions of the second wave that were produced may be newer: recompute the truth.
+    let (more, _) = versions("NL", 6000, 5, 7);
+    let mut truth = latest;
+    for (_, payload) in &more[more.len() / 2..] {
+        let r: skuflow_schemas::SkuRecord = serde_json::from_slice(payload).unwrap();
+        if truth
+            .get(&r.sku)
+            .is_none_or(|old| old.record_version < r.record_version)
+        {
+            truth.insert(r.sku.clone(), r);
+        }
+    }
+    let total = (msgs.len() + more.len() - more.len() / 2) as i64;
+    let sql = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    let got = p.wait_for_count(sql, total, WAIT).await;
+    assert_eq!(
+        got,
+        total,
+        "offsets stored in PostgreSQL cover every message; logs:\n{}",
+        p.logs()
+    );
+    assert_latest(&p, &truth).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_rows_are_dead_lettered_and_the_rest_loads() {
+    let mut p = Pipeline::new().await;
+    let mut msgs = Vec::new();
+    for i in 0..200 {
+        let r = record("SE", i, 1000);
+        msgs.push((r.kafka_key(), serde_json::to_vec(&r).unwrap()));
+    }
+    // A record PostgreSQL refuses (CHECK unit_price >= 0) and a message that is not a record.
+    let mut bad = record("SE", 9999, 1000);
+    bad.unit_price = Decimal::new(-150, 2);
+    msgs.insert(50, (bad.kafka_key(), serde_json::to_vec(&bad).unwrap()));
+    msgs.insert(120, ("x".into(), b"{not json".to_vec()));
+    produce(&p.stack.brokers, &p.topics.records, &msgs).await;
+    p.start_loader(&[]);
+    let got = p
+        .wait_for_count("SELECT count(*) FROM skuflow.sku_facts", 200, WAIT)
+        .await;
+    assert_eq!(got, 200, "logs:\n{}", p.logs());
+    let sql = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    assert_eq!(p.wait_for_count(sql, 202, WAIT).await, 202);
+    let letters = p.read_topic(&p.topics.rejects);
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let rules: Vec<&str> = letters
+        .iter()
+        .map(|l| l["reasons"][0]["rule"].as_str().unwrap())
+        .collect();
+    assert!(
+        rules.contains(&"postgres_constraint") && rules.contains(&"decode"),
+        "{rules:?}"
+    );
+    assert!(letters.iter().all(|l| l["stage"] == "warehouse-loader"));
+    let refused = letters
+        .iter()
+        .find(|l| l["reasons"][0]["rule"] == "postgres_constraint")
+        .unwrap();
+    assert_eq!(refused["record_id"], bad.record_id.as_str());
+    assert!(
+        refused["reasons"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("check constraint"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_pauses_then_resumes_without_loss_or_duplicates() {
+    let pg = TempPostgres::start();
+    let mut p = Pipeline::new().await;
+    p.use_database(&pg.url());
+    let (msgs, latest) = versions("PL", 8000, 2, 3);
+    let half = msgs.len() / 2;
+    produce(&p.stack.brokers, &p.topics.records, &msgs[..half]).await;
+    p.start_loader(&["--batch-size=500".into(), "--max-backoff-ms=2000".into()]);
+    let sql = "SELECT count(*) FROM skuflow.sku_facts";
+    let start = std::time::Instant::now();
+    while p.wait_for_count(sql, 1, Duration::from_millis(200)).await < 1 && start.elapsed() < WAIT {
+    }
+    pg.stop();
+    produce(&p.stack.brokers, &p.topics.records, &msgs[half..]).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pg.restart();
+    let total = msgs.len() as i64;
+    let offsets = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    assert_eq!(
+        p.wait_for_count(offsets, total, WAIT).await,
+        total,
+        "logs:\n{}",
+        p.logs()
+    );
+    assert_latest(&p, &latest).await;
+    let logs = p.logs();
+    assert!(
+        logs.contains("Sink unavailable; holding the batch and retrying."),
+        "no WARN during the outage:\n{logs}"
+    );
+    assert!(logs.contains("Sink available again; resuming."), "{logs}");
+}
