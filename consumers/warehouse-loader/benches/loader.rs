@@ -34,16 +34,16 @@ fn record(i: u64) -> SkuRecord {
         record_version: SkuRecord::version_of(t, i + 2),
         country: "DE".into(),
         store_id: format!("store-{:04}", i % 500),
-        store_category: if i % 3 == 0 {
+        store_category: if i.is_multiple_of(3) {
             StoreCategory::Individual
         } else {
             StoreCategory::RetailChain
         },
-        chain: (i % 3 != 0).then(|| "walmart".to_string()),
+        chain: (!i.is_multiple_of(3)).then(|| "walmart".to_string()),
         sku: format!("SKU-{i:08}"),
         product_name: format!("Product number {i} in a realistic length name"),
         category: ["dairy", "bakery", "produce", "household"][(i % 4) as usize].into(),
-        brand: (i % 2 == 0).then(|| "Acme".to_string()),
+        brand: (i.is_multiple_of(2)).then(|| "Acme".to_string()),
         unit_price: Decimal::new((i % 100_000) as i64 + 99, 2),
         unit_cost: (i % 5 != 0).then(|| Decimal::new((i % 50_000) as i64 + 10, 2)),
         currency: "EUR".into(),
