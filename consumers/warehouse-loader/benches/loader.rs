@@ -45,7 +45,7 @@ fn record(i: u64) -> SkuRecord {
         category: ["dairy", "bakery", "produce", "household"][(i % 4) as usize].into(),
         brand: (i.is_multiple_of(2)).then(|| "Acme".to_string()),
         unit_price: Decimal::new((i % 100_000) as i64 + 99, 2),
-        unit_cost: (i % 5 != 0).then(|| Decimal::new((i % 50_000) as i64 + 10, 2)),
+        unit_cost: (!i.is_multiple_of(5)).then(|| Decimal::new((i % 50_000) as i64 + 10, 2)),
         currency: "EUR".into(),
         quantity_on_hand: (i % 1000) as i32,
         units_sold: (i % 40) as i32,
