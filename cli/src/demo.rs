@@ -168,6 +168,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bucket_template: "skus-{country}".into(),
         buckets: Vec::new(),
         key_template: skuflow_ingest::metadata::KeyTemplate::DEFAULT.into(),
+        events_topic: None,
         scan_interval_secs: 1,
         group: "skuflow-ingest".into(),
         max_reject_ratio: 0.5,

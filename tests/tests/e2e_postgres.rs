@@ -440,3 +440,71 @@ async fn s3_bucket_to_postgres_with_metadata_override() {
         .get(0);
     assert_eq!(parts, 1, "one partition for FR");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_event_notifications_trigger_ingest_once() {
+    let mut p = Pipeline::new().await;
+    let events_topic = format!("sku.s3events.v1.t{}", p.id);
+    skuflow_platform::kafka::ensure_topics(
+        &skuflow_platform::KafkaArgs::new(&p.stack.brokers),
+        &[skuflow_platform::kafka::TopicSpec {
+            name: events_topic.clone(),
+            partitions: 1,
+            compacted: false,
+        }],
+    )
+    .await
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let buckets = root.path().join("buckets");
+    let rows = sample_rows(31, 25, 0, "EUR", "2026-11-03");
+    let key = "incoming/individual/corner-shop/2026-11-03/sküs list.csv";
+    write(
+        &buckets.join("skus-at").join(key),
+        render_csv(&rows, false, false).as_bytes(),
+    );
+    // No scan: only the notifications start the ingest.
+    p.start_ingest(&[
+        format!("--bucket-root={}", buckets.display()),
+        "--mode=worker".into(),
+        format!("--events-topic={events_topic}"),
+    ]);
+    // tansu stalls when several groups join at the same instant; let the ingest's join first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.start_loader(&[]);
+    let event = serde_json::json!({
+        "EventName": "s3:ObjectCreated:Put",
+        "Key": format!("skus-at/{key}"),
+        "Records": [{
+            "eventVersion": "2.0", "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put",
+            "s3": {"bucket": {"name": "skus-at"},
+                   "object": {"key": "incoming%2Findividual%2Fcorner-shop%2F2026-11-03%2Fsk%C3%BCs+list.csv", "size": 1}}
+        }]
+    });
+    let removed = serde_json::json!({"Records": [{"eventName": "s3:ObjectRemoved:Delete",
+        "s3": {"bucket": {"name": "skus-at"}, "object": {"key": "incoming%2Fgone.csv"}}}]});
+    let payload = serde_json::to_vec(&event).unwrap();
+    // The same notification twice (and one removal): the object is ingested once.
+    let msgs = vec![
+        ("a".to_string(), payload.clone()),
+        ("b".to_string(), serde_json::to_vec(&removed).unwrap()),
+        ("a".to_string(), payload),
+    ];
+    common::produce(&p.stack.brokers, &events_topic, &msgs).await;
+    let got = p
+        .wait_for_count("SELECT count(*) FROM skuflow.sku_facts", 25, WAIT)
+        .await;
+    assert_eq!(got, 25, "logs:\n{}", p.logs());
+    assert!(buckets
+        .join("skus-at/processed/individual/corner-shop/2026-11-03/sküs list.csv")
+        .exists());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let files = p.read_topic(&p.topics.files);
+    assert_eq!(
+        files.iter().filter(|f| f["status"] == "completed").count(),
+        1,
+        "{files:?}"
+    );
+    let uploads = p.read_topic(&p.topics.uploads);
+    assert!(uploads.iter().all(|u| u["trigger"] == "event"));
+}

@@ -6,6 +6,7 @@ pub mod codes;
 pub mod contract;
 pub mod csvstream;
 pub mod discovery;
+pub mod events;
 pub mod metadata;
 pub mod produce;
 pub mod reader;
@@ -70,6 +71,10 @@ pub struct IngestArgs {
     /// Key template; `[...]` is optional (the chain of retail_chain stores).
     #[arg(long = "key-template", env = "SKUFLOW_KEY_TEMPLATE", default_value = KeyTemplate::DEFAULT)]
     pub key_template: String,
+    /// Topic of S3 event notifications (AWS S3 event JSON, e.g. from MinIO's Kafka target);
+    /// when set, created objects are queued as they arrive.
+    #[arg(long = "events-topic", env = "SKUFLOW_S3_EVENTS_TOPIC")]
+    pub events_topic: Option<String>,
     /// Seconds between bucket scans.
     #[arg(
         long = "scan-interval-secs",
@@ -182,6 +187,15 @@ pub async fn run(
         let (i, s, b) = (ingestor.clone(), shutdown.clone(), buckets.clone());
         let every = Duration::from_secs(args.scan_interval_secs.max(1));
         tasks.spawn(async move { discovery::scan_loop(&i, &b, every, s).await });
+    }
+    if let Some(topic) = args.events_topic.clone() {
+        let (i, s, k, g) = (
+            ingestor.clone(),
+            shutdown.clone(),
+            kafka.clone(),
+            format!("{}-events", args.group),
+        );
+        tasks.spawn(async move { events::event_loop(&i, &k, &topic, &g, s).await });
     }
     if matches!(args.mode, Mode::All | Mode::Worker) {
         let (i, s, k, g) = (

@@ -89,6 +89,13 @@ impl StoreArgs {
     }
 }
 
+/// The object path of a key, taken as it is (`Path::from` would percent-encode non-ASCII
+/// characters and name another object).
+pub fn object_path(key: &str) -> Result<object_store::path::Path, String> {
+    object_store::path::Path::parse(key)
+        .map_err(|e| format!("key {key:?} is not a valid object path: {e}"))
+}
+
 /// Opens buckets on demand and keeps them.
 pub struct Stores {
     args: StoreArgs,
@@ -188,6 +195,14 @@ mod tests {
     fn secrets_do_not_print() {
         let s: Secret = "hunter2".parse().unwrap();
         assert_eq!(format!("{s:?}"), "\"***\"");
+    }
+
+    #[test]
+    fn keys_keep_their_characters() {
+        assert_eq!(
+            object_path("incoming/a/sküs list.csv").unwrap().as_ref(),
+            "incoming/a/sküs list.csv"
+        );
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use object_store::path::Path;
 use object_store::{Attribute, GetOptions, ObjectStore, PutPayload};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -240,7 +239,10 @@ impl Ingestor {
                 req.key, self.template.incoming_prefix
             )));
         }
-        let path = Path::from(req.key.as_str());
+        let path = match crate::store::object_path(&req.key) {
+            Ok(p) => p,
+            Err(reason) => return self.fail_unreadable(req, reason).await,
+        };
         let head = match store.head(&path).await {
             Ok(h) => h,
             Err(object_store::Error::NotFound { .. }) => {
@@ -455,7 +457,10 @@ impl Ingestor {
         event.at = Utc::now();
         self.emit_file_event(&event).await?;
         store
-            .rename(&path, &Path::from(target.as_str()))
+            .rename(
+                &path,
+                &crate::store::object_path(&target).map_err(|e| Retry(anyhow::anyhow!(e)))?,
+            )
             .await
             .map_err(|e| Retry(anyhow::Error::new(e).context("moving the object to processed/")))?;
         tracing::info!(file_id = %fid, bucket = %req.bucket, key = %req.key, rows_valid = summary.rows_valid,
@@ -540,7 +545,10 @@ impl Ingestor {
         };
         let json = serde_json::to_vec_pretty(&body).map_err(|e| Retry(e.into()))?;
         store
-            .put(&Path::from(report_key.as_str()), PutPayload::from(json))
+            .put(
+                &crate::store::object_path(&report_key).map_err(|e| Retry(anyhow::anyhow!(e)))?,
+                PutPayload::from(json),
+            )
             .await
             .map_err(|e| Retry(anyhow::Error::new(e).context("writing the error report")))?;
         event.status = FileStatus::Failed;
@@ -553,8 +561,8 @@ impl Ingestor {
         self.emit_file_event(&event).await?;
         store
             .rename(
-                &Path::from(event.key.as_str()),
-                &Path::from(target.as_str()),
+                &crate::store::object_path(&event.key).map_err(|e| Retry(anyhow::anyhow!(e)))?,
+                &crate::store::object_path(&target).map_err(|e| Retry(anyhow::anyhow!(e)))?,
             )
             .await
             .map_err(|e| Retry(anyhow::Error::new(e).context("moving the object to errors/")))?;
