@@ -46,6 +46,9 @@ enum TopicsAction {
         /// Partitions per topic.
         #[arg(long, env = "SKUFLOW_PARTITIONS", default_value_t = 6)]
         partitions: i32,
+        /// More topics to create alongside (e.g. the S3 event-notification topic).
+        #[arg(long = "also", value_delimiter = ',')]
+        also: Vec<String>,
     },
 }
 
@@ -60,9 +63,19 @@ async fn main() -> anyhow::Result<()> {
                     kafka,
                     topics,
                     partitions,
+                    also,
                 },
         } => {
-            ensure_topics(&kafka, &pipeline_topics(&topics, partitions)).await?;
+            let mut specs = pipeline_topics(&topics, partitions);
+            specs.extend(
+                also.into_iter()
+                    .map(|name| skuflow_platform::kafka::TopicSpec {
+                        name,
+                        partitions,
+                        compacted: false,
+                    }),
+            );
+            ensure_topics(&kafka, &specs).await?;
             println!(
                 "topics ready: {}, {}, {}, {}",
                 topics.uploads, topics.records, topics.rejects, topics.files
