@@ -148,6 +148,24 @@ impl KafkaArgs {
     }
 }
 
+/// The next message, or `None` once `shutdown` is cancelled; consumer errors (which librdkafka
+/// recovers from by itself) are logged and skipped.
+pub async fn next_message<'a, C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &'a rdkafka::consumer::StreamConsumer<C>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<rdkafka::message::BorrowedMessage<'a>> {
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            m = consumer.recv() => m,
+        };
+        match msg {
+            Ok(m) => return Some(m),
+            Err(e) => tracing::warn!(error = %e, "Kafka consumer error; continuing."),
+        }
+    }
+}
+
 /// A topic skuflow needs, with its partition count and cleanup policy.
 #[derive(Debug, Clone)]
 pub struct TopicSpec {

@@ -116,6 +116,18 @@ async fn assert_exact(p: &Pipeline, expected: &[Expect<'_>]) {
     }
 }
 
+/// Waits until the warehouse holds as many rows as expected, gives a duplicate the chance to
+/// show up, then checks every row exactly.
+async fn converge_exactly(p: &Pipeline, expected: &[Expect<'_>]) {
+    let want = expected.len() as i64;
+    let got = p
+        .wait_for_count("SELECT count(*) FROM skuflow.sku_facts", want, WAIT)
+        .await;
+    assert_eq!(got, want, "loader did not converge; logs:\n{}", p.logs());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_exact(p, expected).await;
+}
+
 fn validate_all(schema_doc: &str, messages: &[Value]) {
     let schema: Value = serde_json::from_str(schema_doc).unwrap();
     let v = jsonschema::options()
@@ -202,22 +214,7 @@ async fn local_bucket_to_postgres_exactly_once() {
         .chain(&shop_rows)
         .filter(|r| !r.valid)
         .count();
-    let got = p
-        .wait_for_count(
-            "SELECT count(*) FROM skuflow.sku_facts",
-            expected.len() as i64,
-            WAIT,
-        )
-        .await;
-    assert_eq!(
-        got,
-        expected.len() as i64,
-        "loader did not converge; logs:\n{}",
-        p.logs()
-    );
-    // Give any duplicate a chance to show up before checking exactly.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_exact(&p, &expected).await;
+    converge_exactly(&p, &expected).await;
 
     // Objects moved: good files to processed/, the broken ones to errors/ with a report.
     assert!(de
@@ -407,21 +404,7 @@ async fn s3_bucket_to_postgres_with_metadata_override() {
             line: l,
         });
     }
-    let got = p
-        .wait_for_count(
-            "SELECT count(*) FROM skuflow.sku_facts",
-            expected.len() as i64,
-            WAIT,
-        )
-        .await;
-    assert_eq!(
-        got,
-        expected.len() as i64,
-        "loader did not converge; logs:\n{}",
-        p.logs()
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_exact(&p, &expected).await;
+    converge_exactly(&p, &expected).await;
     s3.head(&"processed/retail_chain/carrefour/paris-2/2026-11-02/skus.csv".into())
         .await
         .expect("object moved to processed/");

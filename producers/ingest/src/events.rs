@@ -124,16 +124,8 @@ pub async fn event_loop(
     tracing::info!(%topic, %group, "Listening for S3 event notifications.");
     let (mut created, mut ignored) = (0u64, 0u64);
     loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            m = consumer.recv() => m,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "Kafka consumer error; continuing.");
-                continue;
-            }
+        let Some(msg) = skuflow_platform::kafka::next_message(&consumer, &shutdown).await else {
+            return Ok(());
         };
         match msg.payload().map(parse) {
             Some(Ok(p)) => {

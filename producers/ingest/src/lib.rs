@@ -239,16 +239,8 @@ pub async fn work_loop(
         .context("subscribing to uploads")?;
     tracing::info!(topic = %ingestor.topics.uploads, %group, "Ingest worker waiting for uploads.");
     loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = consumer.recv() => m,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "Kafka consumer error; continuing.");
-                continue;
-            }
+        let Some(msg) = skuflow_platform::kafka::next_message(&consumer, &shutdown).await else {
+            break;
         };
         let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
         let req: Option<UploadRequest> = match msg
