@@ -131,6 +131,7 @@ async fn reset_schema(pg_url: &str) -> anyhow::Result<()> {
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let started_at = chrono::Utc::now();
     let buckets = args.out.join("buckets");
     if buckets.exists() {
         std::fs::remove_dir_all(&buckets)
@@ -224,6 +225,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             if let Some(ev) = m
                 .payload()
                 .and_then(|p| serde_json::from_slice::<FileEvent>(p).ok())
+                .filter(|ev| ev.at >= started_at)
             {
                 let newer = latest
                     .get(&ev.file_id)
