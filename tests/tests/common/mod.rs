@@ -201,16 +201,27 @@ impl Pipeline {
             .set("auto.offset.reset", "earliest")
             .create()
             .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
+        // The broker may be slow to answer under a parallel test load: retry before giving up.
+        fn retry<T>(what: &str, mut f: impl FnMut() -> rdkafka::error::KafkaResult<T>) -> T {
+            let mut last = None;
+            for _ in 0..6 {
+                match f() {
+                    Ok(v) => return v,
+                    Err(e) => last = Some(e),
+                }
+            }
+            panic!("{what}: {last:?}")
+        }
+        let md = retry("topic metadata", || {
+            consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+        });
         let partitions = md.topics()[0].partitions().len() as i32;
         let mut tpl = rdkafka::TopicPartitionList::new();
         let mut ends = Vec::new();
         for p in 0..partitions {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
+            let (_, high) = retry("watermarks", || {
+                consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
+            });
             ends.push(high);
             tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
                 .unwrap();
