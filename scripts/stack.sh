@@ -121,6 +121,7 @@ print_env() {
   cat <<ENV
 export SKUFLOW_STACK_DIR='$STACK'
 export SKUFLOW_TEST_BROKERS='127.0.0.1:$KAFKA_PORT'
+export SKUFLOW_TEST_TANSU='$(command -v tansu || echo tansu)'
 export SKUFLOW_TEST_PG_URL='postgres://skuflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/skuflow'
 export SKUFLOW_DEMO_PG_URL='postgres://skuflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/skuflow_demo'
 export SKUFLOW_TEST_PG_ADMIN='host=$STACK/pg/socket port=$PG_PORT user=postgres dbname=postgres'

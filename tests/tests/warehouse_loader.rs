@@ -82,14 +82,16 @@ async fn sigkill_and_rebalances_lose_and_duplicate_nothing() {
     let mut x: u64 = 0x9e3779b97f4a7c15;
     let mut kills = 0;
     let mut seen = 0i64;
+    let mut produced = msgs.len() as i64;
     for round in 0..5 {
         let child = p.start_loader(&batch);
+        // Wait for fresh progress (or for the loader to have caught up with all there is).
         let start = std::time::Instant::now();
         while start.elapsed() < WAIT {
             let now = p
                 .wait_for_count(progress, i64::MAX, Duration::from_millis(100))
                 .await;
-            if now > seen {
+            if now > seen || now == produced {
                 seen = now;
                 break;
             }
@@ -100,10 +102,12 @@ async fn sigkill_and_rebalances_lose_and_duplicate_nothing() {
         tokio::time::sleep(Duration::from_millis(x % 400)).await;
         p.kill(child);
         kills += 1;
-        if round == 3 {
+        if round == 2 {
             // A second wave of corrections while the loader keeps dying.
             let (more, _) = versions("NL", 6000, 5, 7);
-            produce(&p.stack.brokers, &p.topics.records, &more[more.len() / 2..]).await;
+            let wave = &more[more.len() / 2..];
+            produce(&p.stack.brokers, &p.topics.records, wave).await;
+            produced += wave.len() as i64;
         }
     }
     p.start_loader(&batch);

@@ -49,9 +49,78 @@ pub fn unique_id() -> String {
     format!("{:x}{:x}", std::process::id(), nanos % 0xffff_ffff)
 }
 
-/// One isolated pipeline: its own topics and database.
+/// A tansu broker of the test's own: sqlite log in a temp dir, a free port. A broker per test
+/// keeps one test's consumer-group churn (SIGKILLed members, rebalances) from stalling the group
+/// coordinator the other tests use: tansu's sqlite engine serialises group updates with the log.
+pub struct TempBroker {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    child: Child,
+}
+
+impl TempBroker {
+    pub fn start() -> Self {
+        let tansu = std::env::var("SKUFLOW_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+        let dir = tempfile::Builder::new()
+            .prefix("skuflow-tansu-")
+            .tempdir()
+            .unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let url = format!("tcp://{addr}");
+            let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+            let mut child = Command::new(&tansu)
+                .arg("broker")
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .arg("--storage-engine")
+                .arg(format!(
+                    "sqlite:///{}",
+                    dir.path().join("tansu.db").display()
+                ))
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("starting {tansu} (install it with scripts/install-stack.sh): {e}")
+                });
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                if std::net::TcpStream::connect(&addr).is_ok() {
+                    return TempBroker { dir, addr, child };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break; // lost the port to someone else: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "tansu did not start: {}",
+            std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for TempBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// One isolated pipeline: its own broker, topics and database.
 pub struct Pipeline {
     pub id: String,
+    pub broker: TempBroker,
     pub stack: Stack,
     pub topics: TopicArgs,
     pub db_url: String,
@@ -73,7 +142,9 @@ pub fn bin(name: &str) -> PathBuf {
 
 impl Pipeline {
     pub async fn new() -> Self {
-        let stack = Stack::from_env();
+        let mut stack = Stack::from_env();
+        let broker = TempBroker::start();
+        stack.brokers = broker.addr.clone();
         let id = unique_id();
         let topics = TopicArgs::with_suffix(&format!(".t{id}"));
         ensure_topics(
@@ -97,6 +168,7 @@ impl Pipeline {
         };
         Pipeline {
             id,
+            broker,
             stack,
             topics,
             db_url,
@@ -256,6 +328,7 @@ impl Drop for Pipeline {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // The broker (a field) stops after its clients.
     }
 }
 
@@ -369,10 +442,7 @@ impl TempPostgres {
         .status()
         .unwrap();
         assert!(ok.success(), "initdb failed");
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let pg = TempPostgres { dir, port, bin };
         pg.ctl("start");
         pg
