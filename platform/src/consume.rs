@@ -192,6 +192,7 @@ pub async fn run_sink<S: Sink>(
                 }
             };
             backoff.recovered(sink.name());
+            seek_past_done(&consumer, topic, &durable, &next_offsets);
         }
         let pending = batch.len() + undecodable.len();
         let wait = deadline.saturating_duration_since(Instant::now());
@@ -204,7 +205,8 @@ pub async fn run_sink<S: Sink>(
             Some(Ok(Ok(m))) => {
                 stats.received += 1;
                 let (partition, offset) = (m.partition(), m.offset());
-                if durable.get(&partition).is_some_and(|&next| offset < next) {
+                if offset < resume_at(&durable, &next_offsets, partition).unwrap_or(0) {
+                    // Durable already, or in the pending batch (redelivered after a rebalance).
                     stats.skipped_durable += 1;
                     continue;
                 }
@@ -495,6 +497,65 @@ pub async fn send_dead_letters(
             .map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
     }
     Ok(())
+}
+
+/// The first offset of `partition` not yet durable in the sink nor in the pending batch.
+fn resume_at(
+    durable: &HashMap<i32, i64>,
+    pending: &BTreeMap<i32, i64>,
+    partition: i32,
+) -> Option<i64> {
+    match (durable.get(&partition), pending.get(&partition)) {
+        (Some(&d), Some(&p)) => Some(d.max(p)),
+        (d, p) => d.or(p).copied(),
+    }
+}
+
+/// After a rebalance, moves each assigned partition whose fetch position is behind what the sink
+/// already holds (its offsets in the same transaction as the data, or the pending batch) forward
+/// to that point, so a restarted consumer resumes from the sink's offsets rather than re-reading
+/// from the group's last commit. Never moves backwards; where a seek is not possible yet (the
+/// partition has not started fetching), the skip in the loop does the same job.
+fn seek_past_done<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    durable: &HashMap<i32, i64>,
+    pending: &BTreeMap<i32, i64>,
+) {
+    let Ok(assigned) = consumer.assignment() else {
+        return;
+    };
+    let positions = consumer.position().ok();
+    for e in assigned.elements_for_topic(topic) {
+        let partition = e.partition();
+        let Some(target) = resume_at(durable, pending, partition) else {
+            continue;
+        };
+        let at = positions
+            .as_ref()
+            .and_then(|t| t.find_partition(topic, partition))
+            .map(|e| e.offset());
+        if let Some(Offset::Offset(at)) = at {
+            if at >= target {
+                continue;
+            }
+        }
+        match consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(target),
+            Duration::from_secs(1),
+        ) {
+            Ok(()) => tracing::info!(
+                partition,
+                offset = target,
+                "Resuming from the offset the sink holds."
+            ),
+            Err(e) => {
+                tracing::debug!(partition, error = %e, "Seek deferred; skipping up to the sink's offset instead.")
+            }
+        }
+    }
 }
 
 fn store_offsets<C: ConsumerContext>(

@@ -215,3 +215,131 @@ async fn postgres_outage_pauses_then_resumes_without_loss_or_duplicates() {
     );
     assert!(logs.contains("Sink available again; resuming."), "{logs}");
 }
+
+/// `postgres://user:password@host:port/db` from the stack's URL with another login and database.
+fn url_as(base: &str, user: &str, password: &str, db: &str) -> String {
+    let (_, host_db) = base
+        .split_once('@')
+        .expect("SKUFLOW_TEST_PG_URL has user@host");
+    let host = host_db.rsplit_once('/').map_or(host_db, |(h, _)| h);
+    format!("postgres://{user}:{password}@{host}/{db}")
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// Asserts that `sql` fails with SQLSTATE 42501 (insufficient privilege).
+async fn denied(client: &tokio_postgres::Client, who: &str, sql: &str) {
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("{who} was allowed: {sql}"),
+        Err(e) => assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{who}: {sql}: {e}"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loader_role_writes_only_its_own_tables_and_analysts_only_read() {
+    let mut p = Pipeline::new().await;
+    let db = format!("sf_{}", p.id);
+    let (loader, analyst) = (format!("sf_ld_{}", p.id), format!("sf_an_{}", p.id));
+    let (loader_pw, analyst_pw) = (format!("ld-{}", p.id), format!("an-{}", p.id));
+    // What an administrator does once (README): a plain login for the loader with CREATE on its
+    // database only, the analyst group role, an analyst's login in it; and a table of someone
+    // else's in the same database.
+    let admin = connect(&url_as(&p.stack.pg_url, "skuflow", &pg_password(&p), &db)).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {loader} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{loader_pw}';\n\
+             CREATE ROLE {analyst} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{analyst_pw}';\n\
+             DO $$ BEGIN\n\
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'skuflow_analyst') THEN\n\
+                     CREATE ROLE skuflow_analyst NOLOGIN;\n\
+                 END IF;\n\
+             END $$;\n\
+             GRANT skuflow_analyst TO {analyst};\n\
+             GRANT CREATE ON DATABASE {db} TO {loader};\n\
+             CREATE TABLE public.payroll (employee text PRIMARY KEY, salary numeric NOT NULL);\n\
+             INSERT INTO public.payroll VALUES ('someone', 1000);"
+        ))
+        .await
+        .expect("setting up roles");
+    let loader_url = url_as(&p.stack.pg_url, &loader, &loader_pw, &db);
+    p.use_database(&loader_url);
+    let mut msgs = Vec::new();
+    for (country, n) in [("SE", 60), ("FI", 40)] {
+        for i in 0..n {
+            let r = record(country, i, 1000);
+            msgs.push((r.kafka_key(), serde_json::to_vec(&r).unwrap()));
+        }
+    }
+    produce(&p.stack.brokers, &p.topics.records, &msgs).await;
+    p.start_loader(&[]);
+    let sql = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    assert_eq!(
+        p.wait_for_count(sql, 100, WAIT).await,
+        100,
+        "logs:\n{}",
+        p.logs()
+    );
+
+    // The loader's login: its own tables, nothing else.
+    let as_loader = connect(&loader_url).await;
+    let n: i64 = as_loader
+        .query_one("SELECT count(*) FROM skuflow.sku_facts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 100);
+    let who = "the loader";
+    denied(&as_loader, who, "SELECT * FROM public.payroll").await;
+    denied(&as_loader, who, "UPDATE public.payroll SET salary = 0").await;
+    denied(&as_loader, who, "CREATE TABLE public.mine (a int)").await;
+    denied(&as_loader, who, "CREATE ROLE sneaky").await;
+    denied(&as_loader, who, &format!("CREATE DATABASE {db}_x")).await;
+
+    // The analyst: reads the facts, both views and a partition created after the migrations
+    // (default privileges), and can change nothing.
+    let as_analyst = connect(&url_as(&p.stack.pg_url, &analyst, &analyst_pw, &db)).await;
+    for (q, want) in [
+        ("SELECT count(*) FROM skuflow.sku_facts", 100),
+        ("SELECT count(*) FROM skuflow.sku_facts_fi", 40),
+        ("SELECT count(*) FROM skuflow.latest_stock_price", 100),
+        (
+            "SELECT coalesce(sum(skus), 0)::bigint FROM skuflow.daily_sales",
+            100,
+        ),
+    ] {
+        let got: i64 = as_analyst.query_one(q, &[]).await.unwrap().get(0);
+        assert_eq!(got, want, "{q}");
+    }
+    let who = "an analyst";
+    for sql in [
+        "INSERT INTO skuflow.sku_facts (country) VALUES ('SE')",
+        "UPDATE skuflow.sku_facts SET unit_price = 0",
+        "DELETE FROM skuflow.sku_facts",
+        "TRUNCATE skuflow.sku_facts",
+        "UPDATE skuflow.consumer_offsets SET next_offset = 0",
+        "CREATE TABLE skuflow.scratch (a int)",
+        "SELECT * FROM public.payroll",
+    ] {
+        denied(&as_analyst, who, sql).await;
+    }
+    assert!(
+        !p.logs().contains(&loader_pw),
+        "the loader's password appears in its logs"
+    );
+}
+
+/// The stack's password for `skuflow` (from SKUFLOW_TEST_PG_URL).
+fn pg_password(p: &Pipeline) -> String {
+    let (userinfo, _) = p.stack.pg_url.split_once('@').unwrap();
+    userinfo.rsplit_once(':').unwrap().1.to_string()
+}

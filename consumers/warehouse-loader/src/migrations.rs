@@ -73,6 +73,31 @@ pub fn migrations() -> Vec<Migration> {
                   END $$"
                 .to_string(),
         },
+        Migration {
+            version: 4,
+            name: "least privilege: nothing for PUBLIC, read-only for analysts",
+            // Version 3 gave up on the grants as a whole when the loader could not create the
+            // role. Here the role is created only where it is missing and allowed; the grants
+            // run whenever the role exists (an administrator may have created it).
+            sql: "DO $$\n\
+                  BEGIN\n\
+                      IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'skuflow_analyst') THEN\n\
+                          BEGIN\n\
+                              CREATE ROLE skuflow_analyst NOLOGIN;\n\
+                          EXCEPTION WHEN insufficient_privilege THEN\n\
+                              RAISE WARNING 'skuflow: cannot create role skuflow_analyst (no CREATEROLE); an administrator creates it as the README shows';\n\
+                          END;\n\
+                      END IF;\n\
+                      IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'skuflow_analyst') THEN\n\
+                          GRANT USAGE ON SCHEMA skuflow TO skuflow_analyst;\n\
+                          GRANT SELECT ON ALL TABLES IN SCHEMA skuflow TO skuflow_analyst;\n\
+                          ALTER DEFAULT PRIVILEGES IN SCHEMA skuflow GRANT SELECT ON TABLES TO skuflow_analyst;\n\
+                      END IF;\n\
+                  END $$;\n\
+                  REVOKE ALL ON SCHEMA skuflow FROM PUBLIC;\n\
+                  REVOKE ALL ON ALL TABLES IN SCHEMA skuflow FROM PUBLIC"
+                .to_string(),
+        },
     ]
 }
 
