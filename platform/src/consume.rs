@@ -387,14 +387,8 @@ fn decode_record(payload: Option<&[u8]>) -> Result<SkuRecord, String> {
 const RAW_CAP: usize = 4096;
 
 fn capped(raw: &str) -> (String, bool) {
-    if raw.len() <= RAW_CAP {
-        return (raw.to_string(), false);
-    }
-    let mut end = RAW_CAP;
-    while !raw.is_char_boundary(end) {
-        end -= 1;
-    }
-    (raw[..end].to_string(), true)
+    let kept = crate::text::prefix_within(raw, RAW_CAP);
+    (kept.to_string(), kept.len() < raw.len())
 }
 
 fn undecodable_dead_letter(

@@ -6,6 +6,7 @@ pub mod consume;
 pub mod kafka;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 
 pub use consume::{run_sink, ConsumeArgs, Consumed, Refusal, Sink, SinkError};
 pub use kafka::{KafkaArgs, TopicArgs};

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+pub mod es_double;
+
 /// One generated row and whether the contract accepts it.
 #[derive(Debug, Clone)]
 pub struct SampleRow {

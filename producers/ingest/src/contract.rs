@@ -185,17 +185,7 @@ impl<'a> Check<'a> {
     }
 
     fn fail(&mut self, c: Column, value: Option<&str>, rule: &str, message: String) {
-        let value = value.map(|v| {
-            if v.len() <= VALUE_CAP {
-                v.to_string()
-            } else {
-                let mut end = VALUE_CAP;
-                while !v.is_char_boundary(end) {
-                    end -= 1;
-                }
-                format!("{}…", &v[..end])
-            }
-        });
+        let value = value.map(|v| skuflow_platform::text::truncate_chars(v, VALUE_CAP));
         self.reasons.push(RejectReason {
             field: Some(c.name().to_string()),
             column: self.map.position(c).map(|p| p as u32 + 1),

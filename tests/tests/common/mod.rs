@@ -209,6 +209,41 @@ impl Pipeline {
         self.spawn(cmd, "loader")
     }
 
+    /// Starts `skuflow-search-indexer` against the Elasticsearch at `es_url`.
+    pub fn start_indexer(&mut self, es_url: &str, extra: &[String], env: &[(&str, &str)]) -> usize {
+        let mut cmd = Command::new(bin("skuflow-search-indexer"));
+        cmd.envs(env.iter().copied())
+            .args(self.topic_args())
+            .arg(format!("--group=skuflow-search-indexer-{}", self.id))
+            .arg(format!("--es-url={es_url}"))
+            .arg("--flush-interval-ms=300")
+            .args(extra);
+        self.spawn(cmd, "indexer")
+    }
+
+    /// The offsets group `group` has committed on `topic`, per partition (-1 when none).
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.stack.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let mut out = vec![-1; partitions as usize];
+        if let Ok(got) = consumer.committed_offsets(tpl, Duration::from_secs(10)) {
+            for e in got.elements() {
+                if let rdkafka::Offset::Offset(o) = e.offset() {
+                    out[e.partition() as usize] = o;
+                }
+            }
+        }
+        out
+    }
+
     fn spawn(&mut self, mut cmd: Command, name: &str) -> usize {
         let logdir = std::env::temp_dir().join(format!("skuflow-test-{}", self.id));
         std::fs::create_dir_all(&logdir).unwrap();
@@ -365,8 +400,14 @@ pub fn record(country: &str, i: u64, version: i64) -> skuflow_schemas::SkuRecord
     }
 }
 
-/// Produces payloads to `topic`, keyed, and waits for every acknowledgement.
-pub async fn produce(brokers: &str, topic: &str, messages: &[(String, Vec<u8>)]) {
+/// Produces payloads to `topic`, keyed, and waits for every acknowledgement; returns the
+/// (partition, offset) of each message, in order.
+pub async fn produce(
+    brokers: &str,
+    topic: &str,
+    messages: &[(String, Vec<u8>)],
+) -> Vec<(i32, i64)> {
+    let mut positions = Vec::with_capacity(messages.len());
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = KafkaArgs::new(brokers).producer_config().create().unwrap();
     for chunk in messages.chunks(5000) {
@@ -385,11 +426,14 @@ pub async fn produce(brokers: &str, topic: &str, messages: &[(String, Vec<u8>)])
             }
         }
         for f in pending {
-            f.await
+            let d = f
+                .await
                 .expect("delivery report")
                 .expect("record acknowledged");
+            positions.push((d.partition, d.offset));
         }
     }
+    positions
 }
 
 /// A PostgreSQL server of the test's own (initdb in a temp dir, random port), for tests that

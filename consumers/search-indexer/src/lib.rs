@@ -1,0 +1,204 @@
+//! skuflow search indexer: `sku.records.v1` into Elasticsearch, one index per country
+//! (`<prefix>-<cc>`) under one alias, never dropping a document: every document ends indexed
+//! or dead-lettered, and offsets are stored only after that.
+
+pub mod bulk;
+pub mod sink;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, TransportBuilder};
+use skuflow_platform::shutdown::CancellationToken;
+use skuflow_platform::SinkError;
+
+pub use sink::{EsSink, Tuning};
+
+/// Default consumer group.
+pub const GROUP: &str = "skuflow-search-indexer";
+
+/// Flags of `skuflow-search-indexer`.
+#[derive(Clone, Args)]
+pub struct IndexerArgs {
+    /// Elasticsearch URL (no credentials in it: use the flags below).
+    #[arg(
+        long = "es-url",
+        env = "SKUFLOW_ES_URL",
+        default_value = "http://127.0.0.1:9200"
+    )]
+    pub es_url: String,
+    /// Basic-auth user.
+    #[arg(long = "es-username", env = "SKUFLOW_ES_USERNAME")]
+    pub username: Option<String>,
+    /// Basic-auth password. Never logged; prefer the environment variable.
+    #[arg(
+        long = "es-password",
+        env = "SKUFLOW_ES_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// API key, as `id:key` or the base64 encoded form Elasticsearch returns. Never logged.
+    #[arg(
+        long = "es-api-key",
+        env = "SKUFLOW_ES_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// PEM file of the CA that signed the cluster's certificate (full verification).
+    #[arg(long = "es-ca-cert", env = "SKUFLOW_ES_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Index name prefix: documents go to `<prefix>-<cc>`.
+    #[arg(
+        long = "index-prefix",
+        env = "SKUFLOW_INDEX_PREFIX",
+        default_value = "skus"
+    )]
+    pub index_prefix: String,
+    /// Alias over every country's index.
+    #[arg(
+        long = "index-alias",
+        env = "SKUFLOW_INDEX_ALIAS",
+        default_value = "skus"
+    )]
+    pub alias: String,
+    /// Most documents per `_bulk` request.
+    #[arg(
+        long = "bulk-max-docs",
+        env = "SKUFLOW_BULK_MAX_DOCS",
+        default_value_t = 1000
+    )]
+    pub bulk_max_docs: usize,
+    /// Most bytes per `_bulk` request.
+    #[arg(
+        long = "bulk-max-bytes",
+        env = "SKUFLOW_BULK_MAX_BYTES",
+        default_value_t = 5_000_000
+    )]
+    pub bulk_max_bytes: usize,
+    /// Most `_bulk` requests in flight at once.
+    #[arg(
+        long = "max-in-flight",
+        env = "SKUFLOW_MAX_IN_FLIGHT",
+        default_value_t = 4
+    )]
+    pub max_in_flight: usize,
+    /// Rounds of retrying 429/5xx documents alone before the batch is retried as a whole.
+    #[arg(
+        long = "item-retries",
+        env = "SKUFLOW_ITEM_RETRIES",
+        default_value_t = 8
+    )]
+    pub item_retries: u32,
+    /// Timeout of one request, in milliseconds.
+    #[arg(
+        long = "request-timeout-ms",
+        env = "SKUFLOW_REQUEST_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub request_timeout_ms: u64,
+    #[command(flatten)]
+    pub consume: skuflow_platform::ConsumeArgs,
+}
+
+impl std::fmt::Debug for IndexerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexerArgs")
+            .field("es_url", &self.es_url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("ca_cert", &self.ca_cert)
+            .field("index_prefix", &self.index_prefix)
+            .field("alias", &self.alias)
+            .field("consume", &self.consume)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IndexerArgs {
+    pub fn tuning(&self) -> Tuning {
+        Tuning {
+            bounds: bulk::Bounds {
+                max_docs: self.bulk_max_docs.max(1),
+                max_bytes: self.bulk_max_bytes.max(1),
+            },
+            max_in_flight: self.max_in_flight.max(1),
+            item_retries: self.item_retries,
+            request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+        }
+    }
+
+    /// The transport: one node, credentials and CA from the flags.
+    pub fn transport(&self) -> anyhow::Result<Transport> {
+        let url: elasticsearch::http::Url = self
+            .es_url
+            .parse()
+            .with_context(|| "--es-url is not a URL".to_string())?;
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!("--es-url must not carry credentials; use --es-username/--es-password or --es-api-key");
+        }
+        let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url)).disable_proxy();
+        match (&self.username, &self.password, &self.api_key) {
+            (_, _, Some(key)) => {
+                b = b.auth(match key.split_once(':') {
+                    Some((id, secret)) => Credentials::ApiKey(id.into(), secret.into()),
+                    None => Credentials::EncodedApiKey(key.clone()),
+                })
+            }
+            (Some(u), Some(p), None) => b = b.auth(Credentials::Basic(u.clone(), p.clone())),
+            (Some(_), None, None) => {
+                bail!("--es-username needs --es-password (or SKUFLOW_ES_PASSWORD)")
+            }
+            (None, Some(_), None) => bail!("--es-password needs --es-username"),
+            (None, None, None) => {}
+        }
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            let cert = Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+            b = b.cert_validation(CertificateValidation::Full(cert));
+        }
+        b.build().context("building the Elasticsearch client")
+    }
+}
+
+/// Runs the indexer until `shutdown`.
+pub async fn run(
+    args: &IndexerArgs,
+    kafka: &skuflow_platform::KafkaArgs,
+    topics: &skuflow_platform::TopicArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<skuflow_platform::consume::RunStats> {
+    let sink = EsSink::new(
+        args.transport()?,
+        bulk::Layout {
+            prefix: args.index_prefix.clone(),
+        },
+        args.tuning(),
+    );
+    // The template must be in place before the first document creates an index.
+    let mut attempt = 0u32;
+    loop {
+        match sink.put_template(&args.alias).await {
+            Ok(()) => break,
+            Err(SinkError::Fatal(e)) => return Err(e),
+            Err(SinkError::Retriable(e)) => {
+                attempt += 1;
+                let wait = Duration::from_millis((250u64 << attempt.min(7)).min(30_000));
+                tracing::warn!(attempt, retry_in_ms = wait.as_millis() as u64, cause = %e,
+                    "Elasticsearch not reachable yet; retrying the index template.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(Default::default()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    tracing::info!(prefix = %args.index_prefix, alias = %args.alias, "Index template in place.");
+    skuflow_platform::run_sink(kafka, topics, &args.consume, GROUP, sink, shutdown).await
+}

@@ -1,0 +1,246 @@
+//! The search indexer on the real broker against the `_bulk` double: every document ends
+//! indexed (newest version) or dead-lettered, exactly once, through item-level 429s, 400 mapping
+//! errors, whole-request 503s, slow responses and dropped connections; committed offsets never
+//! run ahead of what the double holds.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::{produce, record, Pipeline};
+use skuflow_e2e::es_double::EsDouble;
+use skuflow_schemas::SkuRecord;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn doc_id(r: &SkuRecord) -> (String, String) {
+    (
+        format!("skus-{}", r.country.to_ascii_lowercase()),
+        format!("{}:{}:{}:{}", r.country, r.store_id, r.sku, r.business_date),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_document_is_indexed_or_dead_lettered_once_through_faults() {
+    let mut p = Pipeline::new().await;
+    let es = EsDouble::start().await;
+    let password = format!("es-secret-{}", p.id);
+    es.with(|s| {
+        // Basic auth as the indexer sends it: base64("indexer:<password>").
+        s.required_auth = Some(format!(
+            "Basic {}",
+            base64_of(&format!("indexer:{password}"))
+        ));
+        // Item-level faults from the start; whole-request faults once the first documents are
+        // in (below), so that neither kind hides the other.
+        s.faults.item_429 = 60;
+        s.faults.refuse_skus = ["SKU-13".to_string(), "SKU-377".to_string()].into();
+    });
+
+    // Three countries, 1000 keys each, two versions per key, shuffled so that older versions
+    // often arrive after newer ones.
+    let mut msgs = Vec::new();
+    let mut records = Vec::new();
+    for country in ["SE", "NO", "DK"] {
+        for i in 0..1000u64 {
+            for v in [1000i64, 2000] {
+                let r = record(country, i, v + (i as i64 % 5));
+                msgs.push((r.kafka_key(), serde_json::to_vec(&r).unwrap()));
+                records.push(r);
+            }
+        }
+    }
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in (1..msgs.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let j = (x % (i as u64 + 1)) as usize;
+        msgs.swap(i, j);
+        records.swap(i, j);
+    }
+    let positions = produce(&p.stack.brokers, &p.topics.records, &msgs).await;
+    let refused: HashSet<&str> = ["SKU-13", "SKU-377"].into();
+
+    let group = format!("skuflow-search-indexer-{}", p.id);
+    // The password travels the way the README says: SKUFLOW_ES_PASSWORD, never a flag.
+    p.start_indexer(
+        &es.url,
+        &[
+            "--es-username=indexer".into(),
+            "--batch-size=500".into(),
+            "--bulk-max-docs=100".into(),
+            "--max-in-flight=3".into(),
+            "--item-retries=3".into(),
+            "--request-timeout-ms=2000".into(),
+            "--max-backoff-ms=1000".into(),
+        ],
+        &[("SKUFLOW_ES_PASSWORD", &password)],
+    );
+
+    // While it runs: every offset the group has committed covers only documents the double
+    // holds (at this version or newer) or ones refused for good.
+    let by_position: HashMap<(i32, i64), &SkuRecord> =
+        positions.iter().copied().zip(records.iter()).collect();
+    let mut ends = [0i64; 3];
+    for (part, off) in &positions {
+        ends[*part as usize] = ends[*part as usize].max(off + 1);
+    }
+    let start = Instant::now();
+    let mut checks = 0;
+    loop {
+        let committed = p.committed(&group, &p.topics.records, 3);
+        let docs = es.with(|s| {
+            s.docs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.version))
+                .collect::<HashMap<_, _>>()
+        });
+        for (part, &upto) in committed.iter().enumerate() {
+            for off in 0..upto.max(0) {
+                let r = by_position[&(part as i32, off)];
+                if refused.contains(r.sku.as_str()) {
+                    continue;
+                }
+                let held = docs.get(&doc_id(r)).copied().unwrap_or(-1);
+                assert!(
+                    held >= r.record_version,
+                    "offset {off} of partition {part} committed before its document was durable (holds {held}, wants {})",
+                    r.record_version
+                );
+            }
+        }
+        checks += 1;
+        if checks == 1 {
+            // Let the item-level faults play out on the first batches, then break whole
+            // requests halfway through.
+            while es.with(|s| s.docs.len() < 1500) && start.elapsed() < WAIT {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            es.with(|s| {
+                s.faults.request_503 = 2;
+                s.faults.drop_connections = 2;
+                s.faults.slow = 2;
+                s.faults.slow_by = Duration::from_secs(3);
+            });
+        }
+        if committed.iter().zip(&ends).all(|(c, e)| c == e) {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "not all offsets committed: {committed:?} of {ends:?}; logs:\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(checks > 1);
+
+    // Every natural key holds its newest version, exactly the record minus its envelope.
+    let mut newest: HashMap<(String, String), &SkuRecord> = HashMap::new();
+    for r in &records {
+        if refused.contains(r.sku.as_str()) {
+            continue;
+        }
+        let e = newest.entry(doc_id(r)).or_insert(r);
+        if e.record_version < r.record_version {
+            *e = r;
+        }
+    }
+    let (docs, state) = es.with(|s| {
+        (
+            s.docs.clone(),
+            (
+                s.violations.clone(),
+                s.faults.clone(),
+                s.auth_failures,
+                s.templates.clone(),
+            ),
+        )
+    });
+    let (violations, faults, auth_failures, templates) = state;
+    assert!(violations.is_empty(), "contract broken: {violations:?}");
+    assert_eq!(auth_failures, 0, "every request authenticated");
+    assert_eq!(docs.len(), newest.len(), "one document per natural key");
+    for (key, want) in &newest {
+        let got = &docs[key];
+        assert_eq!(got.version, want.record_version, "{key:?}");
+        let mut expect = serde_json::to_value(want).unwrap();
+        expect.as_object_mut().unwrap().remove("schema");
+        assert_eq!(got.source, expect, "{key:?}");
+    }
+    // The faults all fired.
+    assert_eq!(
+        (
+            faults.item_429,
+            faults.request_503,
+            faults.drop_connections,
+            faults.slow
+        ),
+        (0, 0, 0, 0)
+    );
+    let t = &templates["skus"];
+    assert_eq!(t["index_patterns"][0], "skus-*");
+    assert!(t["template"]["aliases"]["skus"].is_object());
+    assert_eq!(
+        t["template"]["mappings"]["properties"]["unit_price"]["type"],
+        "scaled_float"
+    );
+
+    // Dead letters: one per refused record (each of the two keys in three countries, two
+    // versions each), no more.
+    let letters = p.read_topic(&p.topics.rejects);
+    let want_letters = records
+        .iter()
+        .filter(|r| refused.contains(r.sku.as_str()))
+        .count();
+    assert_eq!(letters.len(), want_letters, "{letters:#?}");
+    // (The test records' ids repeat across countries.)
+    let ids: HashSet<(&str, &str)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l["country"].as_str().unwrap(),
+                l["record_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ids.len(), want_letters, "no record dead-lettered twice");
+    for l in &letters {
+        assert_eq!(l["stage"], "search-indexer");
+        assert_eq!(l["reasons"][0]["rule"], "elasticsearch_rejected");
+        let m = l["reasons"][0]["message"].as_str().unwrap();
+        assert!(
+            m.contains("400") && m.contains("document_parsing_exception"),
+            "{m}"
+        );
+    }
+
+    let logs = p.logs();
+    assert!(logs.contains("retrying them alone"), "{logs}");
+    assert!(logs.contains("Sink unavailable"), "{logs}");
+    assert!(
+        !logs.contains(&password),
+        "the password appears in a log line"
+    );
+}
+
+fn base64_of(s: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
