@@ -4,7 +4,8 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bins \
  && mkdir /out \
- && cp target/release/skuflow target/release/skuflow-ingest target/release/skuflow-warehouse-loader /out/
+ && cp target/release/skuflow target/release/skuflow-ingest target/release/skuflow-warehouse-loader \
+    target/release/skuflow-search-indexer /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -35,6 +35,7 @@ lint:
 ## in the same run (never pass/fail on time). SKUFLOW_BENCH_RECORDS sets the size (default 1M).
 bench: stack
 	@eval "$$($(STACK) env)"; cargo bench -p skuflow-warehouse-loader --bench loader
+	cargo bench -p skuflow-search-indexer --bench encode
 
 ## Unit tests only (no stack needed).
 unit:

@@ -5,6 +5,10 @@ use std::fmt::Write as _;
 
 pub mod es_double;
 
+use chrono::{NaiveDate, TimeZone, Utc};
+use rust_decimal::Decimal;
+use skuflow_schemas::{SkuRecord, StoreCategory, RECORD_SCHEMA};
+
 /// One generated row and whether the contract accepts it.
 #[derive(Debug, Clone)]
 pub struct SampleRow {
@@ -162,4 +166,41 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(data).expect("writing to memory");
     e.finish().expect("writing to memory")
+}
+
+/// A synthetic record for benchmarks: key `i` (distinct SKU per `i`), one country, realistic
+/// field lengths, a mix of chains, brands and missing costs.
+pub fn synthetic_record(i: u64) -> SkuRecord {
+    let t = Utc.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap();
+    SkuRecord {
+        schema: RECORD_SCHEMA.into(),
+        record_id: format!("{:032x}", i),
+        record_version: SkuRecord::version_of(t, i + 2),
+        country: "DE".into(),
+        store_id: format!("store-{:04}", i % 500),
+        store_category: if i.is_multiple_of(3) {
+            StoreCategory::Individual
+        } else {
+            StoreCategory::RetailChain
+        },
+        chain: (!i.is_multiple_of(3)).then(|| "walmart".to_string()),
+        sku: format!("SKU-{i:08}"),
+        product_name: format!("Product number {i} in a realistic length name"),
+        category: ["dairy", "bakery", "produce", "household"][(i % 4) as usize].into(),
+        brand: (i.is_multiple_of(2)).then(|| "Acme".to_string()),
+        unit_price: Decimal::new((i % 100_000) as i64 + 99, 2),
+        unit_cost: (!i.is_multiple_of(5)).then(|| Decimal::new((i % 50_000) as i64 + 10, 2)),
+        currency: "EUR".into(),
+        quantity_on_hand: (i % 1000) as i32,
+        units_sold: (i % 40) as i32,
+        business_date: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+        barcode: None,
+        file_id: format!("{:032x}", i / 100_000),
+        source_bucket: "skus-de".into(),
+        source_key: format!("incoming/individual/store-{}/2026-11-01/skus.csv", i % 500),
+        source_etag: "\"0123456789abcdef\"".into(),
+        source_line: (i + 2) as i64,
+        source_last_modified: t,
+        ingested_at: t,
+    }
 }

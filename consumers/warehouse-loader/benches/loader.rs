@@ -11,14 +11,13 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use chrono::{NaiveDate, TimeZone, Utc};
+use chrono::Utc;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use rust_decimal::Decimal;
 use skuflow_platform::kafka::{ensure_topics, TopicSpec};
 use skuflow_platform::{ConsumeArgs, Consumed, KafkaArgs, Sink, TopicArgs};
-use skuflow_schemas::{SkuRecord, StoreCategory, RECORD_SCHEMA};
+use skuflow_schemas::SkuRecord;
 use skuflow_warehouse_loader::PgSink;
 use tokio_util::sync::CancellationToken;
 
@@ -26,40 +25,7 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `make bench`"))
 }
 
-fn record(i: u64) -> SkuRecord {
-    let t = Utc.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap();
-    SkuRecord {
-        schema: RECORD_SCHEMA.into(),
-        record_id: format!("{:032x}", i),
-        record_version: SkuRecord::version_of(t, i + 2),
-        country: "DE".into(),
-        store_id: format!("store-{:04}", i % 500),
-        store_category: if i.is_multiple_of(3) {
-            StoreCategory::Individual
-        } else {
-            StoreCategory::RetailChain
-        },
-        chain: (!i.is_multiple_of(3)).then(|| "walmart".to_string()),
-        sku: format!("SKU-{i:08}"),
-        product_name: format!("Product number {i} in a realistic length name"),
-        category: ["dairy", "bakery", "produce", "household"][(i % 4) as usize].into(),
-        brand: (i.is_multiple_of(2)).then(|| "Acme".to_string()),
-        unit_price: Decimal::new((i % 100_000) as i64 + 99, 2),
-        unit_cost: (!i.is_multiple_of(5)).then(|| Decimal::new((i % 50_000) as i64 + 10, 2)),
-        currency: "EUR".into(),
-        quantity_on_hand: (i % 1000) as i32,
-        units_sold: (i % 40) as i32,
-        business_date: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
-        barcode: None,
-        file_id: format!("{:032x}", i / 100_000),
-        source_bucket: "skus-de".into(),
-        source_key: format!("incoming/individual/store-{}/2026-11-01/skus.csv", i % 500),
-        source_etag: "\"0123456789abcdef\"".into(),
-        source_line: (i + 2) as i64,
-        source_last_modified: t,
-        ingested_at: t,
-    }
-}
+use skuflow_e2e::synthetic_record as record;
 
 fn csv_value(rec: &SkuRecord, name: &str) -> String {
     let v = serde_json::to_value(rec).unwrap();
