@@ -202,3 +202,62 @@ pub async fn run(
     tracing::info!(prefix = %args.index_prefix, alias = %args.alias, "Index template in place.");
     skuflow_platform::run_sink(kafka, topics, &args.consume, GROUP, sink, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: IndexerArgs,
+    }
+
+    fn args(flags: &[&str]) -> IndexerArgs {
+        let mut all = vec!["skuflow-search-indexer"];
+        all.extend_from_slice(flags);
+        Cli::try_parse_from(all).unwrap().args
+    }
+
+    fn err(flags: &[&str]) -> String {
+        format!("{:#}", args(flags).transport().unwrap_err())
+    }
+
+    #[test]
+    fn credentials_are_checked_and_never_shown() {
+        assert!(err(&["--es-url=http://u:secret@es:9200"]).contains("must not carry credentials"));
+        assert!(err(&["--es-username=u"]).contains("needs --es-password"));
+        assert!(err(&["--es-password=p"]).contains("needs --es-username"));
+        assert!(err(&["--es-url=not a url"]).contains("not a URL"));
+        assert!(err(&["--es-ca-cert=/nonexistent/ca.pem"]).contains("/nonexistent/ca.pem"));
+        args(&["--es-username=u", "--es-password=p"])
+            .transport()
+            .unwrap();
+        args(&["--es-api-key=id:key"]).transport().unwrap();
+        args(&["--es-api-key=aWQ6a2V5"]).transport().unwrap();
+        let shown = format!(
+            "{:?}",
+            args(&[
+                "--es-username=u",
+                "--es-password=hunter2",
+                "--es-api-key=id:k3y"
+            ])
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_pem_is_refused() {
+        let dir = std::env::temp_dir().join(format!("skuflow-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, "not a certificate").unwrap();
+        let e = err(&[&format!("--es-ca-cert={}", path.display())]);
+        assert!(e.contains("not a PEM certificate"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
