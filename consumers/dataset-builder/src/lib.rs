@@ -1,0 +1,98 @@
+//! skuflow dataset builder: `sku.records.v1` into per-country, Hive-partitioned Parquet training
+//! sets (`country=<CC>/business_date=<date>/`), exactly one row per natural key with its latest
+//! version, derived features, a manifest and a dataset card per country.
+
+pub mod card;
+pub mod columns;
+pub mod rows;
+pub mod sink;
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use skuflow_platform::shutdown::CancellationToken;
+
+pub use sink::DatasetSink;
+
+/// Default consumer group.
+pub const GROUP: &str = "skuflow-dataset-builder";
+
+/// Flags of `skuflow-dataset-builder`.
+#[derive(Debug, Clone, Args)]
+pub struct BuilderArgs {
+    /// Where the datasets go: a local directory, or `s3://bucket/prefix` (credentials, region
+    /// and endpoint from the standard AWS_* variables).
+    #[arg(long = "dataset-root", env = "SKUFLOW_DATASET_ROOT", default_value = "datasets")]
+    pub root: String,
+    /// Train/validation/test weights.
+    #[arg(long = "split", env = "SKUFLOW_SPLIT", default_value = "80/10/10")]
+    pub split: String,
+    /// Rows per Parquet row group.
+    #[arg(long = "row-group-rows", env = "SKUFLOW_ROW_GROUP_ROWS", default_value_t = 128 * 1024)]
+    pub row_group_rows: usize,
+    /// zstd level (1–22).
+    #[arg(long = "zstd-level", env = "SKUFLOW_ZSTD_LEVEL", default_value_t = 3)]
+    pub zstd_level: i32,
+    /// Most rows kept in memory between batches (beyond it, files are re-read when touched).
+    #[arg(long = "cache-rows", env = "SKUFLOW_CACHE_ROWS", default_value_t = 2_000_000)]
+    pub cache_rows: usize,
+    #[command(flatten)]
+    pub consume: skuflow_platform::ConsumeArgs,
+}
+
+impl BuilderArgs {
+    /// The object store and the prefix inside it.
+    pub fn store(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, Path)> {
+        if let Some(rest) = self.root.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                bail!("--dataset-root {}: no bucket", self.root);
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .context("configuring S3 for the dataset root")?;
+            return Ok((Arc::new(s3), Path::from(prefix)));
+        }
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating the dataset root {}", self.root))?;
+        let local = LocalFileSystem::new_with_prefix(&self.root)
+            .with_context(|| format!("opening the dataset root {}", self.root))?;
+        Ok((Arc::new(local), Path::default()))
+    }
+
+    pub fn sink(&self) -> anyhow::Result<DatasetSink> {
+        let split = rows::Split::parse(&self.split).map_err(anyhow::Error::msg)?;
+        if !(1..=22).contains(&self.zstd_level) {
+            bail!("--zstd-level {} is outside 1..=22", self.zstd_level);
+        }
+        let (store, root) = self.store()?;
+        Ok(DatasetSink::new(
+            store,
+            root,
+            split,
+            columns::Encoding {
+                row_group_rows: self.row_group_rows.max(1),
+                zstd_level: self.zstd_level,
+            },
+            self.cache_rows,
+        ))
+    }
+}
+
+/// Runs the builder until `shutdown`.
+pub async fn run(
+    args: &BuilderArgs,
+    kafka: &skuflow_platform::KafkaArgs,
+    topics: &skuflow_platform::TopicArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<skuflow_platform::consume::RunStats> {
+    let sink = args.sink()?;
+    tracing::info!(root = %args.root, split = %args.split, "Building datasets.");
+    skuflow_platform::run_sink(kafka, topics, &args.consume, GROUP, sink, shutdown).await
+}
