@@ -3,11 +3,12 @@
 #   - PostgreSQL (Debian package)
 #   - tansu, a Kafka-API broker
 #   - s3s-fs, an S3 API server over a local directory
-# Usage: scripts/install-stack.sh [postgres] [tansu] [s3s-fs]   (no argument: all three)
+#   - python: pyarrow and DuckDB from PyPI, the real clients the dataset tests read Parquet with
+# Usage: scripts/install-stack.sh [postgres] [tansu] [s3s-fs] [python]   (no argument: all)
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -eq 0 ] && want=(postgres tansu s3s-fs)
+[ ${#want[@]} -eq 0 ] && want=(postgres tansu s3s-fs python)
 export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '[install-stack] %s\n' "$*" >&2; }
@@ -53,8 +54,16 @@ for what in "${want[@]}"; do
         cargo install s3s-fs@0.14.1 --locked --features binary
       fi
       ;;
+    python)
+      if python3 -c 'import pyarrow, duckdb' >/dev/null 2>&1; then
+        log "pyarrow and duckdb present"
+      else
+        log "Installing pyarrow and duckdb from PyPI."
+        python3 -m pip install --quiet --disable-pip-version-check 'pyarrow==26.*' 'duckdb==2.*'
+      fi
+      ;;
     *)
-      log "unknown component '$what' (expected postgres, tansu or s3s-fs)"
+      log "unknown component '$what' (expected postgres, tansu, s3s-fs or python)"
       exit 2
       ;;
   esac

@@ -36,7 +36,7 @@ fn describe(name: &str) -> &'static str {
     }
 }
 
-/// `country=<CC>/DATASET.md`.
+/// `country=<CC>/_dataset_card.md`.
 pub fn dataset_card(country: &str, split: Split) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# skuflow SKU dataset: {country}\n");
@@ -55,7 +55,10 @@ pub fn dataset_card(country: &str, split: Split) -> String {
         f64::from(split.validation) / 100.0,
         f64::from(split.test) / 100.0
     );
-    let _ = writeln!(s, "| column | type | nullable | meaning |\n|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| column | type | nullable | meaning |\n|---|---|---|---|"
+    );
     for f in dataset_schema().fields() {
         let meaning = FEATURES
             .iter()
@@ -72,9 +75,9 @@ pub fn dataset_card(country: &str, split: Split) -> String {
     }
     let _ = writeln!(
         s,
-        "\n`price_rel_category_median` uses the median over every row of the country and day that \
-         the builder held when it wrote the file; a day's other files are refreshed when they are \
-         next written.\n\nRead it with pandas/pyarrow: \
+        "\n`price_rel_category_median` uses the median over every row of the country and day, \
+         across the day's files; when new rows move a median, every file of the day is \
+         rewritten.\n\nRead it with pandas/pyarrow: \
          `pyarrow.dataset.dataset(root, partitioning=\"hive\")`, or DuckDB: \
          `SELECT * FROM read_parquet('root/country=*/business_date=*/*.parquet', hive_partitioning = true)`."
     );

@@ -30,9 +30,18 @@ use crate::rows::Featured;
 
 /// Derived feature columns, after the record's own.
 pub const FEATURES: [(&str, &str); 5] = [
-    ("gross_margin", "unit_price − unit_cost, DECIMAL(18,4); null when the cost is unknown"),
-    ("margin_pct", "gross_margin / unit_price (0.25 = 25 %); null without a cost or at price 0"),
-    ("days_of_cover", "quantity_on_hand / units_sold; null when nothing sold"),
+    (
+        "gross_margin",
+        "unit_price − unit_cost, DECIMAL(18,4); null when the cost is unknown",
+    ),
+    (
+        "margin_pct",
+        "gross_margin / unit_price (0.25 = 25 %); null without a cost or at price 0",
+    ),
+    (
+        "days_of_cover",
+        "quantity_on_hand / units_sold; null when nothing sold",
+    ),
     (
         "price_rel_category_median",
         "unit_price / the median unit_price of the same category, country and day",
@@ -73,7 +82,11 @@ pub fn dataset_schema() -> SchemaRef {
     fields.push(Field::new("gross_margin", money(), true));
     fields.push(Field::new("margin_pct", DataType::Float64, true));
     fields.push(Field::new("days_of_cover", DataType::Float64, true));
-    fields.push(Field::new("price_rel_category_median", DataType::Float64, true));
+    fields.push(Field::new(
+        "price_rel_category_median",
+        DataType::Float64,
+        true,
+    ));
     fields.push(Field::new("split", DataType::Utf8, false));
     Arc::new(Schema::new(fields))
 }
@@ -108,10 +121,10 @@ fn decimal(values: impl Iterator<Item = Option<Decimal>>) -> anyhow::Result<Arra
     for v in values {
         b.append_option(v.map(mantissa));
     }
-    Ok(Arc::new(
-        b.finish()
-            .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE as i8)?,
-    ))
+    Ok(Arc::new(b.finish().with_precision_and_scale(
+        DECIMAL_PRECISION,
+        DECIMAL_SCALE as i8,
+    )?))
 }
 
 fn float(values: impl Iterator<Item = Option<f64>>) -> ArrayRef {
@@ -352,13 +365,24 @@ mod tests {
             p.upsert(serde_json::from_value(v).unwrap());
         }
         let rows = p.featured(Split::default());
-        let file = encode(&rows, Encoding { row_group_rows: 16, zstd_level: 3 }).unwrap();
+        let file = encode(
+            &rows,
+            Encoding {
+                row_group_rows: 16,
+                zstd_level: 3,
+            },
+        )
+        .unwrap();
         let back = decode(Bytes::from(file)).unwrap();
         assert_eq!(back.len(), 50);
         for (want, got) in rows.iter().map(|f| f.record).zip(&back) {
             assert_eq!(want, got);
         }
-        let names: Vec<String> = dataset_schema().fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<String> = dataset_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         for f in skuflow_schemas::fields::record_fields() {
             assert!(names.contains(&f.name), "{} has no column", f.name);
         }

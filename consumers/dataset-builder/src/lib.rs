@@ -27,7 +27,11 @@ pub const GROUP: &str = "skuflow-dataset-builder";
 pub struct BuilderArgs {
     /// Where the datasets go: a local directory, or `s3://bucket/prefix` (credentials, region
     /// and endpoint from the standard AWS_* variables).
-    #[arg(long = "dataset-root", env = "SKUFLOW_DATASET_ROOT", default_value = "datasets")]
+    #[arg(
+        long = "dataset-root",
+        env = "SKUFLOW_DATASET_ROOT",
+        default_value = "datasets"
+    )]
     pub root: String,
     /// Train/validation/test weights.
     #[arg(long = "split", env = "SKUFLOW_SPLIT", default_value = "80/10/10")]
@@ -39,7 +43,11 @@ pub struct BuilderArgs {
     #[arg(long = "zstd-level", env = "SKUFLOW_ZSTD_LEVEL", default_value_t = 3)]
     pub zstd_level: i32,
     /// Most rows kept in memory between batches (beyond it, files are re-read when touched).
-    #[arg(long = "cache-rows", env = "SKUFLOW_CACHE_ROWS", default_value_t = 2_000_000)]
+    #[arg(
+        long = "cache-rows",
+        env = "SKUFLOW_CACHE_ROWS",
+        default_value_t = 2_000_000
+    )]
     pub cache_rows: usize,
     #[command(flatten)]
     pub consume: skuflow_platform::ConsumeArgs,

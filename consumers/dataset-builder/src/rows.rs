@@ -21,7 +21,9 @@ impl Split {
     pub fn parse(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split('/').collect();
         if parts.len() != 3 {
-            return Err(format!("split {s:?}: want train/validation/test, e.g. 80/10/10"));
+            return Err(format!(
+                "split {s:?}: want train/validation/test, e.g. 80/10/10"
+            ));
         }
         let n: Vec<u32> = parts
             .iter()
@@ -90,7 +92,9 @@ impl Partition {
             .values()
             .map(|r| Featured::of(r, medians.get(r.category.as_str()).copied(), split))
             .collect();
-        out.sort_by(|a, b| (&a.record.store_id, &a.record.sku).cmp(&(&b.record.store_id, &b.record.sku)));
+        out.sort_by(|a, b| {
+            (&a.record.store_id, &a.record.sku).cmp(&(&b.record.store_id, &b.record.sku))
+        });
         out
     }
 }
@@ -133,10 +137,14 @@ impl<'a> Featured<'a> {
 }
 
 /// Median unit price per category (the mean of the two middle prices for an even count).
-pub fn category_medians<'a>(rows: impl Iterator<Item = &'a SkuRecord>) -> HashMap<&'a str, Decimal> {
+pub fn category_medians<'a>(
+    rows: impl Iterator<Item = &'a SkuRecord>,
+) -> HashMap<&'a str, Decimal> {
     let mut by: BTreeMap<&str, Vec<Decimal>> = BTreeMap::new();
     for r in rows {
-        by.entry(r.category.as_str()).or_default().push(r.unit_price);
+        by.entry(r.category.as_str())
+            .or_default()
+            .push(r.unit_price);
     }
     by.into_iter()
         .map(|(c, mut v)| {
@@ -156,7 +164,14 @@ pub fn category_medians<'a>(rows: impl Iterator<Item = &'a SkuRecord>) -> HashMa
 mod tests {
     use super::*;
 
-    fn rec(store: &str, sku: &str, version: i64, price: &str, cost: Option<&str>, cat: &str) -> SkuRecord {
+    fn rec(
+        store: &str,
+        sku: &str,
+        version: i64,
+        price: &str,
+        cost: Option<&str>,
+        cat: &str,
+    ) -> SkuRecord {
         let v = serde_json::json!({
             "schema": skuflow_schemas::RECORD_SCHEMA,
             "record_id": "0123456789abcdef0123456789abcdef", "record_version": version,
@@ -175,11 +190,20 @@ mod tests {
     fn newest_version_wins_either_order() {
         let mut p = Partition::default();
         assert!(p.upsert(rec("s", "A", 2, "2.00", None, "x")));
-        assert!(!p.upsert(rec("s", "A", 1, "1.00", None, "x")), "older loses");
-        assert!(!p.upsert(rec("s", "A", 2, "9.00", None, "x")), "a replay changes nothing");
+        assert!(
+            !p.upsert(rec("s", "A", 1, "1.00", None, "x")),
+            "older loses"
+        );
+        assert!(
+            !p.upsert(rec("s", "A", 2, "9.00", None, "x")),
+            "a replay changes nothing"
+        );
         assert!(p.upsert(rec("s", "A", 3, "3.00", None, "x")));
         assert_eq!(p.rows.len(), 1);
-        assert_eq!(p.rows.values().next().unwrap().unit_price, Decimal::new(300, 2));
+        assert_eq!(
+            p.rows.values().next().unwrap().unit_price,
+            Decimal::new(300, 2)
+        );
     }
 
     #[test]
@@ -195,7 +219,11 @@ mod tests {
         assert_eq!(a.gross_margin, Some(Decimal::new(400, 2)));
         assert_eq!(a.margin_pct, Some(0.4));
         assert_eq!(a.days_of_cover, Some(4.5));
-        assert_eq!(a.price_rel_category_median, Some(0.5), "median of 10, 20, 40 is 20");
+        assert_eq!(
+            a.price_rel_category_median,
+            Some(0.5),
+            "median of 10, 20, 40 is 20"
+        );
         assert_eq!(f[1].gross_margin, None);
         assert_eq!(f[1].margin_pct, None);
         let d = &f[3];
@@ -207,7 +235,14 @@ mod tests {
     #[test]
     fn splits_are_stable_and_near_their_ratios() {
         let s = Split::default();
-        assert_eq!(s, Split { train: 8000, validation: 1000, test: 1000 });
+        assert_eq!(
+            s,
+            Split {
+                train: 8000,
+                validation: 1000,
+                test: 1000
+            }
+        );
         assert_eq!(s.of("SKU-1"), s.of("SKU-1"));
         let mut n: HashMap<&str, u32> = HashMap::new();
         for i in 0..20_000 {

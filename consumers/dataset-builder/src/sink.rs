@@ -2,11 +2,13 @@
 //!
 //! Layout: `country=<CC>/business_date=<YYYY-MM-DD>/part-p<kafka partition>.parquet`. Records
 //! are keyed by (country, store, SKU), so every natural key lives in exactly one Kafka partition
-//! and therefore in exactly one file of its day; the builder that owns that Kafka partition is
-//! the only writer of that file, so several builders never overwrite each other. A batch merges
-//! into each file it touches (the newest version per (store_id, sku) wins) and the whole file
-//! is rewritten with one atomic put: readers see the old file or the new one, never a part.
-//! Then `country=<CC>/_manifest.json` and `DATASET.md` are rewritten. Only after all of that
+//! and therefore in exactly one file of its day. A batch merges into each file it touches (the
+//! newest version per (store_id, sku) wins); every file of that day whose rows or category
+//! medians changed is rewritten with one atomic put: readers see the old file or the new one,
+//! never a part. One builder writes a dataset root (the group runs one member; the day's
+//! medians span every file of the day, so the builder rewrites files of partitions other than
+//! the batch's).
+//! Then `country=<CC>/_manifest.json` and `_dataset_card.md` are rewritten. Only after all of that
 //! does the consume loop store the offsets.
 
 use std::collections::{BTreeMap, HashMap};
@@ -67,6 +69,8 @@ pub struct DatasetSink {
     /// have written them since).
     shards: HashMap<ShardKey, Partition>,
     manifests: HashMap<String, Manifest>,
+    /// The category medians each file was last written with.
+    written_medians: HashMap<ShardKey, HashMap<String, rust_decimal::Decimal>>,
     /// Most rows kept in memory between batches; beyond it, shards are re-read on demand.
     cache_rows: usize,
 }
@@ -86,6 +90,7 @@ impl DatasetSink {
             encoding,
             shards: HashMap::new(),
             manifests: HashMap::new(),
+            written_medians: HashMap::new(),
             cache_rows,
         }
     }
@@ -121,9 +126,7 @@ impl DatasetSink {
             }
             let bytes = self.store.get(&meta.location).await?.bytes().await?;
             let mut part = Partition::default();
-            for r in columns::decode(bytes)
-                .with_context(|| format!("reading {}", meta.location))?
-            {
+            for r in columns::decode(bytes).with_context(|| format!("reading {}", meta.location))? {
                 part.upsert(r);
             }
             self.shards.insert(key, part);
@@ -135,7 +138,10 @@ impl DatasetSink {
         if self.manifests.contains_key(country) {
             return Ok(());
         }
-        let path = self.root.child(format!("country={country}")).child("_manifest.json");
+        let path = self
+            .root
+            .child(format!("country={country}"))
+            .child("_manifest.json");
         let m = match self.store.get(&path).await {
             Ok(r) => serde_json::from_slice(&r.bytes().await?)
                 .with_context(|| format!("reading {path}"))?,
@@ -167,41 +173,67 @@ impl DatasetSink {
             self.load_day(country, *day).await?;
             self.load_manifest(country).await?;
         }
+        let mut changed_shards = std::collections::BTreeSet::new();
         for (key, records) in touched {
             let shard = self.shards.entry(key.clone()).or_default();
             let mut changed = false;
             for r in records {
                 changed |= shard.upsert(r.clone());
             }
-            if !changed {
-                continue; // a pure replay: the file already holds all of it
+            if changed {
+                changed_shards.insert(key);
             }
-            let (country, day, partition) = &key;
-            // Medians over the whole country and day (every shard of it).
-            let day_rows = self
-                .shards
+        }
+        // Every file of a changed day whose rows or category medians changed is rewritten: the
+        // medians are over the whole country and day, across its files.
+        for (country, day) in &days {
+            if !changed_shards
                 .iter()
-                .filter(|((c, d, _), _)| c == country && d == day)
-                .flat_map(|(_, p)| p.rows.values());
-            let medians: HashMap<String, rust_decimal::Decimal> = category_medians(day_rows)
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
+                .any(|(c, d, _)| c == country && d == day)
+            {
+                continue; // a pure replay: the files already hold all of it
+            }
+            let medians: HashMap<String, rust_decimal::Decimal> = category_medians(
+                self.shards
+                    .iter()
+                    .filter(|((c, d, _), _)| c == country && d == day)
+                    .flat_map(|(_, p)| p.rows.values()),
+            )
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let keys: Vec<ShardKey> = self
+                .shards
+                .keys()
+                .filter(|(c, d, _)| c == country && d == day)
+                .cloned()
                 .collect();
-            let shard = &self.shards[&key];
-            let mut rows: Vec<Featured<'_>> = shard
-                .rows
-                .values()
-                .map(|r| Featured::of(r, medians.get(&r.category).copied(), self.split))
-                .collect();
-            rows.sort_by(|a, b| {
-                (&a.record.store_id, &a.record.sku).cmp(&(&b.record.store_id, &b.record.sku))
-            });
-            let file = columns::encode(&rows, self.encoding)?;
-            let path = self.day_dir(country, *day).child(Self::file_name(*partition));
-            self.store
-                .put(&path, PutPayload::from(file))
-                .await
-                .with_context(|| format!("writing {path}"))?;
+            for key in keys {
+                let shard = &self.shards[&key];
+                let used: HashMap<String, rust_decimal::Decimal> = shard
+                    .rows
+                    .values()
+                    .filter_map(|r| medians.get(&r.category).map(|m| (r.category.clone(), *m)))
+                    .collect();
+                if !changed_shards.contains(&key) && self.written_medians.get(&key) == Some(&used) {
+                    continue;
+                }
+                let mut rows: Vec<Featured<'_>> = shard
+                    .rows
+                    .values()
+                    .map(|r| Featured::of(r, medians.get(&r.category).copied(), self.split))
+                    .collect();
+                rows.sort_by(|a, b| {
+                    (&a.record.store_id, &a.record.sku).cmp(&(&b.record.store_id, &b.record.sku))
+                });
+                let file = columns::encode(&rows, self.encoding)?;
+                let path = self.day_dir(country, *day).child(Self::file_name(key.2));
+                self.store
+                    .put(&path, PutPayload::from(file))
+                    .await
+                    .with_context(|| format!("writing {path}"))?;
+                self.written_medians.insert(key, used);
+            }
         }
         for (country, day) in &days {
             self.update_manifest(country, *day, topic, offsets);
@@ -213,11 +245,18 @@ impl DatasetSink {
         let cached: usize = self.shards.values().map(|p| p.rows.len()).sum();
         if cached > self.cache_rows {
             self.shards.clear();
+            self.written_medians.clear();
         }
         Ok(())
     }
 
-    fn update_manifest(&mut self, country: &str, day: NaiveDate, topic: &str, offsets: &BTreeMap<i32, i64>) {
+    fn update_manifest(
+        &mut self,
+        country: &str,
+        day: NaiveDate,
+        topic: &str,
+        offsets: &BTreeMap<i32, i64>,
+    ) {
         let mut entry = DayEntry::default();
         let mut files: Vec<(i32, &Partition)> = self
             .shards
@@ -233,7 +272,10 @@ impl DatasetSink {
             entry.files.push(Self::file_name(p));
             entry.rows += part.rows.len() as u64;
             for r in part.rows.values() {
-                *entry.splits.entry(self.split.of(&r.sku).to_string()).or_default() += 1;
+                *entry
+                    .splits
+                    .entry(self.split.of(&r.sku).to_string())
+                    .or_default() += 1;
             }
         }
         let m = self.manifests.entry(country.to_string()).or_default();
@@ -274,7 +316,10 @@ impl DatasetSink {
             .await?;
         let card = crate::card::dataset_card(country, self.split);
         self.store
-            .put(&dir.child("DATASET.md"), PutPayload::from(card.into_bytes()))
+            .put(
+                &dir.child("_dataset_card.md"),
+                PutPayload::from(card.into_bytes()),
+            )
             .await?;
         Ok(())
     }
@@ -283,7 +328,10 @@ impl DatasetSink {
 fn is_transient(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<object_store::Error>().is_some_and(|oe| {
-            matches!(oe, object_store::Error::Generic { .. } | object_store::Error::NotFound { .. })
+            matches!(
+                oe,
+                object_store::Error::Generic { .. } | object_store::Error::NotFound { .. }
+            )
         }) || c.downcast_ref::<std::io::Error>().is_some()
     })
 }
@@ -306,6 +354,7 @@ impl Sink for DatasetSink {
                 // What is in memory may be ahead of what is stored: start over from storage.
                 self.shards.clear();
                 self.manifests.clear();
+                self.written_medians.clear();
                 if is_transient(&e) {
                     Err(SinkError::Retriable(e))
                 } else {
@@ -319,6 +368,7 @@ impl Sink for DatasetSink {
         // Called after every rebalance: another builder may have written our files meanwhile.
         self.shards.clear();
         self.manifests.clear();
+        self.written_medians.clear();
         Ok(HashMap::new())
     }
 }

@@ -221,6 +221,13 @@ impl Pipeline {
         self.spawn(cmd, "indexer")
     }
 
+    /// Starts `skuflow-dataset-builder` (pass `--group` and `--dataset-root` in `extra`).
+    pub fn start_builder(&mut self, extra: &[String]) -> usize {
+        let mut cmd = Command::new(bin("skuflow-dataset-builder"));
+        cmd.args(self.topic_args()).args(extra);
+        self.spawn(cmd, "builder")
+    }
+
     /// The offsets group `group` has committed on `topic`, per partition (-1 when none).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
         let consumer: BaseConsumer = ClientConfig::new()

@@ -1,0 +1,184 @@
+//! The dataset builder on the real broker, SIGKILLed while it writes, then read back with real
+//! clients (pyarrow and DuckDB, `tests/python/check_dataset.py`): one row per natural key with
+//! its newest version and exact values, after crashes, replays and a wave of corrections.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use common::{produce, record, Pipeline};
+use rust_decimal::Decimal;
+use skuflow_schemas::SkuRecord;
+
+const WAIT: Duration = Duration::from_secs(180);
+
+/// A record of key `i` in `country` on `day`, version `version`, with varied costs and sales.
+fn sample(country: &str, i: u64, day: u32, version: i64) -> SkuRecord {
+    let mut r = record(country, i, version);
+    r.business_date = NaiveDate::from_ymd_opt(2026, 11, day).unwrap();
+    r.category = ["dairy", "bakery", "produce"][(i % 3) as usize].into();
+    r.unit_cost = (!i.is_multiple_of(4)).then(|| (r.unit_price * Decimal::new(6, 1)).round_dp(4));
+    r.units_sold = ((i + version as u64) % 5) as i32;
+    r.record_id = format!("{:08x}{:024x}", day, (i << 24) ^ version as u64);
+    r
+}
+
+fn newest(all: &[SkuRecord]) -> Vec<&SkuRecord> {
+    let mut m: HashMap<(String, String, String, NaiveDate), &SkuRecord> = HashMap::new();
+    for r in all {
+        let k = (
+            r.country.clone(),
+            r.store_id.clone(),
+            r.sku.clone(),
+            r.business_date,
+        );
+        match m.get(&k) {
+            Some(old) if old.record_version >= r.record_version => {}
+            _ => {
+                m.insert(k, r);
+            }
+        }
+    }
+    m.into_values().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_and_duckdb() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::Builder::new()
+        .prefix("skuflow-datasets-")
+        .tempdir()
+        .unwrap();
+    let group = format!("skuflow-dataset-builder-{}", p.id);
+    let args = [
+        format!("--dataset-root={}", root.path().display()),
+        format!("--group={group}"),
+        "--batch-size=400".to_string(),
+        "--flush-interval-ms=200".to_string(),
+        "--row-group-rows=500".to_string(),
+        // A short session lets the group drop a SIGKILLed member quickly.
+        "-Xsession.timeout.ms=6000".to_string(),
+        "-Xmax.poll.interval.ms=15000".to_string(),
+    ];
+
+    // Two countries, two days, 1500 keys each, two versions shuffled.
+    let mut all = Vec::new();
+    for country in ["SE", "FI"] {
+        for day in [20, 21] {
+            for i in 0..1500u64 {
+                for v in [1000i64, 2000] {
+                    all.push(sample(country, i, day, v + (i % 7) as i64));
+                }
+            }
+        }
+    }
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..all.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        all.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let msgs: Vec<(String, Vec<u8>)> = all
+        .iter()
+        .map(|r| (r.kafka_key(), serde_json::to_vec(r).unwrap()))
+        .collect();
+    let mut positions = produce(&p.stack.brokers, &p.topics.records, &msgs).await;
+
+    // SIGKILL the builder three times while it writes (after it has committed fresh progress),
+    // and restart it.
+    let progress = |p: &Pipeline| -> i64 {
+        p.committed(&group, &p.topics.records, 3)
+            .iter()
+            .map(|c| c.max(&0))
+            .sum()
+    };
+    let mut seen = 0i64;
+    let mut produced = positions.len() as i64;
+    for round in 0..3 {
+        let child = p.start_builder(&args);
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            let now = progress(&p);
+            if now > seen || now == produced {
+                seen = now;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        tokio::time::sleep(Duration::from_millis(x % 700)).await;
+        p.kill(child);
+        if round == 1 {
+            // A wave of corrections: a later upload changes prices of a third of SE's day 20.
+            let wave: Vec<SkuRecord> = (0..1500u64)
+                .filter(|i| i % 3 == 0)
+                .map(|i| {
+                    let mut r = sample("SE", i, 20, 5000);
+                    r.unit_price += Decimal::new(100, 2);
+                    r
+                })
+                .collect();
+            let more: Vec<(String, Vec<u8>)> = wave
+                .iter()
+                .map(|r| (r.kafka_key(), serde_json::to_vec(r).unwrap()))
+                .collect();
+            positions.extend(produce(&p.stack.brokers, &p.topics.records, &more).await);
+            produced += more.len() as i64;
+            all.extend(wave);
+        }
+    }
+    p.start_builder(&args);
+
+    let mut ends = [0i64; 3];
+    for (part, off) in &positions {
+        ends[*part as usize] = ends[*part as usize].max(off + 1);
+    }
+    let start = Instant::now();
+    loop {
+        let committed = p.committed(&group, &p.topics.records, 3);
+        if committed.iter().zip(&ends).all(|(c, e)| c == e) {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "offsets {committed:?} of {ends:?}; logs:\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let truth = newest(&all);
+    let expected = root
+        .path()
+        .join("..")
+        .join(format!("expected-{}.jsonl", p.id));
+    let mut lines = String::new();
+    for r in &truth {
+        lines.push_str(&serde_json::to_string(r).unwrap());
+        lines.push('\n');
+    }
+    std::fs::write(&expected, lines).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_dataset.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(root.path())
+        .arg(&expected)
+        .output()
+        .expect("python3 runs (scripts/install-stack.sh python installs pyarrow and duckdb)");
+    let _ = std::fs::remove_file(&expected);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}\nlogs:\n{}", p.logs());
+    assert!(
+        report.contains(&format!("ok: {} rows", truth.len())),
+        "{report}"
+    );
+}
