@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+pub mod bench;
 pub mod es_double;
 
 use chrono::{NaiveDate, TimeZone, Utc};

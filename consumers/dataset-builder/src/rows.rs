@@ -117,14 +117,17 @@ pub struct Featured<'a> {
 impl<'a> Featured<'a> {
     pub fn of(r: &'a SkuRecord, category_median: Option<Decimal>, split: Split) -> Self {
         let gross_margin = r.unit_cost.map(|c| r.unit_price - c);
-        let margin_pct = gross_margin
-            .filter(|_| !r.unit_price.is_zero())
-            .and_then(|m| (m / r.unit_price).to_f64());
+        // Ratios are float features: divide the exact values' nearest doubles (a relative
+        // error near 1e-16) rather than paying for a 96-bit decimal division per row.
+        let ratio = |num: Decimal, den: Decimal| {
+            (!den.is_zero())
+                .then(|| Some(num.to_f64()? / den.to_f64()?))
+                .flatten()
+        };
+        let margin_pct = gross_margin.and_then(|m| ratio(m, r.unit_price));
         let days_of_cover =
             (r.units_sold > 0).then(|| f64::from(r.quantity_on_hand) / f64::from(r.units_sold));
-        let price_rel_category_median = category_median
-            .filter(|m| !m.is_zero())
-            .and_then(|m| (r.unit_price / m).to_f64());
+        let price_rel_category_median = category_median.and_then(|m| ratio(r.unit_price, m));
         Featured {
             record: r,
             gross_margin,

@@ -12,10 +12,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use skuflow_platform::kafka::{ensure_topics, TopicSpec};
+use skuflow_e2e::bench::{drain_bare, load_records_topic, rate};
 use skuflow_platform::{ConsumeArgs, Consumed, KafkaArgs, Sink, TopicArgs};
 use skuflow_schemas::SkuRecord;
 use skuflow_warehouse_loader::PgSink;
@@ -42,10 +39,6 @@ async fn connect(url: &str) -> tokio_postgres::Client {
         .unwrap();
     tokio::spawn(conn);
     c
-}
-
-fn rate(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
 }
 
 #[tokio::main]
@@ -129,67 +122,10 @@ async fn main() {
     // Load the topic (not timed as a stage).
     let topics = TopicArgs::with_suffix(&format!(".bench{id}"));
     let kafka = KafkaArgs::new(&brokers);
-    ensure_topics(
-        &kafka,
-        &[
-            TopicSpec {
-                name: topics.records.clone(),
-                partitions: 3,
-                compacted: false,
-            },
-            TopicSpec {
-                name: topics.rejects.clone(),
-                partitions: 1,
-                compacted: false,
-            },
-        ],
-    )
-    .await
-    .unwrap();
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        kafka.producer_config().create().unwrap();
-    let t = Instant::now();
-    for r in &records {
-        let payload = serde_json::to_vec(r).unwrap();
-        let key = r.kafka_key();
-        let mut rec = BaseRecord::to(&topics.records).key(&key).payload(&payload);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(600)).unwrap();
-    println!("loaded the topic in {:.1} s", t.elapsed().as_secs_f64());
+    let took = load_records_topic(&kafka, &topics, &records).await;
+    println!("loaded the topic in {:.1} s", took.as_secs_f64());
+    let (c, bytes) = drain_bare(&kafka, &format!("bench-bare-{id}"), &topics.records, n);
 
-    // (c) a bare consumer draining the topic.
-    let consumer: BaseConsumer = kafka
-        .consumer_config(&format!("bench-bare-{id}"))
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset(&topics.records, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let t = Instant::now();
-    let mut got = 0u64;
-    let mut bytes = 0usize;
-    while got < n {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
-            got += 1;
-            bytes += m.payload().map_or(0, <[u8]>::len);
-        }
-    }
-    let c = t.elapsed();
-    drop(consumer);
-
-    // (d) the loader end to end.
     let url_d = db_url(&format!("bench_d_{id}"));
     let sink_d = PgSink::new(&url_d, "bench-loader");
     let stop = CancellationToken::new();

@@ -1,0 +1,197 @@
+//! Dataset builder throughput, measured against baselines in the same run on the local stack
+//! (`make bench`). Prints every figure and ratio:
+//!   (a) pyarrow converting the records from JSON lines to one zstd Parquet file
+//!   (b) the builder's encode path on the same JSON lines: parse, newest per key, features,
+//!       zstd Parquet, written to disk
+//!   (c) a bare rdkafka consumer draining the topic (the broker's limit here)
+//!   (d) the builder end to end from the topic (batches of SKUFLOW_BENCH_BATCH, default 100,000)
+//! Targets: (b) ≥ 1 × (a); (d) ≥ 0.8 × min(b, c).
+//! Records: SKUFLOW_BENCH_RECORDS (default 1,000,000), one country and day, distinct keys.
+
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use skuflow_dataset_builder::columns::{self, Encoding};
+use skuflow_dataset_builder::rows::{Partition, Split};
+use skuflow_dataset_builder::BuilderArgs;
+use skuflow_e2e::bench::{drain_bare, load_records_topic, rate};
+use skuflow_e2e::synthetic_record;
+use skuflow_platform::{ConsumeArgs, KafkaArgs, TopicArgs};
+use skuflow_schemas::SkuRecord;
+use tokio_util::sync::CancellationToken;
+
+const PYARROW: &str = r#"
+import sys, time
+import pyarrow.json as pj, pyarrow.parquet as pq
+t = time.perf_counter()
+table = pj.read_json(sys.argv[1])
+pq.write_table(table, sys.argv[2], compression="zstd")
+print(f"seconds={time.perf_counter() - t:.6f} rows={table.num_rows}")
+"#;
+
+#[tokio::main]
+async fn main() {
+    let n: u64 = std::env::var("SKUFLOW_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let batch: u32 = std::env::var("SKUFLOW_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let brokers = std::env::var("SKUFLOW_TEST_BROKERS")
+        .unwrap_or_else(|_| panic!("SKUFLOW_TEST_BROKERS is not set: run `make bench`"));
+    let dir = tempfile::Builder::new()
+        .prefix("skuflow-bench-ds-")
+        .tempdir()
+        .unwrap();
+    println!("generating {n} records");
+    let records: Vec<SkuRecord> = (0..n).map(synthetic_record).collect();
+    let jsonl = dir.path().join("records.jsonl");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&jsonl).unwrap());
+        for r in &records {
+            serde_json::to_writer(&mut w, r).unwrap();
+            w.write_all(b"\n").unwrap();
+        }
+    }
+
+    // (a) pyarrow.
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(PYARROW)
+        .arg(&jsonl)
+        .arg(dir.path().join("pyarrow.parquet"))
+        .output()
+        .expect("python3 with pyarrow (scripts/install-stack.sh python)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secs: f64 = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("seconds="))
+        .and_then(|s| s.parse().ok())
+        .expect("pyarrow timing");
+    let a = Duration::from_secs_f64(secs);
+
+    // (b) the encode path on the same JSON lines.
+    let t = Instant::now();
+    let mut part = Partition::default();
+    for line in std::io::BufReader::new(std::fs::File::open(&jsonl).unwrap()).lines() {
+        let r: SkuRecord = serde_json::from_str(&line.unwrap()).unwrap();
+        part.upsert(r);
+    }
+    let parsed = t.elapsed();
+    let rows = part.featured(Split::default());
+    let featured = t.elapsed();
+    let file = columns::encode(
+        &rows,
+        Encoding {
+            row_group_rows: 128 * 1024,
+            zstd_level: 3,
+        },
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("builder.parquet"), &file).unwrap();
+    let b = t.elapsed();
+    println!(
+        "(b) phases: parse + merge {:.2} s, features {:.2} s, Parquet {:.2} s",
+        parsed.as_secs_f64(),
+        (featured - parsed).as_secs_f64(),
+        (b - featured).as_secs_f64()
+    );
+    if std::env::var_os("SKUFLOW_BENCH_ENCODE_ONLY").is_some() {
+        println!("(a) {:.0} rows/s, (b) {:.0} rows/s", rate(n, a), rate(n, b));
+        return;
+    }
+    drop(rows);
+    drop(part);
+    let pyarrow_size = std::fs::metadata(dir.path().join("pyarrow.parquet"))
+        .unwrap()
+        .len();
+
+    // (c) and (d) from the topic.
+    let id = format!("{:x}", Utc::now().timestamp_micros());
+    let topics = TopicArgs::with_suffix(&format!(".bench{id}"));
+    let kafka = KafkaArgs::new(&brokers);
+    let took = load_records_topic(&kafka, &topics, &records).await;
+    println!("loaded the topic in {:.1} s", took.as_secs_f64());
+    let (c, bytes) = drain_bare(&kafka, &format!("bench-bare-{id}"), &topics.records, n);
+
+    let root = dir.path().join("datasets");
+    let args = BuilderArgs {
+        root: root.display().to_string(),
+        split: "80/10/10".into(),
+        row_group_rows: 128 * 1024,
+        zstd_level: 3,
+        cache_rows: 10_000_000,
+        consume: ConsumeArgs {
+            group: Some(format!("bench-builder-{id}")),
+            batch_size: batch,
+            flush_interval_ms: 5_000,
+            ..ConsumeArgs::default()
+        },
+    };
+    let stop = CancellationToken::new();
+    let t = Instant::now();
+    let (k, tp, s, a2) = (kafka.clone(), topics.clone(), stop.clone(), args.clone());
+    let task = tokio::spawn(async move { skuflow_dataset_builder::run(&a2, &k, &tp, s).await });
+    let manifest = root.join("country=DE").join("_manifest.json");
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rows = std::fs::read(&manifest)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["rows"].as_u64())
+            .unwrap_or(0);
+        if rows >= n {
+            break;
+        }
+    }
+    let d = t.elapsed();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    let (ra, rb, rc, rd) = (rate(n, a), rate(n, b), rate(n, c), rate(n, d));
+    println!();
+    println!(
+        "dataset builder, {n} records ({:.0} MB of JSON on the topic)",
+        bytes as f64 / 1e6
+    );
+    println!(
+        "  (a) pyarrow JSON lines → zstd Parquet  {:>8.2} s  {:>10.0} rows/s  ({pyarrow_size} bytes)",
+        a.as_secs_f64(),
+        ra
+    );
+    println!(
+        "  (b) builder encode path (same lines)   {:>8.2} s  {:>10.0} rows/s  ({} bytes, with features)",
+        b.as_secs_f64(),
+        rb,
+        file.len()
+    );
+    println!(
+        "  (c) bare consumer draining the topic   {:>8.2} s  {:>10.0} rows/s",
+        c.as_secs_f64(),
+        rc
+    );
+    println!(
+        "  (d) builder end to end (batch {batch})  {:>8.2} s  {:>10.0} rows/s",
+        d.as_secs_f64(),
+        rd
+    );
+    println!(
+        "  ratio (b)/(a)          = {:.2}  (target ≥ 1.00) {}",
+        rb / ra,
+        if rb / ra >= 1.0 { "ok" } else { "MISSED" }
+    );
+    let floor = rb.min(rc);
+    println!(
+        "  ratio (d)/min((b),(c)) = {:.2}  (target ≥ 0.80) {}",
+        rd / floor,
+        if rd / floor >= 0.8 { "ok" } else { "MISSED" }
+    );
+}

@@ -1,0 +1,85 @@
+//! Pieces the consumer benchmarks share: a records topic loaded with synthetic records, and the
+//! bare-consumer baseline (the broker's own limit here).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use skuflow_platform::kafka::{ensure_topics, TopicSpec};
+use skuflow_platform::{KafkaArgs, TopicArgs};
+use skuflow_schemas::SkuRecord;
+
+/// Creates the records (3 partitions) and rejects topics of `topics` and produces `records` to
+/// the records topic; returns how long producing took.
+pub async fn load_records_topic(
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    records: &[SkuRecord],
+) -> Duration {
+    ensure_topics(
+        kafka,
+        &[
+            TopicSpec {
+                name: topics.records.clone(),
+                partitions: 3,
+                compacted: false,
+            },
+            TopicSpec {
+                name: topics.rejects.clone(),
+                partitions: 1,
+                compacted: false,
+            },
+        ],
+    )
+    .await
+    .expect("creating the bench topics");
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        kafka.producer_config().create().expect("producer");
+    let t = Instant::now();
+    for r in records {
+        let payload = serde_json::to_vec(r).expect("record JSON");
+        let key = r.kafka_key();
+        let mut rec = BaseRecord::to(&topics.records).key(&key).payload(&payload);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(600))
+        .expect("every record acknowledged");
+    t.elapsed()
+}
+
+/// A bare rdkafka consumer reading `n` messages of the 3-partition `topic` from the beginning:
+/// how long it took and how many payload bytes it read.
+pub fn drain_bare(kafka: &KafkaArgs, group: &str, topic: &str, n: u64) -> (Duration, usize) {
+    let consumer: BaseConsumer = kafka.consumer_config(group).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let t = Instant::now();
+    let mut got = 0u64;
+    let mut bytes = 0usize;
+    while got < n {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            got += 1;
+            bytes += m.payload().map_or(0, <[u8]>::len);
+        }
+    }
+    (t.elapsed(), bytes)
+}
+
+/// Records per second.
+pub fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
