@@ -182,3 +182,74 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_land_under_an_s3_prefix() {
+    let mut p = Pipeline::new().await;
+    let bucket = format!("t{}-ml", p.id);
+    std::fs::create_dir_all(p.stack.s3_data.join(&bucket)).unwrap();
+    let group = format!("skuflow-dataset-builder-{}", p.id);
+    let mut all = Vec::new();
+    for country in ["DE", "NL"] {
+        for i in 0..200u64 {
+            all.push(sample(country, i, 21, 1000));
+        }
+    }
+    // A later upload corrects a quarter of DE's rows.
+    for i in (0..200u64).step_by(4) {
+        let mut r = sample("DE", i, 21, 3000);
+        r.quantity_on_hand += 7;
+        all.push(r);
+    }
+    let msgs: Vec<(String, Vec<u8>)> = all
+        .iter()
+        .map(|r| (r.kafka_key(), serde_json::to_vec(r).unwrap()))
+        .collect();
+    let positions = produce(&p.stack.brokers, &p.topics.records, &msgs).await;
+    let mut cmd_env = vec![
+        ("AWS_ENDPOINT_URL", p.stack.s3_endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", p.stack.s3_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", p.stack.s3_secret.clone()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+    ];
+    cmd_env.push(("SKUFLOW_DATASET_ROOT", format!("s3://{bucket}/datasets/v1")));
+    p.start_builder_env(&[format!("--group={group}")], &cmd_env);
+    let mut ends = [0i64; 3];
+    for (part, off) in &positions {
+        ends[*part as usize] = ends[*part as usize].max(off + 1);
+    }
+    let start = Instant::now();
+    while p.committed(&group, &p.topics.records, 3) != ends {
+        assert!(start.elapsed() < WAIT, "logs:\n{}", p.logs());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // s3s-fs keeps objects as files under its data directory: read them there with the same
+    // clients.
+    let root = p.stack.s3_data.join(&bucket).join("datasets/v1");
+    let truth = newest(&all);
+    let expected = std::env::temp_dir().join(format!("expected-s3-{}.jsonl", p.id));
+    let lines: String = truth
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    std::fs::write(&expected, lines).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_dataset.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&root)
+        .arg(&expected)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&expected);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}\nlogs:\n{}", p.logs());
+    assert!(
+        !p.logs().contains(&p.stack.s3_secret),
+        "the S3 secret appears in a log line"
+    );
+}

@@ -223,8 +223,15 @@ impl Pipeline {
 
     /// Starts `skuflow-dataset-builder` (pass `--group` and `--dataset-root` in `extra`).
     pub fn start_builder(&mut self, extra: &[String]) -> usize {
+        self.start_builder_env(extra, &[])
+    }
+
+    /// Starts `skuflow-dataset-builder` with extra environment variables.
+    pub fn start_builder_env(&mut self, extra: &[String], env: &[(&str, String)]) -> usize {
         let mut cmd = Command::new(bin("skuflow-dataset-builder"));
-        cmd.args(self.topic_args()).args(extra);
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(self.topic_args())
+            .args(extra);
         self.spawn(cmd, "builder")
     }
 
