@@ -2,6 +2,7 @@
 //! per valid row to `sku.records.v1`, dead letters to `sku.rejects.v1` and the file lifecycle to
 //! `sku.files.v1`.
 
+pub mod api;
 pub mod codes;
 pub mod contract;
 pub mod csvstream;
@@ -75,6 +76,10 @@ pub struct IngestArgs {
     /// when set, created objects are queued as they arrive.
     #[arg(long = "events-topic", env = "SKUFLOW_S3_EVENTS_TOPIC")]
     pub events_topic: Option<String>,
+    /// Address of the HTTP API (`POST /v1/uploads`, `GET /v1/uploads/{file_id}`), e.g.
+    /// `0.0.0.0:8080`; off when not set.
+    #[arg(long = "http-listen", env = "SKUFLOW_HTTP_LISTEN")]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Seconds between bucket scans.
     #[arg(
         long = "scan-interval-secs",
@@ -196,6 +201,10 @@ pub async fn run(
             format!("{}-events", args.group),
         );
         tasks.spawn(async move { events::event_loop(&i, &k, &topic, &g, s).await });
+    }
+    if let Some(addr) = args.http_listen {
+        let (i, s, k) = (ingestor.clone(), shutdown.clone(), kafka.clone());
+        tasks.spawn(async move { api::serve(i, k, addr, s).await });
     }
     if matches!(args.mode, Mode::All | Mode::Worker) {
         let (i, s, k, g) = (
