@@ -71,29 +71,20 @@ async fn post_upload(State(api): State<Api>, body: axum::body::Bytes) -> Respons
             format!("unknown field {extra:?}: only bucket and key are accepted"),
         );
     }
-    let field = |name: &str| -> Result<String, Response> {
+    // A required, non-empty string field, or (field, why not).
+    let field = |name: &'static str| -> Result<String, (&'static str, String)> {
         match o.get(name) {
             Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-            Some(Value::String(_)) => Err(error(
-                StatusCode::BAD_REQUEST,
-                Some(name),
-                format!("{name} is empty"),
-            )),
-            Some(_) => Err(error(
-                StatusCode::BAD_REQUEST,
-                Some(name),
-                format!("{name} must be a string"),
-            )),
-            None => Err(error(
-                StatusCode::BAD_REQUEST,
-                Some(name),
-                format!("{name} is missing"),
-            )),
+            Some(Value::String(_)) => Err((name, format!("{name} is empty"))),
+            Some(_) => Err((name, format!("{name} must be a string"))),
+            None => Err((name, format!("{name} is missing"))),
         }
     };
     let (bucket, key) = match (field("bucket"), field("key")) {
         (Ok(b), Ok(k)) => (b, k),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err((f, why)), _) | (_, Err((f, why))) => {
+            return error(StatusCode::BAD_REQUEST, Some(f), why)
+        }
     };
     let prefix = &api.ingestor.template.incoming_prefix;
     if !key.starts_with(prefix.as_str()) {
