@@ -491,3 +491,95 @@ async fn s3_event_notifications_trigger_ingest_once() {
     let uploads = p.read_topic(&p.topics.uploads);
     assert!(uploads.iter().all(|u| u["trigger"] == "event"));
 }
+
+/// `skuflow-ingest` SIGKILLed mid-file three times: the restarted worker re-ingests the file
+/// (same record ids and versions), and PostgreSQL ends with every valid row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_sigkilled_mid_file_loses_and_duplicates_nothing() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let buckets = root.path().join("buckets");
+    let mut valid = 0usize;
+    for (n, store) in ["north-1", "south-2", "east-3"].iter().enumerate() {
+        let rows = sample_rows(40 + n as u64, 6000, 200, "EUR", "2026-11-04");
+        valid += rows.iter().filter(|r| r.valid).count();
+        write(
+            &buckets
+                .join("skus-nl")
+                .join(format!("incoming/individual/{store}/2026-11-04/skus.csv")),
+            render_csv(&rows, false, false).as_bytes(),
+        );
+    }
+    p.start_loader(&[]);
+    let args = [
+        format!("--bucket-root={}", buckets.display()),
+        "-Xsession.timeout.ms=6000".to_string(),
+        "-Xmax.poll.interval.ms=15000".to_string(),
+    ];
+    let mut x: u64 = 0x5851_f42d_4c95_7f2d;
+    for _ in 0..3 {
+        let child = p.start_ingest(&args);
+        // Kill once records are flowing, at a random point.
+        let start = std::time::Instant::now();
+        while p
+            .wait_for_count(
+                "SELECT count(*) FROM skuflow.sku_facts",
+                i64::MAX,
+                Duration::from_millis(100),
+            )
+            .await
+            < 1
+            && start.elapsed() < Duration::from_secs(120)
+        {}
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        tokio::time::sleep(Duration::from_millis(x % 1500)).await;
+        p.kill(child);
+    }
+    p.start_ingest(&args);
+    let got = p
+        .wait_for_count(
+            "SELECT count(*) FROM skuflow.sku_facts",
+            valid as i64,
+            Duration::from_secs(240),
+        )
+        .await;
+    assert_eq!(got, valid as i64, "logs:\n{}", p.logs());
+    // Every file ends in processed/ with its report of rejects, none left in incoming/.
+    let start = std::time::Instant::now();
+    let incoming = buckets.join("skus-nl/incoming/individual");
+    let left = || {
+        walk_files(&incoming)
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "csv"))
+            .count()
+    };
+    while left() > 0 && start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(left(), 0, "files left in incoming/; logs:\n{}", p.logs());
+    let db = p.db().await;
+    let dup: i64 = db
+        .query_one(
+            "SELECT count(*) FROM (SELECT record_id FROM skuflow.sku_facts GROUP BY record_id HAVING count(*) > 1) d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dup, 0);
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
