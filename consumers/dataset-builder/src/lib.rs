@@ -54,8 +54,10 @@ pub struct BuilderArgs {
 }
 
 impl BuilderArgs {
-    /// The object store and the prefix inside it.
-    pub fn store(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, Path)> {
+    /// The object store, the prefix inside it, and the directory when the root is local.
+    pub fn store(
+        &self,
+    ) -> anyhow::Result<(Arc<dyn ObjectStore>, Path, Option<std::path::PathBuf>)> {
         if let Some(rest) = self.root.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -65,13 +67,15 @@ impl BuilderArgs {
                 .with_bucket_name(bucket)
                 .build()
                 .context("configuring S3 for the dataset root")?;
-            return Ok((Arc::new(s3), Path::from(prefix)));
+            return Ok((Arc::new(s3), Path::from(prefix), None));
         }
         std::fs::create_dir_all(&self.root)
             .with_context(|| format!("creating the dataset root {}", self.root))?;
         let local = LocalFileSystem::new_with_prefix(&self.root)
             .with_context(|| format!("opening the dataset root {}", self.root))?;
-        Ok((Arc::new(local), Path::default()))
+        let dir = std::fs::canonicalize(&self.root)
+            .with_context(|| format!("resolving the dataset root {}", self.root))?;
+        Ok((Arc::new(local), Path::default(), Some(dir)))
     }
 
     pub fn sink(&self) -> anyhow::Result<DatasetSink> {
@@ -79,8 +83,8 @@ impl BuilderArgs {
         if !(1..=22).contains(&self.zstd_level) {
             bail!("--zstd-level {} is outside 1..=22", self.zstd_level);
         }
-        let (store, root) = self.store()?;
-        Ok(DatasetSink::new(
+        let (store, root, local_dir) = self.store()?;
+        let sink = DatasetSink::new(
             store,
             root,
             split,
@@ -89,7 +93,11 @@ impl BuilderArgs {
                 zstd_level: self.zstd_level,
             },
             self.cache_rows,
-        ))
+        );
+        Ok(match local_dir {
+            Some(dir) => sink.with_local_dir(dir),
+            None => sink,
+        })
     }
 }
 

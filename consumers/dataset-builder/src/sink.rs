@@ -62,6 +62,9 @@ pub struct ManifestColumn {
 
 pub struct DatasetSink {
     store: Arc<dyn ObjectStore>,
+    /// The directory behind `store` when the root is local: files are then written by
+    /// [`write_local_atomically`] (hidden temporary name, fsync, rename, fsync of the directory).
+    local_dir: Option<std::path::PathBuf>,
     root: Path,
     split: Split,
     encoding: Encoding,
@@ -85,6 +88,7 @@ impl DatasetSink {
     ) -> Self {
         DatasetSink {
             store,
+            local_dir: None,
             root,
             split,
             encoding,
@@ -92,6 +96,30 @@ impl DatasetSink {
             manifests: HashMap::new(),
             written_medians: HashMap::new(),
             cache_rows,
+        }
+    }
+
+    /// Marks the root as the local directory `dir` (the one `store` is opened on).
+    pub fn with_local_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.local_dir = Some(dir);
+        self
+    }
+
+    /// Puts a whole object atomically and durably: readers see the old object or the new one.
+    async fn put(&self, path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
+        match &self.local_dir {
+            Some(dir) => {
+                let target = path
+                    .parts()
+                    .fold(dir.clone(), |p, part| p.join(part.as_ref()));
+                tokio::task::spawn_blocking(move || write_local_atomically(&target, &bytes))
+                    .await
+                    .context("the write task stopped")?
+            }
+            None => {
+                self.store.put(path, PutPayload::from(bytes)).await?;
+                Ok(())
+            }
         }
     }
 
@@ -108,11 +136,32 @@ impl DatasetSink {
     /// Loads every shard file of a day that is not in memory yet.
     async fn load_day(&mut self, country: &str, day: NaiveDate) -> anyhow::Result<()> {
         let dir = self.day_dir(country, day);
+        if let Some(local) = &self.local_dir {
+            // Temporary files a killed writer left behind (hidden, so listings may skip them).
+            let d = dir
+                .parts()
+                .fold(local.clone(), |p, part| p.join(part.as_ref()));
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if (name.starts_with('.') && name.contains(".tmp-")) || name.contains('#') {
+                    if let Err(err) = std::fs::remove_file(e.path()) {
+                        tracing::warn!(file = %e.path().display(), error = %err, "Could not remove a stale temporary file.");
+                    }
+                }
+            }
+        }
         let listed: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
         for meta in listed {
             let Some(name) = meta.location.filename() else {
                 continue;
             };
+            if name.starts_with('.') || name.contains('#') {
+                // A temporary file a killed writer left behind: never a dataset file.
+                if let Err(e) = self.store.delete(&meta.location).await {
+                    tracing::warn!(file = %meta.location, error = %e, "Could not remove a stale temporary file.");
+                }
+                continue;
+            }
             let Some(p) = name
                 .strip_prefix("part-p")
                 .and_then(|n| n.strip_suffix(".parquet"))
@@ -228,8 +277,7 @@ impl DatasetSink {
                 });
                 let file = columns::encode(&rows, self.encoding)?;
                 let path = self.day_dir(country, *day).child(Self::file_name(key.2));
-                self.store
-                    .put(&path, PutPayload::from(file))
+                self.put(&path, file)
                     .await
                     .with_context(|| format!("writing {path}"))?;
                 self.written_medians.insert(key, used);
@@ -311,18 +359,38 @@ impl DatasetSink {
         m.built_at = Utc::now().to_rfc3339();
         let dir = self.root.child(format!("country={country}"));
         let json = serde_json::to_vec_pretty(m)?;
-        self.store
-            .put(&dir.child("_manifest.json"), PutPayload::from(json))
-            .await?;
+        self.put(&dir.child("_manifest.json"), json).await?;
         let card = crate::card::dataset_card(country, self.split);
-        self.store
-            .put(
-                &dir.child("_dataset_card.md"),
-                PutPayload::from(card.into_bytes()),
-            )
+        self.put(&dir.child("_dataset_card.md"), card.into_bytes())
             .await?;
         Ok(())
     }
+}
+
+/// Writes `bytes` to `target` so that no reader ever sees a partial file, and the file and its
+/// name survive a crash once this returns: a hidden temporary file in the same directory (names
+/// starting with `.` are skipped by pyarrow, DuckDB and Spark), fsync, rename over the target,
+/// fsync of the directory.
+pub fn write_local_atomically(target: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = target
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no directory", target.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{} has no file name", target.display()))?;
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, target)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 fn is_transient(e: &anyhow::Error) -> bool {
@@ -370,5 +438,93 @@ impl Sink for DatasetSink {
         self.manifests.clear();
         self.written_medians.clear();
         Ok(HashMap::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::columns::Encoding;
+
+    fn rec(sku: &str, version: i64) -> SkuRecord {
+        serde_json::from_value(serde_json::json!({
+            "schema": skuflow_schemas::RECORD_SCHEMA,
+            "record_id": "0123456789abcdef0123456789abcdef", "record_version": version,
+            "country": "SE", "store_id": "s1", "store_category": "individual", "chain": null,
+            "sku": sku, "product_name": "p", "category": "c", "brand": null,
+            "unit_price": "2.5000", "unit_cost": null, "currency": "SEK",
+            "quantity_on_hand": 1, "units_sold": 1, "business_date": "2026-11-01",
+            "barcode": null, "file_id": "f", "source_bucket": "b", "source_key": "k",
+            "source_etag": "e", "source_line": 2,
+            "source_last_modified": "2026-11-01T00:00:00Z", "ingested_at": "2026-11-01T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_a_killed_writer_are_removed_and_files_replace_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let day = root.path().join("country=SE/business_date=2026-11-01");
+        std::fs::create_dir_all(&day).unwrap();
+        // What a SIGKILL mid-write can leave: our hidden temporary file, an object-store
+        // staging file, and an interrupted older layout.
+        std::fs::write(day.join(".part-p0.parquet.tmp-42"), b"PAR1 half").unwrap();
+        std::fs::write(day.join("part-p0.parquet#1"), b"").unwrap();
+        let store =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(root.path()).unwrap());
+        let mut sink = DatasetSink::new(
+            store,
+            Path::default(),
+            Split::default(),
+            Encoding {
+                row_group_rows: 100,
+                zstd_level: 3,
+            },
+            1_000_000,
+        )
+        .with_local_dir(root.path().to_path_buf());
+        let batch: Vec<Consumed<SkuRecord>> = [rec("A", 1), rec("B", 1)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| Consumed {
+                partition: 0,
+                offset: i as i64,
+                value,
+            })
+            .collect();
+        let offsets = BTreeMap::from([(0, 2)]);
+        assert!(sink.write("t", &batch, &offsets).await.unwrap().is_empty());
+        let mut names: Vec<String> = std::fs::read_dir(&day)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["part-p0.parquet".to_string()]);
+        // A correction replaces the file: still one file, one row per key, the newer value.
+        let mut newer = rec("A", 2);
+        newer.unit_price = rust_decimal::Decimal::new(30000, 4);
+        let batch = vec![Consumed {
+            partition: 0,
+            offset: 2,
+            value: newer,
+        }];
+        sink.write("t", &batch, &BTreeMap::from([(0, 3)]))
+            .await
+            .unwrap();
+        let bytes = std::fs::read(day.join("part-p0.parquet")).unwrap();
+        let rows = columns::decode(bytes::Bytes::from(bytes)).unwrap();
+        assert_eq!(rows.len(), 2);
+        let a = rows.iter().find(|r| r.sku == "A").unwrap();
+        assert_eq!(
+            (a.record_version, a.unit_price.to_string().as_str()),
+            (2, "3.0000")
+        );
+        let manifest: Manifest = serde_json::from_slice(
+            &std::fs::read(root.path().join("country=SE/_manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest.rows, 2);
+        assert_eq!(manifest.last_offsets["t/0"], 3);
+        assert_eq!(std::fs::read_dir(&day).unwrap().count(), 1);
     }
 }
