@@ -34,11 +34,8 @@ lint:
 
 ## Benchmarks on the local stack: each prints its figures and ratios against baselines measured
 ## in the same run (never pass/fail on time). SKUFLOW_BENCH_RECORDS sets the size (default 1M).
-bench: stack
-	scripts/install-stack.sh python
-	@eval "$$($(STACK) env)"; cargo bench -p skuflow-warehouse-loader --bench loader
-	cargo bench -p skuflow-search-indexer --bench encode
-	@eval "$$($(STACK) env)"; cargo bench -p skuflow-dataset-builder --bench build
+bench:
+	scripts/bench.sh
 
 ## Unit tests only (no stack needed).
 unit:

@@ -100,6 +100,9 @@ up_tansu() {
 
 down_tansu() {
   if [ -s "$STACK/tansu/pid" ]; then kill "$(cat "$STACK/tansu/pid")" 2>/dev/null || true; rm -f "$STACK/tansu/pid"; fi
+  # Wait for the port to close, so that an `up` right after starts a new broker rather than
+  # finding the old one still on its way out.
+  for _ in $(seq 1 100); do port_open "$KAFKA_PORT" || break; sleep 0.1; done
 }
 
 up_s3() {

@@ -117,6 +117,24 @@ fn generate(
     Ok(files)
 }
 
+/// Rows per country in the datasets' manifests.
+fn parquet_rows(root: &std::path::Path) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(cc) = name.strip_prefix("country=") else {
+            continue;
+        };
+        let rows = std::fs::read(e.path().join("_manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["rows"].as_i64())
+            .unwrap_or(0);
+        out.insert(cc.to_string(), rows);
+    }
+    out
+}
+
 async fn reset_schema(pg_url: &str) -> anyhow::Result<()> {
     let (client, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls)
         .await
@@ -136,6 +154,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if buckets.exists() {
         std::fs::remove_dir_all(&buckets)
             .with_context(|| format!("clearing {}", buckets.display()))?;
+    }
+    let datasets = args.out.join("datasets");
+    if datasets.exists() {
+        std::fs::remove_dir_all(&datasets)
+            .with_context(|| format!("clearing {}", datasets.display()))?;
     }
     let expected_files = generate(&buckets, &args.countries, args.rows_per_file)?;
     let total_files: usize = expected_files.values().sum();
@@ -203,7 +226,29 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         });
     }
 
-    // Follow the file lifecycle until every file is final and the warehouse holds every valid row.
+    {
+        let (k, t, s) = (kafka.clone(), topics.clone(), stop.clone());
+        let builder = skuflow_dataset_builder::BuilderArgs {
+            root: datasets.display().to_string(),
+            split: "80/10/10".into(),
+            row_group_rows: 128 * 1024,
+            zstd_level: 3,
+            cache_rows: 2_000_000,
+            consume: ConsumeArgs {
+                flush_interval_ms: 500,
+                ..ConsumeArgs::default()
+            },
+        };
+        tasks.spawn(async move {
+            skuflow_dataset_builder::run(&builder, &k, &t, s)
+                .await
+                .map(|_| ())
+                .context("dataset builder")
+        });
+    }
+
+    // Follow the file lifecycle until every file is final and the warehouse and the datasets
+    // hold every valid row.
     let files_consumer: BaseConsumer = kafka
         .consumer_config("skuflow-demo-status")
         .set("enable.auto.commit", "false")
@@ -253,7 +298,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .await
                 .unwrap_or_default();
             let loaded: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            if loaded.values().sum::<i64>() == want {
+            if loaded.values().sum::<i64>() == want && parquet_rows(&datasets) == loaded {
                 break loaded;
             }
         }
@@ -278,15 +323,17 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16}",
+        "{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16} {:>15}",
         "country",
         "files",
         "completed",
         "failed",
         "rows accepted",
         "rows rejected",
-        "rows in postgres"
+        "rows in postgres",
+        "rows in parquet"
     );
+    let in_parquet = parquet_rows(&datasets);
     for bucket in expected_files.keys() {
         let evs: Vec<&FileEvent> = latest
             .values()
@@ -307,14 +354,15 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let valid: u64 = evs.iter().filter_map(|e| e.rows_valid).sum();
         let rejected: u64 = evs.iter().filter_map(|e| e.rows_rejected).sum();
         println!(
-            "{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16}",
+            "{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16} {:>15}",
             cc,
             evs.len(),
             done,
             failed,
             valid,
             rejected,
-            per_country.get(&cc).copied().unwrap_or(0)
+            per_country.get(&cc).copied().unwrap_or(0),
+            in_parquet.get(&cc).copied().unwrap_or(0)
         );
     }
     for e in latest.values().filter(|e| e.status == FileStatus::Failed) {
@@ -338,5 +386,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         topics.uploads, topics.records, topics.rejects, topics.files
     );
     println!("  postgresql     skuflow.sku_facts (partitioned by country), views skuflow.latest_stock_price, skuflow.daily_sales");
+    println!(
+        "  parquet        {}/country=CC/business_date=D/*.parquet, _manifest.json, _dataset_card.md",
+        datasets.display()
+    );
     Ok(())
 }
