@@ -18,3 +18,4 @@ export SKUFLOW_TEST_BROKERS="127.0.0.1:$port"
 cargo bench -p skuflow-warehouse-loader --bench loader
 cargo bench -p skuflow-search-indexer --bench encode
 cargo bench -p skuflow-dataset-builder --bench build
+cargo bench -p skuflow-ingest --bench ingest

@@ -55,11 +55,11 @@ for what in "${want[@]}"; do
       fi
       ;;
     python)
-      if python3 -c 'import pyarrow, duckdb' >/dev/null 2>&1; then
-        log "pyarrow and duckdb present"
+      if python3 -c 'import pyarrow, duckdb, confluent_kafka' >/dev/null 2>&1; then
+        log "pyarrow, duckdb and confluent-kafka present"
       else
-        log "Installing pyarrow and duckdb from PyPI."
-        python3 -m pip install --quiet --disable-pip-version-check 'pyarrow==26.*' 'duckdb==2.*'
+        log "Installing pyarrow, duckdb and confluent-kafka from PyPI."
+        python3 -m pip install --quiet --disable-pip-version-check 'pyarrow==26.*' 'duckdb==2.*' 'confluent-kafka==2.*'
       fi
       ;;
     *)
