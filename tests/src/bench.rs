@@ -34,13 +34,25 @@ pub async fn load_records_topic(
     )
     .await
     .expect("creating the bench topics");
+    let payloads: Vec<(String, Vec<u8>)> = records
+        .iter()
+        .map(|r| (r.kafka_key(), serde_json::to_vec(r).expect("record JSON")))
+        .collect();
+    produce_serialized(kafka, &topics.records, &payloads)
+}
+
+/// Produces already serialized (key, payload) pairs to `topic` with a bare rdkafka producer,
+/// waiting while its queue is full; returns how long it took until every one was acknowledged.
+pub fn produce_serialized(
+    kafka: &KafkaArgs,
+    topic: &str,
+    payloads: &[(String, Vec<u8>)],
+) -> Duration {
     let producer: ThreadedProducer<DefaultProducerContext> =
         kafka.producer_config().create().expect("producer");
     let t = Instant::now();
-    for r in records {
-        let payload = serde_json::to_vec(r).expect("record JSON");
-        let key = r.kafka_key();
-        let mut rec = BaseRecord::to(&topics.records).key(&key).payload(&payload);
+    for (key, payload) in payloads {
+        let mut rec = BaseRecord::to(topic).key(key).payload(payload);
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
@@ -77,6 +89,26 @@ pub fn drain_bare(kafka: &KafkaArgs, group: &str, topic: &str, n: u64) -> (Durat
         }
     }
     (t.elapsed(), bytes)
+}
+
+/// (CPU seconds, user + system; peak RSS in KiB) of process `pid` (`"self"` for this one),
+/// from /proc.
+pub fn proc_usage(pid: &str) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (in parentheses, may hold spaces): utime and stime are
+    // fields 14 and 15 of the line, 12 and 13 after the name, in clock ticks of 1/100 s.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((cpu, hwm))
 }
 
 /// Records per second.

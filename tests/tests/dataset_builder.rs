@@ -134,53 +134,11 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
     }
     p.start_builder(&args);
 
-    let mut ends = [0i64; 3];
-    for (part, off) in &positions {
-        ends[*part as usize] = ends[*part as usize].max(off + 1);
-    }
-    let start = Instant::now();
-    loop {
-        let committed = p.committed(&group, &p.topics.records, 3);
-        if committed.iter().zip(&ends).all(|(c, e)| c == e) {
-            break;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "offsets {committed:?} of {ends:?}; logs:\n{}",
-            p.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let ends = common::ends_of(&positions, 3);
+    p.wait_committed(&group, &p.topics.records, &ends, WAIT)
+        .await;
 
-    let truth = newest(&all);
-    let expected = root
-        .path()
-        .join("..")
-        .join(format!("expected-{}.jsonl", p.id));
-    let mut lines = String::new();
-    for r in &truth {
-        lines.push_str(&serde_json::to_string(r).unwrap());
-        lines.push('\n');
-    }
-    std::fs::write(&expected, lines).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_dataset.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(root.path())
-        .arg(&expected)
-        .output()
-        .expect("python3 runs (scripts/install-stack.sh python installs pyarrow and duckdb)");
-    let _ = std::fs::remove_file(&expected);
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}\nlogs:\n{}", p.logs());
-    assert!(
-        report.contains(&format!("ok: {} rows", truth.len())),
-        "{report}"
-    );
+    check_with_python(&p, root.path(), &newest(&all));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,20 +173,23 @@ async fn datasets_land_under_an_s3_prefix() {
     ];
     cmd_env.push(("SKUFLOW_DATASET_ROOT", format!("s3://{bucket}/datasets/v1")));
     p.start_builder_env(&[format!("--group={group}")], &cmd_env);
-    let mut ends = [0i64; 3];
-    for (part, off) in &positions {
-        ends[*part as usize] = ends[*part as usize].max(off + 1);
-    }
-    let start = Instant::now();
-    while p.committed(&group, &p.topics.records, 3) != ends {
-        assert!(start.elapsed() < WAIT, "logs:\n{}", p.logs());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let ends = common::ends_of(&positions, 3);
+    p.wait_committed(&group, &p.topics.records, &ends, WAIT)
+        .await;
     // s3s-fs keeps objects as files under its data directory: read them there with the same
     // clients.
     let root = p.stack.s3_data.join(&bucket).join("datasets/v1");
-    let truth = newest(&all);
-    let expected = std::env::temp_dir().join(format!("expected-s3-{}.jsonl", p.id));
+    check_with_python(&p, &root, &newest(&all));
+    assert!(
+        !p.logs().contains(&p.stack.s3_secret),
+        "the S3 secret appears in a log line"
+    );
+}
+
+/// Runs `tests/python/check_dataset.py` (pyarrow and DuckDB) over the dataset at `root` against
+/// `truth`, the newest record of each natural key; fails the test with its report and the logs.
+fn check_with_python(p: &Pipeline, root: &std::path::Path, truth: &[&SkuRecord]) {
+    let expected = std::env::temp_dir().join(format!("expected-{}.jsonl", common::unique_id()));
     let lines: String = truth
         .iter()
         .map(|r| serde_json::to_string(r).unwrap() + "\n")
@@ -237,10 +198,10 @@ async fn datasets_land_under_an_s3_prefix() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_dataset.py");
     let out = std::process::Command::new("python3")
         .arg(&script)
-        .arg(&root)
+        .arg(root)
         .arg(&expected)
         .output()
-        .unwrap();
+        .expect("python3 runs (scripts/install-stack.sh python installs pyarrow and duckdb)");
     let _ = std::fs::remove_file(&expected);
     let report = format!(
         "{}{}",
@@ -249,7 +210,7 @@ async fn datasets_land_under_an_s3_prefix() {
     );
     assert!(out.status.success(), "{report}\nlogs:\n{}", p.logs());
     assert!(
-        !p.logs().contains(&p.stack.s3_secret),
-        "the S3 secret appears in a log line"
+        report.contains(&format!("ok: {} rows", truth.len())),
+        "{report}"
     );
 }

@@ -83,10 +83,7 @@ async fn every_document_is_indexed_or_dead_lettered_once_through_faults() {
     // holds (at this version or newer) or ones refused for good.
     let by_position: HashMap<(i32, i64), &SkuRecord> =
         positions.iter().copied().zip(records.iter()).collect();
-    let mut ends = [0i64; 3];
-    for (part, off) in &positions {
-        ends[*part as usize] = ends[*part as usize].max(off + 1);
-    }
+    let ends = common::ends_of(&positions, 3);
     let start = Instant::now();
     let mut checks = 0;
     loop {

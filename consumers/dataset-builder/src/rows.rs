@@ -84,13 +84,23 @@ impl Partition {
         }
     }
 
-    /// Rows in a stable order (store, SKU), with their features.
+    /// Rows in a stable order (store, SKU), with their features; medians over this partition.
     pub fn featured(&self, split: Split) -> Vec<Featured<'_>> {
         let medians = category_medians(self.rows.values());
+        self.featured_with(|category| medians.get(category).copied(), split)
+    }
+
+    /// Rows in a stable order (store, SKU), with their features; `median_of` gives a
+    /// category's median unit price (over whatever rows the caller chose, e.g. a whole day).
+    pub fn featured_with(
+        &self,
+        median_of: impl Fn(&str) -> Option<Decimal>,
+        split: Split,
+    ) -> Vec<Featured<'_>> {
         let mut out: Vec<Featured<'_>> = self
             .rows
             .values()
-            .map(|r| Featured::of(r, medians.get(r.category.as_str()).copied(), split))
+            .map(|r| Featured::of(r, median_of(&r.category), split))
             .collect();
         out.sort_by(|a, b| {
             (&a.record.store_id, &a.record.sku).cmp(&(&b.record.store_id, &b.record.sku))

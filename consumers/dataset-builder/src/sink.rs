@@ -25,7 +25,7 @@ use skuflow_platform::consume::{Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::SkuRecord;
 
 use crate::columns::{self, Encoding};
-use crate::rows::{category_medians, Featured, Partition, Split};
+use crate::rows::{category_medians, Partition, Split};
 
 /// One file: a country, a business day, a Kafka partition.
 type ShardKey = (String, NaiveDate, i32);
@@ -267,14 +267,7 @@ impl DatasetSink {
                 if !changed_shards.contains(&key) && self.written_medians.get(&key) == Some(&used) {
                     continue;
                 }
-                let mut rows: Vec<Featured<'_>> = shard
-                    .rows
-                    .values()
-                    .map(|r| Featured::of(r, medians.get(&r.category).copied(), self.split))
-                    .collect();
-                rows.sort_by(|a, b| {
-                    (&a.record.store_id, &a.record.sku).cmp(&(&b.record.store_id, &b.record.sku))
-                });
+                let rows = shard.featured_with(|c| medians.get(c).copied(), self.split);
                 let file = columns::encode(&rows, self.encoding)?;
                 let path = self.day_dir(country, *day).child(Self::file_name(key.2));
                 self.put(&path, file)

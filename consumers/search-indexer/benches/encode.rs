@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use skuflow_e2e::bench::proc_usage;
 use skuflow_e2e::es_double::EsDouble;
 use skuflow_e2e::synthetic_record;
 use skuflow_platform::{Consumed, Sink};
@@ -20,13 +21,7 @@ use skuflow_search_indexer::{EsSink, Tuning};
 
 /// CPU seconds (user + system) this process has used.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    proc_usage("self").map_or(0.0, |(cpu, _)| cpu)
 }
 
 fn main() {

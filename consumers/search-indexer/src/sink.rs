@@ -1,7 +1,7 @@
 //! The Elasticsearch sink: bounded `_bulk` requests, a bounded number in flight, every item's
 //! result read, retriable items retried alone, refused items handed back for dead-lettering.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -194,9 +194,5 @@ impl Sink for EsSink {
             retry.sort_unstable();
             todo = retry;
         }
-    }
-
-    async fn durable_offsets(&mut self, _topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
-        Ok(HashMap::new())
     }
 }

@@ -13,26 +13,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use skuflow_e2e::bench::{proc_usage, produce_serialized};
 use skuflow_e2e::{render_csv, sample_rows};
 use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
 use skuflow_platform::{KafkaArgs, TopicArgs};
 
-/// (CPU seconds, peak RSS in KiB) of a running process, from /proc.
+/// (CPU seconds, peak RSS in KiB) of a running process.
 fn usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some((cpu, hwm))
+    proc_usage(&pid.to_string())
 }
 
 /// Runs skuflow-ingest over one CSV of `rows` rows; returns (wall, CPU s, peak RSS KiB, bytes).
@@ -165,23 +153,7 @@ async fn main() {
     ensure_topics(&kafka, &pipeline_topics(&topics_b, 3))
         .await
         .unwrap();
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        kafka.producer_config().create().unwrap();
-    let t = Instant::now();
-    for (k, v) in &payloads {
-        let mut rec = BaseRecord::to(&topics_b.records).key(k).payload(v);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(600)).unwrap();
-    let b_wall = t.elapsed().as_secs_f64();
+    let b_wall = produce_serialized(&kafka, &topics_b.records, &payloads).as_secs_f64();
 
     // Peak RSS on a 10 MB upload (and 1 GB on request).
     let ten_mb_rows = 10_000_000 / (c_bytes / rows).max(1);

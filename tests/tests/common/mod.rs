@@ -221,6 +221,24 @@ impl Pipeline {
         self.spawn(cmd, "indexer")
     }
 
+    /// Waits until group `group` has committed exactly `ends` on `topic` (panics with the logs
+    /// after `timeout`).
+    pub async fn wait_committed(&self, group: &str, topic: &str, ends: &[i64], timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let committed = self.committed(group, topic, ends.len() as i32);
+            if committed == ends {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "offsets {committed:?} of {ends:?}; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     /// Starts `skuflow-dataset-builder` (pass `--group` and `--dataset-root` in `extra`).
     pub fn start_builder(&mut self, extra: &[String]) -> usize {
         self.start_builder_env(extra, &[])
@@ -412,6 +430,15 @@ pub fn record(country: &str, i: u64, version: i64) -> skuflow_schemas::SkuRecord
         source_last_modified: modified,
         ingested_at: modified,
     }
+}
+
+/// The end offset (last + 1) of each of `partitions` partitions, from produced positions.
+pub fn ends_of(positions: &[(i32, i64)], partitions: usize) -> Vec<i64> {
+    let mut ends = vec![0i64; partitions];
+    for (part, off) in positions {
+        ends[*part as usize] = ends[*part as usize].max(off + 1);
+    }
+    ends
 }
 
 /// Produces payloads to `topic`, keyed, and waits for every acknowledgement; returns the
