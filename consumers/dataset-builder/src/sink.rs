@@ -133,23 +133,29 @@ impl DatasetSink {
         format!("part-p{partition}.parquet")
     }
 
-    /// Loads every shard file of a day that is not in memory yet.
-    async fn load_day(&mut self, country: &str, day: NaiveDate) -> anyhow::Result<()> {
-        let dir = self.day_dir(country, day);
-        if let Some(local) = &self.local_dir {
-            // Temporary files a killed writer left behind (hidden, so listings may skip them).
-            let d = dir
-                .parts()
-                .fold(local.clone(), |p, part| p.join(part.as_ref()));
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                if (name.starts_with('.') && name.contains(".tmp-")) || name.contains('#') {
-                    if let Err(err) = std::fs::remove_file(e.path()) {
-                        tracing::warn!(file = %e.path().display(), error = %err, "Could not remove a stale temporary file.");
-                    }
+    /// Removes the temporary files a killed writer left in `dir` (hidden, so object-store
+    /// listings may skip them). Local roots only: an S3 put leaves nothing behind.
+    fn remove_local_leftovers(&self, dir: &Path) {
+        let Some(local) = &self.local_dir else {
+            return;
+        };
+        let d = dir
+            .parts()
+            .fold(local.clone(), |p, part| p.join(part.as_ref()));
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if (name.starts_with('.') && name.contains(".tmp-")) || name.contains('#') {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    tracing::warn!(file = %e.path().display(), error = %err, "Could not remove a stale temporary file.");
                 }
             }
         }
+    }
+
+    /// Loads every shard file of a day that is not in memory yet.
+    async fn load_day(&mut self, country: &str, day: NaiveDate) -> anyhow::Result<()> {
+        let dir = self.day_dir(country, day);
+        self.remove_local_leftovers(&dir);
         let listed: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
         for meta in listed {
             let Some(name) = meta.location.filename() else {
@@ -187,6 +193,8 @@ impl DatasetSink {
         if self.manifests.contains_key(country) {
             return Ok(());
         }
+        // The manifest and the card are written beside the day directories.
+        self.remove_local_leftovers(&self.root.child(format!("country={country}")));
         let path = self
             .root
             .child(format!("country={country}"))
