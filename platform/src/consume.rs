@@ -16,17 +16,19 @@ use async_trait::async_trait;
 use chrono::Utc;
 use clap::Args;
 use rand::Rng;
-use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use skuflow_schemas::{
     headers, RejectMessage, RejectReason, SkuRecord, RECORD_SCHEMA, REJECT_SCHEMA,
 };
 
-use crate::kafka::{KafkaArgs, TopicArgs};
+use crate::kafka::{KafkaArgs, ObservedContext, TopicArgs};
+use crate::metrics::metrics;
+use crate::ops::health;
 
 /// One decoded message with its position.
 #[derive(Debug, Clone)]
@@ -77,6 +79,12 @@ pub trait Sink: Send {
     async fn durable_offsets(&mut self, _topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
         Ok(HashMap::new())
     }
+
+    /// A cheap round trip to the sink, made when no batch has been written for a while, so that
+    /// readiness reflects a sink that went away while idle.
+    async fn ping(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Batching flags shared by consumer binaries.
@@ -116,23 +124,8 @@ impl Default for ConsumeArgs {
     }
 }
 
-/// Notices rebalances so that the loop re-reads the sink's durable offsets.
-struct RebalanceFlag(Arc<AtomicBool>);
-
-impl ClientContext for RebalanceFlag {}
-
-impl ConsumerContext for RebalanceFlag {
-    fn post_rebalance(
-        &self,
-        _c: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            tracing::info!(partitions = tpl.count(), "Partitions assigned.");
-        }
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
+/// How long a sink may stay silent before the loop pings it for readiness.
+const PING_AFTER: Duration = Duration::from_secs(15);
 
 /// Statistics of one run, returned when the loop stops.
 #[derive(Debug, Default, Clone, Copy)]
@@ -159,9 +152,9 @@ pub async fn run_sink<S: Sink>(
         .clone()
         .unwrap_or_else(|| default_group.to_string());
     let rebalanced = Arc::new(AtomicBool::new(true));
-    let consumer: StreamConsumer<RebalanceFlag> = kafka
+    let consumer: StreamConsumer<ObservedContext> = kafka
         .consumer_config(&group)
-        .create_with_context(RebalanceFlag(rebalanced.clone()))
+        .create_with_context(ObservedContext::new(&group, Some(rebalanced.clone())))
         .context("creating the Kafka consumer")?;
     consumer
         .subscribe(&[&topics.records])
@@ -169,6 +162,13 @@ pub async fn run_sink<S: Sink>(
     let dlq = kafka.producer()?;
     let topic = topics.records.as_str();
     tracing::info!(sink = sink.name(), %group, %topic, "Consuming.");
+    let m = metrics();
+    let received = m.records_received.with_label_values(&[topic]);
+    let bytes_in = m.bytes.with_label_values(&["in"]);
+    let sent = m.records_sent.with_label_values(&[sink.name()]);
+    let batch_seconds = m.batch_duration.with_label_values(&[sink.name()]);
+    health().expect("sink");
+    let mut last_contact = Instant::now();
 
     let flush_every = Duration::from_millis(args.flush_interval_ms.max(1));
     let mut stats = RunStats::default();
@@ -192,6 +192,8 @@ pub async fn run_sink<S: Sink>(
                 }
             };
             backoff.recovered(sink.name());
+            health().report("sink", Ok(()));
+            last_contact = Instant::now();
             seek_past_done(&consumer, topic, &durable, &next_offsets);
         }
         let pending = batch.len() + undecodable.len();
@@ -204,6 +206,8 @@ pub async fn run_sink<S: Sink>(
         match msg {
             Some(Ok(Ok(m))) => {
                 stats.received += 1;
+                received.inc();
+                bytes_in.inc_by(m.payload_len() as u64);
                 let (partition, offset) = (m.partition(), m.offset());
                 if offset < resume_at(&durable, &next_offsets, partition).unwrap_or(0) {
                     // Durable already, or in the pending batch (redelivered after a rebalance).
@@ -233,6 +237,15 @@ pub async fn run_sink<S: Sink>(
             Some(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "Kafka consumer error; continuing.");
             }
+            Some(Err(_elapsed))
+                if batch.is_empty()
+                    && undecodable.is_empty()
+                    && last_contact.elapsed() > PING_AFTER =>
+            {
+                let r = sink.ping().await;
+                health().report("sink", r.map_err(|e| e.to_string()));
+                last_contact = Instant::now();
+            }
             Some(Err(_elapsed)) => {}
             None => {}
         }
@@ -261,6 +274,10 @@ pub async fn run_sink<S: Sink>(
                 }
             };
             backoff.recovered(sink.name());
+            if write.is_some() {
+                health().report("sink", Ok(()));
+                last_contact = Instant::now();
+            }
             if paused {
                 if let Ok(assigned) = consumer.assignment() {
                     let _ = consumer.resume(&assigned);
@@ -283,11 +300,20 @@ pub async fn run_sink<S: Sink>(
                 .collect();
             stats.refused += letters.len() as u64;
             stats.undecodable += undecodable.len() as u64;
+            m.records_failed
+                .with_label_values(&["refused"])
+                .inc_by(letters.len() as u64);
+            m.records_failed
+                .with_label_values(&["undecodable"])
+                .inc_by(undecodable.len() as u64);
             letters.extend(undecodable.drain(..).map(|(_, _, l)| l));
             send_dead_letters(&dlq, &topics.rejects, &letters).await?;
             store_offsets(&consumer, topic, &next_offsets);
             stats.written += (n - refusals.len()) as u64;
             stats.batches += 1;
+            sent.inc_by((n - refusals.len()) as u64);
+            batch_seconds.observe(started.elapsed().as_secs_f64());
+            m.batch_records.observe(n as f64);
             tracing::debug!(
                 sink = sink.name(),
                 records = n,
@@ -350,6 +376,8 @@ impl Backoff {
             SinkError::Retriable(e) => e,
         };
         self.attempt += 1;
+        metrics().sink_retries.with_label_values(&[sink]).inc();
+        crate::ops::health().report("sink", Err(format!("{sink} unavailable: {e:#}")));
         let sleep = self.next.mul_f64(rand::rng().random_range(0.5..1.0));
         tracing::warn!(sink, attempt = self.attempt, retry_in_ms = sleep.as_millis() as u64, cause = %format!("{e:#}"),
             "Sink unavailable; holding the batch and retrying.");
@@ -490,6 +518,10 @@ pub async fn send_dead_letters(
             .map_err(|_| anyhow::anyhow!("dead letter producer went away"))?
             .map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
     }
+    metrics()
+        .dead_letters
+        .with_label_values(&[topic])
+        .inc_by(letters.len() as u64);
     Ok(())
 }
 
@@ -510,7 +542,7 @@ fn resume_at(
 /// to that point, so a restarted consumer resumes from the sink's offsets rather than re-reading
 /// from the group's last commit. Never moves backwards; where a seek is not possible yet (the
 /// partition has not started fetching), the skip in the loop does the same job.
-fn seek_past_done<C: ConsumerContext>(
+fn seek_past_done<C: rdkafka::consumer::ConsumerContext>(
     consumer: &StreamConsumer<C>,
     topic: &str,
     durable: &HashMap<i32, i64>,
@@ -552,7 +584,7 @@ fn seek_past_done<C: ConsumerContext>(
     }
 }
 
-fn store_offsets<C: ConsumerContext>(
+fn store_offsets<C: rdkafka::consumer::ConsumerContext>(
     consumer: &StreamConsumer<C>,
     topic: &str,
     offsets: &BTreeMap<i32, i64>,

@@ -1,5 +1,8 @@
 //! Kafka client configuration and builders.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -7,10 +10,15 @@ use clap::Args;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
 
 use skuflow_schemas::topics;
+
+use crate::metrics::metrics;
 
 /// Broker connection flags shared by every binary.
 #[derive(Debug, Clone, Args)]
@@ -134,7 +142,9 @@ impl KafkaArgs {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "30000");
+            .set("session.timeout.ms", "30000")
+            // Feeds skuflow_consumer_lag (see ObservedContext).
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &self.options {
             cfg.set(k, v);
         }
@@ -145,6 +155,67 @@ impl KafkaArgs {
         self.producer_config()
             .create()
             .context("creating the Kafka producer (check --brokers and -X options)")
+    }
+}
+
+/// A consumer context that exports each assigned partition's lag from librdkafka's statistics
+/// (`skuflow_consumer_lag`) and, when given a flag, raises it on every rebalance.
+pub struct ObservedContext {
+    group: String,
+    rebalanced: Option<Arc<AtomicBool>>,
+    reported: Mutex<HashSet<(String, i32)>>,
+}
+
+impl ObservedContext {
+    pub fn new(group: &str, rebalanced: Option<Arc<AtomicBool>>) -> Self {
+        ObservedContext {
+            group: group.to_string(),
+            rebalanced,
+            reported: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+impl ClientContext for ObservedContext {
+    fn stats(&self, stats: Statistics) {
+        let gauge = &metrics().consumer_lag;
+        let mut now = HashSet::new();
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                // -1 is librdkafka's internal unassigned partition.
+                if *p < 0 || !part.desired {
+                    continue;
+                }
+                let lag = if part.consumer_lag >= 0 {
+                    part.consumer_lag
+                } else if part.hi_offset >= 0 && part.lo_offset >= 0 {
+                    // Nothing committed yet: everything retained is still to do.
+                    part.hi_offset - part.lo_offset
+                } else {
+                    continue;
+                };
+                gauge
+                    .with_label_values(&[&self.group, topic, &p.to_string()])
+                    .set(lag);
+                now.insert((topic.clone(), *p));
+            }
+        }
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for (topic, p) in reported.difference(&now) {
+            let _ = gauge.remove_label_values(&[&self.group, topic, &p.to_string()]);
+        }
+        *reported = now;
+    }
+}
+
+impl ConsumerContext for ObservedContext {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), group = %self.group, "Partitions assigned.");
+        }
+        if let Some(flag) = &self.rebalanced {
+            flag.store(true, Ordering::SeqCst);
+        }
     }
 }
 

@@ -1,12 +1,15 @@
 //! What every skuflow binary stands on: configuration shared by all binaries, Kafka client
-//! builders, topic management, the at-least-once consume → sink → store-offset loop, tracing and
-//! graceful shutdown.
+//! builders, topic management, the at-least-once consume → sink → store-offset loop, tracing, metrics,
+//! health endpoints and graceful shutdown.
 
 pub mod consume;
 pub mod kafka;
+pub mod metrics;
+pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;
 
 pub use consume::{run_sink, ConsumeArgs, Consumed, Refusal, Sink, SinkError};
 pub use kafka::{KafkaArgs, TopicArgs};
+pub use ops::OpsArgs;

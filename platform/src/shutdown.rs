@@ -1,15 +1,34 @@
-//! Graceful shutdown on SIGTERM / SIGINT.
+//! Graceful shutdown on SIGTERM / SIGINT, bounded in time.
+
+use std::time::Duration;
 
 pub use tokio_util::sync::CancellationToken;
 
-/// A token cancelled when the process receives SIGTERM or SIGINT.
-pub fn on_signal() -> CancellationToken {
+/// A token cancelled when the process receives SIGTERM or SIGINT. Whatever is still running
+/// `grace` later is cut short: the process exits, having stored offsets only for what was
+/// durable, so an abandoned batch is redelivered to the partition's next owner.
+pub fn on_signal(grace: Duration) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("Shutdown requested; finishing the batch in flight.");
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "Shutdown requested; finishing the batch in flight."
+        );
+        crate::metrics::metrics().shutdowns.inc();
+        crate::ops::health().report("shutdown", Err("shutting down".into()));
         t.cancel();
+        // A plain thread: the runtime may be too busy (or blocked) to run a timer task.
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "Shutdown outlasted its time limit; exiting now. Work not yet durable was not \
+                 acknowledged and will be redelivered."
+            );
+            std::process::exit(0);
+        });
     });
     token
 }

@@ -1,7 +1,7 @@
 //! `skuflow-dataset-builder`: the Parquet training-set consumer group.
 
 use clap::Parser;
-use skuflow_platform::{shutdown, telemetry, KafkaArgs, TopicArgs};
+use skuflow_platform::{ops, telemetry, KafkaArgs, OpsArgs, TopicArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,14 +17,15 @@ struct Cli {
     #[command(flatten)]
     builder: skuflow_dataset_builder::BuilderArgs,
     #[command(flatten)]
+    ops: OpsArgs,
+    #[command(flatten)]
     log: telemetry::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.log);
-    let stop = shutdown::on_signal();
+    let stop = ops::start("dataset-builder", &cli.log, &cli.ops, &cli.kafka).await?;
     skuflow_dataset_builder::run(&cli.builder, &cli.kafka, &cli.topics, stop).await?;
     Ok(())
 }

@@ -433,6 +433,14 @@ impl Sink for DatasetSink {
         }
     }
 
+    async fn ping(&mut self) -> Result<(), SinkError> {
+        self.store
+            .list_with_delimiter(Some(&self.root))
+            .await
+            .map(|_| ())
+            .map_err(|e| SinkError::Retriable(anyhow::anyhow!("listing the dataset root: {e}")))
+    }
+
     async fn durable_offsets(&mut self, _topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
         // Called after every rebalance: another builder may have written our files meanwhile.
         self.shards.clear();

@@ -1,7 +1,7 @@
 //! `skuflow-search-indexer`: the Elasticsearch consumer group.
 
 use clap::Parser;
-use skuflow_platform::{shutdown, telemetry, KafkaArgs, TopicArgs};
+use skuflow_platform::{ops, telemetry, KafkaArgs, OpsArgs, TopicArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,14 +17,15 @@ struct Cli {
     #[command(flatten)]
     indexer: skuflow_search_indexer::IndexerArgs,
     #[command(flatten)]
+    ops: OpsArgs,
+    #[command(flatten)]
     log: telemetry::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.log);
-    let stop = shutdown::on_signal();
+    let stop = ops::start("search-indexer", &cli.log, &cli.ops, &cli.kafka).await?;
     skuflow_search_indexer::run(&cli.indexer, &cli.kafka, &cli.topics, stop).await?;
     Ok(())
 }

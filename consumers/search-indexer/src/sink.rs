@@ -128,6 +128,27 @@ impl Sink for EsSink {
         "search-indexer"
     }
 
+    async fn ping(&mut self) -> Result<(), SinkError> {
+        let resp = self
+            .transport
+            .send(
+                Method::Get,
+                "/",
+                HeaderMap::new(),
+                None::<&()>,
+                None::<Vec<u8>>,
+                Some(self.tuning.request_timeout),
+            )
+            .await
+            .map_err(|e| SinkError::Retriable(anyhow!("reaching Elasticsearch: {e}")))?;
+        match resp.status_code().as_u16() {
+            200..=299 => Ok(()),
+            status => Err(SinkError::Retriable(anyhow!(
+                "Elasticsearch answered GET / with HTTP {status}"
+            ))),
+        }
+    }
+
     async fn write(
         &mut self,
         _topic: &str,

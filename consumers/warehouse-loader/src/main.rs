@@ -1,7 +1,7 @@
 //! `skuflow-warehouse-loader`: the PostgreSQL consumer group.
 
 use clap::Parser;
-use skuflow_platform::{shutdown, telemetry, KafkaArgs, TopicArgs};
+use skuflow_platform::{ops, telemetry, KafkaArgs, OpsArgs, TopicArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,14 +17,15 @@ struct Cli {
     #[command(flatten)]
     loader: skuflow_warehouse_loader::LoaderArgs,
     #[command(flatten)]
+    ops: OpsArgs,
+    #[command(flatten)]
     log: telemetry::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.log);
-    let stop = shutdown::on_signal();
+    let stop = ops::start("warehouse-loader", &cli.log, &cli.ops, &cli.kafka).await?;
     skuflow_warehouse_loader::run(&cli.loader, &cli.kafka, &cli.topics, stop).await?;
     Ok(())
 }

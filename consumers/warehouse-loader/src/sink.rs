@@ -380,6 +380,15 @@ impl Sink for PgSink {
         }
     }
 
+    async fn ping(&mut self) -> Result<(), SinkError> {
+        let client = self.connect().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(e, "checking the connection"))
+    }
+
     async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
         let group = self.group.clone();
         let client = self.connect().await?;

@@ -96,13 +96,20 @@ pub async fn scan_loop(
 ) -> anyhow::Result<()> {
     let mut seen = HashMap::new();
     loop {
-        match scan_once(ingestor, buckets, &mut seen).await {
+        let result = scan_once(ingestor, buckets, &mut seen).await;
+        match &result {
             Ok(0) => {}
             Ok(n) => tracing::info!(queued = n, "Queued uploads found by the bucket scan."),
             Err(e) => {
                 tracing::warn!(cause = %format!("{e:#}"), "Bucket scan failed; will scan again.")
             }
         }
+        skuflow_platform::ops::health().report(
+            "store",
+            result
+                .map(|_| ())
+                .map_err(|e| format!("bucket scan failed: {e:#}")),
+        );
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(every) => {}

@@ -24,6 +24,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use skuflow_platform::kafka::ObservedContext;
 use skuflow_platform::{KafkaArgs, TopicArgs};
 use skuflow_schemas::UploadRequest;
 
@@ -228,6 +229,38 @@ pub async fn run(
     result
 }
 
+/// Exports a file's final outcome: `skuflow_files_total`, its rows and bytes.
+fn count_outcome(
+    ev: &skuflow_schemas::FileEvent,
+    outcome: &str,
+    topics: &TopicArgs,
+    started: std::time::Instant,
+) {
+    let m = skuflow_platform::metrics::metrics();
+    m.files.with_label_values(&[outcome]).inc();
+    m.file_duration
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+    m.records_received
+        .with_label_values(&["uploads"])
+        .inc_by(ev.rows_total.unwrap_or(0));
+    if outcome == "completed" {
+        // A completed file's valid rows and dead letters are all acknowledged by now.
+        m.records_sent
+            .with_label_values(&[&topics.records])
+            .inc_by(ev.rows_valid.unwrap_or(0));
+        m.dead_letters
+            .with_label_values(&[&topics.rejects])
+            .inc_by(ev.rows_rejected.unwrap_or(0));
+    }
+    m.records_failed
+        .with_label_values(&["rejected"])
+        .inc_by(ev.rows_rejected.unwrap_or(0));
+    m.bytes
+        .with_label_values(&["in"])
+        .inc_by(ev.bytes.or(ev.size).unwrap_or(0));
+}
+
 /// Consumes upload requests and ingests them one at a time; the request's offset is committed
 /// only once the file's outcome is final.
 pub async fn work_loop(
@@ -242,7 +275,9 @@ pub async fn work_loop(
     for (k, v) in &kafka.options {
         cfg.set(k, v);
     }
-    let consumer: StreamConsumer = cfg.create().context("creating the upload consumer")?;
+    let consumer: StreamConsumer<ObservedContext> = cfg
+        .create_with_context(ObservedContext::new(group, None))
+        .context("creating the upload consumer")?;
     consumer
         .subscribe(&[&ingestor.topics.uploads])
         .context("subscribing to uploads")?;
@@ -265,13 +300,21 @@ pub async fn work_loop(
         };
         if let Some(req) = req {
             let mut backoff = Duration::from_millis(500);
+            let started = std::time::Instant::now();
             loop {
                 match ingestor.ingest(&req).await {
                     Ok(Outcome::Skipped(why)) => {
                         tracing::debug!(bucket = %req.bucket, key = %req.key, %why, "Skipped upload request.");
                         break;
                     }
-                    Ok(_) => break,
+                    Ok(Outcome::Completed(ev)) => {
+                        count_outcome(&ev, "completed", &ingestor.topics, started);
+                        break;
+                    }
+                    Ok(Outcome::Failed(ev)) => {
+                        count_outcome(&ev, "failed", &ingestor.topics, started);
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(bucket = %req.bucket, key = %req.key, cause = %e, retry_in_ms = backoff.as_millis() as u64,
                             "Ingest interrupted; retrying the file.");

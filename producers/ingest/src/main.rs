@@ -1,7 +1,7 @@
 //! `skuflow-ingest`: bucket scan + ingest workers.
 
 use clap::Parser;
-use skuflow_platform::{shutdown, telemetry, KafkaArgs, TopicArgs};
+use skuflow_platform::{ops, telemetry, KafkaArgs, OpsArgs, TopicArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,13 +17,14 @@ struct Cli {
     #[command(flatten)]
     ingest: skuflow_ingest::IngestArgs,
     #[command(flatten)]
+    ops: OpsArgs,
+    #[command(flatten)]
     log: telemetry::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.log);
-    let stop = shutdown::on_signal();
+    let stop = ops::start("ingest", &cli.log, &cli.ops, &cli.kafka).await?;
     skuflow_ingest::run(&cli.ingest, &cli.kafka, &cli.topics, stop).await
 }

@@ -125,6 +125,10 @@ pub struct Pipeline {
     pub topics: TopicArgs,
     pub db_url: String,
     pub children: Vec<Child>,
+    /// Port of each child's operations endpoints (/metrics, /healthz, /readyz).
+    pub ops_ports: Vec<u16>,
+    /// Environment given to every child started from now on.
+    pub child_env: Vec<(String, String)>,
 }
 
 /// Directory of the workspace's built binaries (next to this test executable).
@@ -173,6 +177,8 @@ impl Pipeline {
             topics,
             db_url,
             children: Vec::new(),
+            ops_ports: Vec::new(),
+            child_env: Vec::new(),
         }
     }
 
@@ -281,13 +287,17 @@ impl Pipeline {
         std::fs::create_dir_all(&logdir).unwrap();
         let log = std::fs::File::create(logdir.join(format!("{name}-{}.log", self.children.len())))
             .unwrap();
+        let ops_port = free_port();
         cmd.env("SKUFLOW_LOG", "info")
+            .env("SKUFLOW_OPS_LISTEN", format!("127.0.0.1:{ops_port}"))
+            .envs(self.child_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         self.children.push(child);
+        self.ops_ports.push(ops_port);
         self.children.len() - 1
     }
 
@@ -586,6 +596,45 @@ impl Pipeline {
     /// Points the loader at another database (e.g. a [`TempPostgres`]).
     pub fn use_database(&mut self, url: &str) {
         self.db_url = url.to_string();
+    }
+
+    /// `GET path` on child `i`'s operations endpoints: (HTTP status, body); status 0 when the
+    /// endpoint does not answer.
+    pub fn ops_get(&self, i: usize, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = format!("127.0.0.1:{}", self.ops_ports[i]);
+        let Ok(mut conn) = std::net::TcpStream::connect(&addr) else {
+            return (0, String::new());
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut raw = String::new();
+        if conn.write_all(req.as_bytes()).is_err() || conn.read_to_string(&mut raw).is_err() {
+            return (0, String::new());
+        }
+        let status = raw
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_string())
+    }
+
+    /// Sends SIGTERM to child `i` and waits up to `limit` for it to exit: its exit status, or
+    /// `None` if it was still running (then it is killed).
+    pub fn terminate(&mut self, i: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.children[i].id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.children[i].try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill(i);
+        None
     }
 
     /// SIGKILLs child `i` (no chance to clean up).

@@ -1,0 +1,261 @@
+//! What operators see of every binary: `/metrics` (Prometheus text format), `/healthz` (the
+//! process is alive) and `/readyz` (connected to its broker and its sink), on `--ops-listen`;
+//! plus the start-up every `main` shares and the bounded graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use clap::Args;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::KafkaArgs;
+use crate::metrics::{self, metrics};
+use crate::{shutdown, telemetry};
+
+/// Operations flags shared by every binary.
+#[derive(Debug, Clone, Args)]
+pub struct OpsArgs {
+    /// Address of the operations endpoints (/metrics, /healthz, /readyz); `off` serves none.
+    #[arg(
+        long = "ops-listen",
+        env = "SKUFLOW_OPS_LISTEN",
+        default_value = "0.0.0.0:9464"
+    )]
+    pub ops_listen: String,
+    /// Longest time from SIGTERM/SIGINT to exit, in seconds. Within it the batch in flight is
+    /// finished (and its offsets stored) or abandoned (it is redelivered to the next owner).
+    #[arg(
+        long = "shutdown-timeout-secs",
+        env = "SKUFLOW_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 20
+    )]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for OpsArgs {
+    fn default() -> Self {
+        OpsArgs {
+            ops_listen: "off".into(),
+            shutdown_timeout_secs: 20,
+        }
+    }
+}
+
+/// What every `main` does first: logging, metrics under the component's name, the operations
+/// endpoints, the broker check, and the shutdown token (cancelled on SIGTERM/SIGINT, with the
+/// process ended if shutting down outlasts `--shutdown-timeout-secs`).
+pub async fn start(
+    component: &'static str,
+    log: &telemetry::LogArgs,
+    ops: &OpsArgs,
+    kafka: &KafkaArgs,
+) -> anyhow::Result<CancellationToken> {
+    telemetry::init(log);
+    metrics::init(component);
+    let stop = shutdown::on_signal(Duration::from_secs(ops.shutdown_timeout_secs));
+    if let Some(addr) = serve(&ops.ops_listen).await? {
+        tracing::info!(%addr, component, "Operations endpoints: /metrics /healthz /readyz.");
+    }
+    spawn_broker_check(kafka.clone(), stop.clone())?;
+    Ok(stop)
+}
+
+/// Binds `listen` (unless `off`) and serves the endpoints for the life of the process.
+pub async fn serve(listen: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if listen.eq_ignore_ascii_case("off") || listen.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--ops-listen `{listen}` is not host:port"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the operations endpoints to {addr} (--ops-listen)"))?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "alive"})) }),
+        )
+        .route("/readyz", get(readyz));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "Operations endpoints stopped.");
+        }
+    });
+    Ok(Some(bound))
+}
+
+async fn metrics_text() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics().render(),
+    )
+        .into_response()
+}
+
+async fn readyz() -> Response {
+    let (ready, body) = health().summary();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// The readiness checks of this process: each is failing until first reported passing.
+pub struct Health {
+    checks: Mutex<BTreeMap<&'static str, Check>>,
+}
+
+#[derive(Debug, Clone)]
+struct Check {
+    ok: bool,
+    detail: String,
+    since: DateTime<Utc>,
+}
+
+static HEALTH: LazyLock<Health> = LazyLock::new(|| Health {
+    checks: Mutex::new(BTreeMap::new()),
+});
+
+/// The process-wide readiness checks.
+pub fn health() -> &'static Health {
+    &HEALTH
+}
+
+impl Health {
+    /// Records the latest result of check `name` (`broker`, `sink`, `store`, `shutdown`);
+    /// changes are logged once, not on every report.
+    pub fn report(&self, name: &'static str, result: Result<(), String>) {
+        let (ok, detail) = match result {
+            Ok(()) => (true, "ok".to_string()),
+            Err(why) => (false, why),
+        };
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = checks.get(name).map(|c| c.ok != ok).unwrap_or(true);
+        if changed {
+            if ok {
+                tracing::info!(check = name, "Readiness check passing.");
+            } else {
+                tracing::warn!(check = name, %detail, "Readiness check failing.");
+            }
+            checks.insert(
+                name,
+                Check {
+                    ok,
+                    detail,
+                    since: Utc::now(),
+                },
+            );
+        } else if let Some(c) = checks.get_mut(name) {
+            c.detail = detail;
+        }
+        metrics()
+            .check_up
+            .with_label_values(&[name])
+            .set(i64::from(ok));
+        let all = checks.values().all(|c| c.ok);
+        metrics().ready.set(i64::from(all && !checks.is_empty()));
+    }
+
+    /// Declares a check that has not passed yet (so `/readyz` waits for it).
+    pub fn expect(&self, name: &'static str) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        checks.entry(name).or_insert(Check {
+            ok: false,
+            detail: "not checked yet".into(),
+            since: Utc::now(),
+        });
+        metrics().ready.set(0);
+    }
+
+    /// Ready when every check passes (and there is at least one), with each check's state.
+    pub fn summary(&self) -> (bool, serde_json::Value) {
+        let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let ready = !checks.is_empty() && checks.values().all(|c| c.ok);
+        let each: serde_json::Map<String, serde_json::Value> = checks
+            .iter()
+            .map(|(name, c)| {
+                (
+                    name.to_string(),
+                    serde_json::json!({"ok": c.ok, "detail": c.detail, "since": c.since}),
+                )
+            })
+            .collect();
+        (ready, serde_json::json!({"ready": ready, "checks": each}))
+    }
+}
+
+/// Asks the cluster for its metadata every 10 s: the `broker` readiness check.
+fn spawn_broker_check(kafka: KafkaArgs, stop: CancellationToken) -> anyhow::Result<()> {
+    health().expect("broker");
+    let client: BaseConsumer = kafka
+        .client_config()
+        .create()
+        .context("creating the Kafka client of the broker check")?;
+    let client = std::sync::Arc::new(client);
+    tokio::spawn(async move {
+        loop {
+            let c = client.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                c.fetch_metadata(None, Duration::from_secs(5))
+                    .map_err(|e| format!("no broker answers: {e}"))
+                    .and_then(|m| {
+                        if m.brokers().is_empty() {
+                            Err("the cluster lists no broker".to_string())
+                        } else {
+                            Ok(())
+                        }
+                    })
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("broker check failed: {e}")));
+            health().report("broker", result);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_declared_check_passes() {
+        let h = Health {
+            checks: Mutex::new(BTreeMap::new()),
+        };
+        assert!(!h.summary().0, "no check declared yet");
+        h.expect("broker");
+        h.report("sink", Ok(()));
+        let (ready, body) = h.summary();
+        assert!(!ready);
+        assert_eq!(body["checks"]["broker"]["detail"], "not checked yet");
+        h.report("broker", Ok(()));
+        assert!(h.summary().0);
+        h.report("sink", Err("connection refused".into()));
+        let (ready, body) = h.summary();
+        assert!(!ready);
+        assert_eq!(body["checks"]["sink"]["ok"], false);
+        assert_eq!(body["checks"]["sink"]["detail"], "connection refused");
+    }
+}

@@ -1,0 +1,379 @@
+//! What operators rely on, on the real stack: `/metrics`, `/healthz` and `/readyz` of the
+//! binaries (readiness follows the sink going away and coming back), JSON logs with no secret
+//! in any line, and a SIGTERM that ends the process within its time limit without losing or
+//! doubling a row.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{produce, record, Pipeline, TempPostgres};
+use skuflow_e2e::{render_csv, sample_rows};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// `name{labels} value` lines of a Prometheus text exposition whose name and every given label
+/// match; the sum of their values.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        if n != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
+        }
+    }
+    found
+}
+
+/// Polls `check` every 250 ms until it holds or `limit` passes.
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    check()
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Every log line of every child is one JSON object with a timestamp, a level and a message,
+/// and none contains any of `secrets`.
+fn assert_json_logs_without(p: &Pipeline, secrets: &[&str]) {
+    let logs = p.logs();
+    let mut lines = 0;
+    for line in logs
+        .lines()
+        .filter(|l| !l.starts_with("== ") && !l.is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        for field in ["timestamp", "level", "message"] {
+            assert!(v.get(field).is_some(), "no {field} in log line: {line}");
+        }
+        lines += 1;
+    }
+    assert!(lines > 5, "too few log lines:\n{logs}");
+    for s in secrets {
+        assert!(!logs.contains(s), "a secret appears in the logs:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_follow_the_pipeline_and_the_sink() {
+    let pg = TempPostgres::start();
+    let mut p = Pipeline::new().await;
+    let password = format!("pw-{}-Xq7", p.id);
+    // Trust authentication accepts any password: the test is that it never reaches a log.
+    p.use_database(
+        &pg.url()
+            .replace("postgres@", &format!("postgres:{password}@")),
+    );
+    p.child_env
+        .push(("SKUFLOW_LOG_FORMAT".into(), "json".into()));
+    let root = tempfile::tempdir().unwrap();
+    let buckets = root.path().join("buckets");
+    let file = buckets
+        .join("skus-nl")
+        .join("incoming/individual/store-9/2026-11-20/skus.csv");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let rows = sample_rows(41, 300, 10, "EUR", "2026-11-20");
+    std::fs::write(&file, render_csv(&rows, false, false)).unwrap();
+    let valid = rows.iter().filter(|r| r.valid).count() as i64;
+    let rejected = rows.len() as i64 - valid;
+
+    let ingest = p.start_ingest(&[format!("--bucket-root={}", buckets.display())]);
+    let loader = p.start_loader(&["--batch-size=100".into()]);
+    let sql = "SELECT count(*) FROM skuflow.sku_facts";
+    assert_eq!(
+        p.wait_for_count(sql, valid, WAIT).await,
+        valid,
+        "{}",
+        p.logs()
+    );
+
+    for (i, name) in [(ingest, "ingest"), (loader, "warehouse-loader")] {
+        let (status, body) = p.ops_get(i, "/healthz");
+        assert_eq!(
+            (status, json(&body)["status"].as_str()),
+            (200, Some("alive")),
+            "{name}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(30), || p.ops_get(i, "/readyz").0 == 200),
+            "{name} never ready: {:?}",
+            p.ops_get(i, "/readyz")
+        );
+        let ready = json(&p.ops_get(i, "/readyz").1);
+        assert_eq!(ready["ready"], true);
+        assert_eq!(ready["checks"]["broker"]["ok"], true, "{name}: {ready}");
+    }
+    assert_eq!(
+        json(&p.ops_get(ingest, "/readyz").1)["checks"]["store"]["ok"],
+        true
+    );
+    assert_eq!(
+        json(&p.ops_get(loader, "/readyz").1)["checks"]["sink"]["ok"],
+        true
+    );
+
+    let m = p.ops_get(ingest, "/metrics").1;
+    let c = ("component", "ingest");
+    assert_eq!(
+        metric(&m, "skuflow_files_total", &[c, ("outcome", "completed")]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "skuflow_records_received_total",
+            &[c, ("source", "uploads")]
+        ),
+        Some(rows.len() as f64)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "skuflow_records_sent_total",
+            &[c, ("destination", &p.topics.records)]
+        ),
+        Some(valid as f64)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "skuflow_records_failed_total",
+            &[c, ("reason", "rejected")]
+        ),
+        Some(rejected as f64)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "skuflow_dead_letters_total",
+            &[c, ("topic", &p.topics.rejects)]
+        ),
+        Some(rejected as f64)
+    );
+    assert_eq!(
+        metric(&m, "skuflow_file_duration_seconds_count", &[c]),
+        Some(1.0)
+    );
+    assert!(
+        metric(&m, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 0.0,
+        "{m}"
+    );
+
+    let c = ("component", "warehouse-loader");
+    let m = p.ops_get(loader, "/metrics").1;
+    assert_eq!(
+        metric(
+            &m,
+            "skuflow_records_sent_total",
+            &[c, ("destination", "warehouse-loader")]
+        ),
+        Some(valid as f64),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "skuflow_records_received_total",
+            &[c, ("source", &p.topics.records)]
+        ),
+        Some(valid as f64)
+    );
+    assert!(metric(&m, "skuflow_batch_duration_seconds_count", &[c]).unwrap_or(0.0) >= 3.0);
+    assert_eq!(metric(&m, "skuflow_ready", &[c]), Some(1.0));
+    // Lag per partition from librdkafka's statistics: present for every partition, and zero
+    // once the committed offsets reach the end.
+    let group = format!("skuflow-warehouse-loader-{}", p.id);
+    let lags = |m: &str| -> HashMap<String, f64> {
+        (0..3)
+            .filter_map(|part| {
+                let part = part.to_string();
+                metric(
+                    m,
+                    "skuflow_consumer_lag",
+                    &[
+                        ("group", &group),
+                        ("topic", &p.topics.records),
+                        ("partition", &part),
+                    ],
+                )
+                .map(|v| (part, v))
+            })
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            let l = lags(&p.ops_get(loader, "/metrics").1);
+            l.len() == 3 && l.values().all(|v| *v == 0.0)
+        }),
+        "lag never reached 0 on all 3 partitions: {:?}",
+        lags(&p.ops_get(loader, "/metrics").1)
+    );
+
+    // The sink goes away while idle: readiness says so (and names it), then recovers.
+    pg.stop();
+    assert!(
+        wait_until(Duration::from_secs(60), || p.ops_get(loader, "/readyz").0
+            == 503),
+        "loader still ready with PostgreSQL down: {:?}",
+        p.ops_get(loader, "/readyz")
+    );
+    let ready = json(&p.ops_get(loader, "/readyz").1);
+    assert_eq!(ready["checks"]["sink"]["ok"], false, "{ready}");
+    assert_eq!(ready["checks"]["broker"]["ok"], true, "{ready}");
+    assert_eq!(
+        metric(
+            &p.ops_get(loader, "/metrics").1,
+            "skuflow_check_up",
+            &[("check", "sink")]
+        ),
+        Some(0.0)
+    );
+    pg.restart();
+    assert!(
+        wait_until(Duration::from_secs(60), || p.ops_get(loader, "/readyz").0
+            == 200),
+        "loader not ready again: {:?}",
+        p.ops_get(loader, "/readyz")
+    );
+
+    for i in [ingest, loader] {
+        let status = p.terminate(i, Duration::from_secs(25));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "exit after SIGTERM: {status:?}"
+        );
+    }
+    assert_json_logs_without(&p, &[&password, &p.stack.s3_secret]);
+    assert!(p.logs().contains("Shutdown requested"), "{}", p.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_loader_within_its_limit_and_loses_nothing() {
+    let pg = TempPostgres::start();
+    let mut p = Pipeline::new().await;
+    p.use_database(&pg.url());
+    let msgs: Vec<(String, Vec<u8>)> = (0..6000)
+        .map(|i| {
+            let r = record("PT", i, 1000);
+            (r.kafka_key(), serde_json::to_vec(&r).unwrap())
+        })
+        .collect();
+    produce(&p.stack.brokers, &p.topics.records, &msgs[..3000]).await;
+    let args = [
+        "--batch-size=500".to_string(),
+        "--max-backoff-ms=1000".to_string(),
+        "--shutdown-timeout-secs=5".to_string(),
+    ];
+    let first = p.start_loader(&args);
+    let sql = "SELECT count(*) FROM skuflow.sku_facts";
+    assert_eq!(
+        p.wait_for_count(sql, 3000, WAIT).await,
+        3000,
+        "{}",
+        p.logs()
+    );
+    // PostgreSQL goes away with a batch in flight; SIGTERM must abandon it (not store its
+    // offsets) and exit within the limit rather than retry for ever.
+    pg.stop();
+    produce(&p.stack.brokers, &p.topics.records, &msgs[3000..]).await;
+    assert!(
+        wait_until(Duration::from_secs(60), || p
+            .logs()
+            .contains("Sink unavailable; holding the batch and retrying.")),
+        "{}",
+        p.logs()
+    );
+    let started = Instant::now();
+    let status = p.terminate(first, Duration::from_secs(15));
+    let took = started.elapsed();
+    assert!(status.is_some(), "still running 15 s after SIGTERM");
+    assert!(
+        took < Duration::from_secs(7),
+        "SIGTERM took {took:?} (limit 5 s)"
+    );
+    let logs = p.logs();
+    assert!(
+        logs.contains("Shutdown during retries; the batch is not stored"),
+        "{logs}"
+    );
+    // Every row arrives once when the next loader takes over.
+    pg.restart();
+    p.start_loader(&args);
+    let offsets = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    assert_eq!(
+        p.wait_for_count(offsets, 6000, WAIT).await,
+        6000,
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.wait_for_count(sql, 6000, WAIT).await, 6000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cuts_a_long_ingest_short_within_its_limit_and_the_file_still_lands_once() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let buckets = root.path().join("buckets");
+    let file = buckets
+        .join("skus-be")
+        .join("incoming/individual/store-4/2026-11-21/big.csv");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let rows = sample_rows(43, 60_000, 0, "EUR", "2026-11-21");
+    std::fs::write(&file, render_csv(&rows, false, false)).unwrap();
+    let args = [
+        format!("--bucket-root={}", buckets.display()),
+        "--shutdown-timeout-secs=2".to_string(),
+    ];
+    let first = p.start_ingest(&args);
+    assert!(
+        wait_until(Duration::from_secs(60), || p
+            .logs()
+            .contains("Queued uploads")),
+        "{}",
+        p.logs()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let status = p.terminate(first, Duration::from_secs(15));
+    let took = started.elapsed();
+    assert!(status.is_some(), "ingest still running 15 s after SIGTERM");
+    assert!(
+        took < Duration::from_secs(4),
+        "SIGTERM took {took:?} (limit 2 s)"
+    );
+    p.start_ingest(&args);
+    p.start_loader(&[]);
+    let sql = "SELECT count(*) FROM skuflow.sku_facts";
+    assert_eq!(
+        p.wait_for_count(sql, 60_000, WAIT).await,
+        60_000,
+        "{}",
+        p.logs()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || buckets
+            .join("skus-be/processed/individual/store-4/2026-11-21/big.csv")
+            .exists()),
+        "file not moved to processed/"
+    );
+}
