@@ -201,7 +201,8 @@ impl Health {
     }
 }
 
-/// Asks the cluster for its metadata every 10 s: the `broker` readiness check.
+/// Asks the cluster for its metadata every 10 s: the `broker` readiness check (failing after
+/// two failed attempts in a row).
 fn spawn_broker_check(kafka: KafkaArgs, stop: CancellationToken) -> anyhow::Result<()> {
     health().expect("broker");
     let client: BaseConsumer = kafka
@@ -210,10 +211,11 @@ fn spawn_broker_check(kafka: KafkaArgs, stop: CancellationToken) -> anyhow::Resu
         .context("creating the Kafka client of the broker check")?;
     let client = std::sync::Arc::new(client);
     tokio::spawn(async move {
+        let mut failures = 0u32;
         loop {
             let c = client.clone();
             let result = tokio::task::spawn_blocking(move || {
-                c.fetch_metadata(None, Duration::from_secs(5))
+                c.fetch_metadata(None, Duration::from_secs(10))
                     .map_err(|e| format!("no broker answers: {e}"))
                     .and_then(|m| {
                         if m.brokers().is_empty() {
@@ -225,7 +227,11 @@ fn spawn_broker_check(kafka: KafkaArgs, stop: CancellationToken) -> anyhow::Resu
             })
             .await
             .unwrap_or_else(|e| Err(format!("broker check failed: {e}")));
-            health().report("broker", result);
+            // One slow answer from a busy broker is not an outage: two in a row are.
+            failures = if result.is_ok() { 0 } else { failures + 1 };
+            if result.is_ok() || failures >= 2 {
+                health().report("broker", result);
+            }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_secs(10)) => {}

@@ -309,6 +309,13 @@ impl Pipeline {
             out.push_str(&format!("== {}\n", e.path().display()));
             out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
         }
+        let broker =
+            std::fs::read_to_string(self.broker.dir.path().join("tansu.log")).unwrap_or_default();
+        let from = (broker.len().saturating_sub(4000)..broker.len())
+            .find(|i| broker.is_char_boundary(*i))
+            .unwrap_or(broker.len());
+        let tail = &broker[from..];
+        out.push_str(&format!("== broker log (end)\n{tail}\n"));
         out
     }
 
