@@ -14,4 +14,6 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin skuflow
 COPY --from=build /out/ /usr/local/bin/
 USER 10001:10001
+# Operations endpoints of every binary: /metrics, /healthz, /readyz (SKUFLOW_OPS_LISTEN).
+EXPOSE 9464
 ENTRYPOINT ["/usr/local/bin/skuflow"]

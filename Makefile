@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 STACK := scripts/stack.sh
 
-.PHONY: demo test lint unit bench stack stack-down stack-status fmt
+.PHONY: demo test lint deploy-check unit bench stack stack-down stack-status fmt
 
 ## Run the whole pipeline on generated uploads (local directory bucket, local broker, local
 ## PostgreSQL) and print a summary. Uses tansu when it is installed, else an in-process broker.
@@ -20,7 +20,7 @@ demo:
 	 cargo run --quiet -p skuflow-cli -- demo --pg-url "$$SKUFLOW_DEMO_PG_URL" $$brokers
 
 ## Every test: formatting, lints, unit tests and the end-to-end tests on the real local stack.
-test: lint stack
+test: lint stack deploy-check
 	scripts/install-stack.sh python
 	cargo build --workspace --bins
 	@eval "$$($(STACK) env)"; \
@@ -31,6 +31,12 @@ test: lint stack
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## Prometheus rules and their unit tests, the Grafana dashboard, docker-compose.kafka.yml, and the
+## Helm chart (lint, template, Kubernetes schemas): no Docker or cluster needed.
+deploy-check:
+	scripts/install-stack.sh deploy-tools
+	scripts/check-deploy.sh
 
 ## Benchmarks on the local stack: each prints its figures and ratios against baselines measured
 ## in the same run (never pass/fail on time). SKUFLOW_BENCH_RECORDS sets the size (default 1M).
