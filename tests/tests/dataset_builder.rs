@@ -172,10 +172,21 @@ async fn datasets_land_under_an_s3_prefix() {
         ("AWS_ALLOW_HTTP", "true".to_string()),
     ];
     cmd_env.push(("SKUFLOW_DATASET_ROOT", format!("s3://{bucket}/datasets/v1")));
-    p.start_builder_env(&[format!("--group={group}")], &cmd_env);
+    let builder = p.start_builder_env(&[format!("--group={group}")], &cmd_env);
     let ends = common::ends_of(&positions, 3);
     p.wait_committed(&group, &p.topics.records, &ends, WAIT)
         .await;
+    // What an operator sees: every record received and written, nothing failed, ready.
+    let m = p.ops_get(builder, "/metrics").1;
+    let c = ("component", "dataset-builder");
+    let received = common::metric(&m, "skuflow_records_received_total", &[c]);
+    assert_eq!(received, Some(all.len() as f64), "{m}");
+    let sent = common::metric(&m, "skuflow_records_sent_total", &[c]);
+    assert_eq!(sent, Some(all.len() as f64), "{m}");
+    let failed = common::metric(&m, "skuflow_records_failed_total", &[c]);
+    assert_eq!(failed.unwrap_or(0.0), 0.0, "{m}");
+    let ready = p.ops_get(builder, "/readyz");
+    assert_eq!(ready.0, 200, "{}", ready.1);
     // s3s-fs keeps objects as files under its data directory: read them there with the same
     // clients.
     let root = p.stack.s3_data.join(&bucket).join("datasets/v1");

@@ -8,32 +8,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{produce, record, Pipeline, TempPostgres};
+use common::{metric, produce, record, Pipeline, TempPostgres};
 use skuflow_e2e::{render_csv, sample_rows};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// `name{labels} value` lines of a Prometheus text exposition whose name and every given label
-/// match; the sum of their values.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        if n != name {
-            continue;
-        }
-        if labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
-        }
-    }
-    found
-}
 
 /// Polls `check` every 250 ms until it holds or `limit` passes.
 fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {

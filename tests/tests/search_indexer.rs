@@ -65,7 +65,7 @@ async fn every_document_is_indexed_or_dead_lettered_once_through_faults() {
 
     let group = format!("skuflow-search-indexer-{}", p.id);
     // The password travels the way the README says: SKUFLOW_ES_PASSWORD, never a flag.
-    p.start_indexer(
+    let indexer = p.start_indexer(
         &es.url,
         &[
             "--es-username=indexer".into(),
@@ -213,6 +213,25 @@ async fn every_document_is_indexed_or_dead_lettered_once_through_faults() {
             "{m}"
         );
     }
+
+    // What an operator sees of the same run on /metrics.
+    let m = p.ops_get(indexer, "/metrics").1;
+    let c = ("component", "search-indexer");
+    let dead = common::metric(&m, "skuflow_dead_letters_total", &[c]);
+    assert_eq!(dead, Some(want_letters as f64), "{m}");
+    let refusals = common::metric(
+        &m,
+        "skuflow_records_failed_total",
+        &[c, ("reason", "refused")],
+    );
+    assert_eq!(refusals, Some(want_letters as f64));
+    let retries = common::metric(
+        &m,
+        "skuflow_sink_retries_total",
+        &[c, ("sink", "search-indexer")],
+    );
+    assert!(retries.unwrap_or(0.0) >= 2.0, "{m}");
+    assert_eq!(p.ops_get(indexer, "/readyz").0, 200);
 
     let logs = p.logs();
     assert!(logs.contains("retrying them alone"), "{logs}");
