@@ -8,8 +8,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{metric, produce, record, Pipeline, TempPostgres};
-use skuflow_e2e::{render_csv, sample_rows};
+use common::{metric, produce, record, upload_local, Pipeline, TempPostgres};
+use skuflow_e2e::sample_rows;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -67,24 +67,16 @@ async fn metrics_health_and_readiness_follow_the_pipeline_and_the_sink() {
         .push(("SKUFLOW_LOG_FORMAT".into(), "json".into()));
     let root = tempfile::tempdir().unwrap();
     let buckets = root.path().join("buckets");
-    let file = buckets
-        .join("skus-nl")
-        .join("incoming/individual/store-9/2026-11-20/skus.csv");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     let rows = sample_rows(41, 300, 10, "EUR", "2026-11-20");
-    std::fs::write(&file, render_csv(&rows, false, false)).unwrap();
+    let key = "incoming/individual/store-9/2026-11-20/skus.csv";
+    upload_local(&buckets, "skus-nl", key, &rows);
     let valid = rows.iter().filter(|r| r.valid).count() as i64;
     let rejected = rows.len() as i64 - valid;
 
     let ingest = p.start_ingest(&[format!("--bucket-root={}", buckets.display())]);
     let loader = p.start_loader(&["--batch-size=100".into()]);
     let sql = "SELECT count(*) FROM skuflow.sku_facts";
-    assert_eq!(
-        p.wait_for_count(sql, valid, WAIT).await,
-        valid,
-        "{}",
-        p.logs()
-    );
+    p.expect_count(sql, valid, WAIT).await;
 
     for (i, name) in [(ingest, "ingest"), (loader, "warehouse-loader")] {
         let (status, body) = p.ops_get(i, "/healthz");
@@ -266,12 +258,7 @@ async fn sigterm_ends_a_loader_within_its_limit_and_loses_nothing() {
     ];
     let first = p.start_loader(&args);
     let sql = "SELECT count(*) FROM skuflow.sku_facts";
-    assert_eq!(
-        p.wait_for_count(sql, 3000, WAIT).await,
-        3000,
-        "{}",
-        p.logs()
-    );
+    p.expect_count(sql, 3000, WAIT).await;
     // PostgreSQL goes away with a batch in flight; SIGTERM must abandon it (not store its
     // offsets) and exit within the limit rather than retry for ever.
     pg.stop();
@@ -300,13 +287,8 @@ async fn sigterm_ends_a_loader_within_its_limit_and_loses_nothing() {
     pg.restart();
     p.start_loader(&args);
     let offsets = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
-    assert_eq!(
-        p.wait_for_count(offsets, 6000, WAIT).await,
-        6000,
-        "{}",
-        p.logs()
-    );
-    assert_eq!(p.wait_for_count(sql, 6000, WAIT).await, 6000);
+    p.expect_count(offsets, 6000, WAIT).await;
+    p.expect_count(sql, 6000, WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,12 +296,9 @@ async fn sigterm_cuts_a_long_ingest_short_within_its_limit_and_the_file_still_la
     let mut p = Pipeline::new().await;
     let root = tempfile::tempdir().unwrap();
     let buckets = root.path().join("buckets");
-    let file = buckets
-        .join("skus-be")
-        .join("incoming/individual/store-4/2026-11-21/big.csv");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     let rows = sample_rows(43, 20_000, 0, "EUR", "2026-11-21");
-    std::fs::write(&file, render_csv(&rows, false, false)).unwrap();
+    let key = "incoming/individual/store-4/2026-11-21/big.csv";
+    upload_local(&buckets, "skus-be", key, &rows);
     // A short session: the cut-off worker never leaves its group, and the broker waits this
     // long before handing its partitions to the next one.
     let args = [
@@ -347,12 +326,7 @@ async fn sigterm_cuts_a_long_ingest_short_within_its_limit_and_the_file_still_la
     );
     p.start_ingest(&args);
     let sql = "SELECT count(*) FROM skuflow.sku_facts";
-    assert_eq!(
-        p.wait_for_count(sql, 20_000, WAIT).await,
-        20_000,
-        "{}",
-        p.logs()
-    );
+    p.expect_count(sql, 20_000, WAIT).await;
     assert!(
         wait_until(Duration::from_secs(30), || buckets
             .join("skus-be/processed/individual/store-4/2026-11-21/big.csv")

@@ -133,6 +133,19 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     found
 }
 
+/// Writes `rows` as a CSV upload at `key` in the local-directory bucket `bucket` under `buckets`.
+pub fn upload_local(
+    buckets: &std::path::Path,
+    bucket: &str,
+    key: &str,
+    rows: &[skuflow_e2e::SampleRow],
+) -> PathBuf {
+    let file = buckets.join(bucket).join(key);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, skuflow_e2e::render_csv(rows, false, false)).unwrap();
+    file
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -368,6 +381,13 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         last
+    }
+
+    /// Waits (up to `timeout`) for `count_sql` to return `want`; fails the test with the logs
+    /// if it does not.
+    pub async fn expect_count(&self, count_sql: &str, want: i64, timeout: Duration) {
+        let got = self.wait_for_count(count_sql, want, timeout).await;
+        assert_eq!(got, want, "{count_sql}\nlogs:\n{}", self.logs());
     }
 
     /// Reads every message currently on `topic` (payloads).
