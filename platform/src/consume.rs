@@ -522,6 +522,10 @@ pub async fn send_dead_letters(
         .dead_letters
         .with_label_values(&[topic])
         .inc_by(letters.len() as u64);
+    metrics()
+        .bytes
+        .with_label_values(&["out"])
+        .inc_by(payloads.iter().map(|p| p.len() as u64).sum());
     Ok(())
 }
 

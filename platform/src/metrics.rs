@@ -34,7 +34,9 @@ pub struct Metrics {
     /// `skuflow_records_failed_total{reason}`: records that did not reach their destination:
     /// `rejected` (invalid row), `refused` (the sink refused it for good), `undecodable`.
     pub records_failed: IntCounterVec,
-    /// `skuflow_bytes_total{direction}`: payload bytes `in` (read) and `out` (written).
+    /// `skuflow_bytes_total{direction}`: bytes `in` (uploaded files read by ingest, message
+    /// payloads read by consumers) and `out` (keys and payloads produced to Kafka: records and
+    /// dead letters).
     pub bytes: IntCounterVec,
     /// `skuflow_dead_letters_total{topic}`: dead letters acknowledged by the broker.
     pub dead_letters: IntCounterVec,
@@ -129,7 +131,7 @@ impl Metrics {
             )?,
             bytes: counter(
                 "bytes_total",
-                "Payload bytes read (in) and written (out).",
+                "Bytes read (in: uploads, message payloads) and produced to Kafka (out).",
                 &["direction"],
             )?,
             dead_letters: counter(

@@ -150,6 +150,11 @@ async fn metrics_health_and_readiness_follow_the_pipeline_and_the_sink() {
         metric(&m, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 0.0,
         "{m}"
     );
+    let file_bytes = skuflow_e2e::render_csv(&rows, false, false).len() as f64;
+    let bytes_in = metric(&m, "skuflow_bytes_total", &[c, ("direction", "in")]);
+    assert_eq!(bytes_in, Some(file_bytes), "{m}");
+    let bytes_out = metric(&m, "skuflow_bytes_total", &[c, ("direction", "out")]);
+    assert!(bytes_out.unwrap_or(0.0) > file_bytes, "{m}");
 
     let c = ("component", "warehouse-loader");
     let m = p.ops_get(loader, "/metrics").1;

@@ -58,6 +58,13 @@ impl ProducerContext for DeliveryCounter {
 pub type RecordProducer = ThreadedProducer<DeliveryCounter>;
 
 /// Enqueues one message, waiting while librdkafka's queue is full.
+/// `skuflow_bytes_total{direction="out"}`: keys and payloads handed to the producer.
+static BYTES_OUT: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+    skuflow_platform::metrics::metrics()
+        .bytes
+        .with_label_values(&["out"])
+});
+
 pub fn send(
     producer: &RecordProducer,
     progress: &Arc<FileProgress>,
@@ -74,6 +81,7 @@ pub fn send(
         match producer.send(record) {
             Ok(()) => {
                 progress.sent.fetch_add(1, Ordering::AcqRel);
+                BYTES_OUT.inc_by((key.len() + payload.len()) as u64);
                 return Ok(());
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
