@@ -234,6 +234,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             row_group_rows: 128 * 1024,
             zstd_level: 3,
             cache_rows: 2_000_000,
+            writer_lease_secs: 60,
             consume: ConsumeArgs {
                 flush_interval_ms: 500,
                 ..ConsumeArgs::default()

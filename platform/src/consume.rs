@@ -85,6 +85,9 @@ pub trait Sink: Send {
     async fn ping(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// Called once when the loop stops, after the last batch (e.g. to release a lease).
+    async fn close(&mut self) {}
 }
 
 /// Batching flags shared by consumer binaries.
@@ -338,6 +341,7 @@ pub async fn run_sink<S: Sink>(
     if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
         tracing::debug!(error = %e, "Final offset commit had nothing to commit.");
     }
+    sink.close().await;
     tracing::info!(
         sink = sink.name(),
         received = stats.received,

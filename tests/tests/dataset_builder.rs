@@ -197,6 +197,80 @@ async fn datasets_land_under_an_s3_prefix() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let (first_group, second_group) = (format!("sdb-a-{}", p.id), format!("sdb-b-{}", p.id));
+    let mut all: Vec<SkuRecord> = (0..300u64)
+        .flat_map(|i| [sample("FI", i, 22, 1000), sample("DK", i, 22, 1000)])
+        .collect();
+    let to_msgs = |rs: &[SkuRecord]| -> Vec<(String, Vec<u8>)> {
+        rs.iter()
+            .map(|r| (r.kafka_key(), serde_json::to_vec(r).unwrap()))
+            .collect()
+    };
+    let mut positions = produce(&p.stack.brokers, &p.topics.records, &to_msgs(&all)).await;
+    let args = |group: &str| {
+        vec![
+            format!("--group={group}"),
+            format!("--dataset-root={}", root.path().display()),
+            "--writer-lease-secs=10".to_string(),
+            "--flush-interval-ms=300".to_string(),
+        ]
+    };
+    // Two hosts (HOSTNAME names the lease's holder), two groups, one root: a misconfiguration.
+    let first = p.start_builder_env(&args(&first_group), &[("HOSTNAME", "host-a".into())]);
+    p.wait_committed(
+        &first_group,
+        &p.topics.records,
+        &common::ends_of(&positions, 3),
+        WAIT,
+    )
+    .await;
+    let second = p.start_builder_env(&args(&second_group), &[("HOSTNAME", "host-b".into())]);
+    // Corrections arrive while both run: only the lease holder writes them.
+    let wave: Vec<SkuRecord> = (0..300u64)
+        .step_by(5)
+        .map(|i| {
+            let mut r = sample("FI", i, 22, 2000);
+            r.unit_price += Decimal::new(25, 2);
+            r
+        })
+        .collect();
+    positions.extend(produce(&p.stack.brokers, &p.topics.records, &to_msgs(&wave)).await);
+    all.extend(wave);
+    let ends = common::ends_of(&positions, 3);
+    p.wait_committed(&first_group, &p.topics.records, &ends, WAIT)
+        .await;
+    let refused = "another dataset builder holds the dataset root (group";
+    let start = Instant::now();
+    while !p.logs().contains(refused) && start.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(p.logs().contains(refused), "{}", p.logs());
+    assert!(p.logs().contains("host host-a"), "{}", p.logs());
+    assert!(
+        p.committed(&second_group, &p.topics.records, 3)
+            .iter()
+            .all(|o| *o <= 0),
+        "the second builder committed offsets while the first held the root"
+    );
+    let (status, body) = p.ops_get(second, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("holds the dataset root"), "{body}");
+    // The first stops (and releases the root); the second takes over and catches up.
+    assert!(p.terminate(first, Duration::from_secs(30)).is_some());
+    assert!(
+        p.logs().contains("Released the dataset root."),
+        "{}",
+        p.logs()
+    );
+    p.wait_committed(&second_group, &p.topics.records, &ends, WAIT)
+        .await;
+    check_with_python(&p, root.path(), &newest(&all));
+}
+
 /// Runs `tests/python/check_dataset.py` (pyarrow and DuckDB) over the dataset at `root` against
 /// `truth`, the newest record of each natural key; fails the test with its report and the logs.
 fn check_with_python(p: &Pipeline, root: &std::path::Path, truth: &[&SkuRecord]) {

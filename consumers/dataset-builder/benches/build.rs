@@ -129,6 +129,7 @@ async fn main() {
         row_group_rows: 128 * 1024,
         zstd_level: 3,
         cache_rows: 10_000_000,
+        writer_lease_secs: 60,
         consume: ConsumeArgs {
             group: Some(format!("bench-builder-{id}")),
             batch_size: batch,

@@ -4,6 +4,7 @@
 
 pub mod card;
 pub mod columns;
+pub mod lease;
 pub mod rows;
 pub mod sink;
 
@@ -49,6 +50,11 @@ pub struct BuilderArgs {
         default_value_t = 2_000_000
     )]
     pub cache_rows: usize,
+    /// Lifetime of the one-writer lease on the dataset root (`_writer.json`), in seconds: a
+    /// builder elsewhere waits this long after its holder stopped without releasing it.
+    #[arg(long = "writer-lease-secs", env = "SKUFLOW_WRITER_LEASE_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub writer_lease_secs: u64,
     #[command(flatten)]
     pub consume: skuflow_platform::ConsumeArgs,
 }
@@ -84,6 +90,13 @@ impl BuilderArgs {
             bail!("--zstd-level {} is outside 1..=22", self.zstd_level);
         }
         let (store, root, local_dir) = self.store()?;
+        let group = self.consume.group.as_deref().unwrap_or(GROUP);
+        let lease = lease::Lease::new(
+            store.clone(),
+            &root,
+            group,
+            std::time::Duration::from_secs(self.writer_lease_secs),
+        );
         let sink = DatasetSink::new(
             store,
             root,
@@ -94,6 +107,7 @@ impl BuilderArgs {
             },
             self.cache_rows,
         );
+        let sink = sink.with_lease(lease);
         Ok(match local_dir {
             Some(dir) => sink.with_local_dir(dir),
             None => sink,

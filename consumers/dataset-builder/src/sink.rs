@@ -76,6 +76,8 @@ pub struct DatasetSink {
     written_medians: HashMap<ShardKey, HashMap<String, rust_decimal::Decimal>>,
     /// Most rows kept in memory between batches; beyond it, shards are re-read on demand.
     cache_rows: usize,
+    /// The one-writer lease on the root (none in unit tests and benchmarks).
+    lease: Option<crate::lease::Lease>,
 }
 
 impl DatasetSink {
@@ -96,7 +98,14 @@ impl DatasetSink {
             manifests: HashMap::new(),
             written_medians: HashMap::new(),
             cache_rows,
+            lease: None,
         }
+    }
+
+    /// Writes only while holding the root's one-writer lease.
+    pub fn with_lease(mut self, lease: crate::lease::Lease) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     /// Marks the root as the local directory `dir` (the one `store` is opened on).
@@ -215,6 +224,9 @@ impl DatasetSink {
         batch: &[Consumed<SkuRecord>],
         offsets: &BTreeMap<i32, i64>,
     ) -> anyhow::Result<()> {
+        if let Some(lease) = &mut self.lease {
+            lease.ensure().await?;
+        }
         // Which shards change.
         let mut touched: BTreeMap<ShardKey, Vec<&SkuRecord>> = BTreeMap::new();
         for c in batch {
@@ -402,6 +414,8 @@ fn is_transient(e: &anyhow::Error) -> bool {
                 object_store::Error::Generic { .. } | object_store::Error::NotFound { .. }
             )
         }) || c.downcast_ref::<std::io::Error>().is_some()
+            // Another builder holds the root: wait for it to stop.
+            || c.downcast_ref::<crate::lease::Held>().is_some()
     })
 }
 
@@ -437,8 +451,18 @@ impl Sink for DatasetSink {
         self.store
             .list_with_delimiter(Some(&self.root))
             .await
-            .map(|_| ())
-            .map_err(|e| SinkError::Retriable(anyhow::anyhow!("listing the dataset root: {e}")))
+            .map_err(|e| SinkError::Retriable(anyhow::anyhow!("listing the dataset root: {e}")))?;
+        // Renews the lease while idle (or reports who holds it).
+        if let Some(lease) = &mut self.lease {
+            lease.ensure().await.map_err(SinkError::Retriable)?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        if let Some(lease) = &mut self.lease {
+            lease.release().await;
+        }
     }
 
     async fn durable_offsets(&mut self, _topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
