@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 STACK := scripts/stack.sh
 
-.PHONY: demo test lint deploy-check unit bench stack stack-down stack-status fmt
+.PHONY: demo test lint deploy-check unit fuzz bench stack stack-down stack-status fmt
 
 ## Run the whole pipeline on generated uploads (local directory bucket, local broker, local
 ## PostgreSQL) and print a summary. Uses tansu when it is installed, else an in-process broker.
@@ -42,6 +42,12 @@ deploy-check:
 ## in the same run (never pass/fail on time). SKUFLOW_BENCH_RECORDS sets the size (default 1M).
 bench:
 	scripts/bench.sh
+
+## Property tests of the CSV reader, row contract, decompression and key parser with many more
+## cases than `make test` runs (256 per property there). FUZZ_CASES sets the count.
+FUZZ_CASES ?= 200000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) cargo nextest run -p skuflow-ingest --test properties --no-fail-fast
 
 ## Unit tests only (no stack needed).
 unit:
