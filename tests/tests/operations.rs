@@ -301,17 +301,18 @@ async fn sigterm_cuts_a_long_ingest_short_within_its_limit_and_the_file_still_la
     let mut p = Pipeline::new().await;
     let root = tempfile::tempdir().unwrap();
     let buckets = root.path().join("buckets");
-    let rows = sample_rows(43, 20_000, 0, "EUR", "2026-11-21");
+    let rows = sample_rows(43, 15_000, 0, "EUR", "2026-11-21");
     let key = "incoming/individual/store-4/2026-11-21/big.csv";
     upload_local(&buckets, "skus-be", key, &rows);
-    // A short session: the cut-off worker never leaves its group, and the broker waits this
-    // long before handing its partitions to the next one.
+    // A short session and rebalance timeout: the cut-off worker never leaves its group, and the
+    // broker waits this long before handing its partitions to the next one (tansu's group
+    // coordinator stops answering every group while it waits; see README, Notes on tansu).
     let args = [
         format!("--bucket-root={}", buckets.display()),
-        "--shutdown-timeout-secs=2".to_string(),
+        "--shutdown-timeout-secs=1".to_string(),
         "-Xsession.timeout.ms=6000".to_string(),
+        "-Xmax.poll.interval.ms=15000".to_string(),
     ];
-    p.start_loader(&[]);
     let first = p.start_ingest(&args);
     assert!(
         wait_until(Duration::from_secs(60), || p
@@ -320,18 +321,25 @@ async fn sigterm_cuts_a_long_ingest_short_within_its_limit_and_the_file_still_la
         "{}",
         p.logs()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
     let status = p.terminate(first, Duration::from_secs(15));
     let took = started.elapsed();
     assert!(status.is_some(), "ingest still running 15 s after SIGTERM");
     assert!(
-        took < Duration::from_secs(4),
-        "SIGTERM took {took:?} (limit 2 s)"
+        took < Duration::from_secs(3),
+        "SIGTERM took {took:?} (limit 1 s)"
     );
+    let cut = p.logs().contains("Shutdown outlasted its time limit");
+    eprintln!("first worker cut off mid-file: {cut} (exited after {took:?})");
+    // The replacement starts once the broker has dropped the cut-off member (its session), as a
+    // restarted pod would: tansu mishandles a join while a dead member is still counted (it can
+    // hand the newcomer no partition at all; see README, Notes on tansu).
+    std::thread::sleep(Duration::from_secs(8));
     p.start_ingest(&args);
+    p.start_loader(&[]);
     let sql = "SELECT count(*) FROM skuflow.sku_facts";
-    p.expect_count(sql, 20_000, WAIT).await;
+    p.expect_count(sql, 15_000, WAIT).await;
     assert!(
         wait_until(Duration::from_secs(30), || buckets
             .join("skus-be/processed/individual/store-4/2026-11-21/big.csv")
