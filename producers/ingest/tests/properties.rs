@@ -13,19 +13,10 @@ use skuflow_ingest::csvstream::{Limits, RecordReader};
 use skuflow_ingest::metadata::{check_key, resolve, KeyTemplate};
 use skuflow_ingest::reader;
 
-const HEADER: [&str; 11] = [
-    "sku",
-    "product_name",
-    "category",
-    "brand",
-    "unit_price",
-    "unit_cost",
-    "currency",
-    "quantity_on_hand",
-    "units_sold",
-    "business_date",
-    "barcode",
-];
+/// The contract's columns, in the order the sample files use.
+fn header() -> Vec<&'static str> {
+    skuflow_e2e::HEADER.split(',').collect()
+}
 
 type Records = Vec<(u64, Vec<Vec<u8>>)>;
 
@@ -126,7 +117,7 @@ proptest! {
             Limits::default()
         };
         let (records, _err) = read_all(&bytes, limits);
-        let map = HeaderMap::from_names(HEADER).unwrap();
+        let map = HeaderMap::from_names(header()).unwrap();
         let mut last = 1;
         for (line, fields) in &records {
             prop_assert!(*line >= last, "line {line} after {last}");
@@ -147,7 +138,7 @@ proptest! {
     #[test]
     fn valid_rows_round_trip(rows in prop::collection::vec(valid_row(), 1..20), crlf in any::<bool>()) {
         let nl = if crlf { "\r\n" } else { "\n" };
-        let mut csv = HEADER.join(",") + nl;
+        let mut csv = skuflow_e2e::HEADER.to_string() + nl;
         let mut lines = Vec::new();
         let mut line = 2u64;
         for (fields, ..) in &rows {
@@ -158,7 +149,7 @@ proptest! {
         let (records, err) = read_all(csv.as_bytes(), Limits::default());
         prop_assert!(err.is_none(), "{:?}", err);
         prop_assert_eq!(records.len(), rows.len() + 1);
-        let map = HeaderMap::from_names(HEADER).unwrap();
+        let map = HeaderMap::from_names(header()).unwrap();
         for (((fields, price, qoh), (got_line, got)), want_line) in
             rows.iter().zip(&records[1..]).zip(&lines)
         {
