@@ -202,6 +202,11 @@ impl Sink for EsSink {
                     self.tuning.item_retries
                 )));
             }
+            // Counted as retries of the sink: Elasticsearch was unavailable for these documents.
+            skuflow_platform::metrics::metrics()
+                .sink_retries
+                .with_label_values(&[self.name()])
+                .inc();
             let base = 100u64.saturating_mul(1 << round.min(7)).min(10_000);
             let pause = base / 2 + rand::rng().random_range(0..=base / 2);
             tracing::warn!(

@@ -157,7 +157,7 @@ impl IngestArgs {
         if template.incoming_prefix.is_empty() {
             anyhow::bail!("--key-template must start with a literal prefix such as incoming/");
         }
-        let (records, control) = worker::producers(kafka)?;
+        let (records, control) = worker::producers(kafka, &topics.rejects)?;
         let mut settings = IngestSettings {
             max_reject_ratio: self.max_reject_ratio,
             max_decompressed_bytes: self.max_decompressed_bytes,
@@ -229,13 +229,9 @@ pub async fn run(
     result
 }
 
-/// Exports a file's final outcome: `skuflow_files_total`, its rows and bytes.
-fn count_outcome(
-    ev: &skuflow_schemas::FileEvent,
-    outcome: &str,
-    topics: &TopicArgs,
-    started: std::time::Instant,
-) {
+/// Exports a file's final outcome: `skuflow_files_total`, its rows read and rejected, its bytes
+/// (its acknowledged messages are counted as they are acknowledged).
+fn count_outcome(ev: &skuflow_schemas::FileEvent, outcome: &str, started: std::time::Instant) {
     let m = skuflow_platform::metrics::metrics();
     m.files.with_label_values(&[outcome]).inc();
     m.file_duration
@@ -244,15 +240,6 @@ fn count_outcome(
     m.records_received
         .with_label_values(&["uploads"])
         .inc_by(ev.rows_total.unwrap_or(0));
-    if outcome == "completed" {
-        // A completed file's valid rows and dead letters are all acknowledged by now.
-        m.records_sent
-            .with_label_values(&[&topics.records])
-            .inc_by(ev.rows_valid.unwrap_or(0));
-        m.dead_letters
-            .with_label_values(&[&topics.rejects])
-            .inc_by(ev.rows_rejected.unwrap_or(0));
-    }
     m.records_failed
         .with_label_values(&["rejected"])
         .inc_by(ev.rows_rejected.unwrap_or(0));
@@ -308,11 +295,11 @@ pub async fn work_loop(
                         break;
                     }
                     Ok(Outcome::Completed(ev)) => {
-                        count_outcome(&ev, "completed", &ingestor.topics, started);
+                        count_outcome(&ev, "completed", started);
                         break;
                     }
                     Ok(Outcome::Failed(ev)) => {
-                        count_outcome(&ev, "failed", &ingestor.topics, started);
+                        count_outcome(&ev, "failed", started);
                         break;
                     }
                     Err(e) => {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
@@ -30,8 +30,19 @@ impl FileProgress {
     }
 }
 
-/// Routes delivery reports to their file.
-pub struct DeliveryCounter;
+/// Routes delivery reports to their file, and counts acknowledged messages as they arrive
+/// (`skuflow_records_sent_total{destination=<records topic>}`, `skuflow_dead_letters_total`).
+pub struct DeliveryCounter {
+    rejects_topic: String,
+}
+
+impl DeliveryCounter {
+    pub fn new(rejects_topic: &str) -> Self {
+        DeliveryCounter {
+            rejects_topic: rejects_topic.to_string(),
+        }
+    }
+}
 
 impl ClientContext for DeliveryCounter {}
 
@@ -40,8 +51,15 @@ impl ProducerContext for DeliveryCounter {
 
     fn delivery(&self, result: &DeliveryResult<'_>, progress: Arc<FileProgress>) {
         match result {
-            Ok(_) => {
+            Ok(msg) => {
                 progress.acked.fetch_add(1, Ordering::AcqRel);
+                let m = skuflow_platform::metrics::metrics();
+                let topic = msg.topic();
+                if topic == self.rejects_topic {
+                    m.dead_letters.with_label_values(&[topic]).inc();
+                } else {
+                    m.records_sent.with_label_values(&[topic]).inc();
+                }
             }
             Err((e, _)) => {
                 let mut first = progress
