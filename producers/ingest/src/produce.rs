@@ -34,12 +34,18 @@ impl FileProgress {
 /// (`skuflow_records_sent_total{destination=<records topic>}`, `skuflow_dead_letters_total`).
 pub struct DeliveryCounter {
     rejects_topic: String,
+    /// The two counters every acknowledgement lands in, resolved once (not per message).
+    sent: prometheus::IntCounter,
+    dead_letters: prometheus::IntCounter,
 }
 
 impl DeliveryCounter {
-    pub fn new(rejects_topic: &str) -> Self {
+    pub fn new(records_topic: &str, rejects_topic: &str) -> Self {
+        let m = skuflow_platform::metrics::metrics();
         DeliveryCounter {
             rejects_topic: rejects_topic.to_string(),
+            sent: m.records_sent.with_label_values(&[records_topic]),
+            dead_letters: m.dead_letters.with_label_values(&[rejects_topic]),
         }
     }
 }
@@ -53,12 +59,10 @@ impl ProducerContext for DeliveryCounter {
         match result {
             Ok(msg) => {
                 progress.acked.fetch_add(1, Ordering::AcqRel);
-                let m = skuflow_platform::metrics::metrics();
-                let topic = msg.topic();
-                if topic == self.rejects_topic {
-                    m.dead_letters.with_label_values(&[topic]).inc();
+                if msg.topic() == self.rejects_topic {
+                    self.dead_letters.inc();
                 } else {
-                    m.records_sent.with_label_values(&[topic]).inc();
+                    self.sent.inc();
                 }
             }
             Err((e, _)) => {

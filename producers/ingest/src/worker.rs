@@ -583,7 +583,7 @@ fn fill_counts(event: &mut FileEvent, s: &ScanSummary, started: Instant) {
 /// Builds the record producer and the control producer.
 pub fn producers(
     kafka: &skuflow_platform::KafkaArgs,
-    rejects_topic: &str,
+    topics: &skuflow_platform::TopicArgs,
 ) -> anyhow::Result<(Arc<RecordProducer>, FutureProducer)> {
     let mut cfg = kafka.producer_config();
     // Memory stays flat whatever the file size: at most this many records wait in librdkafka's
@@ -598,7 +598,10 @@ pub fn producers(
         }
     }
     let records: RecordProducer = cfg
-        .create_with_context(produce::DeliveryCounter::new(rejects_topic))
+        .create_with_context(produce::DeliveryCounter::new(
+            &topics.records,
+            &topics.rejects,
+        ))
         .context("creating the record producer")?;
     Ok((Arc::new(records), kafka.producer()?))
 }
