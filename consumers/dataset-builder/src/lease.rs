@@ -53,8 +53,8 @@ pub struct Lease {
     path: Path,
     me: Holder,
     ttl: Duration,
-    /// When this process last wrote the lease (None: not held).
-    held_since_renewal: Option<DateTime<Utc>>,
+    /// Whether this process wrote the lease last (its time is `me.renewed_at`).
+    held: bool,
 }
 
 impl Lease {
@@ -85,7 +85,7 @@ impl Lease {
                 expires_at: now,
             },
             ttl,
-            held_since_renewal: None,
+            held: false,
         }
     }
 
@@ -103,15 +103,20 @@ impl Lease {
 
     async fn write(&mut self) -> anyhow::Result<()> {
         let now = Utc::now();
-        self.me.renewed_at = now;
-        self.me.expires_at =
-            now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::seconds(60));
-        let body = serde_json::to_vec_pretty(&self.me)?;
+        let me = Holder {
+            renewed_at: now,
+            expires_at: now
+                + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::seconds(60)),
+            ..self.me.clone()
+        };
+        let body = serde_json::to_vec_pretty(&me)?;
         self.store
             .put(&self.path, PutPayload::from(body))
             .await
             .with_context(|| format!("writing the writer lease {}", self.path))?;
-        self.held_since_renewal = Some(now);
+        // Only a lease that reached the store counts as renewed.
+        self.me = me;
+        self.held = true;
         Ok(())
     }
 
@@ -122,9 +127,9 @@ impl Lease {
         let current = self.read().await?;
         match current {
             Some(h) if h.instance == self.me.instance => {
-                let due = self.held_since_renewal.is_none_or(|t| {
-                    Utc::now() - t >= chrono::Duration::from_std(self.ttl / 3).unwrap_or_default()
-                });
+                let due = !self.held
+                    || Utc::now() - self.me.renewed_at
+                        >= chrono::Duration::from_std(self.ttl / 3).unwrap_or_default();
                 if due {
                     self.write().await?;
                 }
@@ -134,13 +139,13 @@ impl Lease {
                 if !h.same_owner(&self.me) {
                     tracing::warn!(group = %h.group, host = %h.host, instance = %h.instance,
                         "Taking over the dataset root from a builder whose lease expired.");
-                } else if self.held_since_renewal.is_none() {
+                } else if !self.held {
                     tracing::info!(previous = %h.instance, "Taking over the dataset root from this host's previous builder.");
                 }
                 self.write().await
             }
             Some(h) => {
-                self.held_since_renewal = None;
+                self.held = false;
                 Err(Held(h).into())
             }
             None => self.write().await,
@@ -149,7 +154,7 @@ impl Lease {
 
     /// Gives the lease up (on shutdown) if this builder still holds it.
     pub async fn release(&mut self) {
-        if self.held_since_renewal.is_none() {
+        if !self.held {
             return;
         }
         if let Ok(Some(h)) = self.read().await {
@@ -162,7 +167,7 @@ impl Lease {
                 }
             }
         }
-        self.held_since_renewal = None;
+        self.held = false;
     }
 }
 
