@@ -244,11 +244,8 @@ async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
     p.wait_committed(&first_group, &p.topics.records, &ends, WAIT)
         .await;
     let refused = "another dataset builder holds the dataset root (group";
-    let start = Instant::now();
-    while !p.logs().contains(refused) && start.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(p.logs().contains(refused), "{}", p.logs());
+    let seen = common::wait_until(WAIT, || p.logs().contains(refused));
+    assert!(seen, "{}", p.logs());
     assert!(p.logs().contains("host host-a"), "{}", p.logs());
     assert!(
         p.committed(&second_group, &p.topics.records, 3)

@@ -8,22 +8,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{metric, produce, record, upload_local, Pipeline, TempPostgres};
+use common::{metric, produce, record, upload_local, wait_until, Pipeline, TempPostgres};
 use skuflow_e2e::sample_rows;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Polls `check` every 250 ms until it holds or `limit` passes.
-fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    check()
-}
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
