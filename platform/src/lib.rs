@@ -6,7 +6,9 @@ pub mod consume;
 pub mod kafka;
 pub mod metrics;
 pub mod ops;
+pub mod pg;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod text;
 

@@ -10,10 +10,8 @@ pub mod sink;
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args;
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use skuflow_platform::shutdown::CancellationToken;
@@ -64,24 +62,8 @@ impl BuilderArgs {
     pub fn store(
         &self,
     ) -> anyhow::Result<(Arc<dyn ObjectStore>, Path, Option<std::path::PathBuf>)> {
-        if let Some(rest) = self.root.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                bail!("--dataset-root {}: no bucket", self.root);
-            }
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .context("configuring S3 for the dataset root")?;
-            return Ok((Arc::new(s3), Path::from(prefix), None));
-        }
-        std::fs::create_dir_all(&self.root)
-            .with_context(|| format!("creating the dataset root {}", self.root))?;
-        let local = LocalFileSystem::new_with_prefix(&self.root)
-            .with_context(|| format!("opening the dataset root {}", self.root))?;
-        let dir = std::fs::canonicalize(&self.root)
-            .with_context(|| format!("resolving the dataset root {}", self.root))?;
-        Ok((Arc::new(local), Path::default(), Some(dir)))
+        let root = skuflow_platform::store::open_root(&self.root, "--dataset-root")?;
+        Ok((root.store, root.prefix, root.local_dir))
     }
 
     pub fn sink(&self) -> anyhow::Result<DatasetSink> {

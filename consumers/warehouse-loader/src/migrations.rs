@@ -1,6 +1,7 @@
 //! Versioned schema migrations, applied at start under an advisory lock (safe when several
 //! loaders start at once; idempotent when re-run).
 
+use skuflow_platform::pg::{offsets_table_ddl, Migration, Migrations};
 use skuflow_schemas::postgres;
 use tokio_postgres::Client;
 
@@ -10,13 +11,8 @@ const MIGRATION_LOCK: i64 = 0x736b_7566_6c6f_7701;
 pub(crate) const PARTITION_LOCK: i64 = 0x736b_7566_6c6f_7702;
 
 pub const FACT_TABLE: &str = "skuflow.sku_facts";
-
-/// One migration: a version, a name, and its SQL.
-pub struct Migration {
-    pub version: i32,
-    pub name: &'static str,
-    pub sql: String,
-}
+/// Where the loader keeps its consumed offsets, next to the facts.
+pub const OFFSETS_TABLE: &str = "skuflow.consumer_offsets";
 
 /// Every migration, in order. The fact table's columns come from the schema crate.
 pub fn migrations() -> Vec<Migration> {
@@ -25,16 +21,9 @@ pub fn migrations() -> Vec<Migration> {
             version: 1,
             name: "fact table and consumer offsets",
             sql: format!(
-                "{};\n\
-                 CREATE TABLE IF NOT EXISTS skuflow.consumer_offsets (\n\
-                     consumer_group text NOT NULL,\n\
-                     topic text NOT NULL,\n\
-                     partition integer NOT NULL,\n\
-                     next_offset bigint NOT NULL,\n\
-                     updated_at timestamp with time zone NOT NULL DEFAULT now(),\n\
-                     PRIMARY KEY (consumer_group, topic, partition)\n\
-                 )",
-                postgres::create_fact_table(FACT_TABLE)
+                "{};\n{}",
+                postgres::create_fact_table(FACT_TABLE),
+                offsets_table_ddl(OFFSETS_TABLE)
             ),
         },
         Migration {
@@ -103,38 +92,11 @@ pub fn migrations() -> Vec<Migration> {
 
 /// Applies the migrations that are not applied yet. Returns the versions applied now.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    tx.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS skuflow;\n\
-         CREATE TABLE IF NOT EXISTS skuflow.schema_migrations (\n\
-             version integer PRIMARY KEY,\n\
-             name text NOT NULL,\n\
-             applied_at timestamp with time zone NOT NULL DEFAULT now()\n\
-         )",
-    )
-    .await?;
-    let done: Vec<i32> = tx
-        .query("SELECT version FROM skuflow.schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut applied = Vec::new();
-    for m in migrations() {
-        if done.contains(&m.version) {
-            continue;
-        }
-        tx.batch_execute(&m.sql).await?;
-        tx.execute(
-            "INSERT INTO skuflow.schema_migrations (version, name) VALUES ($1, $2)",
-            &[&m.version, &m.name],
-        )
-        .await?;
-        tracing::info!(version = m.version, name = m.name, "Applied migration.");
-        applied.push(m.version);
+    Migrations {
+        schema: "skuflow",
+        lock: MIGRATION_LOCK,
+        list: migrations(),
     }
-    tx.commit().await?;
-    Ok(applied)
+    .apply(client)
+    .await
 }

@@ -8,15 +8,15 @@ use anyhow::anyhow;
 use async_trait::async_trait;
 use futures::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use skuflow_platform::{Consumed, Refusal, Sink, SinkError};
+use skuflow_platform::pg::{classify, describe, is_retriable, is_row_error, valid_country};
+use skuflow_platform::{pg, Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::postgres::{column_names, NATURAL_KEY};
 use skuflow_schemas::{record_fields, FieldType, SkuRecord, StoreCategory};
 
-use crate::migrations::{self, FACT_TABLE, PARTITION_LOCK};
+use crate::migrations::{self, FACT_TABLE, OFFSETS_TABLE, PARTITION_LOCK};
 
 static INDIVIDUAL: &str = "individual";
 static RETAIL_CHAIN: &str = "retail_chain";
@@ -63,45 +63,6 @@ fn pg_wire_type(t: FieldType) -> Type {
         FieldType::Long => Type::INT8,
         FieldType::Date => Type::DATE,
         FieldType::Timestamp => Type::TIMESTAMPTZ,
-    }
-}
-
-/// Whether a PostgreSQL error is worth retrying (connection, restart, overload, deadlock).
-pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        None => true,
-        Some(code) => {
-            let c = code.code();
-            c.starts_with("08")
-                || c.starts_with("40")
-                || c.starts_with("53")
-                || c.starts_with("57")
-                || c.starts_with("58")
-                || *code == SqlState::LOCK_NOT_AVAILABLE
-        }
-    }
-}
-
-/// Whether the error is about the data of a row (retrying cannot fix it; single the row out).
-fn is_row_error(e: &tokio_postgres::Error) -> bool {
-    e.code()
-        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
-}
-
-fn classify(e: tokio_postgres::Error, what: &str) -> SinkError {
-    let msg = anyhow!("{what}: {}", describe(&e));
-    if is_retriable(&e) {
-        SinkError::Retriable(msg)
-    } else {
-        SinkError::Fatal(msg)
-    }
-}
-
-/// An error's text without connection details.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
     }
 }
 
@@ -160,17 +121,7 @@ impl PgSink {
             self.client = None;
         }
         if self.client.is_none() {
-            let (mut client, conn) =
-                tokio_postgres::connect(&self.url, NoTls)
-                    .await
-                    .map_err(|e| {
-                        SinkError::Retriable(anyhow!("connecting to PostgreSQL: {}", describe(&e)))
-                    })?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(cause = %describe(&e), "PostgreSQL connection ended.");
-                }
-            });
+            let mut client = pg::connect(&self.url).await?;
             migrations::migrate(&mut client)
                 .await
                 .map_err(|e| classify(e, "applying migrations"))?;
@@ -222,24 +173,6 @@ impl PgSink {
         Ok(())
     }
 
-    async fn store_offsets(
-        tx: &tokio_postgres::Transaction<'_>,
-        group: &str,
-        topic: &str,
-        offsets: &BTreeMap<i32, i64>,
-    ) -> Result<(), tokio_postgres::Error> {
-        for (p, o) in offsets {
-            tx.execute(
-                "INSERT INTO skuflow.consumer_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-                 SET next_offset = GREATEST(skuflow.consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
-                &[&group, &topic, p, o],
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
     /// The whole batch in one COPY + merge.
     async fn write_bulk(
         &mut self,
@@ -267,7 +200,7 @@ impl PgSink {
         }
         writer.finish().await?;
         tx.execute(merge_sql.as_str(), &[]).await?;
-        Self::store_offsets(&tx, group, topic, offsets).await?;
+        pg::store_offsets(&tx, OFFSETS_TABLE, group, topic, offsets).await?;
         tx.commit().await
     }
 
@@ -300,14 +233,10 @@ impl PgSink {
                 Err(e) => return Err(e),
             }
         }
-        Self::store_offsets(&tx, group, topic, offsets).await?;
+        pg::store_offsets(&tx, OFFSETS_TABLE, group, topic, offsets).await?;
         tx.commit().await?;
         Ok(refused)
     }
-}
-
-fn valid_country(c: &str) -> bool {
-    c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 #[async_trait]
@@ -392,13 +321,6 @@ impl Sink for PgSink {
     async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
         let group = self.group.clone();
         let client = self.connect().await?;
-        let rows = client
-            .query(
-                "SELECT partition, next_offset FROM skuflow.consumer_offsets WHERE consumer_group = $1 AND topic = $2",
-                &[&group, &topic],
-            )
-            .await
-            .map_err(|e| classify(e, "reading stored offsets"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        pg::read_offsets(client, OFFSETS_TABLE, &group, topic).await
     }
 }
