@@ -52,9 +52,9 @@ pub fn classify(e: tokio_postgres::Error, what: &str) -> SinkError {
 
 /// Connects and drives the connection on a task; the error never holds the URL.
 pub async fn connect(url: &str) -> Result<Client, SinkError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(|e| {
-        SinkError::Retriable(anyhow!("connecting to PostgreSQL: {}", describe(&e)))
-    })?;
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| SinkError::Retriable(anyhow!("connecting to PostgreSQL: {}", describe(&e))))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(cause = %describe(&e), "PostgreSQL connection ended.");
@@ -97,7 +97,10 @@ impl Migrations {
         ))
         .await?;
         let done: Vec<i32> = tx
-            .query(&format!("SELECT version FROM {schema}.schema_migrations"), &[])
+            .query(
+                &format!("SELECT version FROM {schema}.schema_migrations"),
+                &[],
+            )
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -113,7 +116,12 @@ impl Migrations {
                 &[&m.version, &m.name],
             )
             .await?;
-            tracing::info!(schema, version = m.version, name = m.name, "Applied migration.");
+            tracing::info!(
+                schema,
+                version = m.version,
+                name = m.name,
+                "Applied migration."
+            );
             applied.push(m.version);
         }
         tx.commit().await?;

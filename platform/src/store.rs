@@ -34,8 +34,8 @@ pub fn open_root(root: &str, flag: &str) -> anyhow::Result<Root> {
         });
     }
     std::fs::create_dir_all(root).with_context(|| format!("creating {flag} {root}"))?;
-    let local = LocalFileSystem::new_with_prefix(root)
-        .with_context(|| format!("opening {flag} {root}"))?;
+    let local =
+        LocalFileSystem::new_with_prefix(root).with_context(|| format!("opening {flag} {root}"))?;
     let dir = std::fs::canonicalize(root).with_context(|| format!("resolving {flag} {root}"))?;
     Ok(Root {
         store: Arc::new(local),

@@ -1,0 +1,360 @@
+//! The HTML report: one self-contained page (inline CSS, inline SVG charts, no script or font
+//! from elsewhere) that works offline. A small inline script marks the page once every chart
+//! has drawn, which is what the headless-browser test reads.
+
+use std::fmt::Write as _;
+
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+
+use crate::report::{Converted, ProjectionEntry, Report};
+
+/// Text escaped for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn money(x: Decimal) -> String {
+    let s = x.round_dp(2).to_string();
+    let (int, frac) = s.split_once('.').unwrap_or((&s, "00"));
+    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
+    let mut grouped = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push('\u{202f}');
+        }
+        grouped.push(ch);
+    }
+    format!("{sign}{grouped}.{frac:0<2}")
+}
+
+/// Screen coordinates only: amounts stay decimal everywhere else.
+fn coord(x: Decimal) -> f64 {
+    x.to_f64().unwrap_or(0.0)
+}
+
+const W: f64 = 760.0;
+const H: f64 = 260.0;
+const PAD: f64 = 48.0;
+
+/// Revenue over time with the projection and its 95 % band.
+fn revenue_chart(p: &ProjectionEntry, id: &str) -> String {
+    let hist: Vec<(chrono::NaiveDate, f64)> =
+        p.history.iter().map(|(d, v)| (*d, coord(*v))).collect();
+    let points = p
+        .projection
+        .as_ref()
+        .map(|x| x.points.as_slice())
+        .unwrap_or(&[]);
+    let Some(first) = hist.first().map(|h| h.0) else {
+        return String::new();
+    };
+    let last = points
+        .last()
+        .map(|x| x.date)
+        .or(hist.last().map(|h| h.0))
+        .unwrap_or(first);
+    let days = ((last - first).num_days().max(1)) as f64;
+    let mut lo = f64::MAX;
+    let mut hi = f64::MIN;
+    for (_, v) in &hist {
+        lo = lo.min(*v);
+        hi = hi.max(*v);
+    }
+    for pt in points {
+        lo = lo.min(coord(pt.lower));
+        hi = hi.max(coord(pt.upper));
+    }
+    lo = lo.min(0.0);
+    if hi <= lo {
+        hi = lo + 1.0;
+    }
+    let x = |d: chrono::NaiveDate| PAD + (d - first).num_days() as f64 / days * (W - 2.0 * PAD);
+    let y = |v: f64| H - PAD - (v - lo) / (hi - lo) * (H - 2.0 * PAD);
+    let mut svg = format!(
+        "<svg data-chart=\"{id}\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\" aria-label=\"Revenue of {} with projection\">",
+        esc(&p.country)
+    );
+    let _ = write!(
+        svg,
+        "<line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" class=\"axis\"/>",
+        H - PAD,
+        W - PAD,
+        H - PAD
+    );
+    let _ = write!(
+        svg,
+        "<text x=\"4\" y=\"{}\" class=\"tick\">{}</text><text x=\"4\" y=\"{}\" class=\"tick\">{}</text>",
+        y(hi) + 4.0,
+        hi.round(),
+        y(lo) + 4.0,
+        lo.round()
+    );
+    let _ = write!(
+        svg,
+        "<text x=\"{PAD}\" y=\"{}\" class=\"tick\">{first}</text><text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"end\">{last}</text>",
+        H - PAD + 16.0,
+        W - PAD,
+        H - PAD + 16.0
+    );
+    if !points.is_empty() {
+        let upper: Vec<String> = points
+            .iter()
+            .map(|pt| format!("{:.1},{:.1}", x(pt.date), y(coord(pt.upper))))
+            .collect();
+        let lower: Vec<String> = points
+            .iter()
+            .rev()
+            .map(|pt| format!("{:.1},{:.1}", x(pt.date), y(coord(pt.lower))))
+            .collect();
+        let _ = write!(
+            svg,
+            "<polygon data-mark=\"band\" class=\"band\" points=\"{} {}\"/>",
+            upper.join(" "),
+            lower.join(" ")
+        );
+    }
+    let line: Vec<String> = hist
+        .iter()
+        .map(|(d, v)| format!("{:.1},{:.1}", x(*d), y(*v)))
+        .collect();
+    let _ = write!(
+        svg,
+        "<polyline data-mark=\"history\" class=\"history\" points=\"{}\"/>",
+        line.join(" ")
+    );
+    if !points.is_empty() {
+        let (ld, lv) = hist[hist.len() - 1];
+        let mut proj = vec![format!("{:.1},{:.1}", x(ld), y(lv))];
+        proj.extend(
+            points
+                .iter()
+                .map(|pt| format!("{:.1},{:.1}", x(pt.date), y(coord(pt.value)))),
+        );
+        let _ = write!(
+            svg,
+            "<polyline data-mark=\"projection\" class=\"projection\" points=\"{}\"/>",
+            proj.join(" ")
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// Horizontal bars of `value` per item.
+fn bar_chart(id: &str, label: &str, items: &[(String, Decimal, String)]) -> String {
+    let row = 26.0;
+    let h = PAD + row * items.len().max(1) as f64;
+    let max = items
+        .iter()
+        .map(|(_, v, _)| coord(*v).abs())
+        .fold(0.0f64, f64::max)
+        .max(1.0);
+    let left = 220.0;
+    let mut svg = format!(
+        "<svg data-chart=\"{id}\" viewBox=\"0 0 {W} {h}\" width=\"{W}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">",
+        esc(label)
+    );
+    for (i, (name, v, note)) in items.iter().enumerate() {
+        let y = 10.0 + i as f64 * row;
+        let w = (coord(*v).abs() / max * (W - left - 160.0)).max(1.0);
+        let class = if v.is_sign_negative() {
+            "bar neg"
+        } else {
+            "bar"
+        };
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" class=\"label\" text-anchor=\"end\">{}</text>\
+             <rect data-mark=\"bar\" class=\"{class}\" x=\"{left}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{:.1}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" class=\"value\">{} {}</text>",
+            left - 8.0,
+            y + 15.0,
+            esc(name),
+            row - 8.0,
+            left + w + 6.0,
+            y + 15.0,
+            money(*v),
+            esc(note)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn pct(x: Option<Decimal>) -> String {
+    x.map(|p| format!("{p} %")).unwrap_or_else(|| "n/a".into())
+}
+
+fn store_label(s: &Converted) -> String {
+    match &s.chain {
+        Some(c) => format!("{} {} ({c})", s.country.as_deref().unwrap_or(""), s.name),
+        None => format!("{} {}", s.country.as_deref().unwrap_or(""), s.name),
+    }
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#1d2430;max-width:900px}\
+h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem}table{border-collapse:collapse;margin:.5rem 0}\
+td,th{border-bottom:1px solid #d8dde6;padding:.25rem .6rem;text-align:right}td:first-child,th:first-child{text-align:left}\
+.axis{stroke:#8893a5}.tick,.label,.value{font-size:11px;fill:#394150}.history{fill:none;stroke:#1f5fbf;stroke-width:1.5}\
+.projection{fill:none;stroke:#d9480f;stroke-width:1.5;stroke-dasharray:4 3}.band{fill:#fd7e14;opacity:.18}\
+.bar{fill:#2f9e44}.bar.neg{fill:#c92a2a}.warn{color:#a61e4d}.note{color:#5c677d;font-size:.9rem}";
+
+const SCRIPT: &str = "document.addEventListener('DOMContentLoaded',function(){\
+var c=document.querySelectorAll('svg[data-chart]'),ok=0;\
+c.forEach(function(s){var b=s.getBBox();if(b.width>0&&b.height>0&&s.querySelectorAll('[data-mark]').length>0){ok++;}});\
+document.body.setAttribute('data-charts',String(c.length));\
+document.body.setAttribute('data-charts-rendered',String(ok));});";
+
+/// The whole page.
+pub fn render(r: &Report) -> String {
+    let cur = esc(&r.reporting_currency);
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>skuflow finance report</title>\
+         <style>{STYLE}</style></head><body><h1>skuflow finance report</h1>\
+         <p class=\"note\">Generated {} · business dates {} to {} · {} aggregate rows · reporting currency {cur}</p>",
+        r.generated_at.format("%Y-%m-%d %H:%M UTC"),
+        r.from.map_or("first".into(), |d| d.to_string()),
+        r.to.map_or("last".into(), |d| d.to_string()),
+        r.rows
+    );
+    h.push_str("<h2>Totals per country</h2><table><tr><th>Country</th><th>Currency</th><th>Revenue</th><th>Cost</th><th>Gross margin</th><th>Margin</th><th>Units</th><th>Revenue in ");
+    h.push_str(&cur);
+    h.push_str("</th></tr>");
+    for t in &r.totals {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
+            esc(&t.country),
+            esc(&t.currency),
+            money(t.sums.revenue),
+            money(t.sums.cost),
+            money(t.sums.gross_margin),
+            pct(t.margin_pct),
+            t.sums.units,
+            money(t.revenue_reporting),
+            if t.days_without_rate > 0 {
+                format!(" <span class=\"warn\">({} days without rate)</span>", t.days_without_rate)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let _ = write!(
+        h,
+        "</table><p>All converted: revenue {} {cur}, gross margin {} {cur} ({}).</p>",
+        money(r.grand_total.revenue),
+        money(r.grand_total.gross_margin),
+        pct(r.grand_total.margin_pct())
+    );
+    if !r.missing_rates.is_empty() {
+        h.push_str("<h2 class=\"warn\">Missing rates</h2><p>These days are left out of every converted figure; add the rates and run the report again.</p><table><tr><th>Date</th><th>Currency</th><th>Rows</th><th>Revenue</th></tr>");
+        for m in &r.missing_rates {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                m.date,
+                esc(&m.currency),
+                m.rows,
+                money(m.revenue)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Revenue and projection</h2>");
+    for (i, p) in r.projections.iter().enumerate() {
+        let who = match &p.store_id {
+            Some(s) => format!("{} store {}", esc(&p.country), esc(s)),
+            None => esc(&p.country),
+        };
+        let _ = write!(h, "<h3>{who} ({})</h3>", esc(&p.currency));
+        match (&p.projection, &p.error) {
+            (Some(proj), _) => {
+                let _ = write!(
+                    h,
+                    "<p class=\"note\">{} days of history{}; next {} days projected by {}; band: {} prediction interval. \
+                     Backtest on the last {} days: {} {} %.</p>",
+                    proj.history_days,
+                    if proj.filled_days > 0 {
+                        format!(" ({} missing days interpolated)", proj.filled_days)
+                    } else {
+                        String::new()
+                    },
+                    proj.points.len(),
+                    esc(proj.method),
+                    proj.interval,
+                    proj.backtest.window_days,
+                    proj.backtest.metric,
+                    proj.backtest.value
+                );
+            }
+            (None, e) => {
+                let _ = write!(
+                    h,
+                    "<p class=\"warn\">No projection: {}.</p>",
+                    esc(e.as_deref().unwrap_or("unknown"))
+                );
+            }
+        }
+        h.push_str(&revenue_chart(p, &format!("revenue-{i}")));
+    }
+    h.push_str("<h2>Gross margin by category</h2>");
+    let cats: Vec<(String, Decimal, String)> = r
+        .by_category
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.sums.gross_margin,
+                format!("{cur} · {}", pct(c.margin_pct)),
+            )
+        })
+        .collect();
+    h.push_str(&bar_chart(
+        "margin-by-category",
+        "Gross margin by category",
+        &cats,
+    ));
+    h.push_str("<h2>Top stores by revenue</h2>");
+    let stores: Vec<(String, Decimal, String)> = r
+        .top_stores
+        .iter()
+        .map(|s| (store_label(s), s.sums.revenue, cur.clone()))
+        .collect();
+    h.push_str(&bar_chart("top-stores", "Top stores by revenue", &stores));
+    let _ = write!(h, "<script>{SCRIPT}</script></body></html>");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_from_uploads() {
+        assert_eq!(esc("<b a=\"1\">&'"), "&lt;b a=&quot;1&quot;&gt;&amp;&#39;");
+    }
+
+    #[test]
+    fn money_groups_thousands_and_keeps_cents() {
+        assert_eq!(
+            money("1234567.5".parse().unwrap()),
+            "1\u{202f}234\u{202f}567.50"
+        );
+        assert_eq!(money("-12".parse().unwrap()), "-12.00");
+        assert_eq!(money("999.99".parse().unwrap()), "999.99");
+    }
+}

@@ -1,0 +1,101 @@
+//! skuflow finance reporter: `sku.records.v1` into exact daily revenue and margin aggregates in
+//! PostgreSQL (schema `skuflow_finance`, offsets in the same transaction), and reports with
+//! projections on a schedule and on demand (`skuflow report`).
+
+pub mod forecast;
+pub mod html;
+pub mod migrations;
+pub mod rates;
+pub mod report;
+pub mod sink;
+
+use std::time::Duration;
+
+use clap::Args;
+use skuflow_platform::shutdown::CancellationToken;
+
+pub use report::ReportArgs;
+pub use sink::FinanceSink;
+
+/// Default consumer group.
+pub const GROUP: &str = "skuflow-finance-reporter";
+
+/// Flags of `skuflow-finance-reporter`.
+#[derive(Clone, Args)]
+pub struct ReporterArgs {
+    /// PostgreSQL connection string. Never logged.
+    #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
+    pub pg_url: String,
+    /// Seconds between scheduled reports (0: none; `skuflow report` makes one on demand).
+    #[arg(
+        long = "report-every-secs",
+        env = "SKUFLOW_REPORT_EVERY_SECS",
+        default_value_t = 3600
+    )]
+    pub report_every_secs: u64,
+    #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
+    pub consume: skuflow_platform::ConsumeArgs,
+}
+
+impl std::fmt::Debug for ReporterArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReporterArgs")
+            .field("pg_url", &"***")
+            .field("report_every_secs", &self.report_every_secs)
+            .field("report", &self.report)
+            .field("consume", &self.consume)
+            .finish()
+    }
+}
+
+/// Writes a report every `every` until `shutdown`; a failed report is logged and tried again
+/// at the next turn.
+async fn schedule(pg_url: String, args: ReportArgs, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match report::run(&pg_url, &args).await {
+            Ok(r) => {
+                tracing::info!(rows = r.rows, out = %args.out, missing_rates = r.missing_rates.len(), "Wrote the scheduled report.")
+            }
+            Err(e) => tracing::warn!(
+                cause = format!("{e:#}"),
+                "Scheduled report failed; trying again at the next turn."
+            ),
+        }
+    }
+}
+
+/// Runs the reporter until `shutdown`.
+pub async fn run(
+    args: &ReporterArgs,
+    kafka: &skuflow_platform::KafkaArgs,
+    topics: &skuflow_platform::TopicArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<skuflow_platform::consume::RunStats> {
+    args.report.validate()?;
+    let group = args
+        .consume
+        .group
+        .clone()
+        .unwrap_or_else(|| GROUP.to_string());
+    let mut sink = FinanceSink::new(&args.pg_url, &group);
+    match sink.connect().await {
+        Ok(_) => {}
+        Err(skuflow_platform::SinkError::Fatal(e)) => return Err(e),
+        Err(e) => tracing::warn!(cause = %e, "PostgreSQL not reachable yet; will retry."),
+    }
+    if args.report_every_secs > 0 {
+        tokio::spawn(schedule(
+            args.pg_url.clone(),
+            args.report.clone(),
+            Duration::from_secs(args.report_every_secs),
+            shutdown.clone(),
+        ));
+    }
+    skuflow_platform::run_sink(kafka, topics, &args.consume, GROUP, sink, shutdown).await
+}

@@ -1,0 +1,550 @@
+//! Reports: the daily aggregates read back from PostgreSQL, converted to the reporting currency
+//! where a rate exists, totals per country, margin per category, top stores and projections,
+//! written as `daily.csv`, `projections.csv`, `summary.json` and `report.html`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::Args;
+use object_store::path::Path;
+use object_store::PutPayload;
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::Serialize;
+
+use crate::forecast::{self, Projection};
+use crate::migrations::{self, DAILY, RATES};
+use crate::{html, rates};
+
+/// What a report covers and where it goes.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Where report files are written: a local directory or `s3://bucket/prefix`.
+    #[arg(
+        long = "report-out",
+        env = "SKUFLOW_REPORT_OUT",
+        default_value = "reports"
+    )]
+    pub out: String,
+    /// Currency every amount is also converted to.
+    #[arg(
+        long = "reporting-currency",
+        env = "SKUFLOW_REPORTING_CURRENCY",
+        default_value = "EUR"
+    )]
+    pub reporting_currency: String,
+    /// A rate file (`date,currency,reporting_currency,rate`) loaded into the rate table first.
+    #[arg(long = "rates", env = "SKUFLOW_RATES")]
+    pub rates: Option<PathBuf>,
+    /// First business date covered (default: the first there is).
+    #[arg(long = "from")]
+    pub from: Option<NaiveDate>,
+    /// Last business date covered (default: the last there is).
+    #[arg(long = "to")]
+    pub to: Option<NaiveDate>,
+    /// Days projected past the last business date.
+    #[arg(long = "horizon-days", env = "SKUFLOW_HORIZON_DAYS", default_value_t = 28,
+          value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub horizon_days: u32,
+    /// Stores listed (and projected one by one) in the report.
+    #[arg(long = "top-stores", env = "SKUFLOW_TOP_STORES", default_value_t = 10)]
+    pub top_stores: usize,
+}
+
+impl ReportArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let c = &self.reporting_currency;
+        anyhow::ensure!(
+            c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()),
+            "--reporting-currency {c:?} is not an ISO 4217 code (e.g. EUR)"
+        );
+        if let (Some(f), Some(t)) = (self.from, self.to) {
+            anyhow::ensure!(f <= t, "--from {f} is after --to {t}");
+        }
+        Ok(())
+    }
+}
+
+/// Rounds money to cents, halves away from zero.
+pub fn cents(x: Decimal) -> Decimal {
+    x.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+fn pct(part: Decimal, whole: Decimal) -> Option<Decimal> {
+    (!whole.is_zero()).then(|| cents(part / whole * Decimal::ONE_HUNDRED))
+}
+
+/// One row of the daily aggregates with its conversion.
+#[derive(Debug, Clone, Serialize)]
+pub struct DailyRow {
+    pub business_date: NaiveDate,
+    pub country: String,
+    pub store_id: String,
+    pub store_category: String,
+    pub chain: String,
+    pub category: String,
+    pub currency: String,
+    pub skus: i64,
+    pub skus_with_cost: i64,
+    pub units: i64,
+    pub revenue: Decimal,
+    pub revenue_with_cost: Decimal,
+    pub cost: Decimal,
+    pub gross_margin: Decimal,
+    pub stock_value_retail: Decimal,
+    pub stock_value_cost: Decimal,
+    /// Units of the reporting currency per unit of `currency` that day; none when missing.
+    pub fx_rate: Option<Decimal>,
+}
+
+/// Sums of a group of daily rows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sums {
+    pub skus: i64,
+    pub units: i64,
+    pub revenue: Decimal,
+    pub revenue_with_cost: Decimal,
+    pub cost: Decimal,
+    pub gross_margin: Decimal,
+    pub stock_value_retail: Decimal,
+    pub stock_value_cost: Decimal,
+}
+
+impl Sums {
+    fn add(&mut self, r: &DailyRow, rate: Decimal) {
+        self.skus += r.skus;
+        self.units += r.units;
+        self.revenue += r.revenue * rate;
+        self.revenue_with_cost += r.revenue_with_cost * rate;
+        self.cost += r.cost * rate;
+        self.gross_margin += r.gross_margin * rate;
+        self.stock_value_retail += r.stock_value_retail * rate;
+        self.stock_value_cost += r.stock_value_cost * rate;
+    }
+
+    /// Rounded to cents, for output.
+    fn rounded(&self) -> Sums {
+        Sums {
+            skus: self.skus,
+            units: self.units,
+            revenue: cents(self.revenue),
+            revenue_with_cost: cents(self.revenue_with_cost),
+            cost: cents(self.cost),
+            gross_margin: cents(self.gross_margin),
+            stock_value_retail: cents(self.stock_value_retail),
+            stock_value_cost: cents(self.stock_value_cost),
+        }
+    }
+
+    /// Gross margin as a share of the revenue that has a cost, in percent.
+    pub fn margin_pct(&self) -> Option<Decimal> {
+        pct(self.gross_margin, self.revenue_with_cost)
+    }
+}
+
+/// Totals of one country in one currency.
+#[derive(Debug, Clone, Serialize)]
+pub struct CountryTotal {
+    pub country: String,
+    pub currency: String,
+    #[serde(flatten)]
+    pub sums: Sums,
+    pub margin_pct: Option<Decimal>,
+    /// Revenue in the reporting currency over the days that have a rate.
+    pub revenue_reporting: Decimal,
+    pub gross_margin_reporting: Decimal,
+    /// Days of this country and currency without a rate (left out of the converted figures).
+    pub days_without_rate: usize,
+}
+
+/// A group in the reporting currency (category or store).
+#[derive(Debug, Clone, Serialize)]
+pub struct Converted {
+    pub name: String,
+    pub country: Option<String>,
+    pub chain: Option<String>,
+    #[serde(flatten)]
+    pub sums: Sums,
+    pub margin_pct: Option<Decimal>,
+}
+
+/// A day and currency without a rate to the reporting currency.
+#[derive(Debug, Clone, Serialize)]
+pub struct MissingRate {
+    pub date: NaiveDate,
+    pub currency: String,
+    pub rows: usize,
+    pub revenue: Decimal,
+}
+
+/// A projection of one country's or store's revenue, or why there is none.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectionEntry {
+    pub scope: &'static str,
+    pub country: String,
+    pub store_id: Option<String>,
+    pub currency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projection: Option<Projection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Daily revenue the projection continues (for charts).
+    pub history: Vec<(NaiveDate, Decimal)>,
+}
+
+/// A whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub generated_at: DateTime<Utc>,
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub reporting_currency: String,
+    pub rows: usize,
+    pub totals: Vec<CountryTotal>,
+    /// Everything that has a rate, in the reporting currency.
+    pub grand_total: Sums,
+    pub by_category: Vec<Converted>,
+    pub top_stores: Vec<Converted>,
+    pub missing_rates: Vec<MissingRate>,
+    pub projections: Vec<ProjectionEntry>,
+    #[serde(skip)]
+    pub daily: Vec<DailyRow>,
+}
+
+/// Reads the aggregates (and loads the rate file first, when given).
+pub async fn read_daily(
+    client: &mut tokio_postgres::Client,
+    args: &ReportArgs,
+) -> anyhow::Result<Vec<DailyRow>> {
+    migrations::migrate(client)
+        .await
+        .context("applying the finance migrations")?;
+    if let Some(path) = &args.rates {
+        let list = rates::read(path)?;
+        rates::store(client, &list, &path.display().to_string())
+            .await
+            .context("storing the rate file")?;
+        tracing::info!(rates = list.len(), file = %path.display(), "Loaded rates.");
+    }
+    let rows = client
+        .query(
+            &format!(
+                "SELECT d.business_date, d.country, d.store_id, d.store_category, d.chain, d.category, d.currency,
+                        d.skus, d.skus_with_cost, d.units, d.revenue, d.revenue_with_cost, d.cost, d.gross_margin,
+                        d.stock_value_retail, d.stock_value_cost,
+                        CASE WHEN d.currency = $1 THEN 1::numeric ELSE r.rate END
+                 FROM {DAILY} d
+                 LEFT JOIN {RATES} r ON r.rate_date = d.business_date AND r.currency = d.currency AND r.reporting_currency = $1
+                 WHERE ($2::date IS NULL OR d.business_date >= $2) AND ($3::date IS NULL OR d.business_date <= $3)
+                 ORDER BY d.business_date, d.country, d.store_id, d.category, d.currency, d.store_category, d.chain"
+            ),
+            &[&args.reporting_currency, &args.from, &args.to],
+        )
+        .await
+        .context("reading the daily aggregates")?;
+    Ok(rows
+        .iter()
+        .map(|r| DailyRow {
+            business_date: r.get(0),
+            country: r.get(1),
+            store_id: r.get(2),
+            store_category: r.get(3),
+            chain: r.get(4),
+            category: r.get(5),
+            currency: r.get(6),
+            skus: r.get(7),
+            skus_with_cost: r.get(8),
+            units: r.get(9),
+            revenue: r.get(10),
+            revenue_with_cost: r.get(11),
+            cost: r.get(12),
+            gross_margin: r.get(13),
+            stock_value_retail: r.get(14),
+            stock_value_cost: r.get(15),
+            fx_rate: r.get(16),
+        })
+        .collect())
+}
+
+fn projection_entry(
+    scope: &'static str,
+    country: &str,
+    store_id: Option<&str>,
+    currency: &str,
+    series: &BTreeMap<NaiveDate, Decimal>,
+    horizon: usize,
+) -> ProjectionEntry {
+    let history: Vec<(NaiveDate, Decimal)> = series.iter().map(|(d, v)| (*d, cents(*v))).collect();
+    let (projection, error) = match forecast::forecast(&history, horizon) {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    ProjectionEntry {
+        scope,
+        country: country.into(),
+        store_id: store_id.map(str::to_string),
+        currency: currency.into(),
+        projection,
+        error,
+        history,
+    }
+}
+
+/// Builds the report from the daily rows.
+pub fn build(daily: Vec<DailyRow>, args: &ReportArgs) -> Report {
+    let mut by_country: BTreeMap<
+        (String, String),
+        (Sums, Sums, std::collections::BTreeSet<NaiveDate>),
+    > = BTreeMap::new();
+    let mut grand = Sums::default();
+    let mut categories: BTreeMap<String, Sums> = BTreeMap::new();
+    let mut stores: BTreeMap<(String, String), (String, Sums)> = BTreeMap::new();
+    let mut missing: BTreeMap<(NaiveDate, String), (usize, Decimal)> = BTreeMap::new();
+    let mut country_series: BTreeMap<(String, String), BTreeMap<NaiveDate, Decimal>> =
+        BTreeMap::new();
+    let mut store_series: BTreeMap<(String, String, String), BTreeMap<NaiveDate, Decimal>> =
+        BTreeMap::new();
+    for r in &daily {
+        let entry = by_country
+            .entry((r.country.clone(), r.currency.clone()))
+            .or_default();
+        entry.0.add(r, Decimal::ONE);
+        *country_series
+            .entry((r.country.clone(), r.currency.clone()))
+            .or_default()
+            .entry(r.business_date)
+            .or_default() += r.revenue;
+        *store_series
+            .entry((r.country.clone(), r.store_id.clone(), r.currency.clone()))
+            .or_default()
+            .entry(r.business_date)
+            .or_default() += r.revenue;
+        match r.fx_rate {
+            Some(rate) => {
+                entry.1.add(r, rate);
+                grand.add(r, rate);
+                categories
+                    .entry(r.category.clone())
+                    .or_default()
+                    .add(r, rate);
+                stores
+                    .entry((r.country.clone(), r.store_id.clone()))
+                    .or_insert_with(|| (r.chain.clone(), Sums::default()))
+                    .1
+                    .add(r, rate);
+            }
+            None => {
+                entry.2.insert(r.business_date);
+                let m = missing
+                    .entry((r.business_date, r.currency.clone()))
+                    .or_default();
+                m.0 += 1;
+                m.1 += r.revenue;
+            }
+        }
+    }
+    let totals = by_country
+        .into_iter()
+        .map(|((country, currency), (own, conv, days))| CountryTotal {
+            country,
+            currency,
+            margin_pct: own.margin_pct(),
+            sums: own.rounded(),
+            revenue_reporting: cents(conv.revenue),
+            gross_margin_reporting: cents(conv.gross_margin),
+            days_without_rate: days.len(),
+        })
+        .collect();
+    let mut by_category: Vec<Converted> = categories
+        .into_iter()
+        .map(|(name, s)| Converted {
+            name,
+            country: None,
+            chain: None,
+            margin_pct: s.margin_pct(),
+            sums: s.rounded(),
+        })
+        .collect();
+    by_category.sort_by(|a, b| {
+        b.sums
+            .gross_margin
+            .cmp(&a.sums.gross_margin)
+            .then(a.name.cmp(&b.name))
+    });
+    let mut top_stores: Vec<Converted> = stores
+        .into_iter()
+        .map(|((country, store), (chain, s))| Converted {
+            name: store,
+            country: Some(country),
+            chain: (!chain.is_empty()).then_some(chain),
+            margin_pct: s.margin_pct(),
+            sums: s.rounded(),
+        })
+        .collect();
+    top_stores.sort_by(|a, b| {
+        b.sums
+            .revenue
+            .cmp(&a.sums.revenue)
+            .then(a.country.cmp(&b.country))
+            .then(a.name.cmp(&b.name))
+    });
+    top_stores.truncate(args.top_stores);
+    let horizon = args.horizon_days as usize;
+    let mut projections: Vec<ProjectionEntry> = country_series
+        .iter()
+        .map(|((country, currency), s)| {
+            projection_entry("country", country, None, currency, s, horizon)
+        })
+        .collect();
+    for st in &top_stores {
+        let country = st.country.clone().unwrap_or_default();
+        for ((c, store, currency), s) in &store_series {
+            if *c == country && *store == st.name {
+                projections.push(projection_entry(
+                    "store",
+                    c,
+                    Some(store),
+                    currency,
+                    s,
+                    horizon,
+                ));
+            }
+        }
+    }
+    Report {
+        generated_at: Utc::now(),
+        from: args.from,
+        to: args.to,
+        reporting_currency: args.reporting_currency.clone(),
+        rows: daily.len(),
+        totals,
+        grand_total: grand.rounded(),
+        by_category,
+        top_stores,
+        missing_rates: missing
+            .into_iter()
+            .map(|((date, currency), (rows, revenue))| MissingRate {
+                date,
+                currency,
+                rows,
+                revenue: cents(revenue),
+            })
+            .collect(),
+        projections,
+        daily,
+    }
+}
+
+/// A CSV field, quoted when it needs to be.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn opt<T: ToString>(x: Option<T>) -> String {
+    x.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// `daily.csv`: every aggregate row, in its currency and converted.
+pub fn daily_csv(report: &Report) -> String {
+    let mut out = String::from(
+        "business_date,country,store_id,store_category,chain,category,currency,skus,skus_with_cost,units,\
+         revenue,cost,gross_margin,margin_pct,stock_value_retail,stock_value_cost,\
+         reporting_currency,fx_rate,revenue_reporting,gross_margin_reporting\n",
+    );
+    for r in &report.daily {
+        let fields = [
+            r.business_date.to_string(),
+            csv_field(&r.country),
+            csv_field(&r.store_id),
+            csv_field(&r.store_category),
+            csv_field(&r.chain),
+            csv_field(&r.category),
+            csv_field(&r.currency),
+            r.skus.to_string(),
+            r.skus_with_cost.to_string(),
+            r.units.to_string(),
+            cents(r.revenue).to_string(),
+            cents(r.cost).to_string(),
+            cents(r.gross_margin).to_string(),
+            opt(pct(r.gross_margin, r.revenue_with_cost)),
+            cents(r.stock_value_retail).to_string(),
+            cents(r.stock_value_cost).to_string(),
+            report.reporting_currency.clone(),
+            opt(r.fx_rate.map(|x| x.normalize())),
+            opt(r.fx_rate.map(|x| cents(r.revenue * x))),
+            opt(r.fx_rate.map(|x| cents(r.gross_margin * x))),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// `projections.csv`: one line per projected day.
+pub fn projections_csv(report: &Report) -> String {
+    let mut out = String::from(
+        "scope,country,store_id,currency,date,revenue,lower_95,upper_95,backtest_smape_pct,error\n",
+    );
+    for p in &report.projections {
+        let head = [
+            p.scope.to_string(),
+            csv_field(&p.country),
+            csv_field(p.store_id.as_deref().unwrap_or("")),
+            csv_field(&p.currency),
+        ]
+        .join(",");
+        match (&p.projection, &p.error) {
+            (Some(proj), _) => {
+                for pt in &proj.points {
+                    out.push_str(&format!(
+                        "{head},{},{},{},{},{},\n",
+                        pt.date, pt.value, pt.lower, pt.upper, proj.backtest.value
+                    ));
+                }
+            }
+            (None, e) => {
+                out.push_str(&format!(
+                    "{head},,,,,,{}\n",
+                    csv_field(e.as_deref().unwrap_or(""))
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Generates a report and writes its files; returns it.
+pub async fn run(pg_url: &str, args: &ReportArgs) -> anyhow::Result<Report> {
+    args.validate()?;
+    let mut client = skuflow_platform::pg::connect(pg_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let daily = read_daily(&mut client, args).await?;
+    let report = build(daily, args);
+    write(&report, &args.out).await?;
+    Ok(report)
+}
+
+/// Writes the report's files under `out` (each file replaced whole).
+pub async fn write(report: &Report, out: &str) -> anyhow::Result<()> {
+    let root = skuflow_platform::store::open_root(out, "--report-out")?;
+    let files = [
+        ("daily.csv", daily_csv(report)),
+        ("projections.csv", projections_csv(report)),
+        ("summary.json", serde_json::to_string_pretty(report)?),
+        ("report.html", html::render(report)),
+    ];
+    for (name, body) in files {
+        let path = Path::from(format!("{}/{name}", root.prefix).trim_start_matches('/'));
+        root.store
+            .put(&path, PutPayload::from(body.into_bytes()))
+            .await
+            .with_context(|| format!("writing {name} to {out}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! The finance sink: each record's contribution (revenue, cost, units, stock value) is kept per
+//! natural key in `skuflow_finance.lines`; the daily aggregates change by exactly what a batch
+//! changes there (a newer version of a key first takes the old contribution away), in one
+//! transaction with the consumed offsets. Replays and duplicates change nothing: a version that
+//! is not newer than the stored one is not applied.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+use tokio_postgres::{Client, Transaction};
+
+use skuflow_platform::pg::{self, classify, describe, is_retriable, is_row_error, valid_country};
+use skuflow_platform::{Consumed, Refusal, Sink, SinkError};
+use skuflow_schemas::{SkuRecord, StoreCategory};
+
+use crate::migrations::{self, DAILY, DIMENSIONS, LINES, MEASURES, OFFSETS_TABLE};
+
+/// Columns of a line, in the order of the staging insert.
+const LINE_COLUMNS: [&str; 15] = [
+    "country",
+    "store_id",
+    "sku",
+    "business_date",
+    "record_version",
+    "record_id",
+    "store_category",
+    "chain",
+    "category",
+    "currency",
+    "unit_price",
+    "unit_cost",
+    "units_sold",
+    "quantity_on_hand",
+    "file_id",
+];
+
+/// The contribution of line `x` to each measure, in the order of [`MEASURES`], times `sign`.
+fn contribution(x: &str, sign: i32) -> String {
+    let parts = [
+        "1".to_string(),
+        format!("({x}.unit_cost IS NOT NULL)::int"),
+        format!("{x}.units_sold"),
+        format!("{x}.unit_price * {x}.units_sold"),
+        format!("CASE WHEN {x}.unit_cost IS NULL THEN 0 ELSE {x}.unit_price * {x}.units_sold END"),
+        format!("coalesce({x}.unit_cost * {x}.units_sold, 0)"),
+        format!("{x}.unit_price * {x}.quantity_on_hand"),
+        format!("coalesce({x}.unit_cost * {x}.quantity_on_hand, 0)"),
+    ];
+    let dims: Vec<String> = DIMENSIONS.iter().map(|d| format!("{x}.{d}")).collect();
+    let measures: Vec<String> = parts.iter().map(|p| format!("{sign} * ({p})")).collect();
+    format!("{}, {}", dims.join(", "), measures.join(", "))
+}
+
+/// The statements of one batch, built once.
+struct Statements {
+    setup: String,
+    stage: String,
+    take_old: String,
+    put_new: String,
+    clear_stage: String,
+    aggregate: String,
+    drop_empty: String,
+}
+
+impl Statements {
+    fn new() -> Self {
+        let cols = LINE_COLUMNS.join(", ");
+        let types = [
+            "text", "text", "text", "date", "int8", "text", "text", "text", "text", "text",
+            "numeric", "numeric", "int4", "int4", "text",
+        ];
+        let arrays: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{t}[]", i + 1))
+            .collect();
+        let key = "country, store_id, sku, business_date";
+        let updates: Vec<String> = LINE_COLUMNS[4..]
+            .iter()
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        let dims = DIMENSIONS.join(", ");
+        let measures = MEASURES.join(", ");
+        let sums: Vec<String> = MEASURES.iter().map(|m| format!("sum({m})")).collect();
+        let adds: Vec<String> = MEASURES
+            .iter()
+            .map(|m| format!("{m} = d.{m} + EXCLUDED.{m}"))
+            .collect();
+        let dim_match: Vec<String> = DIMENSIONS
+            .iter()
+            .map(|d| format!("d.{d} = c.{d}"))
+            .collect();
+        Statements {
+            setup: format!(
+                "CREATE TEMP TABLE IF NOT EXISTS fin_staging (LIKE {LINES}) ON COMMIT DELETE ROWS;\n\
+                 CREATE TEMP TABLE IF NOT EXISTS fin_contrib ON COMMIT DELETE ROWS AS\n\
+                 SELECT {dims}, {measures} FROM {DAILY} WITH NO DATA"
+            ),
+            stage: format!(
+                "INSERT INTO fin_staging ({cols}) SELECT * FROM UNNEST({})",
+                arrays.join(", ")
+            ),
+            take_old: format!(
+                "WITH old AS (\n\
+                     SELECT l.* FROM {LINES} l JOIN fin_staging s USING ({key})\n\
+                     WHERE l.record_version < s.record_version FOR UPDATE OF l)\n\
+                 INSERT INTO fin_contrib SELECT {} FROM old",
+                contribution("old", -1)
+            ),
+            put_new: format!(
+                "WITH up AS (\n\
+                     INSERT INTO {LINES} AS l ({cols}) SELECT {cols} FROM fin_staging\n\
+                     ON CONFLICT ({key}) DO UPDATE SET {}\n\
+                     WHERE l.record_version < EXCLUDED.record_version\n\
+                     RETURNING *)\n\
+                 INSERT INTO fin_contrib SELECT {} FROM up",
+                updates.join(", "),
+                contribution("up", 1)
+            ),
+            clear_stage: "DELETE FROM fin_staging".into(),
+            aggregate: format!(
+                "INSERT INTO {DAILY} AS d ({dims}, {measures})\n\
+                 SELECT {dims}, {} FROM fin_contrib GROUP BY {dims} ORDER BY {dims}\n\
+                 ON CONFLICT ({dims}) DO UPDATE SET {}, updated_at = now()",
+                sums.join(", "),
+                adds.join(", ")
+            ),
+            drop_empty: format!(
+                "DELETE FROM {DAILY} d USING (SELECT DISTINCT {dims} FROM fin_contrib) c\n\
+                 WHERE {} AND d.skus = 0",
+                dim_match.join(" AND ")
+            ),
+        }
+    }
+}
+
+/// Column arrays of a set of records, for the staging insert.
+#[derive(Default)]
+struct Columns {
+    country: Vec<String>,
+    store_id: Vec<String>,
+    sku: Vec<String>,
+    business_date: Vec<chrono::NaiveDate>,
+    record_version: Vec<i64>,
+    record_id: Vec<String>,
+    store_category: Vec<&'static str>,
+    chain: Vec<String>,
+    category: Vec<String>,
+    currency: Vec<String>,
+    unit_price: Vec<Decimal>,
+    unit_cost: Vec<Option<Decimal>>,
+    units_sold: Vec<i32>,
+    quantity_on_hand: Vec<i32>,
+    file_id: Vec<String>,
+}
+
+impl Columns {
+    fn of<'a>(records: impl IntoIterator<Item = &'a SkuRecord>) -> Self {
+        let mut c = Columns::default();
+        for r in records {
+            c.country.push(r.country.clone());
+            c.store_id.push(r.store_id.clone());
+            c.sku.push(r.sku.clone());
+            c.business_date.push(r.business_date);
+            c.record_version.push(r.record_version);
+            c.record_id.push(r.record_id.clone());
+            c.store_category.push(match r.store_category {
+                StoreCategory::Individual => "individual",
+                StoreCategory::RetailChain => "retail_chain",
+            });
+            c.chain.push(r.chain.clone().unwrap_or_default());
+            c.category.push(r.category.clone());
+            c.currency.push(r.currency.clone());
+            c.unit_price.push(r.unit_price);
+            c.unit_cost.push(r.unit_cost);
+            c.units_sold.push(r.units_sold);
+            c.quantity_on_hand.push(r.quantity_on_hand);
+            c.file_id.push(r.file_id.clone());
+        }
+        c
+    }
+
+    async fn stage(&self, tx: &Transaction<'_>, sql: &str) -> Result<u64, tokio_postgres::Error> {
+        tx.execute(
+            sql,
+            &[
+                &self.country,
+                &self.store_id,
+                &self.sku,
+                &self.business_date,
+                &self.record_version,
+                &self.record_id,
+                &self.store_category,
+                &self.chain,
+                &self.category,
+                &self.currency,
+                &self.unit_price,
+                &self.unit_cost,
+                &self.units_sold,
+                &self.quantity_on_hand,
+                &self.file_id,
+            ],
+        )
+        .await
+    }
+}
+
+/// The finance reporter's sink.
+pub struct FinanceSink {
+    url: String,
+    group: String,
+    client: Option<Client>,
+    sql: Statements,
+}
+
+impl FinanceSink {
+    pub fn new(url: &str, group: &str) -> Self {
+        FinanceSink {
+            url: url.to_string(),
+            group: group.to_string(),
+            client: None,
+            sql: Statements::new(),
+        }
+    }
+
+    /// Connects (once) and applies the migrations.
+    pub async fn connect(&mut self) -> Result<&mut Client, SinkError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let mut client = pg::connect(&self.url).await?;
+            migrations::migrate(&mut client)
+                .await
+                .map_err(|e| classify(e, "applying migrations"))?;
+            client
+                .batch_execute(&self.sql.setup)
+                .await
+                .map_err(|e| classify(e, "creating the staging tables"))?;
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| SinkError::Retriable(anyhow::anyhow!("no connection")))
+    }
+
+    /// Applies `rows` (one per natural key) in one transaction with the offsets. With `isolate`,
+    /// each row is applied under a savepoint and the rows PostgreSQL refuses are returned.
+    async fn apply(
+        &mut self,
+        topic: &str,
+        rows: &[(usize, &SkuRecord)],
+        offsets: &BTreeMap<i32, i64>,
+        isolate: bool,
+    ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
+        let (sql, group) = (&self.sql, &self.group);
+        let client = self.client.as_mut().expect("connected before writing");
+        let tx = client.transaction().await?;
+        let mut refused = Vec::new();
+        if isolate {
+            for (index, rec) in rows {
+                tx.batch_execute("SAVEPOINT line").await?;
+                match merge(&tx, sql, &Columns::of([*rec])).await {
+                    Ok(()) => tx.batch_execute("RELEASE SAVEPOINT line").await?,
+                    Err(e) if is_row_error(&e) => {
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT line").await?;
+                        refused.push(Refusal {
+                            index: *index,
+                            rule: "postgres_constraint".into(),
+                            message: describe(&e),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            merge(&tx, sql, &Columns::of(rows.iter().map(|(_, r)| *r))).await?;
+        }
+        tx.execute(sql.aggregate.as_str(), &[]).await?;
+        tx.execute(sql.drop_empty.as_str(), &[]).await?;
+        pg::store_offsets(&tx, OFFSETS_TABLE, group, topic, offsets).await?;
+        tx.commit().await?;
+        Ok(refused)
+    }
+}
+
+/// Stages `cols`, takes away the contributions of the lines they replace and adds theirs.
+async fn merge(
+    tx: &Transaction<'_>,
+    sql: &Statements,
+    cols: &Columns,
+) -> Result<(), tokio_postgres::Error> {
+    cols.stage(tx, &sql.stage).await?;
+    tx.execute(sql.take_old.as_str(), &[]).await?;
+    tx.execute(sql.put_new.as_str(), &[]).await?;
+    tx.execute(sql.clear_stage.as_str(), &[]).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Sink for FinanceSink {
+    fn name(&self) -> &'static str {
+        "finance-reporter"
+    }
+
+    async fn write(
+        &mut self,
+        topic: &str,
+        batch: &[Consumed<SkuRecord>],
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<Vec<Refusal>, SinkError> {
+        let mut refusals = Vec::new();
+        // One row per natural key, the newest version in the batch.
+        let mut newest: HashMap<(&str, &str, &str, chrono::NaiveDate), (usize, &SkuRecord)> =
+            HashMap::with_capacity(batch.len());
+        for (i, c) in batch.iter().enumerate() {
+            let r = &c.value;
+            if !valid_country(&r.country) {
+                refusals.push(Refusal {
+                    index: i,
+                    rule: "country".into(),
+                    message: format!("country `{}` is not an ISO 3166-1 alpha-2 code", r.country),
+                });
+                continue;
+            }
+            let key = (
+                r.country.as_str(),
+                r.store_id.as_str(),
+                r.sku.as_str(),
+                r.business_date,
+            );
+            match newest.get(&key) {
+                Some((_, old)) if old.record_version >= r.record_version => {}
+                _ => {
+                    newest.insert(key, (i, r));
+                }
+            }
+        }
+        let mut rows: Vec<(usize, &SkuRecord)> = newest.into_values().collect();
+        rows.sort_by_key(|(i, _)| *i);
+        self.connect().await?;
+        let result = match self.apply(topic, &rows, offsets, false).await {
+            Err(e) if is_row_error(&e) => {
+                tracing::warn!(cause = %describe(&e), rows = rows.len(), "Batch refused; applying row by row to single out the bad rows.");
+                self.apply(topic, &rows, offsets, true).await
+            }
+            other => other,
+        };
+        match result {
+            Ok(mut r) => {
+                refusals.append(&mut r);
+                Ok(refusals)
+            }
+            Err(e) => {
+                if is_retriable(&e) {
+                    self.client = None;
+                }
+                Err(classify(e, "updating the finance aggregates"))
+            }
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), SinkError> {
+        let client = self.connect().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(e, "checking the connection"))
+    }
+
+    async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        let group = self.group.clone();
+        let client = self.connect().await?;
+        pg::read_offsets(client, OFFSETS_TABLE, &group, topic).await
+    }
+}
