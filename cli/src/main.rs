@@ -4,6 +4,8 @@
 //! - `skuflow demo`: the whole pipeline in one process on the embedded default (a local
 //!   directory as the bucket, an in-process Kafka-API mock broker unless --brokers is given,
 //!   local PostgreSQL) over generated uploads, with a summary at the end.
+//! - `skuflow report`: a finance report (CSV, JSON, HTML with projections) from the finance
+//!   reporter's aggregates, on demand.
 
 mod demo;
 
@@ -33,6 +35,26 @@ enum Command {
     },
     /// Run the pipeline end to end on generated uploads and print a summary.
     Demo(demo::DemoArgs),
+    /// Write a finance report now (daily.csv, projections.csv, summary.json, report.html).
+    Report(ReportCmd),
+}
+
+#[derive(clap::Args)]
+struct ReportCmd {
+    /// PostgreSQL connection string of the finance reporter. Never logged.
+    #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
+    pg_url: String,
+    #[command(flatten)]
+    report: skuflow_finance_reporter::ReportArgs,
+}
+
+impl std::fmt::Debug for ReportCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportCmd")
+            .field("pg_url", &"***")
+            .field("report", &self.report)
+            .finish()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,5 +105,28 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Report(ReportCmd { pg_url, report }) => {
+            let r = skuflow_finance_reporter::report::run(&pg_url, &report).await?;
+            println!(
+                "report written to {}: {} aggregate rows, {} countries, {} projections, {} days without a rate",
+                report.out,
+                r.rows,
+                r.totals.len(),
+                r.projections.iter().filter(|p| p.projection.is_some()).count(),
+                r.missing_rates.len()
+            );
+            for t in &r.totals {
+                println!(
+                    "  {} {}: revenue {} gross margin {} ({} in {})",
+                    t.country,
+                    t.currency,
+                    t.sums.revenue,
+                    t.sums.gross_margin,
+                    t.revenue_reporting,
+                    r.reporting_currency
+                );
+            }
+            Ok(())
+        }
     }
 }

@@ -75,6 +75,9 @@ struct Params {
     alpha: Decimal,
     beta: Decimal,
     gamma: Decimal,
+    /// Whether the initial trend is estimated from the first two weeks (else it starts flat:
+    /// a step in the first weeks is not taken for a trend).
+    initial_trend: bool,
 }
 
 /// State after running the model over a series.
@@ -101,14 +104,33 @@ fn run(y: &[Decimal], p: Params) -> Fit {
     let m = Decimal::from(SEASON);
     let first = mean(&y[..SEASON]);
     let second = mean(&y[SEASON..2 * SEASON]);
-    let trend = (second - first) / m;
-    let half = Decimal::from(SEASON - 1) / Decimal::TWO;
+    let trend = if p.initial_trend {
+        (second - first) / m
+    } else {
+        Decimal::ZERO
+    };
+    // Each weekday's initial effect: the median over the whole weeks of its difference to its
+    // week's mean (a median, so that one unusual week does not shape the season).
+    let weeks: Vec<&[Decimal]> = y.chunks_exact(SEASON).collect();
     let mut season = [Decimal::ZERO; SEASON];
     for (i, s) in season.iter_mut().enumerate() {
-        *s = y[i] - (first + (Decimal::from(i) - half) * trend);
+        let mut diffs: Vec<Decimal> = weeks.iter().map(|w| w[i] - mean(w)).collect();
+        diffs.sort();
+        let n = diffs.len();
+        *s = if n % 2 == 1 {
+            diffs[n / 2]
+        } else {
+            (diffs[n / 2 - 1] + diffs[n / 2]) / Decimal::TWO
+        };
+    }
+    let centre = mean(&season);
+    for s in &mut season {
+        *s -= centre;
     }
     let mut fit = Fit {
-        level: first + half * trend,
+        // The level before the first fitted week such that the model's mean over that week is
+        // the week's mean (a step inside the first week does not carry over).
+        level: second - Decimal::from(4) * trend,
         trend,
         season,
         next: 0,
@@ -138,11 +160,14 @@ fn grid() -> Vec<Params> {
     for a in alphas.map(d) {
         for b in betas.map(d).into_iter().filter(|b| *b <= a) {
             for g in gammas.map(d).into_iter().filter(|g| *g <= Decimal::ONE - a) {
-                out.push(Params {
-                    alpha: a,
-                    beta: b,
-                    gamma: g,
-                });
+                for initial_trend in [true, false] {
+                    out.push(Params {
+                        alpha: a,
+                        beta: b,
+                        gamma: g,
+                        initial_trend,
+                    });
+                }
             }
         }
     }
@@ -257,9 +282,10 @@ pub fn forecast(
         .min(span - MIN_FIT_DAYS);
     let train = &scaled[..span - window];
     let (bp, bfit) = best_fit(train);
+    let nonnegative = values.iter().all(|v| !v.is_sign_negative());
     let predicted: Vec<Decimal> = project(&bfit, bp, window)
         .into_iter()
-        .map(|(v, _)| v)
+        .map(|(v, _)| if nonnegative { v.max(Decimal::ZERO) } else { v })
         .collect();
     let backtest = Backtest {
         metric: "sMAPE",
@@ -268,18 +294,26 @@ pub fn forecast(
     };
 
     let (p, fit) = best_fit(&scaled);
+    // A series that never went below zero (revenue) is not projected below zero either.
+    let floor = |x: Decimal| {
+        if nonnegative {
+            x.max(Decimal::ZERO)
+        } else {
+            x
+        }
+    };
     let points = project(&fit, p, horizon)
         .into_iter()
         .enumerate()
         .map(|(k, (v, half))| Point {
             date: end + Duration::days(k as i64 + 1),
-            value: (v * scale).round_dp(2),
-            lower: ((v - half) * scale).round_dp(2),
-            upper: ((v + half) * scale).round_dp(2),
+            value: floor(v * scale).round_dp(2),
+            lower: floor((v - half) * scale).round_dp(2),
+            upper: floor((v + half) * scale).round_dp(2),
         })
         .collect();
     Ok(Projection {
-        method: "Holt-Winters additive, weekly season (ETS(A,A,A)), least-squares parameters",
+        method: "Holt-Winters additive, weekly season (ETS(A,A,A)), least-squares parameters and initial trend",
         history_days: span,
         filled_days,
         alpha: p.alpha,
@@ -367,6 +401,32 @@ mod tests {
         assert_eq!(p.backtest.window_days, 7);
         let err = ((p.points[0].value - truth(60)) / truth(60)).abs();
         assert!(err < d("0.05"), "{}", p.points[0].value);
+    }
+
+    #[test]
+    fn a_step_in_the_first_weeks_is_not_taken_for_a_trend() {
+        let start = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
+        let history: Vec<(NaiveDate, Decimal)> = (0..35)
+            .map(|t| {
+                let v = if t < 3 { 180_000 } else { 30_000 } + WEEK[(t % 7) as usize] * 10;
+                (start + Duration::days(t), Decimal::from(v))
+            })
+            .collect();
+        let p = forecast(&history, 28).unwrap();
+        for (k, point) in p.points.iter().enumerate() {
+            let want = Decimal::from(30_000 + WEEK[(35 + k) % 7] * 10);
+            assert!(
+                ((point.value - want) / want).abs() < d("0.02"),
+                "day {k}: {} vs {want}",
+                point.value
+            );
+            assert!(point.lower >= Decimal::ZERO);
+        }
+        assert!(
+            p.backtest.value < d("2"),
+            "backtest sMAPE {}",
+            p.backtest.value
+        );
     }
 
     #[test]

@@ -193,6 +193,14 @@ fn bar_chart(id: &str, label: &str, items: &[(String, Decimal, String)]) -> Stri
     svg
 }
 
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn pct(x: Option<Decimal>) -> String {
     x.map(|p| format!("{p} %")).unwrap_or_else(|| "n/a".into())
 }
@@ -247,7 +255,10 @@ pub fn render(r: &Report) -> String {
             t.sums.units,
             money(t.revenue_reporting),
             if t.days_without_rate > 0 {
-                format!(" <span class=\"warn\">({} days without rate)</span>", t.days_without_rate)
+                format!(
+                    " <span class=\"warn\">({} without a rate)</span>",
+                    plural(t.days_without_rate, "day")
+                )
             } else {
                 String::new()
             }

@@ -274,6 +274,18 @@ impl Pipeline {
         self.spawn(cmd, "indexer")
     }
 
+    /// Starts `skuflow-finance-reporter` (scheduled reports off unless `extra` sets them).
+    pub fn start_reporter(&mut self, extra: &[String]) -> usize {
+        let mut cmd = Command::new(bin("skuflow-finance-reporter"));
+        cmd.args(self.topic_args())
+            .arg(format!("--group=skuflow-finance-reporter-{}", self.id))
+            .arg("--flush-interval-ms=300")
+            .env("SKUFLOW_REPORT_EVERY_SECS", "0")
+            .env("SKUFLOW_PG_URL", &self.db_url)
+            .args(extra);
+        self.spawn(cmd, "reporter")
+    }
+
     /// Waits until group `group` has committed exactly `ends` on `topic` (panics with the logs
     /// after `timeout`).
     pub async fn wait_committed(&self, group: &str, topic: &str, ends: &[i64], timeout: Duration) {
