@@ -5,7 +5,7 @@ COPY . .
 RUN cargo build --release --locked --bins \
  && mkdir /out \
  && cp target/release/skuflow target/release/skuflow-ingest target/release/skuflow-warehouse-loader \
-    target/release/skuflow-search-indexer target/release/skuflow-dataset-builder /out/
+    target/release/skuflow-search-indexer target/release/skuflow-dataset-builder target/release/skuflow-finance-reporter /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -21,7 +21,7 @@ demo:
 
 ## Every test: formatting, lints, unit tests and the end-to-end tests on the real local stack.
 test: lint stack deploy-check
-	scripts/install-stack.sh python
+	scripts/install-stack.sh python chromium
 	cargo build --workspace --bins
 	@eval "$$($(STACK) env)"; \
 	 if cargo nextest --version >/dev/null 2>&1; then \

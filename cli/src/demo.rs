@@ -141,7 +141,9 @@ async fn reset_schema(pg_url: &str) -> anyhow::Result<()> {
         .context("connecting to PostgreSQL (is it running? `make stack`)")?;
     tokio::spawn(conn);
     client
-        .batch_execute("DROP SCHEMA IF EXISTS skuflow CASCADE")
+        .batch_execute(
+            "DROP SCHEMA IF EXISTS skuflow CASCADE; DROP SCHEMA IF EXISTS skuflow_finance CASCADE",
+        )
         .await
         .context("resetting the demo schema")?;
     Ok(())
@@ -248,11 +250,41 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         });
     }
 
+    let report = skuflow_finance_reporter::ReportArgs {
+        out: args.out.join("reports").display().to_string(),
+        reporting_currency: "EUR".into(),
+        rates: None,
+        from: None,
+        to: None,
+        horizon_days: 28,
+        top_stores: 10,
+    };
+    {
+        let (k, t, s) = (kafka.clone(), topics.clone(), stop.clone());
+        let reporter = skuflow_finance_reporter::ReporterArgs {
+            pg_url: args.pg_url.clone(),
+            report_every_secs: 0,
+            report: report.clone(),
+            consume: ConsumeArgs {
+                flush_interval_ms: 500,
+                ..ConsumeArgs::default()
+            },
+        };
+        tasks.spawn(async move {
+            skuflow_finance_reporter::run(&reporter, &k, &t, s)
+                .await
+                .map(|_| ())
+                .context("finance reporter")
+        });
+    }
+
     // Follow the file lifecycle until every file is final and the warehouse and the datasets
     // hold every valid row.
     let files_consumer: BaseConsumer = kafka
         .consumer_config("skuflow-demo-status")
         .set("enable.auto.commit", "false")
+        // This consumer only follows the files topic: no statistics (nothing would read them).
+        .set("statistics.interval.ms", "0")
         .create()?;
     files_consumer.subscribe(&[&topics.files])?;
     let mut latest: HashMap<String, FileEvent> = HashMap::new();
@@ -299,7 +331,18 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .await
                 .unwrap_or_default();
             let loaded: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            if loaded.values().sum::<i64>() == want && parquet_rows(&datasets) == loaded {
+            let in_finance: i64 = client
+                .query_one(
+                    "SELECT coalesce(sum(skus), 0)::bigint FROM skuflow_finance.daily",
+                    &[],
+                )
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(-1);
+            if loaded.values().sum::<i64>() == want
+                && parquet_rows(&datasets) == loaded
+                && in_finance == want
+            {
                 break loaded;
             }
         }
@@ -309,6 +352,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
+    let finance = skuflow_finance_reporter::report::run(&args.pg_url, &report)
+        .await
+        .context("writing the finance report")?;
 
     println!();
     println!(
@@ -377,6 +423,40 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!();
+    println!(
+        "{:<8} {:>9} {:>16} {:>16} {:>8}  projection (next 28 days)",
+        "country", "currency", "revenue", "gross margin", "margin"
+    );
+    for t in &finance.totals {
+        let projection = finance
+            .projections
+            .iter()
+            .find(|p| p.scope == "country" && p.country == t.country && p.currency == t.currency)
+            .map(|p| match (&p.projection, &p.error) {
+                (Some(x), _) => format!(
+                    "{} (backtest sMAPE {} %)",
+                    x.points
+                        .iter()
+                        .map(|pt| pt.value)
+                        .sum::<rust_decimal::Decimal>(),
+                    x.backtest.value
+                ),
+                (None, e) => e.clone().unwrap_or_default(),
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<8} {:>9} {:>16} {:>16} {:>7}%  {}",
+            t.country,
+            t.currency,
+            t.sums.revenue,
+            t.sums.gross_margin,
+            t.margin_pct
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-".into()),
+            projection
+        );
+    }
+    println!();
     println!("where the output is:");
     println!(
         "  buckets        {}  (incoming/ -> processed/ | errors/ + <file>.errors.json)",
@@ -391,5 +471,6 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  parquet        {}/country=CC/business_date=D/*.parquet, _manifest.json, _dataset_card.md",
         datasets.display()
     );
+    println!("  finance        skuflow_finance.daily in PostgreSQL; report {}/report.html (+ daily.csv, projections.csv, summary.json)", report.out);
     Ok(())
 }

@@ -30,8 +30,9 @@ impl std::fmt::Display for ForecastError {
         match self {
             ForecastError::TooLittleHistory { days, need } => write!(
                 f,
-                "too little history: {days} days of revenue, a projection needs at least {need} \
-                 ({MIN_FIT_DAYS} to fit a weekly season and trend, {MIN_BACKTEST_DAYS} to backtest)"
+                "too little history: {days} day{} of revenue, a projection needs at least {need} \
+                 ({MIN_FIT_DAYS} to fit a weekly season and trend, {MIN_BACKTEST_DAYS} to backtest)",
+                if *days == 1 { "" } else { "s" }
             ),
         }
     }
