@@ -9,15 +9,10 @@ STACK := scripts/stack.sh
 
 .PHONY: demo test lint deploy-check unit fuzz bench stack stack-down stack-status fmt
 
-## Run the whole pipeline on generated uploads (local directory bucket, local broker, local
-## PostgreSQL) and print a summary. Uses tansu when it is installed, else an in-process broker.
+## Run the whole pipeline on generated uploads (local directory bucket, a throwaway local broker,
+## local PostgreSQL) and print a summary. Uses tansu when it is installed, else an in-process broker.
 demo:
-	@$(STACK) up postgres
-	@if command -v tansu >/dev/null 2>&1; then \
-	    $(STACK) up tansu && brokers="--brokers 127.0.0.1:$${SKUFLOW_KAFKA_PORT:-19092}"; \
-	 else brokers=""; fi; \
-	 eval "$$($(STACK) env)"; \
-	 cargo run --quiet -p skuflow-cli -- demo --pg-url "$$SKUFLOW_DEMO_PG_URL" $$brokers
+	scripts/demo.sh
 
 ## Every test: formatting, lints, unit tests and the end-to-end tests on the real local stack.
 test: lint stack deploy-check

@@ -250,6 +250,37 @@ async fn finance_report_equals_an_independent_decimal_computation_and_renders_in
     );
     assert!(stdout.contains("1 days without a rate"), "{stdout}");
 
+    // The same report into an S3 prefix (s3s-fs): the same files.
+    let bucket = format!("reports-{}", p.id);
+    std::fs::create_dir_all(p.stack.s3_data.join(&bucket)).unwrap();
+    let to_s3 = Command::new(bin("skuflow"))
+        .args([
+            "report",
+            &format!("--report-out=s3://{bucket}/finance"),
+            "--reporting-currency=EUR",
+        ])
+        .env("SKUFLOW_PG_URL", &p.db_url)
+        .env("AWS_ENDPOINT_URL", &p.stack.s3_endpoint)
+        .env("AWS_ACCESS_KEY_ID", &p.stack.s3_key)
+        .env("AWS_SECRET_ACCESS_KEY", &p.stack.s3_secret)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true")
+        .output()
+        .unwrap();
+    assert!(
+        to_s3.status.success(),
+        "{}",
+        String::from_utf8_lossy(&to_s3.stderr)
+    );
+    let in_s3 = p.stack.s3_data.join(&bucket).join("finance");
+    for f in ["daily.csv", "projections.csv", "summary.json", "report.html"] {
+        assert!(in_s3.join(f).exists(), "{f} not written to S3");
+    }
+    assert_eq!(
+        std::fs::read(in_s3.join("daily.csv")).unwrap(),
+        std::fs::read(out.join("daily.csv")).unwrap()
+    );
+
     let (ok, said) = python(
         "check_finance.py",
         &[
