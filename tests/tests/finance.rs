@@ -273,7 +273,12 @@ async fn finance_report_equals_an_independent_decimal_computation_and_renders_in
         String::from_utf8_lossy(&to_s3.stderr)
     );
     let in_s3 = p.stack.s3_data.join(&bucket).join("finance");
-    for f in ["daily.csv", "projections.csv", "summary.json", "report.html"] {
+    for f in [
+        "daily.csv",
+        "projections.csv",
+        "summary.json",
+        "report.html",
+    ] {
         assert!(in_s3.join(f).exists(), "{f} not written to S3");
     }
     assert_eq!(
