@@ -15,7 +15,6 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::Utc;
 use clap::Args;
-use rand::Rng;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -352,19 +351,18 @@ pub async fn run_sink<S: Sink>(
     Ok(stats)
 }
 
-/// Backoff with jitter while a sink is unavailable.
+/// The pause between retries of an unavailable sink, with its log line, metric and readiness.
 struct Backoff {
-    next: Duration,
-    max: Duration,
-    attempt: u32,
+    pauses: crate::backoff::Backoff,
 }
 
 impl Backoff {
     fn new(args: &ConsumeArgs) -> Self {
         Backoff {
-            next: Duration::from_millis(200),
-            max: Duration::from_millis(args.max_backoff_ms.max(200)),
-            attempt: 0,
+            pauses: crate::backoff::Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_millis(args.max_backoff_ms.max(200)),
+            ),
         }
     }
 
@@ -379,24 +377,19 @@ impl Backoff {
             SinkError::Fatal(e) => return Err(e.context(format!("{sink} failed for good"))),
             SinkError::Retriable(e) => e,
         };
-        self.attempt += 1;
         metrics().sink_retries.with_label_values(&[sink]).inc();
         crate::ops::health().report("sink", Err(format!("{sink} unavailable: {e:#}")));
-        let sleep = self.next.mul_f64(rand::rng().random_range(0.5..1.0));
-        tracing::warn!(sink, attempt = self.attempt, retry_in_ms = sleep.as_millis() as u64, cause = %format!("{e:#}"),
+        let sleep = self.pauses.next_pause();
+        tracing::warn!(sink, attempt = self.pauses.attempts(), retry_in_ms = sleep.as_millis() as u64, cause = %format!("{e:#}"),
             "Sink unavailable; holding the batch and retrying.");
-        self.next = (self.next * 2).min(self.max);
-        tokio::select! {
-            _ = shutdown.cancelled() => Ok(false),
-            _ = tokio::time::sleep(sleep) => Ok(true),
-        }
+        Ok(crate::backoff::Backoff::sleep(sleep, shutdown).await)
     }
 
     fn recovered(&self, sink: &str) {
-        if self.attempt > 0 {
+        if self.pauses.attempts() > 0 {
             tracing::info!(
                 sink,
-                attempts = self.attempt + 1,
+                attempts = self.pauses.attempts() + 1,
                 "Sink available again; resuming."
             );
         }

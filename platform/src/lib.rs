@@ -2,6 +2,7 @@
 //! builders, topic management, the at-least-once consume → sink → store-offset loop, tracing, metrics,
 //! health endpoints and graceful shutdown.
 
+pub mod backoff;
 pub mod consume;
 pub mod kafka;
 pub mod metrics;

@@ -182,19 +182,20 @@ pub async fn run(
         args.tuning(),
     );
     // The template must be in place before the first document creates an index.
-    let mut attempt = 0u32;
+    let mut backoff = skuflow_platform::backoff::Backoff::new(
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    );
     loop {
         match sink.put_template(&args.alias).await {
             Ok(()) => break,
             Err(SinkError::Fatal(e)) => return Err(e),
             Err(SinkError::Retriable(e)) => {
-                attempt += 1;
-                let wait = Duration::from_millis((250u64 << attempt.min(7)).min(30_000));
-                tracing::warn!(attempt, retry_in_ms = wait.as_millis() as u64, cause = %e,
+                let wait = backoff.next_pause();
+                tracing::warn!(attempt = backoff.attempts(), retry_in_ms = wait.as_millis() as u64, cause = %e,
                     "Elasticsearch not reachable yet; retrying the index template.");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(Default::default()),
-                    _ = tokio::time::sleep(wait) => {}
+                if !skuflow_platform::backoff::Backoff::sleep(wait, &shutdown).await {
+                    return Ok(Default::default());
                 }
             }
         }

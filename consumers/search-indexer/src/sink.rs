@@ -10,7 +10,7 @@ use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use elasticsearch::http::transport::Transport;
 use elasticsearch::http::Method;
 use futures::StreamExt;
-use rand::Rng;
+use skuflow_platform::backoff::Backoff;
 use skuflow_platform::consume::{Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::SkuRecord;
 
@@ -159,6 +159,7 @@ impl Sink for EsSink {
         let mut todo: Vec<usize> = (0..records.len()).collect();
         let mut refusals = Vec::new();
         let mut round = 0u32;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let requests = bulk::encode(&self.layout, &records, &todo, self.tuning.bounds)
                 .map_err(|e| SinkError::Fatal(e.into()))?;
@@ -207,16 +208,15 @@ impl Sink for EsSink {
                 .sink_retries
                 .with_label_values(&[self.name()])
                 .inc();
-            let base = 100u64.saturating_mul(1 << round.min(7)).min(10_000);
-            let pause = base / 2 + rand::rng().random_range(0..=base / 2);
+            let pause = backoff.next_pause();
             tracing::warn!(
                 documents = retry.len(),
                 round,
-                retry_in_ms = pause,
+                retry_in_ms = pause.as_millis() as u64,
                 %cause,
                 "Elasticsearch asked to retry documents; retrying them alone."
             );
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            tokio::time::sleep(pause).await;
             retry.sort_unstable();
             todo = retry;
         }
