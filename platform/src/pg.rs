@@ -187,3 +187,98 @@ pub async fn read_offsets(
 pub fn valid_country(c: &str) -> bool {
     c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase())
 }
+
+/// The rows of a batch a natural-key table takes: per natural key (country, store_id, sku,
+/// business_date) the newest version in the batch (an upsert cannot touch a row twice in one
+/// statement), in batch order, with their index; records whose country cannot name a
+/// partition are refused.
+pub fn newest_per_natural_key(
+    batch: &[crate::Consumed<skuflow_schemas::SkuRecord>],
+) -> (
+    Vec<(usize, &skuflow_schemas::SkuRecord)>,
+    Vec<crate::Refusal>,
+) {
+    use std::collections::hash_map::Entry;
+    let mut refusals = Vec::new();
+    let mut newest: HashMap<
+        (&str, &str, &str, chrono::NaiveDate),
+        (usize, &skuflow_schemas::SkuRecord),
+    > = HashMap::with_capacity(batch.len());
+    for (i, c) in batch.iter().enumerate() {
+        let r = &c.value;
+        if !valid_country(&r.country) {
+            refusals.push(crate::Refusal {
+                index: i,
+                rule: "country".into(),
+                message: format!("country `{}` is not an ISO 3166-1 alpha-2 code", r.country),
+            });
+            continue;
+        }
+        let key = (
+            r.country.as_str(),
+            r.store_id.as_str(),
+            r.sku.as_str(),
+            r.business_date,
+        );
+        match newest.entry(key) {
+            Entry::Occupied(mut o) => {
+                if o.get().1.record_version < r.record_version {
+                    o.insert((i, r));
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert((i, r));
+            }
+        }
+    }
+    let mut rows: Vec<(usize, &skuflow_schemas::SkuRecord)> = newest.into_values().collect();
+    rows.sort_by_key(|(i, _)| *i);
+    (rows, refusals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Consumed;
+    use skuflow_schemas::SkuRecord;
+
+    fn rec(country: &str, sku: &str, version: i64) -> Consumed<SkuRecord> {
+        let v = serde_json::json!({
+            "schema": skuflow_schemas::RECORD_SCHEMA,
+            "record_id": format!("{sku}-{version}"), "record_version": version,
+            "country": country, "store_id": "s1", "store_category": "individual", "chain": null,
+            "sku": sku, "product_name": "p", "category": "c", "brand": null,
+            "unit_price": "1.00", "unit_cost": null, "currency": "EUR",
+            "quantity_on_hand": 1, "units_sold": 1, "business_date": "2026-11-01",
+            "barcode": null, "file_id": "f", "source_bucket": "b", "source_key": "k",
+            "source_etag": "e", "source_line": 2,
+            "source_last_modified": "2026-11-01T00:00:00Z", "ingested_at": "2026-11-01T00:00:00Z"
+        });
+        Consumed {
+            partition: 0,
+            offset: 0,
+            value: serde_json::from_value(v).unwrap(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_version_per_key_in_batch_order_and_refuses_bad_countries() {
+        let batch = [
+            rec("DE", "a", 5),
+            rec("DE", "b", 1),
+            rec("DE", "a", 7),
+            rec("DE", "a", 6),
+            rec("de", "c", 1),
+            rec("FR", "a", 1),
+        ];
+        let (rows, refused) = newest_per_natural_key(&batch);
+        let got: Vec<(usize, &str, i64)> = rows
+            .iter()
+            .map(|(i, r)| (*i, r.sku.as_str(), r.record_version))
+            .collect();
+        assert_eq!(got, vec![(1, "b", 1), (2, "a", 7), (5, "a", 1)]);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].index, 4);
+        assert_eq!(refused[0].rule, "country");
+    }
+}

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use tokio_postgres::{Client, Transaction};
 
-use skuflow_platform::pg::{self, classify, describe, is_retriable, is_row_error, valid_country};
+use skuflow_platform::pg::{self, classify, describe, is_retriable, is_row_error};
 use skuflow_platform::{Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::{SkuRecord, StoreCategory};
 
@@ -310,35 +310,7 @@ impl Sink for FinanceSink {
         batch: &[Consumed<SkuRecord>],
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<Refusal>, SinkError> {
-        let mut refusals = Vec::new();
-        // One row per natural key, the newest version in the batch.
-        let mut newest: HashMap<(&str, &str, &str, chrono::NaiveDate), (usize, &SkuRecord)> =
-            HashMap::with_capacity(batch.len());
-        for (i, c) in batch.iter().enumerate() {
-            let r = &c.value;
-            if !valid_country(&r.country) {
-                refusals.push(Refusal {
-                    index: i,
-                    rule: "country".into(),
-                    message: format!("country `{}` is not an ISO 3166-1 alpha-2 code", r.country),
-                });
-                continue;
-            }
-            let key = (
-                r.country.as_str(),
-                r.store_id.as_str(),
-                r.sku.as_str(),
-                r.business_date,
-            );
-            match newest.get(&key) {
-                Some((_, old)) if old.record_version >= r.record_version => {}
-                _ => {
-                    newest.insert(key, (i, r));
-                }
-            }
-        }
-        let mut rows: Vec<(usize, &SkuRecord)> = newest.into_values().collect();
-        rows.sort_by_key(|(i, _)| *i);
+        let (rows, mut refusals) = pg::newest_per_natural_key(batch);
         self.connect().await?;
         let result = match self.apply(topic, &rows, offsets, false).await {
             Err(e) if is_row_error(&e) => {

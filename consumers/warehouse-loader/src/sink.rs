@@ -11,7 +11,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
-use skuflow_platform::pg::{classify, describe, is_retriable, is_row_error, valid_country};
+use skuflow_platform::pg::{classify, describe, is_retriable, is_row_error};
 use skuflow_platform::{pg, Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::postgres::{column_names, NATURAL_KEY};
 use skuflow_schemas::{record_fields, FieldType, SkuRecord, StoreCategory};
@@ -251,36 +251,7 @@ impl Sink for PgSink {
         batch: &[Consumed<SkuRecord>],
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<Refusal>, SinkError> {
-        let mut refusals = Vec::new();
-        // One row per natural key: the newest version in the batch (ON CONFLICT cannot touch a
-        // row twice in one statement).
-        let mut newest: HashMap<(&str, &str, &str, chrono::NaiveDate), (usize, &SkuRecord)> =
-            HashMap::with_capacity(batch.len());
-        for (i, c) in batch.iter().enumerate() {
-            let r = &c.value;
-            if !valid_country(&r.country) {
-                refusals.push(Refusal {
-                    index: i,
-                    rule: "country".into(),
-                    message: format!("country `{}` is not an ISO 3166-1 alpha-2 code", r.country),
-                });
-                continue;
-            }
-            let key = (
-                r.country.as_str(),
-                r.store_id.as_str(),
-                r.sku.as_str(),
-                r.business_date,
-            );
-            match newest.get(&key) {
-                Some((_, old)) if old.record_version >= r.record_version => {}
-                _ => {
-                    newest.insert(key, (i, r));
-                }
-            }
-        }
-        let mut rows: Vec<(usize, &SkuRecord)> = newest.into_values().collect();
-        rows.sort_by_key(|(i, _)| *i);
+        let (rows, mut refusals) = pg::newest_per_natural_key(batch);
         let countries: HashSet<&str> = rows.iter().map(|(_, r)| r.country.as_str()).collect();
         self.ensure_partitions(&countries).await?;
         self.connect().await?;
