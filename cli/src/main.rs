@@ -4,10 +4,12 @@
 //! - `skuflow demo`: the whole pipeline in one process on the embedded default (a local
 //!   directory as the bucket, an in-process Kafka-API mock broker unless --brokers is given,
 //!   local PostgreSQL) over generated uploads, with a summary at the end.
+//! - `skuflow status`: per-upload lineage across the sinks.
 //! - `skuflow report`: a finance report (CSV, JSON, HTML with projections) from the finance
 //!   reporter's aggregates, on demand.
 
 mod demo;
+mod status;
 
 use clap::{Parser, Subcommand};
 use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
@@ -37,6 +39,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Write a finance report now (daily.csv, projections.csv, summary.json, report.html).
     Report(ReportCmd),
+    /// Per upload: rows accepted and rejected by ingest and the rows each sink holds; exits
+    /// with 1 when a sink is missing rows of a completed file.
+    Status(status::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -105,6 +110,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Status(args) => {
+            if status::run(args).await? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Report(ReportCmd { pg_url, report }) => {
             let r = skuflow_finance_reporter::report::run(&pg_url, &report).await?;
             println!(

@@ -260,6 +260,21 @@ fn ts(a: &TimestampMicrosecondArray, i: usize) -> anyhow::Result<DateTime<Utc>> 
     DateTime::from_timestamp_micros(a.value(i)).context("timestamp out of range")
 }
 
+/// Rows per `file_id` of a Parquet file written by [`encode`] (reads that column only).
+pub fn rows_per_file(file: Bytes) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["file_id"]);
+    let mut out = std::collections::HashMap::new();
+    for batch in builder.with_projection(mask).build()? {
+        let b = batch?;
+        let ids = col::<StringArray>(&b, "file_id")?;
+        for i in 0..ids.len() {
+            *out.entry(ids.value(i).to_string()).or_default() += 1;
+        }
+    }
+    Ok(out)
+}
+
 /// The records of a Parquet file written by [`encode`].
 pub fn decode(file: Bytes) -> anyhow::Result<Vec<SkuRecord>> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;

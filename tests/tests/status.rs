@@ -1,0 +1,171 @@
+//! `skuflow status` on the real stack: per upload, what ingest accepted and what the warehouse,
+//! the finance lines and the Parquet dataset hold, read from the sinks; a correction shows as
+//! superseded rows, a sink that lost rows as a mismatch with a non-zero exit.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::{bin, upload_local, Pipeline};
+use serde_json::Value;
+use skuflow_e2e::sample_rows;
+
+fn status(p: &Pipeline, root: &std::path::Path, extra: &[&str]) -> (i32, Value, String) {
+    let out = Command::new(bin("skuflow"))
+        .args([
+            "status",
+            "--json",
+            "--grace-secs=0",
+            &format!("--brokers={}", p.stack.brokers),
+            &format!("--files-topic={}", p.topics.files),
+            &format!("--dataset-root={}", root.display()),
+        ])
+        .args(extra)
+        .env("SKUFLOW_PG_URL", &p.db_url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
+    let mut p = Pipeline::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let buckets = dir.path().join("buckets");
+    let datasets = dir.path().join("datasets");
+    // Two uploads of 200 rows (every 10th invalid), then a correction of 15 rows of the first.
+    let first = sample_rows(31, 200, 10, "EUR", "2026-11-20");
+    let second = sample_rows(32, 200, 10, "EUR", "2026-11-20");
+    upload_local(
+        &buckets,
+        "skus-de",
+        "incoming/individual/s1/2026-11-20/a.csv",
+        &first,
+    );
+    upload_local(
+        &buckets,
+        "skus-de",
+        "incoming/individual/s2/2026-11-20/b.csv",
+        &second,
+    );
+    let fix: Vec<_> = first
+        .iter()
+        .filter(|r| r.valid)
+        .take(15)
+        .cloned()
+        .map(|mut r| {
+            r.units_sold = "1".into();
+            r
+        })
+        .collect();
+    let fixed = upload_local(
+        &buckets,
+        "skus-de",
+        "incoming/individual/s1/2026-11-20/fix.csv",
+        &fix,
+    );
+    std::fs::File::options()
+        .write(true)
+        .open(&fixed)
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+
+    p.start_ingest(&[format!("--bucket-root={}", buckets.display())]);
+    p.start_loader(&[]);
+    p.start_reporter(&[]);
+    p.start_builder(&[
+        format!("--group=skuflow-dataset-builder-{}", p.id),
+        format!("--dataset-root={}", datasets.display()),
+        "--flush-interval-ms=300".into(),
+    ]);
+
+    let mut last = (0, Value::Null, String::new());
+    let done = common::wait_until(Duration::from_secs(180), || {
+        last = status(&p, &datasets, &[]);
+        last.0 == 0
+            && last
+                .1
+                .as_array()
+                .is_some_and(|a| a.len() == 3 && a.iter().all(|f| f["status"] == "complete"))
+    });
+    assert!(done, "status never all complete:\n{}\n{}", last.2, p.logs());
+    let files = last.1.as_array().unwrap();
+    let by_key = |k: &str| {
+        files
+            .iter()
+            .find(|f| f["key"].as_str().unwrap().ends_with(k))
+            .unwrap()
+    };
+    let (a, b, fx) = (by_key("/a.csv"), by_key("/b.csv"), by_key("/fix.csv"));
+    for f in [a, b] {
+        assert_eq!(f["rows_valid"], 180);
+        assert_eq!(f["rows_rejected"], 20);
+        assert_eq!(f["lifecycle"], "completed");
+    }
+    // The correction replaced 15 rows of a.csv in every sink.
+    assert_eq!(a["superseded"], 15);
+    for s in ["warehouse", "finance", "dataset"] {
+        assert_eq!(a["sinks"][s], 165, "{s}: {a}");
+        assert_eq!(b["sinks"][s], 180, "{s}: {b}");
+        assert_eq!(fx["sinks"][s], 15, "{s}: {fx}");
+    }
+    assert_eq!(b["superseded"], 0);
+
+    // One file only.
+    let (code, one, text) = status(
+        &p,
+        &datasets,
+        &["--file=skus-de/incoming/individual/s2/2026-11-20/b.csv"],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(one.as_array().map(Vec::len), Some(1), "{text}");
+
+    // The warehouse loses 7 rows of b.csv: a mismatch, and a non-zero exit.
+    let db = p.db().await;
+    let file_b = b["file_id"].as_str().unwrap().to_string();
+    let gone = db
+        .execute(
+            "DELETE FROM skuflow.sku_facts WHERE ctid IN (SELECT ctid FROM skuflow.sku_facts WHERE file_id = $1 LIMIT 7)",
+            &[&file_b],
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone, 7);
+    let (code, after, text) = status(&p, &datasets, &[]);
+    assert_eq!(code, 1, "{text}");
+    let b = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file_id"] == file_b.as_str())
+        .unwrap();
+    assert_eq!(b["status"], "mismatch");
+    assert_eq!(b["problems"][0], "warehouse is missing 7 rows");
+    // The text form says the same.
+    let out = Command::new(bin("skuflow"))
+        .args([
+            "status",
+            "--grace-secs=0",
+            &format!("--brokers={}", p.stack.brokers),
+            &format!("--files-topic={}", p.topics.files),
+            &format!("--dataset-root={}", datasets.display()),
+        ])
+        .env("SKUFLOW_PG_URL", &p.db_url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("! warehouse is missing 7 rows"), "{text}");
+    assert!(
+        text.contains("3 files: 2 complete, 0 in flight, 0 failed, 1 mismatched"),
+        "{text}"
+    );
+}
