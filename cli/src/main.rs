@@ -5,10 +5,12 @@
 //!   directory as the bucket, an in-process Kafka-API mock broker unless --brokers is given,
 //!   local PostgreSQL) over generated uploads, with a summary at the end.
 //! - `skuflow status`: per-upload lineage across the sinks.
+//! - `skuflow replay`: move a sink's consumer group back to rebuild it.
 //! - `skuflow report`: a finance report (CSV, JSON, HTML with projections) from the finance
 //!   reporter's aggregates, on demand.
 
 mod demo;
+mod replay;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +44,9 @@ enum Command {
     /// Per upload: rows accepted and rejected by ingest and the rows each sink holds; exits
     /// with 1 when a sink is missing rows of a completed file.
     Status(status::StatusArgs),
+    /// Move one sink's consumer group back (earliest, a time, or offsets) to rebuild it; sinks
+    /// keep one row per natural key, so nothing is duplicated.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(clap::Args)]
@@ -110,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
         Command::Status(args) => {
             if status::run(args).await? {
                 Ok(())
