@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 STACK := scripts/stack.sh
 
-.PHONY: demo test lint deploy-check unit fuzz bench stack stack-down stack-status fmt
+.PHONY: demo test lint deploy-check unit fuzz chaos bench stack stack-down stack-status fmt
 
 ## Run the whole pipeline on generated uploads (local directory bucket, a throwaway local broker,
 ## local PostgreSQL) and print a summary. Uses tansu when it is installed, else an in-process broker.
@@ -43,6 +43,15 @@ bench:
 FUZZ_CASES ?= 200000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) cargo nextest run -p skuflow-ingest --test properties --no-fail-fast
+
+## A seeded fault run (SKUFLOW_CHAOS_SEED, default 7): 12 uploads, 204,000 rows, random SIGKILLs,
+## a broker restart and a 20 s PostgreSQL outage; then `skuflow status` and independent counts must
+## show every valid row in every sink once. Prints a summary.
+chaos: stack
+	scripts/install-stack.sh python
+	cargo build --workspace --bins
+	@eval "$$($(STACK) env)"; \
+	 cargo nextest run -p skuflow-e2e --test chaos --run-ignored only --no-capture
 
 ## Unit tests only (no stack needed).
 unit:

@@ -104,6 +104,51 @@ impl TempBroker {
     }
 }
 
+impl TempBroker {
+    /// Stops the broker (SIGKILL) and starts it again on the same address and storage.
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let tansu = std::env::var("SKUFLOW_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+        let url = format!("tcp://{}", self.addr);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let log = std::fs::File::options()
+                .append(true)
+                .open(self.dir.path().join("tansu.log"))
+                .unwrap();
+            let mut child = Command::new(&tansu)
+                .arg("broker")
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .arg("--storage-engine")
+                .arg(format!(
+                    "sqlite:///{}",
+                    self.dir.path().join("tansu.db").display()
+                ))
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap();
+            let up = Instant::now();
+            while up.elapsed() < Duration::from_secs(10) {
+                if std::net::TcpStream::connect(&self.addr).is_ok() {
+                    self.child = child;
+                    return;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port is not free yet
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("tansu did not restart on {}", self.addr);
+    }
+}
+
 impl Drop for TempBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
