@@ -2,6 +2,7 @@
 //! DECIMAL(18,4), dates as DATE, timestamps in microseconds UTC) plus the derived features, and
 //! the way back from a file to records (to merge a partition with new uploads).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -219,17 +220,36 @@ pub fn to_batch(rows: &[Featured<'_>]) -> anyhow::Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
+/// Key of the file metadata holding the category medians a file's features were computed with.
+const MEDIANS_KEY: &str = "skuflow.category_medians";
+
 /// One Parquet file of `rows` (zstd, dictionary for low-cardinality strings).
 pub fn encode(rows: &[Featured<'_>], enc: Encoding) -> anyhow::Result<Vec<u8>> {
+    encode_with_medians(rows, enc, &HashMap::new())
+}
+
+/// [`encode`], recording in the file's metadata the category medians its
+/// `price_rel_category_median` column was computed with (so that a restarted builder knows
+/// which files of a day still carry an older median).
+pub fn encode_with_medians(
+    rows: &[Featured<'_>],
+    enc: Encoding,
+    medians: &HashMap<String, Decimal>,
+) -> anyhow::Result<Vec<u8>> {
+    let sorted: std::collections::BTreeMap<&String, String> =
+        medians.iter().map(|(k, v)| (k, v.to_string())).collect();
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(enc.zstd_level)?))
         .set_max_row_group_size(enc.row_group_rows.max(1))
         .set_dictionary_enabled(false)
         .set_created_by("skuflow-dataset-builder".into())
-        .set_key_value_metadata(Some(vec![KeyValue::new(
-            "skuflow.record_schema".to_string(),
-            skuflow_schemas::RECORD_SCHEMA.to_string(),
-        )]));
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(
+                "skuflow.record_schema".to_string(),
+                skuflow_schemas::RECORD_SCHEMA.to_string(),
+            ),
+            KeyValue::new(MEDIANS_KEY.to_string(), serde_json::to_string(&sorted)?),
+        ]));
     for c in DICTIONARY {
         props = props.set_column_dictionary_enabled(ColumnPath::from(c), true);
     }
@@ -260,11 +280,32 @@ fn ts(a: &TimestampMicrosecondArray, i: usize) -> anyhow::Result<DateTime<Utc>> 
     DateTime::from_timestamp_micros(a.value(i)).context("timestamp out of range")
 }
 
+/// The category medians recorded by [`encode_with_medians`], if the file has them.
+pub fn medians_of(file: &Bytes) -> anyhow::Result<Option<HashMap<String, Decimal>>> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file.clone())?;
+    let Some(kv) = builder.metadata().file_metadata().key_value_metadata() else {
+        return Ok(None);
+    };
+    let Some(json) = kv
+        .iter()
+        .find(|k| k.key == MEDIANS_KEY)
+        .and_then(|k| k.value.as_deref())
+    else {
+        return Ok(None);
+    };
+    let raw: HashMap<String, String> = serde_json::from_str(json)?;
+    let mut out = HashMap::with_capacity(raw.len());
+    for (k, v) in raw {
+        out.insert(k, v.parse::<Decimal>()?);
+    }
+    Ok(Some(out))
+}
+
 /// Rows per `file_id` of a Parquet file written by [`encode`] (reads that column only).
-pub fn rows_per_file(file: Bytes) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+pub fn rows_per_file(file: Bytes) -> anyhow::Result<HashMap<String, u64>> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["file_id"]);
-    let mut out = std::collections::HashMap::new();
+    let mut out = HashMap::new();
     for batch in builder.with_projection(mask).build()? {
         let b = batch?;
         let ids = col::<StringArray>(&b, "file_id")?;

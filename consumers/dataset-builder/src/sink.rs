@@ -189,6 +189,18 @@ impl DatasetSink {
                 continue;
             }
             let bytes = self.store.get(&meta.location).await?.bytes().await?;
+            // What medians the file was written with: a file a crash left with an older
+            // median of its day is rewritten at the next batch of the day, replay or not.
+            match columns::medians_of(&bytes)
+                .with_context(|| format!("reading {}", meta.location))?
+            {
+                Some(m) => {
+                    self.written_medians.insert(key.clone(), m);
+                }
+                None => {
+                    self.written_medians.remove(&key);
+                }
+            }
             let mut part = Partition::default();
             for r in columns::decode(bytes).with_context(|| format!("reading {}", meta.location))? {
                 part.upsert(r);
@@ -256,12 +268,8 @@ impl DatasetSink {
         // Every file of a changed day whose rows or category medians changed is rewritten: the
         // medians are over the whole country and day, across its files.
         for (country, day) in &days {
-            if !changed_shards
-                .iter()
-                .any(|(c, d, _)| c == country && d == day)
-            {
-                continue; // a pure replay: the files already hold all of it
-            }
+            // Even a pure replay checks every file of the day: a crash between two files of
+            // a day whose median moved leaves the later ones with the older median.
             let medians: HashMap<String, rust_decimal::Decimal> = category_medians(
                 self.shards
                     .iter()
@@ -288,7 +296,7 @@ impl DatasetSink {
                     continue;
                 }
                 let rows = shard.featured_with(|c| medians.get(c).copied(), self.split);
-                let file = columns::encode(&rows, self.encoding)?;
+                let file = columns::encode_with_medians(&rows, self.encoding, &used)?;
                 let path = self.day_dir(country, *day).child(Self::file_name(key.2));
                 self.put(&path, file)
                     .await
@@ -559,5 +567,82 @@ mod tests {
         assert_eq!(manifest.rows, 2);
         assert_eq!(manifest.last_offsets["t/0"], 3);
         assert_eq!(std::fs::read_dir(&day).unwrap().count(), 1);
+    }
+
+    fn priced(sku: &str, version: i64, cents: i64) -> SkuRecord {
+        let mut r = rec(sku, version);
+        r.unit_price = rust_decimal::Decimal::new(cents, 2);
+        r
+    }
+
+    fn fresh_sink(root: &std::path::Path) -> DatasetSink {
+        let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(root).unwrap());
+        DatasetSink::new(
+            store,
+            Path::default(),
+            Split::default(),
+            Encoding {
+                row_group_rows: 100,
+                zstd_level: 3,
+            },
+            1_000_000,
+        )
+        .with_local_dir(root.to_path_buf())
+    }
+
+    fn at(partition: i32, offset: i64, value: SkuRecord) -> Consumed<SkuRecord> {
+        Consumed {
+            partition,
+            offset,
+            value,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_left_with_an_older_median_by_a_crash_is_rewritten_on_replay() {
+        let root = tempfile::tempdir().unwrap();
+        let day = root.path().join("country=SE/business_date=2026-11-01");
+        let d = |s: &str| s.parse::<rust_decimal::Decimal>().unwrap();
+        // Prices 10 (p0), 20 and 30 (p1): the category median is 20.
+        let first = vec![
+            at(0, 0, priced("A", 1, 1000)),
+            at(1, 0, priced("B", 1, 2000)),
+            at(1, 1, priced("C", 1, 3000)),
+        ];
+        let mut sink = fresh_sink(root.path());
+        sink.write("t", &first, &BTreeMap::from([(0, 1), (1, 2)]))
+            .await
+            .unwrap();
+        let p1 = || bytes::Bytes::from(std::fs::read(day.join("part-p1.parquet")).unwrap());
+        assert_eq!(
+            columns::medians_of(&p1()).unwrap(),
+            Some(HashMap::from([("c".to_string(), d("20"))]))
+        );
+        // A correction of A to 40 moves the median to 30. The builder writes p0 and is killed
+        // before it rewrites p1 and the manifest: p0 as it would have written it.
+        let a2 = priced("A", 2, 4000);
+        let medians = HashMap::from([("c".to_string(), d("30"))]);
+        let mut part = Partition::default();
+        part.upsert(a2.clone());
+        let rows = part.featured_with(|c| medians.get(c).copied(), Split::default());
+        let file = columns::encode_with_medians(
+            &rows,
+            Encoding {
+                row_group_rows: 100,
+                zstd_level: 3,
+            },
+            &medians,
+        )
+        .unwrap();
+        std::fs::write(day.join("part-p0.parquet"), file).unwrap();
+        // The restarted builder gets the correction again (its offset was not stored).
+        let mut restarted = fresh_sink(root.path());
+        restarted
+            .write("t", &[at(0, 1, a2)], &BTreeMap::from([(0, 2)]))
+            .await
+            .unwrap();
+        assert_eq!(columns::medians_of(&p1()).unwrap(), Some(medians));
+        let b = columns::decode(p1()).unwrap();
+        assert_eq!(b.len(), 2);
     }
 }
