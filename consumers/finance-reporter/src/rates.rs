@@ -43,7 +43,8 @@ pub enum RateError {
 
 const COLUMNS: [&str; 4] = ["date", "currency", "reporting_currency", "rate"];
 
-fn currency_ok(c: &str) -> bool {
+/// Whether `c` looks like an ISO 4217 code (three ASCII capitals).
+pub(crate) fn currency_ok(c: &str) -> bool {
     c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())
 }
 

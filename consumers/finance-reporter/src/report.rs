@@ -56,7 +56,7 @@ impl ReportArgs {
     pub fn validate(&self) -> anyhow::Result<()> {
         let c = &self.reporting_currency;
         anyhow::ensure!(
-            c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()),
+            rates::currency_ok(c),
             "--reporting-currency {c:?} is not an ISO 4217 code (e.g. EUR)"
         );
         if let (Some(f), Some(t)) = (self.from, self.to) {

@@ -12,7 +12,7 @@ use tokio_postgres::{Client, Transaction};
 
 use skuflow_platform::pg::{self, classify, describe, is_retriable, is_row_error};
 use skuflow_platform::{Consumed, Refusal, Sink, SinkError};
-use skuflow_schemas::{SkuRecord, StoreCategory};
+use skuflow_schemas::SkuRecord;
 
 use crate::migrations::{self, DAILY, DIMENSIONS, LINES, MEASURES, OFFSETS_TABLE};
 
@@ -135,48 +135,45 @@ impl Statements {
     }
 }
 
-/// Column arrays of a set of records, for the staging insert.
+/// Column arrays of a set of records, for the staging insert (borrowed from the records).
 #[derive(Default)]
-struct Columns {
-    country: Vec<String>,
-    store_id: Vec<String>,
-    sku: Vec<String>,
+struct Columns<'a> {
+    country: Vec<&'a str>,
+    store_id: Vec<&'a str>,
+    sku: Vec<&'a str>,
     business_date: Vec<chrono::NaiveDate>,
     record_version: Vec<i64>,
-    record_id: Vec<String>,
+    record_id: Vec<&'a str>,
     store_category: Vec<&'static str>,
-    chain: Vec<String>,
-    category: Vec<String>,
-    currency: Vec<String>,
+    chain: Vec<&'a str>,
+    category: Vec<&'a str>,
+    currency: Vec<&'a str>,
     unit_price: Vec<Decimal>,
     unit_cost: Vec<Option<Decimal>>,
     units_sold: Vec<i32>,
     quantity_on_hand: Vec<i32>,
-    file_id: Vec<String>,
+    file_id: Vec<&'a str>,
 }
 
-impl Columns {
-    fn of<'a>(records: impl IntoIterator<Item = &'a SkuRecord>) -> Self {
+impl<'a> Columns<'a> {
+    fn of(records: impl IntoIterator<Item = &'a SkuRecord>) -> Self {
         let mut c = Columns::default();
         for r in records {
-            c.country.push(r.country.clone());
-            c.store_id.push(r.store_id.clone());
-            c.sku.push(r.sku.clone());
+            c.country.push(&r.country);
+            c.store_id.push(&r.store_id);
+            c.sku.push(&r.sku);
             c.business_date.push(r.business_date);
             c.record_version.push(r.record_version);
-            c.record_id.push(r.record_id.clone());
-            c.store_category.push(match r.store_category {
-                StoreCategory::Individual => "individual",
-                StoreCategory::RetailChain => "retail_chain",
-            });
-            c.chain.push(r.chain.clone().unwrap_or_default());
-            c.category.push(r.category.clone());
-            c.currency.push(r.currency.clone());
+            c.record_id.push(&r.record_id);
+            c.store_category.push(r.store_category.as_str());
+            c.chain.push(r.chain.as_deref().unwrap_or(""));
+            c.category.push(&r.category);
+            c.currency.push(&r.currency);
             c.unit_price.push(r.unit_price);
             c.unit_cost.push(r.unit_cost);
             c.units_sold.push(r.units_sold);
             c.quantity_on_hand.push(r.quantity_on_hand);
-            c.file_id.push(r.file_id.clone());
+            c.file_id.push(&r.file_id);
         }
         c
     }
@@ -289,7 +286,7 @@ impl FinanceSink {
 async fn merge(
     tx: &Transaction<'_>,
     sql: &Statements,
-    cols: &Columns,
+    cols: &Columns<'_>,
 ) -> Result<(), tokio_postgres::Error> {
     cols.stage(tx, &sql.stage).await?;
     tx.execute(sql.take_old.as_str(), &[]).await?;
