@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bin, upload_local, Pipeline, TempPostgres};
+use common::{upload_local, Pipeline, TempPostgres};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use skuflow_e2e::sample_rows;
@@ -66,24 +66,7 @@ impl Chaos {
     }
 
     fn status(&self) -> (i32, Value, String) {
-        let out = Command::new(bin("skuflow"))
-            .args([
-                "status",
-                "--json",
-                "--grace-secs=0",
-                &format!("--brokers={}", self.p.stack.brokers),
-                &format!("--files-topic={}", self.p.topics.files),
-                &format!("--dataset-root={}", self.datasets.display()),
-            ])
-            .env("SKUFLOW_PG_URL", &self.p.db_url)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        (
-            out.status.code().unwrap_or(-1),
-            serde_json::from_str(&stdout).unwrap_or(Value::Null),
-            format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
-        )
+        self.p.status_json(&self.datasets, &[])
     }
 }
 

@@ -331,6 +331,35 @@ impl Pipeline {
         self.spawn(cmd, "reporter")
     }
 
+    /// Runs `skuflow status --json --grace-secs=0` over this pipeline's files topic, database
+    /// and the dataset at `dataset_root`: (exit code, parsed JSON or null, stdout + stderr).
+    #[allow(dead_code)]
+    pub fn status_json(
+        &self,
+        dataset_root: &std::path::Path,
+        extra: &[&str],
+    ) -> (i32, serde_json::Value, String) {
+        let out = Command::new(bin("skuflow"))
+            .args([
+                "status",
+                "--json",
+                "--grace-secs=0",
+                &format!("--brokers={}", self.stack.brokers),
+                &format!("--files-topic={}", self.topics.files),
+                &format!("--dataset-root={}", dataset_root.display()),
+            ])
+            .args(extra)
+            .env("SKUFLOW_PG_URL", &self.db_url)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null),
+            format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
     /// Waits until group `group` has committed exactly `ends` on `topic` (panics with the logs
     /// after `timeout`).
     pub async fn wait_committed(&self, group: &str, topic: &str, ends: &[i64], timeout: Duration) {
