@@ -5,8 +5,8 @@
 //!
 //! Every sink keeps the newest version of each natural key, so once caught up all sinks hold the
 //! same number of rows of a file: its valid rows, less those a later upload replaced. A file is
-//! `complete` when every sink holds its valid rows, or the same smaller number (the difference
-//! is reported as superseded); `in_flight` while it is not final or younger than the grace
+//! `complete` when every sink holds its valid rows, or the same smaller number above zero (the
+//! difference is reported as superseded); `in_flight` while it is not final or younger than the grace
 //! period; `mismatch` when a sink holds fewer rows than another, or more than the file's valid
 //! rows. The command exits with 1 when any file is a mismatch.
 
@@ -214,6 +214,14 @@ pub(crate) fn judge(
             }
             if !problems.is_empty() {
                 "mismatch"
+            } else if max == 0 && valid > 0 {
+                // Not one row anywhere: sinks that have not started, not a superseded file.
+                if young {
+                    "in_flight"
+                } else {
+                    problems.push(format!("no sink holds any of its {valid} valid rows"));
+                    "mismatch"
+                }
             } else if min == max {
                 if min == valid || !young {
                     superseded = valid - min;
@@ -371,6 +379,13 @@ mod tests {
         assert_eq!((sup.status, sup.superseded), ("complete", 10));
         assert_eq!(j(&young, sinks(90, 90, 90)).status, "in_flight");
         assert_eq!(j(&young, sinks(100, 40, 100)).status, "in_flight");
+        assert_eq!(j(&young, sinks(0, 0, 0)).status, "in_flight");
+        let none = j(&old, sinks(0, 0, 0));
+        assert_eq!(none.status, "mismatch");
+        assert_eq!(
+            none.problems,
+            vec!["no sink holds any of its 100 valid rows"]
+        );
         let miss = j(&old, sinks(100, 95, 100));
         assert_eq!(miss.status, "mismatch");
         assert_eq!(miss.problems, vec!["finance is missing 5 rows"]);

@@ -11,29 +11,6 @@ use common::{bin, upload_local, Pipeline};
 use serde_json::Value;
 use skuflow_e2e::sample_rows;
 
-fn status(p: &Pipeline, root: &std::path::Path, extra: &[&str]) -> (i32, Value, String) {
-    let out = Command::new(bin("skuflow"))
-        .args([
-            "status",
-            "--json",
-            "--grace-secs=0",
-            &format!("--brokers={}", p.stack.brokers),
-            &format!("--files-topic={}", p.topics.files),
-            &format!("--dataset-root={}", root.display()),
-        ])
-        .args(extra)
-        .env("SKUFLOW_PG_URL", &p.db_url)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (
-        out.status.code().unwrap_or(-1),
-        json,
-        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
     let mut p = Pipeline::new().await;
@@ -89,12 +66,17 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
 
     let mut last = (0, Value::Null, String::new());
     let done = common::wait_until(Duration::from_secs(180), || {
-        last = status(&p, &datasets, &[]);
+        last = p.status_json(&datasets, &[]);
         last.0 == 0
             && last
                 .1
                 .as_array()
-                .is_some_and(|a| a.len() == 3 && a.iter().all(|f| f["status"] == "complete"))
+                .is_some_and(|a| {
+                    a.len() == 3
+                        && a.iter().all(|f| f["status"] == "complete")
+                        // Sinks can agree on a count while still loading: wait for the end state.
+                        && a.iter().map(|f| f["superseded"].as_u64().unwrap_or(0)).sum::<u64>() == 15
+                })
     });
     assert!(done, "status never all complete:\n{}\n{}", last.2, p.logs());
     let files = last.1.as_array().unwrap();
@@ -120,8 +102,7 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
     assert_eq!(b["superseded"], 0);
 
     // One file only.
-    let (code, one, text) = status(
-        &p,
+    let (code, one, text) = p.status_json(
         &datasets,
         &["--file=skus-de/incoming/individual/s2/2026-11-20/b.csv"],
     );
@@ -139,7 +120,7 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
         .await
         .unwrap();
     assert_eq!(gone, 7);
-    let (code, after, text) = status(&p, &datasets, &[]);
+    let (code, after, text) = p.status_json(&datasets, &[]);
     assert_eq!(code, 1, "{text}");
     let b = after
         .as_array()
