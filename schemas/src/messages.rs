@@ -55,6 +55,7 @@ pub struct SkuRecord {
     pub currency: String,
     pub quantity_on_hand: i32,
     pub units_sold: i32,
+    #[serde(deserialize_with = "crate::wire_time::date")]
     pub business_date: NaiveDate,
     pub barcode: Option<String>,
     pub file_id: String,
@@ -62,7 +63,9 @@ pub struct SkuRecord {
     pub source_key: String,
     pub source_etag: String,
     pub source_line: i64,
+    #[serde(deserialize_with = "crate::wire_time::timestamp")]
     pub source_last_modified: DateTime<Utc>,
+    #[serde(deserialize_with = "crate::wire_time::timestamp")]
     pub ingested_at: DateTime<Utc>,
 }
 

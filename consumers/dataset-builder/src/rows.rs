@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use hashbrown::HashTable;
+
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
@@ -64,29 +66,79 @@ impl Default for Split {
     }
 }
 
-/// The newest record per (store_id, sku) of one partition.
+/// The newest record per (store_id, sku) of one partition: the records in one vector (no
+/// per-key copies of the key strings), found through a table of their indices.
 #[derive(Debug, Default, Clone)]
 pub struct Partition {
-    pub rows: HashMap<(String, String), SkuRecord>,
+    records: Vec<SkuRecord>,
+    index: HashTable<u32>,
+    hasher: ahash::RandomState,
 }
 
 impl Partition {
+    /// Room for `n` records without growing.
+    pub fn with_capacity(n: usize) -> Self {
+        Partition {
+            records: Vec::with_capacity(n),
+            index: HashTable::with_capacity(n),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    fn hash(hasher: &ahash::RandomState, store_id: &str, sku: &str) -> u64 {
+        hasher.hash_one((store_id, sku))
+    }
+
     /// Keeps `r` when it is newer than what the partition holds for its key. Returns whether it
     /// changed anything.
     pub fn upsert(&mut self, r: SkuRecord) -> bool {
-        let key = (r.store_id.clone(), r.sku.clone());
-        match self.rows.get(&key) {
-            Some(old) if old.record_version >= r.record_version => false,
-            _ => {
-                self.rows.insert(key, r);
+        let Partition {
+            records,
+            index,
+            hasher,
+        } = self;
+        let h = Self::hash(hasher, &r.store_id, &r.sku);
+        let found = index.find(h, |&i| {
+            let o = &records[i as usize];
+            o.sku == r.sku && o.store_id == r.store_id
+        });
+        match found {
+            Some(&i) => {
+                let old = &mut records[i as usize];
+                if old.record_version >= r.record_version {
+                    return false;
+                }
+                *old = r;
+                true
+            }
+            None => {
+                let i = u32::try_from(records.len()).expect("a partition holds under 2^32 rows");
+                records.push(r);
+                index.insert_unique(h, i, |&j| {
+                    let o = &records[j as usize];
+                    Self::hash(hasher, &o.store_id, &o.sku)
+                });
                 true
             }
         }
     }
 
+    /// The records, one per key, in no particular order.
+    pub fn records(&self) -> &[SkuRecord] {
+        &self.records
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     /// Rows in a stable order (store, SKU), with their features; medians over this partition.
     pub fn featured(&self, split: Split) -> Vec<Featured<'_>> {
-        let medians = category_medians(self.rows.values());
+        let medians = category_medians(self.records.iter());
         self.featured_with(|category| medians.get(category).copied(), split)
     }
 
@@ -98,8 +150,8 @@ impl Partition {
         split: Split,
     ) -> Vec<Featured<'_>> {
         let mut out: Vec<Featured<'_>> = self
-            .rows
-            .values()
+            .records
+            .iter()
             .map(|r| Featured::of(r, median_of(&r.category), split))
             .collect();
         out.sort_by(|a, b| {
@@ -212,11 +264,8 @@ mod tests {
             "a replay changes nothing"
         );
         assert!(p.upsert(rec("s", "A", 3, "3.00", None, "x")));
-        assert_eq!(p.rows.len(), 1);
-        assert_eq!(
-            p.rows.values().next().unwrap().unit_price,
-            Decimal::new(300, 2)
-        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.records()[0].unit_price, Decimal::new(300, 2));
     }
 
     #[test]

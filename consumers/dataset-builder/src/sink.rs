@@ -201,8 +201,10 @@ impl DatasetSink {
                     self.written_medians.remove(&key);
                 }
             }
-            let mut part = Partition::default();
-            for r in columns::decode(bytes).with_context(|| format!("reading {}", meta.location))? {
+            let decoded =
+                columns::decode(bytes).with_context(|| format!("reading {}", meta.location))?;
+            let mut part = Partition::with_capacity(decoded.len());
+            for r in decoded {
                 part.upsert(r);
             }
             self.shards.insert(key, part);
@@ -274,7 +276,7 @@ impl DatasetSink {
                 self.shards
                     .iter()
                     .filter(|((c, d, _), _)| c == country && d == day)
-                    .flat_map(|(_, p)| p.rows.values()),
+                    .flat_map(|(_, p)| p.records()),
             )
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -288,8 +290,8 @@ impl DatasetSink {
             for key in keys {
                 let shard = &self.shards[&key];
                 let used: HashMap<String, rust_decimal::Decimal> = shard
-                    .rows
-                    .values()
+                    .records()
+                    .iter()
                     .filter_map(|r| medians.get(&r.category).map(|m| (r.category.clone(), *m)))
                     .collect();
                 if !changed_shards.contains(&key) && self.written_medians.get(&key) == Some(&used) {
@@ -311,7 +313,7 @@ impl DatasetSink {
         for country in countries {
             self.put_manifest(country).await?;
         }
-        let cached: usize = self.shards.values().map(|p| p.rows.len()).sum();
+        let cached: usize = self.shards.values().map(Partition::len).sum();
         if cached > self.cache_rows {
             self.shards.clear();
             self.written_medians.clear();
@@ -335,12 +337,12 @@ impl DatasetSink {
             .collect();
         files.sort_by_key(|(p, _)| *p);
         for (p, part) in files {
-            if part.rows.is_empty() {
+            if part.is_empty() {
                 continue;
             }
             entry.files.push(Self::file_name(p));
-            entry.rows += part.rows.len() as u64;
-            for r in part.rows.values() {
+            entry.rows += part.len() as u64;
+            for r in part.records() {
                 *entry
                     .splits
                     .entry(self.split.of(&r.sku).to_string())
