@@ -28,7 +28,7 @@ impl SinkKind {
         match self {
             SinkKind::WarehouseLoader => skuflow_warehouse_loader::GROUP,
             SinkKind::FinanceReporter => skuflow_finance_reporter::GROUP,
-            SinkKind::SearchIndexer => "skuflow-search-indexer",
+            SinkKind::SearchIndexer => skuflow_search_indexer::GROUP,
             SinkKind::DatasetBuilder => skuflow_dataset_builder::GROUP,
         }
     }

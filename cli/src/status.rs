@@ -1,7 +1,8 @@
 //! `skuflow status`: for each upload, what ingest accepted and rejected (from the file lifecycle
 //! topic) and how many rows each sink holds for it, read from the sinks themselves: the
-//! warehouse (`skuflow.sku_facts`), the finance lines (`skuflow_finance.lines`) and the Parquet
-//! dataset (its `file_id` lineage column).
+//! warehouse (`skuflow.sku_facts`), the finance lines (`skuflow_finance.lines`), the search
+//! indexes (documents per `file_id`, when `--es-url` is given) and the Parquet dataset (its
+//! `file_id` lineage column).
 //!
 //! Every sink keeps the newest version of each natural key, so once caught up all sinks hold the
 //! same number of rows of a file: its valid rows, less those a later upload replaced. A file is
@@ -32,6 +33,18 @@ pub(crate) struct StatusArgs {
     /// PostgreSQL of the warehouse loader and the finance reporter. Never logged.
     #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
     pg_url: Option<String>,
+    /// Elasticsearch of the search indexer: its documents are counted when this is given.
+    #[arg(long = "es-url", env = "SKUFLOW_ES_URL")]
+    es_url: Option<String>,
+    #[command(flatten)]
+    es_auth: skuflow_search_indexer::EsAuth,
+    /// The alias (or index pattern) the search indexer's documents are under.
+    #[arg(
+        long = "index-alias",
+        env = "SKUFLOW_INDEX_ALIAS",
+        default_value = "skus"
+    )]
+    index_alias: String,
     /// Root of the Parquet datasets (a directory or `s3://bucket/prefix`).
     #[arg(long = "dataset-root", env = "SKUFLOW_DATASET_ROOT")]
     dataset_root: Option<String>,
@@ -54,6 +67,9 @@ impl std::fmt::Debug for StatusArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusArgs")
             .field("pg_url", &self.pg_url.as_ref().map(|_| "***"))
+            .field("es_url", &self.es_url)
+            .field("es_auth", &self.es_auth)
+            .field("index_alias", &self.index_alias)
             .field("dataset_root", &self.dataset_root)
             .field("file", &self.file)
             .field("since", &self.since)
@@ -283,6 +299,17 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<bool> {
         if let Some(c) = pg_counts(&client, "skuflow_finance.lines", &ids).await? {
             per_sink.push(("finance", c));
         }
+    }
+    if let Some(url) = &args.es_url {
+        let transport = skuflow_search_indexer::transport(url, &args.es_auth)?;
+        let counts = skuflow_search_indexer::lineage::count_by_file(
+            &transport,
+            &args.index_alias,
+            &ids,
+            Duration::from_secs(60),
+        )
+        .await?;
+        per_sink.push(("search", counts));
     }
     if let Some(root) = &args.dataset_root {
         per_sink.push(("dataset", dataset_counts(root).await?));

@@ -15,6 +15,13 @@
 //! `errors: true` inside an HTTP 200) and can be scripted to answer item-level 429s, 400 mapping
 //! errors for chosen SKUs, whole-request 503s, slow responses and dropped connections.
 //! Malformed requests are answered 400 and recorded in [`State::violations`].
+//!
+//! `POST /<target>/_search` answers the one search skuflow sends (`skuflow status` counting
+//! documents per upload): `size: 0`, a `terms` query on one field and a `terms` aggregation on a
+//! field the template maps as `keyword`, over the indices `<target>` names (an index, a
+//! template's alias, or a `prefix*` pattern; comma-separated). Anything else is answered 400 as
+//! Elasticsearch answers a request it cannot parse, and recorded as a violation. An unknown
+//! target is 404 `index_not_found_exception` unless `ignore_unavailable=true`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -200,6 +207,10 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Answer {
             answer(StatusCode::OK, json!({"acknowledged": true}))
         }
         ("POST" | "PUT", "/_bulk") => bulk(state, &parts.headers, &body).await,
+        ("POST" | "GET", p) if p.ends_with("/_search") && p.len() > "/_search".len() + 1 => {
+            let target = &p[1..p.len() - "/_search".len()];
+            search(&state, target, parts.uri.query().unwrap_or(""), &body)
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             "resource_not_found_exception",
@@ -469,4 +480,154 @@ fn check_source(mapping: &Value, source: &Value) -> Result<(), Value> {
         }
     }
     Ok(())
+}
+
+/// The indices `target` names: each comma-separated part an index, a template's alias or a
+/// `prefix*` pattern. `None` when a part names nothing.
+fn resolve(s: &State, target: &str) -> Option<HashSet<String>> {
+    let indices: HashSet<&String> = s.docs.keys().map(|(i, _)| i).collect();
+    let mut out = HashSet::new();
+    for part in target.split(',') {
+        let mut found = false;
+        for index in &indices {
+            let by_alias = s.templates.values().any(|t| {
+                t["template"]["aliases"].get(part).is_some()
+                    && t["index_patterns"].as_array().is_some_and(|ps| {
+                        ps.iter()
+                            .filter_map(Value::as_str)
+                            .any(|p| match p.strip_suffix('*') {
+                                Some(prefix) => index.starts_with(prefix),
+                                None => *index == p,
+                            })
+                    })
+            });
+            let hit = match part.strip_suffix('*') {
+                Some(prefix) => index.starts_with(prefix),
+                None => *index == part || by_alias,
+            };
+            if hit {
+                out.insert((*index).clone());
+                found = true;
+            }
+        }
+        if !found && !part.ends_with('*') {
+            // An alias with no index yet still resolves (to nothing) in Elasticsearch.
+            let alias = s
+                .templates
+                .values()
+                .any(|t| t["template"]["aliases"].get(part).is_some());
+            if !alias {
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn search(state: &Arc<Mutex<State>>, target: &str, query: &str, body: &[u8]) -> Answer {
+    let refuse = |why: String| {
+        state
+            .lock()
+            .unwrap()
+            .violations
+            .push(format!("_search: {why}"));
+        error(StatusCode::BAD_REQUEST, "parsing_exception", &why)
+    };
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return refuse(format!("body is not JSON: {e}")),
+    };
+    let Some(obj) = req.as_object() else {
+        return refuse("body is not an object".into());
+    };
+    for k in obj.keys() {
+        if !["size", "track_total_hits", "query", "aggs"].contains(&k.as_str()) {
+            return refuse(format!("unknown key [{k}]"));
+        }
+    }
+    if req["size"] != 0 {
+        return refuse("the double answers only size 0".into());
+    }
+    let Some(terms) = req["query"]["terms"].as_object().filter(|t| t.len() == 1) else {
+        return refuse("query must be one terms query".into());
+    };
+    let (qfield, qvalues) = terms.iter().next().unwrap();
+    let Some(qvalues) = qvalues.as_array() else {
+        return refuse(format!("terms of [{qfield}] is not an array"));
+    };
+    if qvalues.len() > 65_536 {
+        return refuse("more than 65536 terms".into());
+    }
+    let wanted: HashSet<&str> = qvalues.iter().filter_map(Value::as_str).collect();
+    let Some(aggs) = req["aggs"].as_object().filter(|a| a.len() == 1) else {
+        return refuse("aggs must name one aggregation".into());
+    };
+    let (agg_name, agg) = aggs.iter().next().unwrap();
+    let (Some(afield), Some(size)) = (
+        agg["terms"]["field"].as_str(),
+        agg["terms"]["size"].as_u64(),
+    ) else {
+        return refuse("the aggregation must be terms with a field and a size".into());
+    };
+    let ignore_unavailable = query.split('&').any(|kv| kv == "ignore_unavailable=true");
+    let s = state.lock().unwrap();
+    let Some(indices) = resolve(&s, target) else {
+        if ignore_unavailable {
+            return answer(
+                StatusCode::OK,
+                json!({"took": 0, "timed_out": false,
+                    "_shards": {"total": 0, "successful": 0, "skipped": 0, "failed": 0},
+                    "hits": {"hits": [], "max_score": null}}),
+            );
+        }
+        return error(
+            StatusCode::NOT_FOUND,
+            "index_not_found_exception",
+            &format!("no such index [{target}]"),
+        );
+    };
+    for index in &indices {
+        let Some(mapping) = mapping_for(&s.templates, index) else {
+            continue;
+        };
+        for field in [qfield.as_str(), afield] {
+            let t = mapping["properties"][field]["type"].as_str().unwrap_or("");
+            if t != "keyword" {
+                drop(s);
+                return refuse(format!(
+                    "field [{field}] of [{index}] is mapped as {t:?}, not keyword: terms on it are not exact (Fielddata is disabled on text fields)"
+                ));
+            }
+        }
+    }
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for ((index, _), doc) in &s.docs {
+        if !indices.contains(index) {
+            continue;
+        }
+        let Some(v) = doc.source[qfield.as_str()].as_str() else {
+            continue;
+        };
+        if !wanted.contains(v) {
+            continue;
+        }
+        if let Some(k) = doc.source[afield].as_str() {
+            *counts.entry(k.to_string()).or_default() += 1;
+        }
+    }
+    let mut buckets: Vec<(String, u64)> = counts.into_iter().collect();
+    buckets.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let other: u64 = buckets.iter().skip(size as usize).map(|b| b.1).sum();
+    buckets.truncate(size as usize);
+    answer(
+        StatusCode::OK,
+        json!({"took": 1, "timed_out": false,
+        "_shards": {"total": indices.len(), "successful": indices.len(), "skipped": 0, "failed": 0},
+        "hits": {"hits": [], "max_score": null},
+        "aggregations": {agg_name: {
+            "doc_count_error_upper_bound": 0,
+            "sum_other_doc_count": other,
+            "buckets": buckets.iter().map(|(k, n)| json!({"key": k, "doc_count": n})).collect::<Vec<_>>()
+        }}}),
+    )
 }

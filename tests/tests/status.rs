@@ -1,5 +1,6 @@
 //! `skuflow status` on the real stack: per upload, what ingest accepted and what the warehouse,
-//! the finance lines and the Parquet dataset hold, read from the sinks; a correction shows as
+//! the finance lines, the search indexes (the Elasticsearch double: no Elasticsearch can be
+//! installed here) and the Parquet dataset hold, read from the sinks; a correction shows as
 //! superseded rows, a sink that lost rows as a mismatch with a non-zero exit.
 
 mod common;
@@ -9,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{bin, upload_local, Pipeline};
 use serde_json::Value;
+use skuflow_e2e::es_double::EsDouble;
 use skuflow_e2e::sample_rows;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,8 +57,11 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
         .set_modified(SystemTime::now() + Duration::from_secs(60))
         .unwrap();
 
+    let es = EsDouble::start().await;
+    let es_arg = format!("--es-url={}", es.url);
     p.start_ingest(&[format!("--bucket-root={}", buckets.display())]);
     p.start_loader(&[]);
+    p.start_indexer(&es.url, &[], &[]);
     p.start_reporter(&[]);
     p.start_builder(&[
         format!("--group=skuflow-dataset-builder-{}", p.id),
@@ -66,7 +71,7 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
 
     let mut last = (0, Value::Null, String::new());
     let done = common::wait_until(Duration::from_secs(180), || {
-        last = p.status_json(&datasets, &[]);
+        last = p.status_json(&datasets, &[&es_arg]);
         last.0 == 0
             && last
                 .1
@@ -94,7 +99,12 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
     }
     // The correction replaced 15 rows of a.csv in every sink.
     assert_eq!(a["superseded"], 15);
-    for s in ["warehouse", "finance", "dataset"] {
+    assert_eq!(
+        a["sinks"].as_object().unwrap().len(),
+        4,
+        "every sink counted: {a}"
+    );
+    for s in ["warehouse", "finance", "search", "dataset"] {
         assert_eq!(a["sinks"][s], 165, "{s}: {a}");
         assert_eq!(b["sinks"][s], 180, "{s}: {b}");
         assert_eq!(fx["sinks"][s], 15, "{s}: {fx}");
@@ -104,7 +114,10 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
     // One file only.
     let (code, one, text) = p.status_json(
         &datasets,
-        &["--file=skus-de/incoming/individual/s2/2026-11-20/b.csv"],
+        &[
+            &es_arg,
+            "--file=skus-de/incoming/individual/s2/2026-11-20/b.csv",
+        ],
     );
     assert_eq!(code, 0, "{text}");
     assert_eq!(one.as_array().map(Vec::len), Some(1), "{text}");
@@ -120,7 +133,22 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
         .await
         .unwrap();
     assert_eq!(gone, 7);
-    let (code, after, text) = p.status_json(&datasets, &[]);
+    // And the search indexes lose 4 documents of it.
+    let dropped = es.with(|s| {
+        let ids: Vec<_> = s
+            .docs
+            .iter()
+            .filter(|(_, d)| d.source["file_id"] == file_b.as_str())
+            .map(|(k, _)| k.clone())
+            .take(4)
+            .collect();
+        for k in &ids {
+            s.docs.remove(k);
+        }
+        ids.len()
+    });
+    assert_eq!(dropped, 4);
+    let (code, after, text) = p.status_json(&datasets, &[&es_arg]);
     assert_eq!(code, 1, "{text}");
     let b = after
         .as_array()
@@ -129,7 +157,16 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
         .find(|f| f["file_id"] == file_b.as_str())
         .unwrap();
     assert_eq!(b["status"], "mismatch");
-    assert_eq!(b["problems"][0], "warehouse is missing 7 rows");
+    assert_eq!(
+        b["problems"],
+        serde_json::json!(["search is missing 4 rows", "warehouse is missing 7 rows"])
+    );
+    assert_eq!(b["sinks"]["search"], 176);
+    assert!(
+        es.with(|s| s.violations.is_empty()),
+        "{:?}",
+        es.with(|s| s.violations.clone())
+    );
     // The text form says the same.
     let out = Command::new(bin("skuflow"))
         .args([

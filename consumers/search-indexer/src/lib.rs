@@ -3,6 +3,7 @@
 //! or dead-lettered, and offsets are stored only after that.
 
 pub mod bulk;
+pub mod lineage;
 pub mod sink;
 
 use std::path::PathBuf;
@@ -21,16 +22,10 @@ pub use sink::{EsSink, Tuning};
 /// Default consumer group.
 pub const GROUP: &str = "skuflow-search-indexer";
 
-/// Flags of `skuflow-search-indexer`.
-#[derive(Clone, Args)]
-pub struct IndexerArgs {
-    /// Elasticsearch URL (no credentials in it: use the flags below).
-    #[arg(
-        long = "es-url",
-        env = "SKUFLOW_ES_URL",
-        default_value = "http://127.0.0.1:9200"
-    )]
-    pub es_url: String,
+/// How to authenticate to Elasticsearch: basic auth or an API key, and the CA of its certificate.
+/// Shared by the indexer and `skuflow status`.
+#[derive(Clone, Default, Args)]
+pub struct EsAuth {
     /// Basic-auth user.
     #[arg(long = "es-username", env = "SKUFLOW_ES_USERNAME")]
     pub username: Option<String>,
@@ -51,6 +46,66 @@ pub struct IndexerArgs {
     /// PEM file of the CA that signed the cluster's certificate (full verification).
     #[arg(long = "es-ca-cert", env = "SKUFLOW_ES_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for EsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("ca_cert", &self.ca_cert)
+            .finish()
+    }
+}
+
+/// A transport to the single node at `es_url`, authenticated as `auth` says.
+pub fn transport(es_url: &str, auth: &EsAuth) -> anyhow::Result<Transport> {
+    let url: elasticsearch::http::Url = es_url
+        .parse()
+        .with_context(|| "--es-url is not a URL".to_string())?;
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!(
+            "--es-url must not carry credentials; use --es-username/--es-password or --es-api-key"
+        );
+    }
+    let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url)).disable_proxy();
+    match (&auth.username, &auth.password, &auth.api_key) {
+        (_, _, Some(key)) => {
+            b = b.auth(match key.split_once(':') {
+                Some((id, secret)) => Credentials::ApiKey(id.into(), secret.into()),
+                None => Credentials::EncodedApiKey(key.clone()),
+            })
+        }
+        (Some(u), Some(p), None) => b = b.auth(Credentials::Basic(u.clone(), p.clone())),
+        (Some(_), None, None) => {
+            bail!("--es-username needs --es-password (or SKUFLOW_ES_PASSWORD)")
+        }
+        (None, Some(_), None) => bail!("--es-password needs --es-username"),
+        (None, None, None) => {}
+    }
+    if let Some(path) = &auth.ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+        let cert = Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+        b = b.cert_validation(CertificateValidation::Full(cert));
+    }
+    b.build().context("building the Elasticsearch client")
+}
+
+/// Flags of `skuflow-search-indexer`.
+#[derive(Clone, Args)]
+pub struct IndexerArgs {
+    /// Elasticsearch URL (no credentials in it: use the flags below).
+    #[arg(
+        long = "es-url",
+        env = "SKUFLOW_ES_URL",
+        default_value = "http://127.0.0.1:9200"
+    )]
+    pub es_url: String,
+    #[command(flatten)]
+    pub auth: EsAuth,
     /// Index name prefix: documents go to `<prefix>-<cc>`.
     #[arg(
         long = "index-prefix",
@@ -108,10 +163,7 @@ impl std::fmt::Debug for IndexerArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IndexerArgs")
             .field("es_url", &self.es_url)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
-            .field("ca_cert", &self.ca_cert)
+            .field("auth", &self.auth)
             .field("index_prefix", &self.index_prefix)
             .field("alias", &self.alias)
             .field("consume", &self.consume)
@@ -134,36 +186,7 @@ impl IndexerArgs {
 
     /// The transport: one node, credentials and CA from the flags.
     pub fn transport(&self) -> anyhow::Result<Transport> {
-        let url: elasticsearch::http::Url = self
-            .es_url
-            .parse()
-            .with_context(|| "--es-url is not a URL".to_string())?;
-        if !url.username().is_empty() || url.password().is_some() {
-            bail!("--es-url must not carry credentials; use --es-username/--es-password or --es-api-key");
-        }
-        let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url)).disable_proxy();
-        match (&self.username, &self.password, &self.api_key) {
-            (_, _, Some(key)) => {
-                b = b.auth(match key.split_once(':') {
-                    Some((id, secret)) => Credentials::ApiKey(id.into(), secret.into()),
-                    None => Credentials::EncodedApiKey(key.clone()),
-                })
-            }
-            (Some(u), Some(p), None) => b = b.auth(Credentials::Basic(u.clone(), p.clone())),
-            (Some(_), None, None) => {
-                bail!("--es-username needs --es-password (or SKUFLOW_ES_PASSWORD)")
-            }
-            (None, Some(_), None) => bail!("--es-password needs --es-username"),
-            (None, None, None) => {}
-        }
-        if let Some(path) = &self.ca_cert {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("reading the CA certificate {}", path.display()))?;
-            let cert = Certificate::from_pem(&pem)
-                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
-            b = b.cert_validation(CertificateValidation::Full(cert));
-        }
-        b.build().context("building the Elasticsearch client")
+        transport(&self.es_url, &self.auth)
     }
 }
 
