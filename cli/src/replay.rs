@@ -1,19 +1,31 @@
-//! `skuflow replay`: moves one sink's consumer group back (to the earliest offsets, a time, or
-//! given offsets) so that it rebuilds from `sku.records.v1`. Nothing is duplicated: every sink
-//! keeps one row per natural key and applies a version only when it is newer. For the sinks that
-//! keep their offsets next to their data (the warehouse loader and the finance reporter), the
-//! offsets in PostgreSQL move too; the dataset builder resumes from the offsets in its manifests,
-//! so a dataset is rebuilt by deleting it first.
+//! `skuflow replay`, two ways:
+//!
+//! * `--country/--from/--until`: re-ingests the uploads of those countries and business dates
+//!   that are in `processed/`, found on the lifecycle topic `sku.files.v1`. Each is queued on
+//!   `sku.uploads.v1` as a replay of its object in `processed/`; ingest reads it as the upload it
+//!   was (same file id, record ids and versions), so sinks that hold its rows change nothing and
+//!   sinks that lost them get them back, and a later correction is never overwritten.
+//! * `--sink/--to`: moves one sink's consumer group back (to the earliest offsets, a time, or
+//!   given offsets) so that it rebuilds from `sku.records.v1`. For the sinks that keep their
+//!   offsets next to their data (the warehouse loader and the finance reporter), the offsets in
+//!   PostgreSQL move too; the dataset builder resumes from the offsets in its manifests, so a
+//!   dataset is rebuilt by deleting it first.
+//!
+//! Nothing is duplicated either way: every sink keeps one row per natural key and applies a
+//! version only when it is newer than the one it holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, ValueEnum};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use skuflow_platform::{KafkaArgs, TopicArgs};
+use skuflow_schemas::{headers, FileEvent, FileStatus, Trigger, UploadRequest, UPLOAD_SCHEMA};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum SinkKind {
@@ -93,15 +105,30 @@ pub(crate) struct ReplayArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     topics: TopicArgs,
-    /// The sink to rebuild.
+    /// The sink to rebuild (with --to).
     #[arg(long = "sink", value_enum)]
-    sink: SinkKind,
+    sink: Option<SinkKind>,
     /// Its consumer group (default: the sink's default group).
     #[arg(long = "group")]
     group: Option<String>,
     /// Where to start again: `earliest`, an RFC 3339 time, or PARTITION:OFFSET[,...].
     #[arg(long = "to")]
-    to: Target,
+    to: Option<Target>,
+    /// Re-ingest the processed uploads of these countries (ISO 3166-1 alpha-2, comma-separated).
+    #[arg(long = "country", value_delimiter = ',')]
+    countries: Vec<String>,
+    /// Re-ingest uploads whose business date is on or after this day (YYYY-MM-DD).
+    #[arg(long = "from")]
+    from: Option<NaiveDate>,
+    /// Re-ingest uploads whose business date is on or before this day (YYYY-MM-DD).
+    #[arg(long = "until")]
+    until: Option<NaiveDate>,
+    /// Where ingest moves completed uploads.
+    #[arg(long = "processed-prefix", default_value = "processed/")]
+    processed_prefix: String,
+    /// List what would be re-ingested without queueing it.
+    #[arg(long = "dry-run")]
+    dry_run: bool,
     /// PostgreSQL of the warehouse loader or the finance reporter (their offsets live there).
     /// Never logged.
     #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
@@ -114,6 +141,9 @@ impl std::fmt::Debug for ReplayArgs {
             .field("sink", &self.sink)
             .field("group", &self.group)
             .field("to", &self.to)
+            .field("countries", &self.countries)
+            .field("from", &self.from)
+            .field("until", &self.until)
             .field("pg_url", &self.pg_url.as_ref().map(|_| "***"))
             .finish()
     }
@@ -122,16 +152,142 @@ impl std::fmt::Debug for ReplayArgs {
 const TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let reingest = !args.countries.is_empty() || args.from.is_some() || args.until.is_some();
+    match (args.sink, &args.to, reingest) {
+        (Some(sink), Some(to), false) => move_group(&args, sink, to).await,
+        (None, None, true) => reingest_files(&args).await,
+        (Some(_), None, false) => bail!("--sink needs --to (earliest, a time or offsets)"),
+        (None, Some(_), false) => bail!("--to needs --sink"),
+        (None, None, false) => bail!(
+            "say what to replay: --country/--from/--until to re-ingest processed uploads, or --sink and --to to rebuild a sink"
+        ),
+        _ => bail!("--country/--from/--until re-ingest uploads; --sink/--to rebuild a sink: give one or the other"),
+    }
+}
+
+/// A processed upload chosen for re-ingest.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Chosen {
+    pub bucket: String,
+    pub processed_key: String,
+    pub request: UploadRequest,
+}
+
+/// The completed uploads of `events` in `processed/` that match the countries and dates.
+pub(crate) fn choose(
+    events: &HashMap<String, FileEvent>,
+    countries: &[String],
+    from: Option<NaiveDate>,
+    until: Option<NaiveDate>,
+    processed_prefix: &str,
+) -> Vec<Chosen> {
+    let countries: Vec<String> = countries
+        .iter()
+        .map(|c| c.trim().to_ascii_uppercase())
+        .collect();
+    let mut out: Vec<Chosen> = events
+        .values()
+        .filter(|e| e.status == FileStatus::Completed)
+        .filter(|e| {
+            countries.is_empty()
+                || e.country
+                    .as_deref()
+                    .is_some_and(|c| countries.iter().any(|w| w == c))
+        })
+        .filter(|e| match e.business_date {
+            Some(d) => from.is_none_or(|f| d >= f) && until.is_none_or(|u| d <= u),
+            None => from.is_none() && until.is_none(),
+        })
+        .filter_map(|e| {
+            let key = e.moved_to.as_deref()?;
+            key.starts_with(processed_prefix).then(|| {
+                let mut request =
+                    UploadRequest::new(&e.bucket, key, e.etag.clone(), e.size, Trigger::Replay);
+                request.last_modified = e.last_modified;
+                Chosen {
+                    bucket: e.bucket.clone(),
+                    processed_key: key.to_string(),
+                    request,
+                }
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.bucket, &a.processed_key).cmp(&(&b.bucket, &b.processed_key)));
+    out
+}
+
+async fn reingest_files(args: &ReplayArgs) -> anyhow::Result<()> {
+    for c in &args.countries {
+        if !skuflow_ingest::codes::is_country(&c.trim().to_ascii_uppercase()) {
+            bail!("--country {c:?} is not an ISO 3166-1 alpha-2 code");
+        }
+    }
+    if let (Some(f), Some(u)) = (args.from, args.until) {
+        if f > u {
+            bail!("--from {f} is after --until {u}");
+        }
+    }
+    let events = crate::status::read_files(&args.kafka, &args.topics.files)?;
+    let chosen = choose(
+        &events,
+        &args.countries,
+        args.from,
+        args.until,
+        &args.processed_prefix,
+    );
+    if chosen.is_empty() {
+        println!("no completed upload in {} matches", args.processed_prefix);
+        return Ok(());
+    }
+    let producer: FutureProducer = args
+        .kafka
+        .producer_config()
+        .create()
+        .context("creating the producer of upload requests")?;
+    for c in &chosen {
+        println!("  {}/{}", c.bucket, c.processed_key);
+        if args.dry_run {
+            continue;
+        }
+        let payload = serde_json::to_vec(&c.request)?;
+        let key = c.request.kafka_key();
+        producer
+            .send(
+                FutureRecord::to(&args.topics.uploads)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: headers::SCHEMA,
+                        value: Some(UPLOAD_SCHEMA),
+                    })),
+                TIMEOUT,
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("queueing {}/{}: {e}", c.bucket, c.processed_key))?;
+    }
+    if args.dry_run {
+        println!("{} uploads would be re-ingested (dry run)", chosen.len());
+    } else {
+        println!(
+            "{} uploads queued on {} for re-ingest; `skuflow status` follows them",
+            chosen.len(),
+            args.topics.uploads
+        );
+    }
+    Ok(())
+}
+
+async fn move_group(args: &ReplayArgs, sink: SinkKind, to: &Target) -> anyhow::Result<()> {
     let group = args
         .group
         .clone()
-        .unwrap_or_else(|| args.sink.default_group().to_string());
+        .unwrap_or_else(|| sink.default_group().to_string());
     let topic = args.topics.records.as_str();
-    let table = args.sink.offsets_table();
+    let table = sink.offsets_table();
     if table.is_some() && args.pg_url.is_none() {
         bail!(
             "--sink {:?} keeps its offsets in PostgreSQL: give --pg-url",
-            args.sink
+            sink
         );
     }
     let consumer: BaseConsumer = args
@@ -150,7 +306,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
                     bail!(
                         "consumer group {group} has {} active member(s): stop every {} first",
                         g.members().len(),
-                        args.sink.default_group()
+                        sink.default_group()
                     );
                 }
             }
@@ -171,7 +327,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         bail!("topic {topic} has no partitions (does it exist?)");
     }
     let mut targets: BTreeMap<i32, i64> = BTreeMap::new();
-    match &args.to {
+    match to {
         Target::Earliest => {
             for p in 0..partitions {
                 targets.insert(p, consumer.fetch_watermarks(topic, p, TIMEOUT)?.0);
@@ -243,18 +399,130 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             .map_or("none".to_string(), |o| o.to_string());
         println!("  partition {p}: {o} (was {was})");
     }
-    if args.sink == SinkKind::DatasetBuilder {
+    if sink == SinkKind::DatasetBuilder {
         println!(
             "the dataset builder resumes from the offsets in its manifests: delete the dataset (or a country's _manifest.json) to rebuild it"
         );
     }
-    println!("start the {} again to rebuild", args.sink.default_group());
+    println!("start the {} again to rebuild", sink.default_group());
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ev(
+        id: &str,
+        status: FileStatus,
+        country: &str,
+        day: &str,
+        moved: Option<&str>,
+    ) -> FileEvent {
+        let mut e: FileEvent = serde_json::from_value(serde_json::json!({
+            "schema": skuflow_schemas::FILE_SCHEMA, "file_id": id, "status": status,
+            "bucket": format!("skus-{}", country.to_lowercase()),
+            "key": format!("incoming/individual/s1/{day}/{id}.csv"),
+            "country": country, "business_date": day, "etag": format!("\"{id}\""),
+            "last_modified": "2026-11-20T08:00:00Z", "at": "2026-11-20T09:00:00Z",
+        }))
+        .unwrap();
+        e.moved_to = moved.map(str::to_string);
+        e
+    }
+
+    #[test]
+    fn chooses_completed_processed_uploads_by_country_and_day() {
+        let events: HashMap<String, FileEvent> = [
+            ev(
+                "a",
+                FileStatus::Completed,
+                "DE",
+                "2026-11-19",
+                Some("processed/individual/s1/2026-11-19/a.csv"),
+            ),
+            ev(
+                "b",
+                FileStatus::Completed,
+                "DE",
+                "2026-11-20",
+                Some("processed/individual/s1/2026-11-20/b.csv"),
+            ),
+            ev(
+                "c",
+                FileStatus::Completed,
+                "FR",
+                "2026-11-20",
+                Some("processed/individual/s1/2026-11-20/c.csv"),
+            ),
+            ev(
+                "d",
+                FileStatus::Failed,
+                "DE",
+                "2026-11-20",
+                Some("errors/individual/s1/2026-11-20/d.csv"),
+            ),
+            ev("e", FileStatus::Accepted, "DE", "2026-11-20", None),
+            ev(
+                "f",
+                FileStatus::Completed,
+                "DE",
+                "2026-11-21",
+                Some("processed/individual/s1/2026-11-21/f.csv"),
+            ),
+        ]
+        .into_iter()
+        .map(|e| (e.file_id.clone(), e))
+        .collect();
+        let day = |s: &str| s.parse::<NaiveDate>().ok();
+        let keys = |c: Vec<Chosen>| c.into_iter().map(|c| c.processed_key).collect::<Vec<_>>();
+        let de = choose(
+            &events,
+            &["de".into()],
+            day("2026-11-20"),
+            day("2026-11-21"),
+            "processed/",
+        );
+        assert_eq!(
+            keys(de.clone()),
+            vec![
+                "processed/individual/s1/2026-11-20/b.csv",
+                "processed/individual/s1/2026-11-21/f.csv"
+            ]
+        );
+        let r = &de[0].request;
+        assert_eq!(r.trigger, Trigger::Replay);
+        assert_eq!(r.bucket, "skus-de");
+        assert_eq!(r.etag.as_deref(), Some("\"b\""));
+        assert_eq!(
+            r.last_modified,
+            "2026-11-20T08:00:00Z".parse().ok(),
+            "the original version"
+        );
+        assert_eq!(
+            choose(
+                &events,
+                &[],
+                day("2026-11-20"),
+                day("2026-11-20"),
+                "processed/"
+            )
+            .len(),
+            2
+        );
+        assert_eq!(
+            choose(
+                &events,
+                &["DE".into(), "FR".into()],
+                None,
+                None,
+                "processed/"
+            )
+            .len(),
+            4
+        );
+        assert!(choose(&events, &["NL".into()], None, None, "processed/").is_empty());
+    }
 
     #[test]
     fn targets_parse_or_say_why_not() {

@@ -97,7 +97,10 @@ pub(crate) struct FileStatusLine {
 }
 
 /// The latest lifecycle event of every file on the topic.
-fn read_files(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<String, FileEvent>> {
+pub(crate) fn read_files(
+    kafka: &KafkaArgs,
+    topic: &str,
+) -> anyhow::Result<HashMap<String, FileEvent>> {
     let consumer: BaseConsumer = kafka
         .consumer_config(&format!("skuflow-status-{}", std::process::id()))
         .set("enable.auto.commit", "false")

@@ -107,6 +107,10 @@ pub struct UploadRequest {
     pub size: Option<u64>,
     pub trigger: Trigger,
     pub requested_at: DateTime<Utc>,
+    /// For a replay: the last-modified time of the upload as first ingested (its records'
+    /// version), which a move to `processed/` may have changed on the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<DateTime<Utc>>,
 }
 
 impl UploadRequest {
@@ -125,6 +129,7 @@ impl UploadRequest {
             size,
             trigger,
             requested_at: Utc::now(),
+            last_modified: None,
         }
     }
 

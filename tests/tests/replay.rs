@@ -119,3 +119,195 @@ async fn replay_rebuilds_lost_sink_data_exactly_once() {
     .await;
     assert_eq!(finance_sums(&db).await, before);
 }
+
+type FactRow = (String, String, String, String, i64, String, String);
+
+async fn fact_versions(db: &tokio_postgres::Client) -> Vec<FactRow> {
+    db.query(
+        "SELECT country, store_id, sku, business_date::text, record_version, record_id, file_id
+         FROM skuflow.sku_facts ORDER BY 1, 2, 3, 4",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get(6),
+        )
+    })
+    .collect()
+}
+
+fn set_mtime(path: &std::path::Path, t: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// Re-ingesting processed uploads of one country and day: rows the warehouse lost come back,
+/// nothing is doubled, a later correction stays (even when the move to `processed/` changed the
+/// object's last-modified time, as an S3 copy does), and other countries and days are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reingest_from_processed_restores_lost_rows_and_keeps_corrections() {
+    use skuflow_e2e::sample_rows;
+    use std::time::SystemTime;
+    let mut p = Pipeline::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let buckets = dir.path().join("buckets");
+    let a = sample_rows(41, 300, 10, "EUR", "2026-11-20");
+    let b = sample_rows(42, 200, 10, "EUR", "2026-11-21");
+    let c = sample_rows(43, 200, 10, "EUR", "2026-11-20");
+    let up = |bucket: &str, key: &str, rows| common::upload_local(&buckets, bucket, key, rows);
+    up("skus-de", "incoming/individual/s1/2026-11-20/a.csv", &a);
+    up("skus-de", "incoming/individual/s1/2026-11-21/b.csv", &b);
+    up("skus-fr", "incoming/individual/s9/2026-11-20/c.csv", &c);
+    // A correction of 5 rows of a.csv, uploaded a minute later.
+    let fix: Vec<_> = a
+        .iter()
+        .filter(|r| r.valid)
+        .take(5)
+        .cloned()
+        .map(|mut r| {
+            r.units_sold = "777".into();
+            r
+        })
+        .collect();
+    let fixed = up("skus-de", "incoming/individual/s1/2026-11-20/fix.csv", &fix);
+    set_mtime(&fixed, SystemTime::now() + Duration::from_secs(60));
+    let valid = |rows: &[skuflow_e2e::SampleRow]| rows.iter().filter(|r| r.valid).count() as i64;
+    let total = valid(&a) + valid(&b) + valid(&c);
+
+    p.start_ingest(&[format!("--bucket-root={}", buckets.display())]);
+    p.start_loader(&[]);
+    const COUNT: &str = "SELECT count(*) FROM skuflow.sku_facts";
+    const FIXED: &str = "SELECT count(*) FROM skuflow.sku_facts WHERE units_sold = 777";
+    p.expect_count(COUNT, total, WAIT).await;
+    p.expect_count(FIXED, 5, WAIT).await;
+    let db = p.db().await;
+    let before = fact_versions(&db).await;
+    let processed_a = buckets.join("skus-de/processed/individual/s1/2026-11-20/a.csv");
+    assert!(
+        common::wait_until(Duration::from_secs(60), || processed_a.exists()),
+        "a.csv never reached processed/"
+    );
+    // The move changed a.csv's last-modified time (as an S3 copy does): a replay that took the
+    // object's time as the version would now overwrite the correction.
+    set_mtime(&processed_a, SystemTime::now() + Duration::from_secs(600));
+
+    // The warehouse loses every DE row of 2026-11-20 but the corrected ones.
+    let lost = db
+        .execute(
+            "DELETE FROM skuflow.sku_facts WHERE country = 'DE' AND business_date = '2026-11-20' AND units_sold <> 777",
+            &[],
+        )
+        .await
+        .unwrap() as i64;
+    assert_eq!(lost, valid(&a) - 5);
+
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("skuflow"))
+            .arg("replay")
+            .args(args)
+            .args([
+                &format!("--brokers={}", p.stack.brokers),
+                &format!("--files-topic={}", p.topics.files),
+                &format!("--uploads-topic={}", p.topics.uploads),
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run(&[
+        "--country=de",
+        "--from=2026-11-20",
+        "--until=2026-11-20",
+        "--dry-run",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("2 uploads would be re-ingested"), "{text}");
+    let (ok, text) = run(&["--country=xx", "--from=2026-11-20"]);
+    assert!(
+        !ok && text.contains("not an ISO 3166-1 alpha-2 code"),
+        "{text}"
+    );
+    let (ok, text) = run(&["--country=de", "--sink=warehouse-loader", "--to=earliest"]);
+    assert!(!ok && text.contains("one or the other"), "{text}");
+    let (ok, text) = run(&["--country=de", "--from=2026-11-20", "--until=2026-11-20"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("skus-de/processed/individual/s1/2026-11-20/a.csv")
+            && text.contains("skus-de/processed/individual/s1/2026-11-20/fix.csv")
+            && text.contains("2 uploads queued"),
+        "{text}"
+    );
+
+    p.expect_count(COUNT, total, WAIT).await;
+    // The replays are complete on the lifecycle topic: a.csv and fix.csv twice each.
+    let ok = common::wait_until(WAIT, || {
+        p.read_topic(&p.topics.files)
+            .iter()
+            .filter(|e| e["status"] == "completed")
+            .count()
+            == 6
+    });
+    assert!(ok, "replays never completed:\n{}", p.logs());
+    let after = fact_versions(&db).await;
+    let differ: Vec<_> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a)
+        .take(3)
+        .collect();
+    assert!(
+        after.len() == before.len() && differ.is_empty(),
+        "every row back with the same version, record id and file id: {} rows before, {} after; first differences (before, after): {differ:?}",
+        before.len(),
+        after.len()
+    );
+    assert_eq!(
+        db.query_one(FIXED, &[]).await.unwrap().get::<_, i64>(0),
+        5,
+        "the correction stays"
+    );
+    // The objects stay in processed/; nothing new in incoming/ or errors/.
+    assert!(processed_a.exists());
+    for gone in ["skus-de/incoming", "skus-de/errors", "skus-fr/errors"] {
+        let files: Vec<_> = walk(&buckets.join(gone));
+        assert!(files.is_empty(), "{gone}: {files:?}");
+    }
+    let replays: Vec<_> = p
+        .read_topic(&p.topics.files)
+        .into_iter()
+        .filter(|e| e["status"] == "completed" && e["key"].as_str().unwrap().contains("2026-11-21"))
+        .collect();
+    assert_eq!(replays.len(), 1, "b.csv (another day) was not replayed");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

@@ -17,7 +17,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use skuflow_platform::TopicArgs;
 use skuflow_schemas::{
-    headers, FileEvent, FileStatus, RejectMessage, RejectReason, SkuRecord, UploadRequest,
+    headers, FileEvent, FileStatus, RejectMessage, RejectReason, SkuRecord, Trigger, UploadRequest,
     FILE_SCHEMA, RECORD_SCHEMA, REJECT_SCHEMA,
 };
 
@@ -233,7 +233,24 @@ impl Ingestor {
         if let Err(reason) = crate::metadata::check_key(&req.key) {
             return self.fail_unreadable(req, reason).await;
         }
-        if !req.key.starts_with(&self.template.incoming_prefix) {
+        // A replay reads an object in processed/ as the upload it was: the key it arrived under
+        // gives its metadata, file id and record ids, and its version is the original's, so
+        // every sink finds the same records again and duplicates nothing.
+        let replay = req.trigger == Trigger::Replay;
+        let source_key = if replay {
+            match req.key.strip_prefix(&self.settings.processed_prefix) {
+                Some(rest) => format!("{}{rest}", self.template.incoming_prefix),
+                None => {
+                    return Ok(Outcome::Skipped(format!(
+                        "a replay reads only {}: {} is not under it",
+                        self.settings.processed_prefix, req.key
+                    )))
+                }
+            }
+        } else {
+            req.key.clone()
+        };
+        if !source_key.starts_with(&self.template.incoming_prefix) {
             return Ok(Outcome::Skipped(format!(
                 "{} is not under {}",
                 req.key, self.template.incoming_prefix
@@ -261,14 +278,28 @@ impl Ingestor {
             .e_tag
             .clone()
             .unwrap_or_else(|| format!("{}-{}", head.size, head.last_modified.timestamp_micros()));
-        if req.etag.as_deref().is_some_and(|e| e != etag) {
+        // The upload's identity: a replay keeps the ETag it was first ingested with (a copy to
+        // processed/ may have given the object another), so its file and record ids are the
+        // same as then. Reads are still pinned to the object's current ETag.
+        let identity_etag = match (&req.etag, replay) {
+            (Some(e), true) => e.clone(),
+            _ => etag.clone(),
+        };
+        if !replay && req.etag.as_deref().is_some_and(|e| e != etag) {
             tracing::info!(bucket = %req.bucket, key = %req.key, "Object changed since the request; ingesting the current version.");
         }
-        let fid = file_id(&req.bucket, &req.key, &etag);
-        let mut event = FileEvent::new(&fid, FileStatus::Accepted, &req.bucket, &req.key);
-        event.etag = Some(etag.clone());
+        let fid = file_id(&req.bucket, &source_key, &identity_etag);
+        let mut event = FileEvent::new(&fid, FileStatus::Accepted, &req.bucket, &source_key);
+        let last_modified = match (replay, req.last_modified) {
+            (true, Some(t)) => t,
+            _ => head.last_modified,
+        };
+        event.etag = Some(identity_etag.clone());
         event.size = Some(head.size);
-        event.last_modified = Some(head.last_modified);
+        event.last_modified = Some(last_modified);
+        if replay {
+            event.moved_to = Some(req.key.clone());
+        }
 
         // First pass: validate only. The object is pinned to this ETag for both passes.
         let opts = || GetOptions {
@@ -294,7 +325,7 @@ impl Ingestor {
             .get(&Attribute::ContentEncoding)
             .map(|v| v.as_ref().to_string());
         let country = self.countries.country(&req.bucket);
-        let meta = resolve(&self.template, &req.key, &user_meta);
+        let meta = resolve(&self.template, &source_key, &user_meta);
         event.country = country.as_ref().ok().cloned();
         if let Ok(m) = &meta {
             event.store_id = Some(m.store_id.clone());
@@ -315,9 +346,9 @@ impl Ingestor {
         let ctx = Arc::new(FileContext {
             file_id: fid.clone(),
             bucket: req.bucket.clone(),
-            key: req.key.clone(),
-            etag: etag.clone(),
-            last_modified: head.last_modified,
+            key: source_key.clone(),
+            etag: identity_etag,
+            last_modified,
             country,
             meta,
             ingested_at: Utc::now(),
@@ -447,7 +478,7 @@ impl Ingestor {
         .map_err(|e| Retry(anyhow::anyhow!(e)))?;
 
         let target = moved_key(
-            &req.key,
+            &source_key,
             &self.template.incoming_prefix,
             &self.settings.processed_prefix,
         );
@@ -456,14 +487,18 @@ impl Ingestor {
         event.moved_to = Some(target.clone());
         event.at = Utc::now();
         self.emit_file_event(&event).await?;
-        store
-            .rename(
-                &path,
-                &crate::store::object_path(&target).map_err(|e| Retry(anyhow::anyhow!(e)))?,
-            )
-            .await
-            .map_err(|e| Retry(anyhow::Error::new(e).context("moving the object to processed/")))?;
-        tracing::info!(file_id = %fid, bucket = %req.bucket, key = %req.key, rows_valid = summary.rows_valid,
+        if !replay {
+            store
+                .rename(
+                    &path,
+                    &crate::store::object_path(&target).map_err(|e| Retry(anyhow::anyhow!(e)))?,
+                )
+                .await
+                .map_err(|e| {
+                    Retry(anyhow::Error::new(e).context("moving the object to processed/"))
+                })?;
+        }
+        tracing::info!(file_id = %fid, bucket = %req.bucket, key = %req.key, replay, rows_valid = summary.rows_valid,
             rows_rejected = summary.rows_rejected, elapsed_ms = started.elapsed().as_millis() as u64, "Ingested file.");
         Ok(Outcome::Completed(event))
     }
@@ -525,6 +560,19 @@ impl Ingestor {
         report: &[ReportRow],
         started: Instant,
     ) -> Result<Outcome, Retry> {
+        if event.moved_to.is_some() {
+            // A replay of an object in processed/: it stays there; the reason is on the
+            // lifecycle topic.
+            event.status = FileStatus::Failed;
+            if let Some(s) = summary {
+                fill_counts(&mut event, s, started);
+            }
+            event.reason = Some(reason.clone());
+            event.at = Utc::now();
+            self.emit_file_event(&event).await?;
+            tracing::warn!(file_id = %event.file_id, bucket = %event.bucket, key = %event.key, %reason, "Replayed file rejected as a whole; it stays where it is.");
+            return Ok(Outcome::Failed(event));
+        }
         let target = moved_key(
             &event.key,
             &self.template.incoming_prefix,
