@@ -14,6 +14,7 @@ tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "t
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+python3 "$here/tansu-index.py" "$dir/tansu.db"
 export SKUFLOW_TEST_BROKERS="127.0.0.1:$port"
 cargo bench -p skuflow-warehouse-loader --bench loader
 cargo bench -p skuflow-search-indexer --bench encode

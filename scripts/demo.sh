@@ -23,6 +23,7 @@ if command -v tansu >/dev/null 2>&1; then
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
     sleep 0.1
   done
+  python3 "$here/tansu-index.py" "$dir/tansu.db"
   brokers=(--brokers "127.0.0.1:$port")
 fi
 cargo run --quiet -p skuflow-cli -- demo --pg-url "$SKUFLOW_DEMO_PG_URL" "${brokers[@]}"

@@ -95,6 +95,7 @@ up_tansu() {
     --storage-engine "$storage" > "$STACK/tansu/tansu.log" 2>&1 &
   echo $! > "$STACK/tansu/pid"
   wait_port "$KAFKA_PORT" tansu "$STACK/tansu/tansu.log"
+  case "$storage" in sqlite:///*) python3 "$here/tansu-index.py" "${storage#sqlite://}" ;; esac
   log "tansu ready on 127.0.0.1:$KAFKA_PORT ($storage)"
 }
 

@@ -179,8 +179,10 @@ pub async fn run_sink<S: Sink>(
     let mut undecodable: Vec<(i32, i64, RejectMessage)> = Vec::new();
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     let mut deadline = Instant::now() + flush_every;
+    let mut watch = crate::kafka::StallWatch::new(topic, kafka.rejoin_stalled_secs);
 
     loop {
+        watch.check(&consumer);
         if rebalanced.swap(false, Ordering::SeqCst) {
             let mut backoff = Backoff::new(args);
             durable = loop {

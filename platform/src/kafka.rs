@@ -41,6 +41,16 @@ pub struct KafkaArgs {
         value_parser = parse_kafka_option
     )]
     pub options: Vec<(String, String)>,
+    /// A consumer rejoins its group when a partition it is not assigned has had unconsumed
+    /// records and an unchanged committed offset for this many seconds (0: never). A group
+    /// coordinator can leave a partition with a member that is gone, or a member with nothing
+    /// (seen with tansu); on Apache Kafka this does not fire.
+    #[arg(
+        long = "rejoin-stalled-secs",
+        env = "SKUFLOW_REJOIN_STALLED_SECS",
+        default_value_t = 180
+    )]
+    pub rejoin_stalled_secs: u64,
 }
 
 fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
@@ -100,6 +110,7 @@ impl KafkaArgs {
         KafkaArgs {
             brokers: brokers.into(),
             options: Vec::new(),
+            rejoin_stalled_secs: 180,
         }
     }
 
@@ -224,16 +235,129 @@ impl ConsumerContext for ObservedContext {
 pub async fn next_message<'a, C: rdkafka::consumer::ConsumerContext + 'static>(
     consumer: &'a rdkafka::consumer::StreamConsumer<C>,
     shutdown: &tokio_util::sync::CancellationToken,
+    watch: &mut StallWatch,
 ) -> Option<rdkafka::message::BorrowedMessage<'a>> {
     loop {
+        watch.check(consumer);
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            m = consumer.recv() => m,
+            m = tokio::time::timeout(CHECK_EVERY, consumer.recv()) => m,
         };
         match msg {
-            Ok(m) => return Some(m),
-            Err(e) => tracing::warn!(error = %e, "Kafka consumer error; continuing."),
+            Ok(Ok(m)) => return Some(m),
+            Ok(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error; continuing."),
+            Err(_idle) => {}
         }
+    }
+}
+
+/// How often [`StallWatch`] looks at the group.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Watches the partitions of a subscribed topic that this consumer is not assigned: when one has
+/// records past its committed offset and that offset has not moved for the stall time, nobody
+/// consumes it (its owner is gone but still counted, or the group formed with no assignment),
+/// and the consumer leaves and rejoins the group, which makes the coordinator assign again.
+pub struct StallWatch {
+    topic: String,
+    stall: Duration,
+    next_check: std::time::Instant,
+    /// Partition → (committed position, since when it has not moved).
+    seen: std::collections::HashMap<i32, (i64, std::time::Instant)>,
+}
+
+impl StallWatch {
+    pub fn new(topic: &str, stall_secs: u64) -> Self {
+        StallWatch {
+            topic: topic.to_string(),
+            stall: Duration::from_secs(stall_secs),
+            next_check: std::time::Instant::now() + CHECK_EVERY,
+            seen: Default::default(),
+        }
+    }
+
+    /// Looks at the group at most every 10 s; rejoins it when a partition is stalled. Returns
+    /// whether it rejoined.
+    pub fn check<C: ConsumerContext + 'static>(
+        &mut self,
+        consumer: &rdkafka::consumer::StreamConsumer<C>,
+    ) -> bool {
+        use rdkafka::consumer::Consumer;
+        let now = std::time::Instant::now();
+        if self.stall.is_zero() || now < self.next_check {
+            return false;
+        }
+        self.next_check = now + CHECK_EVERY;
+        match self.stalled(consumer, now) {
+            Ok(Some((partition, lag))) => {
+                tracing::warn!(topic = %self.topic, partition, lag, stalled_secs = self.stall.as_secs(),
+                    "A partition this consumer is not assigned has not been consumed for the stall time; rejoining the group so that it is assigned again.");
+                self.seen.clear();
+                consumer.unsubscribe();
+                if let Err(e) = consumer.subscribe(&[&self.topic]) {
+                    tracing::error!(topic = %self.topic, error = %e, "Subscribing again failed.");
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(topic = %self.topic, error = %e, "Could not look at the group's progress.");
+                false
+            }
+        }
+    }
+
+    fn stalled<C: ConsumerContext + 'static>(
+        &mut self,
+        consumer: &rdkafka::consumer::StreamConsumer<C>,
+        now: std::time::Instant,
+    ) -> anyhow::Result<Option<(i32, i64)>> {
+        use rdkafka::consumer::Consumer;
+        const TIMEOUT: Duration = Duration::from_secs(5);
+        let md = consumer.fetch_metadata(Some(&self.topic), TIMEOUT)?;
+        let Some(t) = md.topics().first() else {
+            return Ok(None);
+        };
+        let assigned: HashSet<i32> = consumer
+            .assignment()?
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let mut all = rdkafka::TopicPartitionList::new();
+        for p in t.partitions() {
+            all.add_partition(&self.topic, p.id());
+        }
+        let committed = consumer.committed_offsets(all, TIMEOUT)?;
+        for p in t.partitions().iter().map(|p| p.id()) {
+            if assigned.contains(&p) {
+                self.seen.remove(&p);
+                continue;
+            }
+            let (low, high) = consumer.fetch_watermarks(&self.topic, p, TIMEOUT)?;
+            let position = committed
+                .find_partition(&self.topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0)
+                .unwrap_or(low)
+                .max(low);
+            let lag = high - position;
+            if lag <= 0 {
+                self.seen.remove(&p);
+                continue;
+            }
+            match self.seen.get(&p) {
+                Some((was, since)) if *was == position => {
+                    if now.duration_since(*since) >= self.stall {
+                        return Ok(Some((p, lag)));
+                    }
+                }
+                _ => {
+                    self.seen.insert(p, (position, now));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -1,5 +1,7 @@
 //! `make chaos`: a seeded fault run on the local stack. Twelve uploads (204,000 rows, 2 % of them
-//! invalid) are ingested while skuflow processes are SIGKILLed at random and restarted, the
+//! invalid) are ingested by two workers into four sinks (the warehouse loader, the search indexer
+//! against the Elasticsearch double, the finance reporter and the dataset builder) while skuflow
+//! processes are SIGKILLed at random and restarted, the
 //! broker is restarted once (its storage is durable) and PostgreSQL is stopped for 20 s. At the
 //! end `skuflow status` must show every file complete in every sink with exactly its valid rows,
 //! and independent counts (SQL, pyarrow over the dataset) agree: nothing lost, nothing doubled.
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use common::{upload_local, Pipeline, TempPostgres};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
+use skuflow_e2e::es_double::EsDouble;
 use skuflow_e2e::sample_rows;
 
 const FILES: u64 = 12;
@@ -27,12 +30,14 @@ const INVALID_EVERY: u64 = 50;
 enum Kind {
     Ingest,
     Loader,
+    Indexer,
     Reporter,
     Builder,
 }
 
 struct Chaos {
     p: Pipeline,
+    es: EsDouble,
     datasets: std::path::PathBuf,
     buckets: std::path::PathBuf,
     live: Vec<(Kind, usize)>,
@@ -40,9 +45,11 @@ struct Chaos {
 
 impl Chaos {
     /// Kafka client settings: librdkafka's defaults (a 45 s session). With a 6 s session, tansu
-    /// under this load answered heartbeats too late and every group kept rebalancing.
+    /// under this load answered heartbeats too late and every group kept rebalancing. A
+    /// partition left unconsumed for 60 s (tansu kept one with a killed member, and formed groups
+    /// with no assignment) makes the live members rejoin.
     fn kafka_flags() -> Vec<String> {
-        Vec::new()
+        vec!["--rejoin-stalled-secs=60".into()]
     }
 
     fn start(&mut self, kind: Kind) {
@@ -54,6 +61,10 @@ impl Chaos {
                 self.p.start_ingest(&flags)
             }
             Kind::Loader => self.p.start_loader(&flags),
+            Kind::Indexer => {
+                let url = self.es.url.clone();
+                self.p.start_indexer(&url, &flags, &[])
+            }
             Kind::Reporter => self.p.start_reporter(&flags),
             Kind::Builder => {
                 flags.push(format!("--group=skuflow-dataset-builder-{}", self.p.id));
@@ -66,7 +77,8 @@ impl Chaos {
     }
 
     fn status(&self) -> (i32, Value, String) {
-        self.p.status_json(&self.datasets, &[])
+        self.p
+            .status_json(&self.datasets, &[&format!("--es-url={}", self.es.url)])
     }
 }
 
@@ -84,6 +96,7 @@ async fn chaos_nothing_lost_nothing_doubled() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Chaos {
         p,
+        es: EsDouble::start().await,
         datasets: dir.path().join("datasets"),
         buckets: dir.path().join("buckets"),
         live: Vec::new(),
@@ -102,6 +115,7 @@ async fn chaos_nothing_lost_nothing_doubled() {
         Kind::Ingest,
         Kind::Ingest,
         Kind::Loader,
+        Kind::Indexer,
         Kind::Reporter,
         Kind::Builder,
     ] {
@@ -191,8 +205,9 @@ async fn chaos_nothing_lost_nothing_doubled() {
     let py = Command::new("python3")
         .arg("-c")
         .arg(
-            "import sys, pyarrow.dataset as ds\n\
-             t = ds.dataset(sys.argv[1], format='parquet', partitioning='hive').to_table(columns=['record_id'])\n\
+            "import sys, pyarrow as pa, pyarrow.dataset as ds\n\
+             part = ds.partitioning(pa.schema([('country', pa.string()), ('business_date', pa.date32())]), flavor='hive')\n\
+             t = ds.dataset(sys.argv[1], format='parquet', partitioning=part).to_table(columns=['record_id'])\n\
              print(t.num_rows, len(set(t.column('record_id').to_pylist())))",
         )
         .arg(&c.datasets)
@@ -210,8 +225,18 @@ async fn chaos_nothing_lost_nothing_doubled() {
         .collect();
     let (pq_rows, pq_distinct) = (nums[0], nums[1]);
 
+    let (es_docs, es_distinct, violations) = c.es.with(|s| {
+        let ids: std::collections::HashSet<&str> = s
+            .docs
+            .values()
+            .filter_map(|d| d.source["record_id"].as_str())
+            .collect();
+        (s.docs.len() as u64, ids.len() as u64, s.violations.clone())
+    });
+    assert!(violations.is_empty(), "{violations:?}");
     let sinks = [
         ("warehouse", wh_rows, wh_distinct),
+        ("search", es_docs, es_distinct),
         ("finance", fin_rows, fin_skus),
         ("dataset", pq_rows, pq_distinct),
     ];

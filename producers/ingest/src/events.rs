@@ -123,8 +123,11 @@ pub async fn event_loop(
         .with_context(|| format!("subscribing to {topic}"))?;
     tracing::info!(%topic, %group, "Listening for S3 event notifications.");
     let (mut created, mut ignored) = (0u64, 0u64);
+    let mut watch = skuflow_platform::kafka::StallWatch::new(topic, kafka.rejoin_stalled_secs);
     loop {
-        let Some(msg) = skuflow_platform::kafka::next_message(&consumer, &shutdown).await else {
+        let Some(msg) =
+            skuflow_platform::kafka::next_message(&consumer, &shutdown, &mut watch).await
+        else {
             return Ok(());
         };
         match msg.payload().map(parse) {

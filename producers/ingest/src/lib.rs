@@ -269,8 +269,14 @@ pub async fn work_loop(
         .subscribe(&[&ingestor.topics.uploads])
         .context("subscribing to uploads")?;
     tracing::info!(topic = %ingestor.topics.uploads, %group, "Ingest worker waiting for uploads.");
+    let mut watch = skuflow_platform::kafka::StallWatch::new(
+        &ingestor.topics.uploads,
+        kafka.rejoin_stalled_secs,
+    );
     loop {
-        let Some(msg) = skuflow_platform::kafka::next_message(&consumer, &shutdown).await else {
+        let Some(msg) =
+            skuflow_platform::kafka::next_message(&consumer, &shutdown, &mut watch).await
+        else {
             break;
         };
         let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());

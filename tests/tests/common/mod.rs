@@ -87,6 +87,7 @@ impl TempBroker {
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(20) {
                 if std::net::TcpStream::connect(&addr).is_ok() {
+                    add_header_index(&dir.path().join("tansu.db"));
                     return TempBroker { dir, addr, child };
                 }
                 if child.try_wait().unwrap().is_some() {
@@ -102,6 +103,23 @@ impl TempBroker {
             std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default()
         )
     }
+}
+
+/// Adds the header index tansu's sqlite schema lacks (`scripts/tansu-index.py`): without it every
+/// fetch scans all stored headers.
+fn add_header_index(db: &std::path::Path) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tansu-index.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(db)
+        .output()
+        .expect("python3 (scripts/install-stack.sh python)");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl TempBroker {
