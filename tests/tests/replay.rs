@@ -17,15 +17,16 @@ const LOADER_OFFSETS: &str =
 const FINANCE_OFFSETS: &str =
     "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow_finance.consumer_offsets";
 
-fn replay(p: &Pipeline, sink: &str, group: &str) -> (bool, String) {
+/// Runs `skuflow replay` with `args` on the pipeline's broker, topics and database.
+fn skuflow_replay(p: &Pipeline, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin("skuflow"))
+        .arg("replay")
+        .args(args)
         .args([
-            "replay",
-            &format!("--sink={sink}"),
-            &format!("--group={group}"),
-            "--to=earliest",
             &format!("--brokers={}", p.stack.brokers),
             &format!("--records-topic={}", p.topics.records),
+            &format!("--files-topic={}", p.topics.files),
+            &format!("--uploads-topic={}", p.topics.uploads),
         ])
         .env("SKUFLOW_PG_URL", &p.db_url)
         .output()
@@ -37,6 +38,17 @@ fn replay(p: &Pipeline, sink: &str, group: &str) -> (bool, String) {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ),
+    )
+}
+
+fn replay(p: &Pipeline, sink: &str, group: &str) -> (bool, String) {
+    skuflow_replay(
+        p,
+        &[
+            &format!("--sink={sink}"),
+            &format!("--group={group}"),
+            "--to=earliest",
+        ],
     )
 }
 
@@ -214,26 +226,7 @@ async fn reingest_from_processed_restores_lost_rows_and_keeps_corrections() {
         .unwrap() as i64;
     assert_eq!(lost, valid(&a) - 5);
 
-    let run = |args: &[&str]| {
-        let out = Command::new(bin("skuflow"))
-            .arg("replay")
-            .args(args)
-            .args([
-                &format!("--brokers={}", p.stack.brokers),
-                &format!("--files-topic={}", p.topics.files),
-                &format!("--uploads-topic={}", p.topics.uploads),
-            ])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let run = |args: &[&str]| skuflow_replay(&p, args);
     let (ok, text) = run(&[
         "--country=de",
         "--from=2026-11-20",
