@@ -3,7 +3,8 @@
 //! the way back from a file to records (to merge a partition with new uploads).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context as _};
 use arrow_array::builder::{
@@ -18,9 +19,13 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{
+    compute_leaves, get_column_writers, ArrowColumnChunk, ArrowColumnWriter,
+};
+use parquet::arrow::{add_encoded_arrow_schema_to_metadata, ArrowSchemaConverter};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
 use parquet::format::KeyValue;
 use parquet::schema::types::ColumnPath;
 use rust_decimal::Decimal;
@@ -253,14 +258,64 @@ pub fn encode_with_medians(
     for c in DICTIONARY {
         props = props.set_column_dictionary_enabled(ColumnPath::from(c), true);
     }
-    let batch = to_batch(rows)?;
+    // What ArrowWriter does, with the columns of each row group built and encoded on every
+    // core: they are independent until they are appended to the row group in order.
+    let schema = dataset_schema();
+    let mut props = props.build();
+    let parquet_schema = ArrowSchemaConverter::new()
+        .with_coerce_types(props.coerce_types())
+        .convert(&schema)?;
+    add_encoded_arrow_schema_to_metadata(&schema, &mut props);
+    let props = Arc::new(props);
     let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props.build()))?;
-    for start in (0..batch.num_rows()).step_by(enc.row_group_rows.max(1)) {
-        let len = enc.row_group_rows.min(batch.num_rows() - start);
-        w.write(&batch.slice(start, len))?;
+    let mut file =
+        SerializedFileWriter::new(&mut out, parquet_schema.root_schema_ptr(), props.clone())?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(schema.fields().len());
+    for chunk in rows.chunks(enc.row_group_rows.max(1)) {
+        let writers: Vec<Mutex<Option<ArrowColumnWriter>>> =
+            get_column_writers(&parquet_schema, &props, &schema)?
+                .into_iter()
+                .map(|w| Mutex::new(Some(w)))
+                .collect();
+        anyhow::ensure!(
+            writers.len() == schema.fields().len(),
+            "the dataset schema is flat: one Parquet column per field"
+        );
+        let next = AtomicUsize::new(0);
+        let done: Vec<Mutex<Option<anyhow::Result<ArrowColumnChunk>>>> =
+            (0..writers.len()).map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(slot) = writers.get(i) else { break };
+                    let field = &schema.fields()[i];
+                    let writer = slot.lock().unwrap().take();
+                    let encoded = (|| {
+                        let mut w = writer.context("column writer taken twice")?;
+                        let array = column(field.name(), chunk)?;
+                        for leaf in compute_leaves(field, &array)? {
+                            w.write(&leaf)?;
+                        }
+                        Ok(w.close()?)
+                    })();
+                    *done[i].lock().unwrap() = Some(encoded);
+                });
+            }
+        });
+        let mut group = file.next_row_group()?;
+        for slot in done {
+            let encoded = slot
+                .into_inner()
+                .unwrap()
+                .context("a column was not encoded")??;
+            encoded.append_to_row_group(&mut group)?;
+        }
+        group.close()?;
     }
-    w.close()?;
+    file.close()?;
     Ok(out)
 }
 

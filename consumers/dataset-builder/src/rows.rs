@@ -146,15 +146,34 @@ impl Partition {
     /// category's median unit price (over whatever rows the caller chose, e.g. a whole day).
     pub fn featured_with(
         &self,
-        median_of: impl Fn(&str) -> Option<Decimal>,
+        median_of: impl Fn(&str) -> Option<Decimal> + Sync,
         split: Split,
     ) -> Vec<Featured<'_>> {
-        let mut out: Vec<Featured<'_>> = self
-            .records
-            .iter()
-            .map(|r| Featured::of(r, median_of(&r.category), split))
-            .collect();
-        out.sort_by(|a, b| {
+        // Features on every core (a SHA-256 and a few divisions per row), then one order.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = self.records.len().div_ceil(threads).max(1024);
+        let median_of = &median_of;
+        let mut out: Vec<Featured<'_>> = std::thread::scope(|scope| {
+            let parts: Vec<_> = self
+                .records
+                .chunks(per)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|r| Featured::of(r, median_of(&r.category), split))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(self.records.len());
+            for p in parts {
+                all.extend(p.join().expect("a feature thread panicked"));
+            }
+            all
+        });
+        // Keys are unique within a partition, so an unstable sort gives one order.
+        out.sort_unstable_by(|a, b| {
             (&a.record.store_id, &a.record.sku).cmp(&(&b.record.store_id, &b.record.sku))
         });
         out
