@@ -179,7 +179,12 @@ pub async fn run_sink<S: Sink>(
     let mut undecodable: Vec<(i32, i64, RejectMessage)> = Vec::new();
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     let mut deadline = Instant::now() + flush_every;
-    let mut watch = crate::kafka::StallWatch::new(topic, kafka.rejoin_stalled_secs);
+    let mut watch = crate::kafka::StallWatch::new(
+        topic,
+        kafka
+            .rejoin_stalled_secs
+            .unwrap_or(crate::kafka::SINK_REJOIN_STALLED_SECS),
+    );
 
     loop {
         watch.check(&consumer);

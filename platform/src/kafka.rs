@@ -44,13 +44,10 @@ pub struct KafkaArgs {
     /// A consumer rejoins its group when a partition it is not assigned has had unconsumed
     /// records and an unchanged committed offset for this many seconds (0: never). A group
     /// coordinator can leave a partition with a member that is gone, or a member with nothing
-    /// (seen with tansu); on Apache Kafka this does not fire.
-    #[arg(
-        long = "rejoin-stalled-secs",
-        env = "SKUFLOW_REJOIN_STALLED_SECS",
-        default_value_t = 180
-    )]
-    pub rejoin_stalled_secs: u64,
+    /// (seen with tansu); on Apache Kafka this does not fire. Default: 180 for the sinks, 900
+    /// for ingest workers (one worker may spend that long on one large upload).
+    #[arg(long = "rejoin-stalled-secs", env = "SKUFLOW_REJOIN_STALLED_SECS")]
+    pub rejoin_stalled_secs: Option<u64>,
 }
 
 fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
@@ -110,7 +107,7 @@ impl KafkaArgs {
         KafkaArgs {
             brokers: brokers.into(),
             options: Vec::new(),
-            rejoin_stalled_secs: 180,
+            rejoin_stalled_secs: None,
         }
     }
 
@@ -250,6 +247,11 @@ pub async fn next_message<'a, C: rdkafka::consumer::ConsumerContext + 'static>(
         }
     }
 }
+
+/// [`KafkaArgs::rejoin_stalled_secs`] of the sinks when not given.
+pub const SINK_REJOIN_STALLED_SECS: u64 = 180;
+/// [`KafkaArgs::rejoin_stalled_secs`] of the ingest workers when not given.
+pub const INGEST_REJOIN_STALLED_SECS: u64 = 900;
 
 /// How often [`StallWatch`] looks at the group.
 const CHECK_EVERY: Duration = Duration::from_secs(10);

@@ -123,7 +123,12 @@ pub async fn event_loop(
         .with_context(|| format!("subscribing to {topic}"))?;
     tracing::info!(%topic, %group, "Listening for S3 event notifications.");
     let (mut created, mut ignored) = (0u64, 0u64);
-    let mut watch = skuflow_platform::kafka::StallWatch::new(topic, kafka.rejoin_stalled_secs);
+    let mut watch = skuflow_platform::kafka::StallWatch::new(
+        topic,
+        kafka
+            .rejoin_stalled_secs
+            .unwrap_or(skuflow_platform::kafka::SINK_REJOIN_STALLED_SECS),
+    );
     loop {
         let Some(msg) =
             skuflow_platform::kafka::next_message(&consumer, &shutdown, &mut watch).await

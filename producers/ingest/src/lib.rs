@@ -271,7 +271,9 @@ pub async fn work_loop(
     tracing::info!(topic = %ingestor.topics.uploads, %group, "Ingest worker waiting for uploads.");
     let mut watch = skuflow_platform::kafka::StallWatch::new(
         &ingestor.topics.uploads,
-        kafka.rejoin_stalled_secs,
+        kafka
+            .rejoin_stalled_secs
+            .unwrap_or(skuflow_platform::kafka::INGEST_REJOIN_STALLED_SECS),
     );
     loop {
         let Some(msg) =
