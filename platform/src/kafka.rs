@@ -331,9 +331,10 @@ impl StallWatch {
             all.add_partition(&self.topic, p.id());
         }
         let committed = consumer.committed_offsets(all, TIMEOUT)?;
+        let mut progress = Vec::new();
         for p in t.partitions().iter().map(|p| p.id()) {
             if assigned.contains(&p) {
-                self.seen.remove(&p);
+                progress.push((p, true, 0, 0));
                 continue;
             }
             let (low, high) = consumer.fetch_watermarks(&self.topic, p, TIMEOUT)?;
@@ -343,15 +344,29 @@ impl StallWatch {
                 .filter(|o| *o >= 0)
                 .unwrap_or(low)
                 .max(low);
+            progress.push((p, false, position, high));
+        }
+        Ok(self.judge(now, &progress))
+    }
+
+    /// From each partition's (id, assigned here, committed position, high watermark): the first
+    /// one not assigned here whose position has stayed below its high watermark, unchanged, for
+    /// the stall time, with its lag.
+    fn judge(
+        &mut self,
+        now: std::time::Instant,
+        progress: &[(i32, bool, i64, i64)],
+    ) -> Option<(i32, i64)> {
+        for &(p, mine, position, high) in progress {
             let lag = high - position;
-            if lag <= 0 {
+            if mine || lag <= 0 {
                 self.seen.remove(&p);
                 continue;
             }
             match self.seen.get(&p) {
                 Some((was, since)) if *was == position => {
                     if now.duration_since(*since) >= self.stall {
-                        return Ok(Some((p, lag)));
+                        return Some((p, lag));
                     }
                 }
                 _ => {
@@ -359,7 +374,61 @@ impl StallWatch {
                 }
             }
         }
-        Ok(None)
+        None
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::StallWatch;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn only_an_unassigned_partition_with_lag_and_no_progress_for_the_stall_time_is_stalled() {
+        let mut w = StallWatch::new("t", 60);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Partition 0 is ours, 1 progresses, 2 has no lag, 3 is stuck at 10 of 50.
+        let state = |one: i64| {
+            vec![
+                (0, true, 0, 99),
+                (1, false, one, 100),
+                (2, false, 7, 7),
+                (3, false, 10, 50),
+            ]
+        };
+        assert_eq!(
+            w.judge(at(0), &state(5)),
+            None,
+            "first sight only starts the clock"
+        );
+        assert_eq!(w.judge(at(30), &state(20)), None);
+        assert_eq!(
+            w.judge(at(59), &state(40)),
+            None,
+            "59 s is under the stall time"
+        );
+        assert_eq!(w.judge(at(61), &state(60)), Some((3, 40)));
+        // Progress restarts the clock; being assigned or caught up forgets the partition.
+        let mut w = StallWatch::new("t", 60);
+        assert_eq!(w.judge(at(0), &[(3, false, 10, 50)]), None);
+        assert_eq!(w.judge(at(50), &[(3, false, 11, 50)]), None);
+        assert_eq!(
+            w.judge(at(100), &[(3, false, 11, 50)]),
+            None,
+            "only 50 s since it moved"
+        );
+        assert_eq!(w.judge(at(111), &[(3, false, 11, 50)]), Some((3, 39)));
+        let mut w = StallWatch::new("t", 60);
+        assert_eq!(w.judge(at(0), &[(3, false, 10, 50)]), None);
+        assert_eq!(w.judge(at(30), &[(3, true, 0, 0)]), None);
+        assert_eq!(
+            w.judge(at(70), &[(3, false, 10, 50)]),
+            None,
+            "the clock started again"
+        );
+        assert_eq!(w.judge(at(80), &[(3, false, 50, 50)]), None);
+        assert!(w.seen.is_empty(), "caught up: forgotten");
     }
 }
 
