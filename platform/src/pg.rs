@@ -63,6 +63,83 @@ pub async fn connect(url: &str) -> Result<Client, SinkError> {
     Ok(client)
 }
 
+/// A sink's connection: opened on first use and again once it has closed, with the sink's
+/// migrations and its session setup (staging tables) applied to every new connection.
+pub struct SinkConnection {
+    url: String,
+    migrations: Migrations,
+    setup: String,
+    client: Option<Client>,
+}
+
+impl SinkConnection {
+    /// `setup` runs on every new connection, after the migrations.
+    pub fn new(url: &str, migrations: Migrations, setup: String) -> Self {
+        SinkConnection {
+            url: url.to_string(),
+            migrations,
+            setup,
+            client: None,
+        }
+    }
+
+    /// The open connection, and whether it was opened now (session state starts over).
+    pub async fn open(&mut self) -> Result<(&mut Client, bool), SinkError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        let fresh = self.client.is_none();
+        if fresh {
+            let mut client = connect(&self.url).await?;
+            self.migrations
+                .apply(&mut client)
+                .await
+                .map_err(|e| classify(e, "applying migrations"))?;
+            client
+                .batch_execute(&self.setup)
+                .await
+                .map_err(|e| classify(e, "creating the staging tables"))?;
+            self.client = Some(client);
+        }
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| SinkError::Retriable(anyhow!("no connection")))?;
+        Ok((client, fresh))
+    }
+
+    /// The connection [`SinkConnection::open`] returned. Panics when there is none: open first.
+    pub fn client(&mut self) -> &mut Client {
+        self.client.as_mut().expect("connected before writing")
+    }
+
+    /// Forgets the connection (after an error that may have broken it).
+    pub fn reset(&mut self) {
+        self.client = None;
+    }
+
+    /// `SELECT 1` on the connection (opening it if needed): the sink's readiness check.
+    pub async fn ping(&mut self) -> Result<(), SinkError> {
+        let (client, _) = self.open().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(e, "checking the connection"))
+    }
+
+    /// The offsets `group` has stored in `table` for `topic`.
+    pub async fn durable_offsets(
+        &mut self,
+        table: &str,
+        group: &str,
+        topic: &str,
+    ) -> Result<HashMap<i32, i64>, SinkError> {
+        let (client, _) = self.open().await?;
+        read_offsets(client, table, group, topic).await
+    }
+}
+
 /// One migration: a version, a name, and its SQL.
 pub struct Migration {
     pub version: i32,

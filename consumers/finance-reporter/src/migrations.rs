@@ -94,13 +94,16 @@ pub fn migrations() -> Vec<Migration> {
     }]
 }
 
-/// Applies the migrations not applied yet.
-pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {
+/// This schema's migrations.
+pub fn all() -> Migrations {
     Migrations {
         schema: SCHEMA,
         lock: MIGRATION_LOCK,
         list: migrations(),
     }
-    .apply(client)
-    .await
+}
+
+/// Applies the migrations that are not applied yet. Returns the versions applied now.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {
+    all().apply(client).await
 }

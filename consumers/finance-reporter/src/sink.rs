@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Transaction;
 
 use skuflow_platform::pg::{self, classify, describe, is_retriable, is_row_error};
 use skuflow_platform::{Consumed, Refusal, Sink, SinkError};
@@ -205,41 +205,24 @@ impl<'a> Columns<'a> {
 
 /// The finance reporter's sink.
 pub struct FinanceSink {
-    url: String,
+    conn: pg::SinkConnection,
     group: String,
-    client: Option<Client>,
     sql: Statements,
 }
 
 impl FinanceSink {
     pub fn new(url: &str, group: &str) -> Self {
+        let sql = Statements::new();
         FinanceSink {
-            url: url.to_string(),
+            conn: pg::SinkConnection::new(url, migrations::all(), sql.setup.clone()),
             group: group.to_string(),
-            client: None,
-            sql: Statements::new(),
+            sql,
         }
     }
 
-    /// Connects (once) and applies the migrations.
-    pub async fn connect(&mut self) -> Result<&mut Client, SinkError> {
-        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
-            self.client = None;
-        }
-        if self.client.is_none() {
-            let mut client = pg::connect(&self.url).await?;
-            migrations::migrate(&mut client)
-                .await
-                .map_err(|e| classify(e, "applying migrations"))?;
-            client
-                .batch_execute(&self.sql.setup)
-                .await
-                .map_err(|e| classify(e, "creating the staging tables"))?;
-            self.client = Some(client);
-        }
-        self.client
-            .as_mut()
-            .ok_or_else(|| SinkError::Retriable(anyhow::anyhow!("no connection")))
+    /// Connects (once), applies the migrations and creates the staging tables.
+    pub async fn connect(&mut self) -> Result<(), SinkError> {
+        self.conn.open().await.map(|_| ())
     }
 
     /// Applies `rows` (one per natural key) in one transaction with the offsets. With `isolate`,
@@ -252,8 +235,7 @@ impl FinanceSink {
         isolate: bool,
     ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
         let (sql, group) = (&self.sql, &self.group);
-        let client = self.client.as_mut().expect("connected before writing");
-        let tx = client.transaction().await?;
+        let tx = self.conn.client().transaction().await?;
         let mut refused = Vec::new();
         if isolate {
             for (index, rec) in rows {
@@ -308,7 +290,7 @@ impl Sink for FinanceSink {
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<Refusal>, SinkError> {
         let (rows, mut refusals) = pg::newest_per_natural_key(batch);
-        self.connect().await?;
+        self.conn.open().await?;
         let result = match self.apply(topic, &rows, offsets, false).await {
             Err(e) if is_row_error(&e) => {
                 tracing::warn!(cause = %describe(&e), rows = rows.len(), "Batch refused; applying row by row to single out the bad rows.");
@@ -323,7 +305,7 @@ impl Sink for FinanceSink {
             }
             Err(e) => {
                 if is_retriable(&e) {
-                    self.client = None;
+                    self.conn.reset();
                 }
                 Err(classify(e, "updating the finance aggregates"))
             }
@@ -331,17 +313,12 @@ impl Sink for FinanceSink {
     }
 
     async fn ping(&mut self) -> Result<(), SinkError> {
-        let client = self.connect().await?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(e, "checking the connection"))
+        self.conn.ping().await
     }
 
     async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
-        let group = self.group.clone();
-        let client = self.connect().await?;
-        pg::read_offsets(client, OFFSETS_TABLE, &group, topic).await
+        self.conn
+            .durable_offsets(OFFSETS_TABLE, &self.group, topic)
+            .await
     }
 }

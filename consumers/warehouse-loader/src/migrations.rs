@@ -3,7 +3,6 @@
 
 use skuflow_platform::pg::{offsets_table_ddl, Migration, Migrations};
 use skuflow_schemas::postgres;
-use tokio_postgres::Client;
 
 /// Advisory lock key shared by every skuflow migration run.
 const MIGRATION_LOCK: i64 = 0x736b_7566_6c6f_7701;
@@ -90,13 +89,11 @@ pub fn migrations() -> Vec<Migration> {
     ]
 }
 
-/// Applies the migrations that are not applied yet. Returns the versions applied now.
-pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {
+/// This schema's migrations.
+pub fn all() -> Migrations {
     Migrations {
         schema: "skuflow",
         lock: MIGRATION_LOCK,
         list: migrations(),
     }
-    .apply(client)
-    .await
 }

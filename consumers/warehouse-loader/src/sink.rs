@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::anyhow;
 use async_trait::async_trait;
 use futures::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -68,9 +67,8 @@ fn pg_wire_type(t: FieldType) -> Type {
 
 /// The warehouse loader's sink.
 pub struct PgSink {
-    url: String,
+    conn: pg::SinkConnection,
     group: String,
-    client: Option<Client>,
     partitions: HashSet<String>,
     insert_sql: String,
     merge_sql: String,
@@ -95,9 +93,12 @@ impl PgSink {
         );
         let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
         PgSink {
-            url: url.to_string(),
+            conn: pg::SinkConnection::new(
+                url,
+                migrations::all(),
+                format!("CREATE TEMP TABLE IF NOT EXISTS sku_staging (LIKE {FACT_TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"),
+            ),
             group: group.to_string(),
-            client: None,
             partitions: HashSet::new(),
             insert_sql: format!(
                 "INSERT INTO {FACT_TABLE} ({cols}) VALUES ({}) {conflict}",
@@ -115,28 +116,14 @@ impl PgSink {
         }
     }
 
-    /// Connects (once), applies migrations and prepares the session's staging table.
+    /// Connects (once), applies migrations and prepares the session's staging table; a new
+    /// connection forgets which partitions it has seen.
     pub async fn connect(&mut self) -> Result<&mut Client, SinkError> {
-        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
-            self.client = None;
-        }
-        if self.client.is_none() {
-            let mut client = pg::connect(&self.url).await?;
-            migrations::migrate(&mut client)
-                .await
-                .map_err(|e| classify(e, "applying migrations"))?;
-            client
-                .batch_execute(&format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS sku_staging (LIKE {FACT_TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                ))
-                .await
-                .map_err(|e| classify(e, "creating the staging table"))?;
-            self.client = Some(client);
+        let (client, fresh) = self.conn.open().await?;
+        if fresh {
             self.partitions.clear();
         }
-        self.client
-            .as_mut()
-            .ok_or_else(|| SinkError::Retriable(anyhow!("no connection")))
+        Ok(client)
     }
 
     async fn ensure_partitions(&mut self, countries: &HashSet<&str>) -> Result<(), SinkError> {
@@ -187,7 +174,7 @@ impl PgSink {
             &self.columns,
             &self.group,
         );
-        let client = self.client.as_mut().expect("connected before writing");
+        let client = self.conn.client();
         let tx = client.transaction().await?;
         let sink = tx.copy_in(copy_sql.as_str()).await?;
         let writer = BinaryCopyInWriter::new(sink, types);
@@ -212,7 +199,7 @@ impl PgSink {
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
         let (insert_sql, columns, group) = (&self.insert_sql, &self.columns, &self.group);
-        let client = self.client.as_mut().expect("connected before writing");
+        let client = self.conn.client();
         let tx = client.transaction().await?;
         let stmt = tx.prepare(insert_sql).await?;
         let mut refused = Vec::new();
@@ -266,14 +253,14 @@ impl Sink for PgSink {
                         Ok(refusals)
                     }
                     Err(e) => {
-                        self.client = None;
+                        self.conn.reset();
                         Err(classify(e, "loading row by row"))
                     }
                 }
             }
             Err(e) => {
                 if is_retriable(&e) {
-                    self.client = None;
+                    self.conn.reset();
                 }
                 Err(classify(e, "loading a batch"))
             }
@@ -281,17 +268,14 @@ impl Sink for PgSink {
     }
 
     async fn ping(&mut self) -> Result<(), SinkError> {
-        let client = self.connect().await?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(e, "checking the connection"))
+        self.connect().await?;
+        self.conn.ping().await
     }
 
     async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
-        let group = self.group.clone();
-        let client = self.connect().await?;
-        pg::read_offsets(client, OFFSETS_TABLE, &group, topic).await
+        self.connect().await?;
+        self.conn
+            .durable_offsets(OFFSETS_TABLE, &self.group, topic)
+            .await
     }
 }
