@@ -34,11 +34,7 @@ pub async fn load_records_topic(
     )
     .await
     .expect("creating the bench topics");
-    let payloads: Vec<(String, Vec<u8>)> = records
-        .iter()
-        .map(|r| (r.kafka_key(), serde_json::to_vec(r).expect("record JSON")))
-        .collect();
-    produce_serialized(kafka, &topics.records, &payloads)
+    produce_serialized(kafka, &topics.records, &crate::record_messages(records))
 }
 
 /// Produces already serialized (key, payload) pairs to `topic` with a bare rdkafka producer,

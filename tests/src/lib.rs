@@ -169,6 +169,14 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().expect("writing to memory")
 }
 
+/// Records as (Kafka key, JSON payload) pairs, as ingest produces them.
+pub fn record_messages(records: &[SkuRecord]) -> Vec<(String, Vec<u8>)> {
+    records
+        .iter()
+        .map(|r| (r.kafka_key(), serde_json::to_vec(r).expect("record JSON")))
+        .collect()
+}
+
 /// A synthetic record for benchmarks: key `i` (distinct SKU per `i`), one country, realistic
 /// field lengths, a mix of chains, brands and missing costs.
 pub fn synthetic_record(i: u64) -> SkuRecord {

@@ -81,10 +81,7 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
         x ^= x << 17;
         all.swap(i, (x % (i as u64 + 1)) as usize);
     }
-    let msgs: Vec<(String, Vec<u8>)> = all
-        .iter()
-        .map(|r| (r.kafka_key(), serde_json::to_vec(r).unwrap()))
-        .collect();
+    let msgs = skuflow_e2e::record_messages(&all);
     let mut positions = produce(&p.stack.brokers, &p.topics.records, &msgs).await;
 
     // SIGKILL the builder three times while it writes (after it has committed fresh progress),
@@ -123,10 +120,7 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
                     r
                 })
                 .collect();
-            let more: Vec<(String, Vec<u8>)> = wave
-                .iter()
-                .map(|r| (r.kafka_key(), serde_json::to_vec(r).unwrap()))
-                .collect();
+            let more = skuflow_e2e::record_messages(&wave);
             positions.extend(produce(&p.stack.brokers, &p.topics.records, &more).await);
             produced += more.len() as i64;
             all.extend(wave);
@@ -159,10 +153,7 @@ async fn datasets_land_under_an_s3_prefix() {
         r.quantity_on_hand += 7;
         all.push(r);
     }
-    let msgs: Vec<(String, Vec<u8>)> = all
-        .iter()
-        .map(|r| (r.kafka_key(), serde_json::to_vec(r).unwrap()))
-        .collect();
+    let msgs = skuflow_e2e::record_messages(&all);
     let positions = produce(&p.stack.brokers, &p.topics.records, &msgs).await;
     let mut cmd_env = vec![
         ("AWS_ENDPOINT_URL", p.stack.s3_endpoint.clone()),
@@ -205,12 +196,12 @@ async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
     let mut all: Vec<SkuRecord> = (0..300u64)
         .flat_map(|i| [sample("FI", i, 22, 1000), sample("DK", i, 22, 1000)])
         .collect();
-    let to_msgs = |rs: &[SkuRecord]| -> Vec<(String, Vec<u8>)> {
-        rs.iter()
-            .map(|r| (r.kafka_key(), serde_json::to_vec(r).unwrap()))
-            .collect()
-    };
-    let mut positions = produce(&p.stack.brokers, &p.topics.records, &to_msgs(&all)).await;
+    let mut positions = produce(
+        &p.stack.brokers,
+        &p.topics.records,
+        &skuflow_e2e::record_messages(&all),
+    )
+    .await;
     let args = |group: &str| {
         vec![
             format!("--group={group}"),
@@ -238,7 +229,14 @@ async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
             r
         })
         .collect();
-    positions.extend(produce(&p.stack.brokers, &p.topics.records, &to_msgs(&wave)).await);
+    positions.extend(
+        produce(
+            &p.stack.brokers,
+            &p.topics.records,
+            &skuflow_e2e::record_messages(&wave),
+        )
+        .await,
+    );
     all.extend(wave);
     let ends = common::ends_of(&positions, 3);
     p.wait_committed(&first_group, &p.topics.records, &ends, WAIT)

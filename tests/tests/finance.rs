@@ -446,10 +446,7 @@ async fn finance_aggregates_stay_exact_after_sigkill_mid_stream() {
     for i in 0..1_000u64 {
         records.push(common::record(if i % 2 == 0 { "DE" } else { "FR" }, i, 1));
     }
-    let messages: Vec<(String, Vec<u8>)> = records
-        .iter()
-        .map(|r| (r.kafka_key(), serde_json::to_vec(r).unwrap()))
-        .collect();
+    let messages = skuflow_e2e::record_messages(&records);
     common::produce(&p.stack.brokers, &p.topics.records, &messages).await;
     let total = messages.len() as i64;
 

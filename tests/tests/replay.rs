@@ -75,10 +75,7 @@ async fn replay_rebuilds_lost_sink_data_exactly_once() {
     for i in 0..500u64 {
         records.push(common::record(if i % 2 == 0 { "DE" } else { "NL" }, i, 9));
     }
-    let messages: Vec<(String, Vec<u8>)> = records
-        .iter()
-        .map(|r| (r.kafka_key(), serde_json::to_vec(r).unwrap()))
-        .collect();
+    let messages = skuflow_e2e::record_messages(&records);
     common::produce(&p.stack.brokers, &p.topics.records, &messages).await;
     let total = messages.len() as i64;
 

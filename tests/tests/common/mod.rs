@@ -58,50 +58,93 @@ pub struct TempBroker {
     child: Child,
 }
 
+/// Starts `tansu broker` on `addr` with its sqlite log and its output (appended) in `dir`.
+fn spawn_tansu(dir: &std::path::Path, addr: &str) -> Child {
+    let tansu = std::env::var("SKUFLOW_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+    let url = format!("tcp://{addr}");
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .unwrap();
+    Command::new(&tansu)
+        .arg("broker")
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .arg("--storage-engine")
+        .arg(format!("sqlite:///{}", dir.join("tansu.db").display()))
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("starting {tansu} (install it with scripts/install-stack.sh): {e}")
+        })
+}
+
+/// Waits up to `limit` for `child` to answer on `addr`; false when it exits first (its port was
+/// taken) or the time runs out, and then it is stopped.
+fn answers(child: &mut Child, addr: &str, limit: Duration, poll: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(poll);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
 impl TempBroker {
     pub fn start() -> Self {
-        let tansu = std::env::var("SKUFLOW_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
         let dir = tempfile::Builder::new()
             .prefix("skuflow-tansu-")
             .tempdir()
             .unwrap();
         for _ in 0..5 {
-            let port = free_port();
-            let addr = format!("127.0.0.1:{port}");
-            let url = format!("tcp://{addr}");
-            let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-            let mut child = Command::new(&tansu)
-                .arg("broker")
-                .args(["--listener-url", &url, "--advertised-listener-url", &url])
-                .arg("--storage-engine")
-                .arg(format!(
-                    "sqlite:///{}",
-                    dir.path().join("tansu.db").display()
-                ))
-                .stdout(Stdio::from(log.try_clone().unwrap()))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("starting {tansu} (install it with scripts/install-stack.sh): {e}")
-                });
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(20) {
-                if std::net::TcpStream::connect(&addr).is_ok() {
-                    add_header_index(&dir.path().join("tansu.db"));
-                    return TempBroker { dir, addr, child };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break; // lost the port to someone else: try another
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            // A port lost to someone else between choosing and binding: try another.
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut child = spawn_tansu(dir.path(), &addr);
+            if answers(
+                &mut child,
+                &addr,
+                Duration::from_secs(20),
+                Duration::from_millis(20),
+            ) {
+                add_header_index(&dir.path().join("tansu.db"));
+                return TempBroker { dir, addr, child };
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!(
             "tansu did not start: {}",
             std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default()
         )
+    }
+
+    /// Stops the broker (SIGKILL) and starts it again on the same address and storage.
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let mut child = spawn_tansu(self.dir.path(), &self.addr);
+            if answers(
+                &mut child,
+                &self.addr,
+                Duration::from_secs(10),
+                Duration::from_millis(50),
+            ) {
+                self.child = child;
+                return;
+            }
+            // The port is not free yet.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("tansu did not restart on {}", self.addr);
     }
 }
 
@@ -120,51 +163,6 @@ fn add_header_index(db: &std::path::Path) {
         script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-impl TempBroker {
-    /// Stops the broker (SIGKILL) and starts it again on the same address and storage.
-    #[allow(dead_code)]
-    pub fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let tansu = std::env::var("SKUFLOW_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
-        let url = format!("tcp://{}", self.addr);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            let log = std::fs::File::options()
-                .append(true)
-                .open(self.dir.path().join("tansu.log"))
-                .unwrap();
-            let mut child = Command::new(&tansu)
-                .arg("broker")
-                .args(["--listener-url", &url, "--advertised-listener-url", &url])
-                .arg("--storage-engine")
-                .arg(format!(
-                    "sqlite:///{}",
-                    self.dir.path().join("tansu.db").display()
-                ))
-                .stdout(Stdio::from(log.try_clone().unwrap()))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap();
-            let up = Instant::now();
-            while up.elapsed() < Duration::from_secs(10) {
-                if std::net::TcpStream::connect(&self.addr).is_ok() {
-                    self.child = child;
-                    return;
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break; // the port is not free yet
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        panic!("tansu did not restart on {}", self.addr);
-    }
 }
 
 impl Drop for TempBroker {
