@@ -144,34 +144,38 @@ impl Partition {
 
     /// Rows in a stable order (store, SKU), with their features; `median_of` gives a
     /// category's median unit price (over whatever rows the caller chose, e.g. a whole day).
-    pub fn featured_with(
-        &self,
+    pub fn featured_with<'a>(
+        &'a self,
         median_of: impl Fn(&str) -> Option<Decimal> + Sync,
         split: Split,
-    ) -> Vec<Featured<'_>> {
+    ) -> Vec<Featured<'a>> {
         // Features on every core (a SHA-256 and a few divisions per row), then one order.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per = self.records.len().div_ceil(threads).max(1024);
         let median_of = &median_of;
-        let mut out: Vec<Featured<'_>> = std::thread::scope(|scope| {
-            let parts: Vec<_> = self
-                .records
-                .chunks(per)
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|r| Featured::of(r, median_of(&r.category), split))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(self.records.len());
-            for p in parts {
-                all.extend(p.join().expect("a feature thread panicked"));
-            }
-            all
-        });
+        let feature = |chunk: &'a [SkuRecord]| -> Vec<Featured<'a>> {
+            chunk
+                .iter()
+                .map(|r| Featured::of(r, median_of(&r.category), split))
+                .collect()
+        };
+        let mut out: Vec<Featured<'a>> = if self.records.len() <= per {
+            // One chunk: no thread for it.
+            feature(&self.records)
+        } else {
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = self
+                    .records
+                    .chunks(per)
+                    .map(|chunk| scope.spawn(move || feature(chunk)))
+                    .collect();
+                let mut all = Vec::with_capacity(self.records.len());
+                for p in parts {
+                    all.extend(p.join().expect("a feature thread panicked"));
+                }
+                all
+            })
+        };
         // Keys are unique within a partition, so an unstable sort gives one order.
         out.sort_unstable_by(|a, b| {
             (&a.record.store_id, &a.record.sku).cmp(&(&b.record.store_id, &b.record.sku))

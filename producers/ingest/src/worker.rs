@@ -339,7 +339,7 @@ impl Ingestor {
             (Err(e), _) | (_, Err(e)) => {
                 drop(first);
                 return self
-                    .finish_failed(&store, event, e, None, &[], started)
+                    .finish_failed(&store, event, replay, e, None, &[], started)
                     .await;
             }
         };
@@ -380,7 +380,7 @@ impl Ingestor {
             Ok(ok) => ok,
             Err(reason) => {
                 return self
-                    .finish_failed(&store, event, reason, None, &[], started)
+                    .finish_failed(&store, event, replay, reason, None, &[], started)
                     .await
             }
         };
@@ -394,7 +394,15 @@ impl Ingestor {
                 self.settings.max_reject_ratio * 100.0
             );
             return self
-                .finish_failed(&store, event, reason, Some(&summary), &report, started)
+                .finish_failed(
+                    &store,
+                    event,
+                    replay,
+                    reason,
+                    Some(&summary),
+                    &report,
+                    started,
+                )
                 .await;
         }
 
@@ -551,70 +559,71 @@ impl Ingestor {
         Ok(Outcome::Failed(event))
     }
 
+    /// Ends a file rejected as a whole: the error report and the object go to `errors/`, and the
+    /// reason onto the lifecycle topic. A replayed object stays in `processed/` (no report).
+    #[allow(clippy::too_many_arguments)]
     async fn finish_failed(
         &self,
         store: &Arc<dyn ObjectStore>,
         mut event: FileEvent,
+        replay: bool,
         reason: String,
         summary: Option<&ScanSummary>,
         report: &[ReportRow],
         started: Instant,
     ) -> Result<Outcome, Retry> {
-        if event.moved_to.is_some() {
-            // A replay of an object in processed/: it stays there; the reason is on the
-            // lifecycle topic.
-            event.status = FileStatus::Failed;
-            if let Some(s) = summary {
-                fill_counts(&mut event, s, started);
-            }
-            event.reason = Some(reason.clone());
-            event.at = Utc::now();
-            self.emit_file_event(&event).await?;
-            tracing::warn!(file_id = %event.file_id, bucket = %event.bucket, key = %event.key, %reason, "Replayed file rejected as a whole; it stays where it is.");
-            return Ok(Outcome::Failed(event));
-        }
-        let target = moved_key(
-            &event.key,
-            &self.template.incoming_prefix,
-            &self.settings.errors_prefix,
-        );
-        let report_key = format!("{target}.errors.json");
-        let body = ErrorReport {
-            file_id: &event.file_id,
-            bucket: &event.bucket,
-            key: &event.key,
-            reason: &reason,
-            rows_total: summary.map(|s| s.rows_total),
-            rows_valid: summary.map(|s| s.rows_valid),
-            rows_rejected: summary.map(|s| s.rows_rejected),
-            rejected_rows: report,
-            rejected_rows_truncated: summary
-                .is_some_and(|s| s.rows_rejected as usize > report.len()),
-        };
-        let json = serde_json::to_vec_pretty(&body).map_err(|e| Retry(e.into()))?;
-        store
-            .put(
-                &crate::store::object_path(&report_key).map_err(|e| Retry(anyhow::anyhow!(e)))?,
-                PutPayload::from(json),
+        let target = (!replay).then(|| {
+            moved_key(
+                &event.key,
+                &self.template.incoming_prefix,
+                &self.settings.errors_prefix,
             )
-            .await
-            .map_err(|e| Retry(anyhow::Error::new(e).context("writing the error report")))?;
+        });
+        if let Some(target) = &target {
+            let report_key = format!("{target}.errors.json");
+            let body = ErrorReport {
+                file_id: &event.file_id,
+                bucket: &event.bucket,
+                key: &event.key,
+                reason: &reason,
+                rows_total: summary.map(|s| s.rows_total),
+                rows_valid: summary.map(|s| s.rows_valid),
+                rows_rejected: summary.map(|s| s.rows_rejected),
+                rejected_rows: report,
+                rejected_rows_truncated: summary
+                    .is_some_and(|s| s.rows_rejected as usize > report.len()),
+            };
+            let json = serde_json::to_vec_pretty(&body).map_err(|e| Retry(e.into()))?;
+            store
+                .put(
+                    &crate::store::object_path(&report_key)
+                        .map_err(|e| Retry(anyhow::anyhow!(e)))?,
+                    PutPayload::from(json),
+                )
+                .await
+                .map_err(|e| Retry(anyhow::Error::new(e).context("writing the error report")))?;
+            event.moved_to = Some(target.clone());
+        }
         event.status = FileStatus::Failed;
         if let Some(s) = summary {
             fill_counts(&mut event, s, started);
         }
         event.reason = Some(reason.clone());
-        event.moved_to = Some(target.clone());
         event.at = Utc::now();
         self.emit_file_event(&event).await?;
-        store
-            .rename(
-                &crate::store::object_path(&event.key).map_err(|e| Retry(anyhow::anyhow!(e)))?,
-                &crate::store::object_path(&target).map_err(|e| Retry(anyhow::anyhow!(e)))?,
-            )
-            .await
-            .map_err(|e| Retry(anyhow::Error::new(e).context("moving the object to errors/")))?;
-        tracing::warn!(file_id = %event.file_id, bucket = %event.bucket, key = %event.key, %reason, "File rejected as a whole.");
+        if let Some(target) = &target {
+            store
+                .rename(
+                    &crate::store::object_path(&event.key)
+                        .map_err(|e| Retry(anyhow::anyhow!(e)))?,
+                    &crate::store::object_path(target).map_err(|e| Retry(anyhow::anyhow!(e)))?,
+                )
+                .await
+                .map_err(|e| {
+                    Retry(anyhow::Error::new(e).context("moving the object to errors/"))
+                })?;
+        }
+        tracing::warn!(file_id = %event.file_id, bucket = %event.bucket, key = %event.key, replay, %reason, "File rejected as a whole.");
         Ok(Outcome::Failed(event))
     }
 }
