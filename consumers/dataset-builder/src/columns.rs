@@ -214,16 +214,8 @@ fn column(name: &str, rows: &[Featured<'_>]) -> anyhow::Result<ArrayRef> {
     })
 }
 
-/// The rows as one Arrow batch of [`dataset_schema`].
-pub fn to_batch(rows: &[Featured<'_>]) -> anyhow::Result<RecordBatch> {
-    let schema = dataset_schema();
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| column(f.name(), rows))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(RecordBatch::try_new(schema, columns)?)
-}
+/// Category → median unit price, as recorded in a file.
+pub type Medians = HashMap<String, Decimal>;
 
 /// Key of the file metadata holding the category medians a file's features were computed with.
 const MEDIANS_KEY: &str = "skuflow.category_medians";
@@ -335,10 +327,9 @@ fn ts(a: &TimestampMicrosecondArray, i: usize) -> anyhow::Result<DateTime<Utc>> 
     DateTime::from_timestamp_micros(a.value(i)).context("timestamp out of range")
 }
 
-/// The category medians recorded by [`encode_with_medians`], if the file has them.
-pub fn medians_of(file: &Bytes) -> anyhow::Result<Option<HashMap<String, Decimal>>> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file.clone())?;
-    let Some(kv) = builder.metadata().file_metadata().key_value_metadata() else {
+/// The category medians recorded by [`encode_with_medians`] in a file's metadata, if any.
+fn medians_in(md: &parquet::file::metadata::ParquetMetaData) -> anyhow::Result<Option<Medians>> {
+    let Some(kv) = md.file_metadata().key_value_metadata() else {
         return Ok(None);
     };
     let Some(json) = kv
@@ -354,6 +345,11 @@ pub fn medians_of(file: &Bytes) -> anyhow::Result<Option<HashMap<String, Decimal
         out.insert(k, v.parse::<Decimal>()?);
     }
     Ok(Some(out))
+}
+
+/// The category medians recorded by [`encode_with_medians`], if the file has them.
+pub fn medians_of(file: &Bytes) -> anyhow::Result<Option<Medians>> {
+    medians_in(ParquetRecordBatchReaderBuilder::try_new(file.clone())?.metadata())
 }
 
 /// Rows per `file_id` of a Parquet file written by [`encode`] (reads that column only).
@@ -373,7 +369,15 @@ pub fn rows_per_file(file: Bytes) -> anyhow::Result<HashMap<String, u64>> {
 
 /// The records of a Parquet file written by [`encode`].
 pub fn decode(file: Bytes) -> anyhow::Result<Vec<SkuRecord>> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    decode_with_medians(file).map(|(records, _)| records)
+}
+
+/// The records of a Parquet file written by [`encode_with_medians`] and the medians it records,
+/// reading the footer once.
+pub fn decode_with_medians(file: Bytes) -> anyhow::Result<(Vec<SkuRecord>, Option<Medians>)> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let medians = medians_in(builder.metadata())?;
+    let reader = builder.build()?;
     let mut out = Vec::new();
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
     for batch in reader {
@@ -445,7 +449,7 @@ pub fn decode(file: Bytes) -> anyhow::Result<Vec<SkuRecord>> {
             });
         }
     }
-    Ok(out)
+    Ok((out, medians))
 }
 
 #[cfg(test)]

@@ -189,11 +189,11 @@ impl DatasetSink {
                 continue;
             }
             let bytes = self.store.get(&meta.location).await?.bytes().await?;
+            let (decoded, medians) = columns::decode_with_medians(bytes)
+                .with_context(|| format!("reading {}", meta.location))?;
             // What medians the file was written with: a file a crash left with an older
             // median of its day is rewritten at the next batch of the day, replay or not.
-            match columns::medians_of(&bytes)
-                .with_context(|| format!("reading {}", meta.location))?
-            {
+            match medians {
                 Some(m) => {
                     self.written_medians.insert(key.clone(), m);
                 }
@@ -201,8 +201,6 @@ impl DatasetSink {
                     self.written_medians.remove(&key);
                 }
             }
-            let decoded =
-                columns::decode(bytes).with_context(|| format!("reading {}", meta.location))?;
             let mut part = Partition::with_capacity(decoded.len());
             for r in decoded {
                 part.upsert(r);
