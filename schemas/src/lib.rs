@@ -10,7 +10,7 @@ pub mod elasticsearch;
 pub mod fields;
 mod messages;
 pub mod postgres;
-mod wire_time;
+pub mod wire_time;
 
 pub use fields::{record_fields, Field, FieldType};
 pub use messages::*;

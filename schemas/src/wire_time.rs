@@ -14,8 +14,8 @@ fn digits(b: &[u8]) -> Option<u32> {
     })
 }
 
-/// `YYYY-MM-DD`.
-fn fast_date(b: &[u8]) -> Option<NaiveDate> {
+/// `YYYY-MM-DD` (four-digit year, two-digit month and day), or `None` for any other form.
+pub fn plain_date(b: &[u8]) -> Option<NaiveDate> {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
@@ -32,7 +32,7 @@ fn fast_timestamp(s: &str) -> Option<DateTime<Utc>> {
     if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let date = fast_date(&b[..10])?;
+    let date = plain_date(&b[..10])?;
     let (h, m, sec) = (
         digits(&b[11..13])?,
         digits(&b[14..16])?,
@@ -64,7 +64,7 @@ impl Visitor<'_> for DateVisitor {
         f.write_str("a date, YYYY-MM-DD")
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<NaiveDate, E> {
-        match fast_date(s.as_bytes()) {
+        match plain_date(s.as_bytes()) {
             Some(d) => Ok(d),
             None => s.parse().map_err(E::custom),
         }
@@ -114,7 +114,7 @@ mod tests {
         }
         for s in ["2026-11-01", "2024-02-29", "0001-01-01"] {
             let want: NaiveDate = s.parse().unwrap();
-            assert_eq!(fast_date(s.as_bytes()), Some(want), "{s}");
+            assert_eq!(plain_date(s.as_bytes()), Some(want), "{s}");
         }
     }
 
@@ -137,7 +137,7 @@ mod tests {
             assert_eq!(fast.ok(), chrono.ok(), "{s}");
         }
         for s in ["2026-2-01", "2026-02-30", "20261101", "2026-11-01x"] {
-            assert_eq!(fast_date(s.as_bytes()), None, "{s}");
+            assert_eq!(plain_date(s.as_bytes()), None, "{s}");
             let fast: Result<NaiveDate, serde_json::Error> =
                 date(&mut serde_json::Deserializer::from_str(&format!("{s:?}")));
             assert_eq!(fast.ok(), s.parse::<NaiveDate>().ok(), "{s}");

@@ -2,7 +2,8 @@
 //! own broker (`make bench`). Prints every figure and ratio:
 //!   (a) a Python script doing what a user would write instead (csv.DictReader + json +
 //!       confluent-kafka, idempotent producer): wall, CPU seconds, peak RSS
-//!   (b) a bare rdkafka producer sending the same records already serialized (the broker's limit)
+//!   (b) a bare rdkafka producer sending the same messages already serialized, with the ingest's
+//!       producer configuration and headers (the broker's limit)
 //!   (c) `skuflow-ingest` on the same CSV in a local bucket: wall until the file is in
 //!       processed/, CPU seconds and peak RSS of the process
 //!   and the peak RSS of (c) on a 10 MB upload (and a 1 GB one with SKUFLOW_BENCH_BIG=1).
@@ -13,10 +14,64 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use skuflow_e2e::bench::{proc_usage, produce_serialized};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use skuflow_e2e::bench::proc_usage;
 use skuflow_e2e::{render_csv, sample_rows};
 use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
 use skuflow_platform::{KafkaArgs, TopicArgs};
+use skuflow_schemas::{headers, RECORD_SCHEMA};
+
+/// librdkafka properties (`k=v`, comma-separated in SKUFLOW_BENCH_X) given to both (b) and (c).
+fn extra_options() -> Vec<String> {
+    std::env::var("SKUFLOW_BENCH_X")
+        .map(|v| {
+            v.split(',')
+                .filter(|o| !o.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends every (key, payload) with the ingest's record-producer configuration and the headers
+/// the ingest puts on a record; returns the time until the broker acknowledged all of them.
+fn produce_bare(kafka: &KafkaArgs, topic: &str, payloads: &[(String, Vec<u8>)]) -> Duration {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        skuflow_ingest::worker::record_producer_config(kafka)
+            .create()
+            .expect("producer");
+    let file_id = "0123456789abcdef0123456789abcdef";
+    let t = Instant::now();
+    for (key, payload) in payloads {
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: headers::SCHEMA,
+                value: Some(RECORD_SCHEMA),
+            })
+            .insert(Header {
+                key: headers::FILE_ID,
+                value: Some(file_id),
+            });
+        let mut rec = BaseRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(600))
+        .expect("every record acknowledged");
+    t.elapsed()
+}
 
 /// (CPU seconds, peak RSS in KiB) of a running process.
 fn usage(pid: u32) -> Option<(f64, u64)> {
@@ -67,6 +122,7 @@ async fn run_ingest(brokers: &str, rows: u64, tag: &str) -> (Duration, f64, u64,
         .arg(format!("--files-topic={}", topics.files))
         .arg(format!("--group=bench-ingest-{tag}"))
         .arg("--scan-interval-secs=1")
+        .args(extra_options().iter().map(|o| format!("-X{o}")))
         .env("SKUFLOW_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -106,6 +162,13 @@ async fn main() {
     // (c) first, on its own CSV.
     let (c_wall, c_cpu, c_rss, c_bytes) = run_ingest(&brokers, rows, &format!("{id}c")).await;
 
+    if std::env::var_os("SKUFLOW_BENCH_ONLY_INGEST").is_some() {
+        let w = c_wall.as_secs_f64();
+        println!("(c) skuflow-ingest {rows} rows: {w:.2} s, {:.0} rows/s, CPU {c_cpu:.2} s, peak RSS {:.0} MiB",
+            rows as f64 / w, c_rss as f64 / 1024.0);
+        return;
+    }
+
     // (a) the Python baseline on a CSV of the same rows.
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("skus.csv");
@@ -115,7 +178,12 @@ async fn main() {
     )
     .unwrap();
     let topics = TopicArgs::with_suffix(&format!(".bench{id}a"));
-    let kafka = KafkaArgs::new(&brokers);
+    let mut kafka = KafkaArgs::new(&brokers);
+    kafka.options = extra_options()
+        .iter()
+        .filter_map(|o| o.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     ensure_topics(&kafka, &pipeline_topics(&topics, 3))
         .await
         .unwrap();
@@ -142,7 +210,8 @@ async fn main() {
     };
     let (a_wall, a_cpu, a_rss) = (field("wall"), field("cpu"), field("maxrss_kib"));
 
-    // (b) a bare producer, records already serialized.
+    // (b) a bare producer, the same messages already serialized: the ingest's producer
+    // configuration, key, payload and headers (schema id, file id), nothing else to do.
     let payloads: Vec<(String, Vec<u8>)> = (0..rows)
         .map(|i| {
             let r = skuflow_e2e::synthetic_record(i);
@@ -153,7 +222,7 @@ async fn main() {
     ensure_topics(&kafka, &pipeline_topics(&topics_b, 3))
         .await
         .unwrap();
-    let b_wall = produce_serialized(&kafka, &topics_b.records, &payloads).as_secs_f64();
+    let b_wall = produce_bare(&kafka, &topics_b.records, &payloads).as_secs_f64();
 
     // Peak RSS on a 10 MB upload (and 1 GB on request).
     let ten_mb_rows = 10_000_000 / (c_bytes / rows).max(1);

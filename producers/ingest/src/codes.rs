@@ -48,6 +48,21 @@ pub fn is_currency(code: &str) -> bool {
     CURRENCIES.binary_search(&code).is_ok()
 }
 
+/// The active currency code `code` names in any letter case, as listed (upper case).
+pub fn currency(code: &str) -> Option<&'static str> {
+    let b = code.as_bytes();
+    if b.len() != 3 {
+        return None;
+    }
+    let up = [
+        b[0].to_ascii_uppercase(),
+        b[1].to_ascii_uppercase(),
+        b[2].to_ascii_uppercase(),
+    ];
+    let up = std::str::from_utf8(&up).ok()?;
+    CURRENCIES.binary_search(&up).ok().map(|i| CURRENCIES[i])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +74,16 @@ mod tests {
         assert!(is_country("DE") && is_country("US") && !is_country("XX") && !is_country("UK"));
         assert!(
             is_currency("EUR") && is_currency("JPY") && !is_currency("EURO") && !is_currency("XXX")
+        );
+        assert_eq!(
+            [
+                currency("eur"),
+                currency("Jpy"),
+                currency("EURO"),
+                currency("xxx"),
+                currency("€")
+            ],
+            [Some("EUR"), Some("JPY"), None, None, None]
         );
     }
 }

@@ -11,6 +11,7 @@ pub mod events;
 pub mod metadata;
 pub mod produce;
 pub mod reader;
+pub mod record;
 pub mod scan;
 pub mod store;
 pub mod worker;

@@ -12,7 +12,7 @@ use crate::reader::{is_source_error, CAP_HIT};
 pub enum RowEvent<'a> {
     Valid {
         line: u64,
-        row: ValidRow,
+        row: ValidRow<'a>,
     },
     Rejected {
         line: u64,

@@ -6,26 +6,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::{Attribute, GetOptions, ObjectStore, PutPayload};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use skuflow_platform::TopicArgs;
 use skuflow_schemas::{
-    headers, FileEvent, FileStatus, RejectMessage, RejectReason, SkuRecord, Trigger, UploadRequest,
-    FILE_SCHEMA, RECORD_SCHEMA, REJECT_SCHEMA,
+    headers, FileEvent, FileStatus, RejectReason, Trigger, UploadRequest, FILE_SCHEMA,
+    RECORD_SCHEMA, REJECT_SCHEMA,
 };
 
-use crate::contract::ValidRow;
 use crate::csvstream::Limits;
-use crate::metadata::{resolve, BucketCountries, KeyMetadata, KeyTemplate};
+use crate::metadata::{resolve, BucketCountries, KeyTemplate};
 use crate::produce::{self, FileProgress, RecordProducer};
 use crate::reader::{self, Compression};
+use crate::record::short_hash;
+use crate::record::{FileContext, RecordEncoder};
 use crate::scan::{scan, RowEvent, ScanError, ScanSummary};
 use crate::store::Stores;
 
@@ -80,95 +80,9 @@ pub struct Ingestor {
     pub control: FutureProducer,
 }
 
-/// Hex of the first 16 bytes of SHA-256 over the parts, separated by NUL.
-pub fn short_hash(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
-        h.update([0u8]);
-    }
-    hex::encode(&h.finalize()[..16])
-}
-
 /// The deterministic id of an upload version.
 pub fn file_id(bucket: &str, key: &str, etag: &str) -> String {
     short_hash(&[bucket.as_bytes(), key.as_bytes(), etag.as_bytes()])
-}
-
-/// Everything the rows of one file share.
-struct FileContext {
-    file_id: String,
-    bucket: String,
-    key: String,
-    etag: String,
-    last_modified: DateTime<Utc>,
-    country: String,
-    meta: KeyMetadata,
-    ingested_at: DateTime<Utc>,
-}
-
-impl FileContext {
-    fn record_id(&self, line: u64) -> String {
-        short_hash(&[
-            self.bucket.as_bytes(),
-            self.key.as_bytes(),
-            self.etag.as_bytes(),
-            line.to_string().as_bytes(),
-        ])
-    }
-
-    fn record(&self, line: u64, row: ValidRow) -> SkuRecord {
-        SkuRecord {
-            schema: RECORD_SCHEMA.to_string(),
-            record_id: self.record_id(line),
-            record_version: SkuRecord::version_of(self.last_modified, line),
-            country: self.country.clone(),
-            store_id: self.meta.store_id.clone(),
-            store_category: self.meta.store_category,
-            chain: self.meta.chain.clone(),
-            sku: row.sku,
-            product_name: row.product_name,
-            category: row.category,
-            brand: row.brand,
-            unit_price: row.unit_price,
-            unit_cost: row.unit_cost,
-            currency: row.currency,
-            quantity_on_hand: row.quantity_on_hand,
-            units_sold: row.units_sold,
-            business_date: row.business_date,
-            barcode: row.barcode,
-            file_id: self.file_id.clone(),
-            source_bucket: self.bucket.clone(),
-            source_key: self.key.clone(),
-            source_etag: self.etag.clone(),
-            source_line: line as i64,
-            source_last_modified: self.last_modified,
-            ingested_at: self.ingested_at,
-        }
-    }
-
-    fn reject(
-        &self,
-        line: u64,
-        raw: &[u8],
-        raw_truncated: bool,
-        reasons: Vec<RejectReason>,
-    ) -> RejectMessage {
-        RejectMessage {
-            schema: REJECT_SCHEMA.to_string(),
-            stage: "ingest".into(),
-            file_id: self.file_id.clone(),
-            bucket: self.bucket.clone(),
-            key: self.key.clone(),
-            country: Some(self.country.clone()),
-            line,
-            raw: String::from_utf8_lossy(raw).into_owned(),
-            raw_truncated,
-            record_id: None,
-            reasons,
-            rejected_at: Utc::now(),
-        }
-    }
 }
 
 /// The machine-readable report written beside a rejected file.
@@ -418,7 +332,8 @@ impl Ingestor {
             progress.clone(),
             ctx.clone(),
         );
-        let mut buf = Vec::with_capacity(1024);
+        let encoder = RecordEncoder::new(&ctx);
+        let (mut buf, mut key) = (Vec::with_capacity(1024), Vec::with_capacity(128));
         let pass2 = self
             .run_pass(
                 second.into_stream(),
@@ -426,15 +341,12 @@ impl Ingestor {
                 move |ev, _: &mut Vec<ReportRow>| {
                     match ev {
                         RowEvent::Valid { line, row } => {
-                            let rec = c.record(line, row);
-                            buf.clear();
-                            serde_json::to_writer(&mut buf, &rec)?;
-                            let key = rec.kafka_key();
+                            encoder.encode(line, &row, &mut key, &mut buf);
                             produce::send(
                                 &records,
                                 &p,
                                 &topics.records,
-                                key.as_bytes(),
+                                &key,
                                 &buf,
                                 file_headers(RECORD_SCHEMA, &c.file_id),
                             )?;
@@ -637,24 +549,37 @@ fn fill_counts(event: &mut FileEvent, s: &ScanSummary, started: Instant) {
     event.warnings = s.warnings.clone();
 }
 
-/// Builds the record producer and the control producer.
-pub fn producers(
-    kafka: &skuflow_platform::KafkaArgs,
-    topics: &skuflow_platform::TopicArgs,
-) -> anyhow::Result<(Arc<RecordProducer>, FutureProducer)> {
+/// The record producer's librdkafka configuration: skuflow's producer defaults plus the ingest's
+/// own, each of which a `-X` option overrides.
+pub fn record_producer_config(kafka: &skuflow_platform::KafkaArgs) -> rdkafka::ClientConfig {
     let mut cfg = kafka.producer_config();
-    // Memory stays flat whatever the file size: at most this many records wait in librdkafka's
-    // queue (the send loop waits while it is full). Without it the queue held a whole 100k-row
-    // file (129 MiB peak RSS in the ingest bench; 33 MiB with the cap). `-X` still overrides.
     for (k, v) in [
+        // Memory stays flat whatever the file size: at most this many records wait in
+        // librdkafka's queue (the send loop waits while it is full). Without it the queue held a
+        // whole 100k-row file (129 MiB peak RSS in the ingest bench; 33 MiB with the cap).
         ("queue.buffering.max.messages", "20000"),
         ("queue.buffering.max.kbytes", "65536"),
+        // An idempotent producer keeps one ProduceRequest per partition in flight anyway (its
+        // in-flight check counts the partition's messages against a limit of five requests).
+        // With more than one allowed per connection, librdkafka's broker thread finds a full
+        // batch it may not send and wakes itself at once, over and over, until the broker
+        // answers: 13.5 s of CPU for 200k rows in the ingest bench against 2.3 s with one, at
+        // the same wall time.
+        ("max.in.flight.requests.per.connection", "1"),
     ] {
         if !kafka.options.iter().any(|(o, _)| o == k) {
             cfg.set(k, v);
         }
     }
-    let records: RecordProducer = cfg
+    cfg
+}
+
+/// Builds the record producer and the control producer.
+pub fn producers(
+    kafka: &skuflow_platform::KafkaArgs,
+    topics: &skuflow_platform::TopicArgs,
+) -> anyhow::Result<(Arc<RecordProducer>, FutureProducer)> {
+    let records: RecordProducer = record_producer_config(kafka)
         .create_with_context(produce::DeliveryCounter::new(
             &topics.records,
             &topics.rejects,
