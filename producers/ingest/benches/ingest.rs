@@ -222,7 +222,9 @@ async fn main() {
     ensure_topics(&kafka, &pipeline_topics(&topics_b, 3))
         .await
         .unwrap();
+    let cpu_before = usage(std::process::id()).map_or(f64::NAN, |u| u.0);
     let b_wall = produce_bare(&kafka, &topics_b.records, &payloads).as_secs_f64();
+    let b_cpu = usage(std::process::id()).map_or(f64::NAN, |u| u.0) - cpu_before;
 
     // Peak RSS on a 10 MB upload (and 1 GB on request).
     let ten_mb_rows = 10_000_000 / (c_bytes / rows).max(1);
@@ -240,7 +242,7 @@ async fn main() {
     println!("ingest, {rows} rows ({:.0} MB CSV)", c_bytes as f64 / 1e6);
     println!("  (a) Python csv + json + confluent-kafka  {a_wall:>8.2} s  {:>10.0} rows/s  CPU {a_cpu:.2} s  peak RSS {:.0} MiB", rate(a_wall), a_rss / 1024.0);
     println!(
-        "  (b) bare rdkafka producer (serialized)   {b_wall:>8.2} s  {:>10.0} rows/s",
+        "  (b) bare rdkafka producer (serialized)   {b_wall:>8.2} s  {:>10.0} rows/s  CPU {b_cpu:.2} s",
         rate(b_wall)
     );
     println!("  (c) skuflow-ingest                       {c_wall:>8.2} s  {:>10.0} rows/s  CPU {c_cpu:.2} s  peak RSS {:.0} MiB", rate(c_wall), c_rss as f64 / 1024.0);
