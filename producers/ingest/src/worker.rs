@@ -10,7 +10,6 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::{Attribute, GetOptions, ObjectStore, PutPayload};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -76,8 +75,8 @@ pub struct Ingestor {
     pub template: KeyTemplate,
     pub topics: TopicArgs,
     pub settings: IngestSettings,
+    /// The one producer of the ingest: records, dead letters, file events and upload requests.
     pub records: Arc<RecordProducer>,
-    pub control: FutureProducer,
 }
 
 /// The deterministic id of an upload version.
@@ -126,15 +125,16 @@ fn file_headers(schema: &str, file_id: &str) -> OwnedHeaders {
 impl Ingestor {
     async fn emit_file_event(&self, ev: &FileEvent) -> Result<(), Retry> {
         let payload = serde_json::to_vec(ev).map_err(|e| Retry(e.into()))?;
-        let rec = FutureRecord::to(&self.topics.files)
-            .key(ev.file_id.as_str())
-            .payload(&payload)
-            .headers(file_headers(FILE_SCHEMA, &ev.file_id));
-        self.control
-            .send(rec, Duration::from_secs(300))
-            .await
-            .map_err(|(e, _)| Retry(anyhow::anyhow!("file event not acknowledged: {e}")))?;
-        Ok(())
+        produce::send_acknowledged(
+            &self.records,
+            &self.topics.files,
+            ev.file_id.as_bytes(),
+            payload,
+            file_headers(FILE_SCHEMA, &ev.file_id),
+            Duration::from_secs(300),
+        )
+        .await
+        .map_err(|e| Retry(e.context("file event not acknowledged")))
     }
 
     /// Ingests the object a request names. `Err(Retry)` leaves everything to be redone.
@@ -574,16 +574,16 @@ pub fn record_producer_config(kafka: &skuflow_platform::KafkaArgs) -> rdkafka::C
     cfg
 }
 
-/// Builds the record producer and the control producer.
-pub fn producers(
+/// Builds the ingest's producer.
+pub fn producer(
     kafka: &skuflow_platform::KafkaArgs,
     topics: &skuflow_platform::TopicArgs,
-) -> anyhow::Result<(Arc<RecordProducer>, FutureProducer)> {
+) -> anyhow::Result<Arc<RecordProducer>> {
     let records: RecordProducer = record_producer_config(kafka)
         .create_with_context(produce::DeliveryCounter::new(
             &topics.records,
             &topics.rejects,
         ))
-        .context("creating the record producer")?;
-    Ok((Arc::new(records), kafka.producer()?))
+        .context("creating the Kafka producer (check --brokers and -X options)")?;
+    Ok(Arc::new(records))
 }
