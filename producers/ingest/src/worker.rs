@@ -579,11 +579,10 @@ pub fn producer(
     kafka: &skuflow_platform::KafkaArgs,
     topics: &skuflow_platform::TopicArgs,
 ) -> anyhow::Result<Arc<RecordProducer>> {
-    let records: RecordProducer = record_producer_config(kafka)
-        .create_with_context(produce::DeliveryCounter::new(
-            &topics.records,
-            &topics.rejects,
-        ))
-        .context("creating the Kafka producer (check --brokers and -X options)")?;
+    let records = RecordProducer::new(
+        &record_producer_config(kafka),
+        produce::DeliveryCounter::new(&topics.records, &topics.rejects),
+    )
+    .context("creating the Kafka producer (check --brokers and -X options)")?;
     Ok(Arc::new(records))
 }
