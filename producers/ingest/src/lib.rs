@@ -158,7 +158,7 @@ impl IngestArgs {
         if template.incoming_prefix.is_empty() {
             anyhow::bail!("--key-template must start with a literal prefix such as incoming/");
         }
-        let records = worker::producer(kafka, topics)?;
+        let (records, control) = worker::producers(kafka, topics)?;
         let mut settings = IngestSettings {
             max_reject_ratio: self.max_reject_ratio,
             max_decompressed_bytes: self.max_decompressed_bytes,
@@ -173,6 +173,7 @@ impl IngestArgs {
                 topics: topics.clone(),
                 settings,
                 records,
+                control,
             },
             names,
         ))

@@ -10,6 +10,7 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::{Attribute, GetOptions, ObjectStore, PutPayload};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -75,8 +76,8 @@ pub struct Ingestor {
     pub template: KeyTemplate,
     pub topics: TopicArgs,
     pub settings: IngestSettings,
-    /// The one producer of the ingest: records, dead letters, file events and upload requests.
     pub records: Arc<RecordProducer>,
+    pub control: FutureProducer,
 }
 
 /// The deterministic id of an upload version.
@@ -125,16 +126,15 @@ fn file_headers(schema: &str, file_id: &str) -> OwnedHeaders {
 impl Ingestor {
     async fn emit_file_event(&self, ev: &FileEvent) -> Result<(), Retry> {
         let payload = serde_json::to_vec(ev).map_err(|e| Retry(e.into()))?;
-        produce::send_acknowledged(
-            &self.records,
-            &self.topics.files,
-            ev.file_id.as_bytes(),
-            payload,
-            file_headers(FILE_SCHEMA, &ev.file_id),
-            Duration::from_secs(300),
-        )
-        .await
-        .map_err(|e| Retry(e.context("file event not acknowledged")))
+        let rec = FutureRecord::to(&self.topics.files)
+            .key(ev.file_id.as_str())
+            .payload(&payload)
+            .headers(file_headers(FILE_SCHEMA, &ev.file_id));
+        self.control
+            .send(rec, Duration::from_secs(300))
+            .await
+            .map_err(|(e, _)| Retry(anyhow::anyhow!("file event not acknowledged: {e}")))?;
+        Ok(())
     }
 
     /// Ingests the object a request names. `Err(Retry)` leaves everything to be redone.
@@ -574,15 +574,15 @@ pub fn record_producer_config(kafka: &skuflow_platform::KafkaArgs) -> rdkafka::C
     cfg
 }
 
-/// Builds the ingest's producer.
-pub fn producer(
+/// Builds the record producer and the control producer.
+pub fn producers(
     kafka: &skuflow_platform::KafkaArgs,
     topics: &skuflow_platform::TopicArgs,
-) -> anyhow::Result<Arc<RecordProducer>> {
+) -> anyhow::Result<(Arc<RecordProducer>, FutureProducer)> {
     let records = RecordProducer::new(
         &record_producer_config(kafka),
         produce::DeliveryCounter::new(&topics.records, &topics.rejects),
     )
-    .context("creating the Kafka producer (check --brokers and -X options)")?;
-    Ok(Arc::new(records))
+    .context("creating the record producer")?;
+    Ok((Arc::new(records), kafka.producer()?))
 }
