@@ -12,7 +12,8 @@ port="${SKUFLOW_BENCH_KAFKA_PORT:-19192}"
 tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
   --storage-engine "sqlite:///$dir/tansu.db" > "$dir/tansu.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+# Wait for the broker to exit, so that a bench run right after this one can bind its port.
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 python3 "$here/tansu-index.py" "$dir/tansu.db"
 export SKUFLOW_TEST_BROKERS="127.0.0.1:$port"
