@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use object_store::path::Path;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 
 use skuflow_schemas::{headers, Trigger, UploadRequest, UPLOAD_SCHEMA};
@@ -19,20 +18,19 @@ const REQUEUE_AFTER: Duration = Duration::from_secs(600);
 /// Puts one upload request on the work queue and waits for the broker's acknowledgement.
 pub async fn request_upload(ingestor: &Ingestor, req: &UploadRequest) -> anyhow::Result<()> {
     let payload = serde_json::to_vec(req)?;
-    let key = req.kafka_key();
-    let rec = FutureRecord::to(&ingestor.topics.uploads)
-        .key(&key)
-        .payload(&payload)
-        .headers(OwnedHeaders::new().insert(Header {
+    crate::produce::send_acknowledged(
+        &ingestor.control,
+        &ingestor.topics.uploads,
+        req.kafka_key().as_bytes(),
+        payload,
+        OwnedHeaders::new().insert(Header {
             key: headers::SCHEMA,
             value: Some(UPLOAD_SCHEMA),
-        }));
-    ingestor
-        .control
-        .send(rec, Duration::from_secs(60))
-        .await
-        .map_err(|(e, _)| anyhow::anyhow!("upload request not acknowledged: {e}"))?;
-    Ok(())
+        }),
+        Duration::from_secs(60),
+    )
+    .await
+    .map_err(|e| e.context("upload request not acknowledged"))
 }
 
 /// Lists each bucket's incoming prefix once; returns the requests queued.

@@ -33,8 +33,10 @@ impl FileProgress {
 }
 
 /// Routes delivery reports to their file, and counts acknowledged messages as they arrive
-/// (`skuflow_records_sent_total{destination=<records topic>}`, `skuflow_dead_letters_total`).
+/// (`skuflow_records_sent_total{destination=<records topic>}`, `skuflow_dead_letters_total`);
+/// acknowledgements of other topics (file lifecycle, upload requests) are not counted.
 pub struct DeliveryCounter {
+    records_topic: String,
     rejects_topic: String,
     /// The two counters every acknowledgement lands in, resolved once (not per message).
     sent: prometheus::IntCounter,
@@ -45,6 +47,7 @@ impl DeliveryCounter {
     pub fn new(records_topic: &str, rejects_topic: &str) -> Self {
         let m = skuflow_platform::metrics::metrics();
         DeliveryCounter {
+            records_topic: records_topic.to_string(),
             rejects_topic: rejects_topic.to_string(),
             sent: m.records_sent.with_label_values(&[records_topic]),
             dead_letters: m.dead_letters.with_label_values(&[rejects_topic]),
@@ -61,10 +64,11 @@ impl ProducerContext for DeliveryCounter {
         match result {
             Ok(msg) => {
                 progress.acked.fetch_add(1, Ordering::AcqRel);
-                if msg.topic() == self.rejects_topic {
-                    self.dead_letters.inc();
-                } else {
+                let topic = msg.topic();
+                if topic == self.records_topic {
                     self.sent.inc();
+                } else if topic == self.rejects_topic {
+                    self.dead_letters.inc();
                 }
             }
             Err((e, _)) => {
@@ -178,6 +182,25 @@ pub fn send(
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// Sends one message and waits for the broker's acknowledgement (file lifecycle events, upload
+/// requests, on the control producer).
+pub async fn send_acknowledged(
+    producer: &Arc<RecordProducer>,
+    topic: &str,
+    key: &[u8],
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let (producer, topic, key) = (producer.clone(), topic.to_string(), key.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let progress = Arc::new(FileProgress::default());
+        send(&producer, &progress, &topic, &key, &payload, headers)?;
+        wait_settled(&progress, timeout).map_err(anyhow::Error::msg)
+    })
+    .await?
 }
 
 /// Waits until every message of the file is acknowledged or failed; returns the first failure.

@@ -10,7 +10,6 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::{Attribute, GetOptions, ObjectStore, PutPayload};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -77,7 +76,9 @@ pub struct Ingestor {
     pub topics: TopicArgs,
     pub settings: IngestSettings,
     pub records: Arc<RecordProducer>,
-    pub control: FutureProducer,
+    /// File lifecycle events and upload requests: a client of their own, so that they never
+    /// queue behind a file's records (sharing one also cost more CPU in the ingest bench).
+    pub control: Arc<RecordProducer>,
 }
 
 /// The deterministic id of an upload version.
@@ -126,15 +127,16 @@ fn file_headers(schema: &str, file_id: &str) -> OwnedHeaders {
 impl Ingestor {
     async fn emit_file_event(&self, ev: &FileEvent) -> Result<(), Retry> {
         let payload = serde_json::to_vec(ev).map_err(|e| Retry(e.into()))?;
-        let rec = FutureRecord::to(&self.topics.files)
-            .key(ev.file_id.as_str())
-            .payload(&payload)
-            .headers(file_headers(FILE_SCHEMA, &ev.file_id));
-        self.control
-            .send(rec, Duration::from_secs(300))
-            .await
-            .map_err(|(e, _)| Retry(anyhow::anyhow!("file event not acknowledged: {e}")))?;
-        Ok(())
+        produce::send_acknowledged(
+            &self.control,
+            &self.topics.files,
+            ev.file_id.as_bytes(),
+            payload,
+            file_headers(FILE_SCHEMA, &ev.file_id),
+            Duration::from_secs(300),
+        )
+        .await
+        .map_err(|e| Retry(e.context("file event not acknowledged")))
     }
 
     /// Ingests the object a request names. `Err(Retry)` leaves everything to be redone.
@@ -581,11 +583,11 @@ pub fn record_producer_config(kafka: &skuflow_platform::KafkaArgs) -> rdkafka::C
 pub fn producers(
     kafka: &skuflow_platform::KafkaArgs,
     topics: &skuflow_platform::TopicArgs,
-) -> anyhow::Result<(Arc<RecordProducer>, FutureProducer)> {
-    let records = RecordProducer::new(
-        &record_producer_config(kafka),
-        produce::DeliveryCounter::new(&topics.records, &topics.rejects),
-    )
-    .context("creating the record producer")?;
-    Ok((Arc::new(records), kafka.producer()?))
+) -> anyhow::Result<(Arc<RecordProducer>, Arc<RecordProducer>)> {
+    let counter = || produce::DeliveryCounter::new(&topics.records, &topics.rejects);
+    let records = RecordProducer::new(&record_producer_config(kafka), counter())
+        .context("creating the record producer (check --brokers and -X options)")?;
+    let control = RecordProducer::new(&kafka.producer_config(), counter())
+        .context("creating the control producer (check --brokers and -X options)")?;
+    Ok((Arc::new(records), Arc::new(control)))
 }
