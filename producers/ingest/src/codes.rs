@@ -50,17 +50,31 @@ pub fn is_currency(code: &str) -> bool {
 
 /// The active currency code `code` names in any letter case, as listed (upper case).
 pub fn currency(code: &str) -> Option<&'static str> {
-    let b = code.as_bytes();
-    if b.len() != 3 {
-        return None;
+    // Every row names one: a table indexed by the three letters instead of a search.
+    static TABLE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let mut t = vec![u8::MAX; 26 * 26 * 26];
+        for (i, c) in CURRENCIES.iter().enumerate() {
+            t[letters_index(c.as_bytes()).expect("listed codes are three letters")] =
+                u8::try_from(i).expect("fewer than 255 currencies");
+        }
+        t
+    });
+    let i = TABLE[letters_index(code.as_bytes())?];
+    CURRENCIES.get(usize::from(i)).copied()
+}
+
+/// The position of three ASCII letters (any case) among all 26³ combinations.
+fn letters_index(b: &[u8]) -> Option<usize> {
+    let [a, b, c] = b else { return None };
+    let mut n = 0usize;
+    for x in [a, b, c] {
+        let x = x.to_ascii_uppercase();
+        if !x.is_ascii_uppercase() {
+            return None;
+        }
+        n = n * 26 + usize::from(x - b'A');
     }
-    let up = [
-        b[0].to_ascii_uppercase(),
-        b[1].to_ascii_uppercase(),
-        b[2].to_ascii_uppercase(),
-    ];
-    let up = std::str::from_utf8(&up).ok()?;
-    CURRENCIES.binary_search(&up).ok().map(|i| CURRENCIES[i])
+    Some(n)
 }
 
 #[cfg(test)]
@@ -85,5 +99,12 @@ mod tests {
             ],
             [Some("EUR"), Some("JPY"), None, None, None]
         );
+        for c in CURRENCIES {
+            assert_eq!(currency(c), Some(c));
+            assert_eq!(currency(&c.to_ascii_lowercase()), Some(c));
+        }
+        for c in ["", "EU", "E1R", "EU€", "ZZZ", "XXX", "[[[", "@AA"] {
+            assert_eq!(currency(c), None, "{c}");
+        }
     }
 }

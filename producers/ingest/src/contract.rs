@@ -212,7 +212,8 @@ impl<'a> Check<'_, 'a> {
 
     fn text(&mut self, c: Column, max: usize) -> Option<&'a str> {
         let v = self.value(c)?;
-        if v.chars().count() > max {
+        // Counting characters is only needed when the bytes could be too many.
+        if v.len() > max && v.chars().count() > max {
             self.fail(
                 c,
                 Some(v),
@@ -221,9 +222,13 @@ impl<'a> Check<'_, 'a> {
             );
             return None;
         }
-        if v.chars()
-            .any(|ch| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t'))
-        {
+        let control = |ch: char| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t');
+        let has_control = if v.is_ascii() {
+            v.bytes().any(|b| control(char::from(b)))
+        } else {
+            v.chars().any(control)
+        };
+        if has_control {
             self.fail(
                 c,
                 Some(v),
@@ -618,6 +623,32 @@ mod tests {
                 "barcode:gtin_check_digit",
             ]
         );
+    }
+
+    #[test]
+    fn text_length_counts_characters_and_control_characters_are_refused() {
+        // Column 1 is product_name (at most MAX_PRODUCT_NAME characters).
+        let ascii = "a".repeat(MAX_PRODUCT_NAME);
+        let wide = "é".repeat(MAX_PRODUCT_NAME); // twice the bytes, still within the limit
+        for ok in [ascii.as_str(), wide.as_str(), "tab\tand\nnewline", "日本語 — ok"] {
+            assert!(check(&row(&[(1, ok)])).is_ok(), "{ok:?}");
+        }
+        let long_ascii = "a".repeat(MAX_PRODUCT_NAME + 1);
+        let long_wide = "é".repeat(MAX_PRODUCT_NAME + 1);
+        for (bad, rule) in [
+            (long_ascii.as_str(), "max_length"),
+            (long_wide.as_str(), "max_length"),
+            ("bell\u{7}", "control_characters"),
+            ("del\u{7f}", "control_characters"),
+            ("ünï\u{85}code", "control_characters"),
+            ("ünï\u{1b}code", "control_characters"),
+        ] {
+            assert_eq!(
+                rules(&row(&[(1, bad)])),
+                vec![format!("product_name:{rule}")],
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
