@@ -630,7 +630,12 @@ mod tests {
         // Column 1 is product_name (at most MAX_PRODUCT_NAME characters).
         let ascii = "a".repeat(MAX_PRODUCT_NAME);
         let wide = "é".repeat(MAX_PRODUCT_NAME); // twice the bytes, still within the limit
-        for ok in [ascii.as_str(), wide.as_str(), "tab\tand\nnewline", "日本語 — ok"] {
+        for ok in [
+            ascii.as_str(),
+            wide.as_str(),
+            "tab\tand\nnewline",
+            "日本語 — ok",
+        ] {
             assert!(check(&row(&[(1, ok)])).is_ok(), "{ok:?}");
         }
         let long_ascii = "a".repeat(MAX_PRODUCT_NAME + 1);
