@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use skuflow_platform::kafka::{ensure_topics, TopicSpec};
@@ -44,11 +46,32 @@ pub fn produce_serialized(
     topic: &str,
     payloads: &[(String, Vec<u8>)],
 ) -> Duration {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        kafka.producer_config().create().expect("producer");
+    produce_with(kafka.producer_config(), topic, payloads, &[])
+}
+
+/// [`produce_serialized`] with the producer configuration `config` and the same `headers` on
+/// every message.
+pub fn produce_with(
+    config: ClientConfig,
+    topic: &str,
+    payloads: &[(String, Vec<u8>)],
+    headers: &[(&str, &str)],
+) -> Duration {
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
     let t = Instant::now();
     for (key, payload) in payloads {
         let mut rec = BaseRecord::to(topic).key(key).payload(payload);
+        if !headers.is_empty() {
+            rec = rec.headers(headers.iter().fold(
+                OwnedHeaders::new_with_capacity(headers.len()),
+                |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: Some(*value),
+                    })
+                },
+            ));
+        }
         loop {
             match producer.send(rec) {
                 Ok(()) => break,

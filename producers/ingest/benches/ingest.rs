@@ -8,15 +8,15 @@
 //!       processed/, CPU seconds and peak RSS of the process
 //!   and the peak RSS of (c) on a 10 MB upload (and a 1 GB one with SKUFLOW_BENCH_BIG=1).
 //! Targets: (c) ≥ 0.8 × (b) rows/s; CPU per row of (c) ≤ 1/3 of (a); peak RSS < 100 MiB.
-//! Rows: SKUFLOW_BENCH_ROWS (default 1,000,000).
+//! Rows: SKUFLOW_BENCH_ROWS (default 1,000,000). For experiments: SKUFLOW_BENCH_X passes
+//! librdkafka properties (`k=v,k=v`) to both (b) and (c); SKUFLOW_BENCH_ONLY_INGEST=1 runs (c)
+//! alone.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use skuflow_e2e::bench::proc_usage;
+use skuflow_e2e::bench::{proc_usage, produce_with};
 use skuflow_e2e::{render_csv, sample_rows};
 use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
 use skuflow_platform::{KafkaArgs, TopicArgs};
@@ -32,45 +32,6 @@ fn extra_options() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Sends every (key, payload) with the ingest's record-producer configuration and the headers
-/// the ingest puts on a record; returns the time until the broker acknowledged all of them.
-fn produce_bare(kafka: &KafkaArgs, topic: &str, payloads: &[(String, Vec<u8>)]) -> Duration {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        skuflow_ingest::worker::record_producer_config(kafka)
-            .create()
-            .expect("producer");
-    let file_id = "0123456789abcdef0123456789abcdef";
-    let t = Instant::now();
-    for (key, payload) in payloads {
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header {
-                key: headers::SCHEMA,
-                value: Some(RECORD_SCHEMA),
-            })
-            .insert(Header {
-                key: headers::FILE_ID,
-                value: Some(file_id),
-            });
-        let mut rec = BaseRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(headers);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    }
-    producer
-        .flush(Duration::from_secs(600))
-        .expect("every record acknowledged");
-    t.elapsed()
 }
 
 /// (CPU seconds, peak RSS in KiB) of a running process.
@@ -223,7 +184,16 @@ async fn main() {
         .await
         .unwrap();
     let cpu_before = usage(std::process::id()).map_or(f64::NAN, |u| u.0);
-    let b_wall = produce_bare(&kafka, &topics_b.records, &payloads).as_secs_f64();
+    let b_wall = produce_with(
+        skuflow_ingest::worker::record_producer_config(&kafka),
+        &topics_b.records,
+        &payloads,
+        &[
+            (headers::SCHEMA, RECORD_SCHEMA),
+            (headers::FILE_ID, "0123456789abcdef0123456789abcdef"),
+        ],
+    )
+    .as_secs_f64();
     let b_cpu = usage(std::process::id()).map_or(f64::NAN, |u| u.0) - cpu_before;
 
     // Peak RSS on a 10 MB upload (and 1 GB on request).
