@@ -9,7 +9,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
@@ -130,17 +130,12 @@ impl RecordProducer {
     pub fn send<'a>(&self, record: Outgoing<'a>) -> Result<(), (KafkaError, Outgoing<'a>)> {
         self.inner.send(record)
     }
-
-    /// Waits until every queued message is delivered or failed.
-    pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
-        self.inner.flush(timeout)
-    }
 }
 
 impl Drop for RecordProducer {
     fn drop(&mut self) {
-        // Deliver what is queued before the client goes (as ThreadedProducer does).
-        let _ = self.inner.flush(Duration::from_secs(30));
+        // As ThreadedProducer: stop the thread; the client's own drop then purges what is
+        // still queued (an upload whose records were not all acknowledged is redone anyway).
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.poller.take() {
             let _ = t.join();
@@ -148,7 +143,6 @@ impl Drop for RecordProducer {
     }
 }
 
-/// Enqueues one message, waiting while librdkafka's queue is full.
 /// `skuflow_bytes_total{direction="out"}`: keys and payloads handed to the producer.
 static BYTES_OUT: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
     skuflow_platform::metrics::metrics()
@@ -156,6 +150,7 @@ static BYTES_OUT: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyL
         .with_label_values(&["out"])
 });
 
+/// Enqueues one message, waiting while librdkafka's queue is full.
 pub fn send(
     producer: &RecordProducer,
     progress: &Arc<FileProgress>,
