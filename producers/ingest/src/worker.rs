@@ -23,8 +23,7 @@ use crate::csvstream::Limits;
 use crate::metadata::{resolve, BucketCountries, KeyTemplate};
 use crate::produce::{self, FileProgress, RecordProducer};
 use crate::reader::{self, Compression};
-use crate::record::short_hash;
-use crate::record::{FileContext, RecordEncoder};
+use crate::record::{short_hash, FileContext, RecordEncoder};
 use crate::scan::{scan, RowEvent, ScanError, ScanSummary};
 use crate::store::Stores;
 
@@ -408,15 +407,7 @@ impl Ingestor {
         event.at = Utc::now();
         self.emit_file_event(&event).await?;
         if !replay {
-            store
-                .rename(
-                    &path,
-                    &crate::store::object_path(&target).map_err(|e| Retry(anyhow::anyhow!(e)))?,
-                )
-                .await
-                .map_err(|e| {
-                    Retry(anyhow::Error::new(e).context("moving the object to processed/"))
-                })?;
+            move_object(&store, &path, &target, "processed/").await?;
         }
         tracing::info!(file_id = %fid, bucket = %req.bucket, key = %req.key, replay, rows_valid = summary.rows_valid,
             rows_rejected = summary.rows_rejected, elapsed_ms = started.elapsed().as_millis() as u64, "Ingested file.");
@@ -527,11 +518,7 @@ impl Ingestor {
             };
             let json = serde_json::to_vec_pretty(&body).map_err(|e| Retry(e.into()))?;
             store
-                .put(
-                    &crate::store::object_path(&report_key)
-                        .map_err(|e| Retry(anyhow::anyhow!(e)))?,
-                    PutPayload::from(json),
-                )
+                .put(&retry_path(&report_key)?, PutPayload::from(json))
                 .await
                 .map_err(|e| Retry(anyhow::Error::new(e).context("writing the error report")))?;
             event.moved_to = Some(target.clone());
@@ -544,20 +531,29 @@ impl Ingestor {
         event.at = Utc::now();
         self.emit_file_event(&event).await?;
         if let Some(target) = &target {
-            store
-                .rename(
-                    &crate::store::object_path(&event.key)
-                        .map_err(|e| Retry(anyhow::anyhow!(e)))?,
-                    &crate::store::object_path(target).map_err(|e| Retry(anyhow::anyhow!(e)))?,
-                )
-                .await
-                .map_err(|e| {
-                    Retry(anyhow::Error::new(e).context("moving the object to errors/"))
-                })?;
+            move_object(store, &retry_path(&event.key)?, target, "errors/").await?;
         }
         tracing::warn!(file_id = %event.file_id, bucket = %event.bucket, key = %event.key, replay, %reason, "File rejected as a whole.");
         Ok(Outcome::Failed(event))
     }
+}
+
+/// The store path of `key`, for keys already checked (a failure here is retried).
+fn retry_path(key: &str) -> Result<object_store::path::Path, Retry> {
+    crate::store::object_path(key).map_err(|e| Retry(anyhow::anyhow!(e)))
+}
+
+/// Moves the object at `from` to the key `to`; `prefix` names the destination in the error.
+async fn move_object(
+    store: &Arc<dyn ObjectStore>,
+    from: &object_store::path::Path,
+    to: &str,
+    prefix: &str,
+) -> Result<(), Retry> {
+    store
+        .rename(from, &retry_path(to)?)
+        .await
+        .map_err(|e| Retry(anyhow::Error::new(e).context(format!("moving the object to {prefix}"))))
 }
 
 fn fill_counts(event: &mut FileEvent, s: &ScanSummary, started: Instant) {
