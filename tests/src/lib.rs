@@ -146,6 +146,19 @@ pub fn sample_rows(
         .collect()
 }
 
+/// A correction upload: the first `n` valid rows of `rows` with `units_sold` set to `units_sold`.
+pub fn corrected_rows(rows: &[SampleRow], n: usize, units_sold: &str) -> Vec<SampleRow> {
+    rows.iter()
+        .filter(|r| r.valid)
+        .take(n)
+        .cloned()
+        .map(|mut r| {
+            r.units_sold = units_sold.into();
+            r
+        })
+        .collect()
+}
+
 /// Renders rows as a CSV file; `crlf` picks the line ending, `bom` adds a UTF-8 byte-order mark.
 pub fn render_csv(rows: &[SampleRow], crlf: bool, bom: bool) -> String {
     let nl = if crlf { "\r\n" } else { "\n" };

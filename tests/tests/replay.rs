@@ -181,16 +181,7 @@ async fn reingest_from_processed_restores_lost_rows_and_keeps_corrections() {
     up("skus-de", "incoming/individual/s1/2026-11-21/b.csv", &b);
     up("skus-fr", "incoming/individual/s9/2026-11-20/c.csv", &c);
     // A correction of 5 rows of a.csv, uploaded a minute later.
-    let fix: Vec<_> = a
-        .iter()
-        .filter(|r| r.valid)
-        .take(5)
-        .cloned()
-        .map(|mut r| {
-            r.units_sold = "777".into();
-            r
-        })
-        .collect();
+    let fix = skuflow_e2e::corrected_rows(&a, 5, "777");
     let fixed = up("skus-de", "incoming/individual/s1/2026-11-20/fix.csv", &fix);
     set_mtime(&fixed, SystemTime::now() + Duration::from_secs(60));
     let valid = |rows: &[skuflow_e2e::SampleRow]| rows.iter().filter(|r| r.valid).count() as i64;

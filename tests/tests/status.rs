@@ -34,16 +34,7 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
         "incoming/individual/s2/2026-11-20/b.csv",
         &second,
     );
-    let fix: Vec<_> = first
-        .iter()
-        .filter(|r| r.valid)
-        .take(15)
-        .cloned()
-        .map(|mut r| {
-            r.units_sold = "1".into();
-            r
-        })
-        .collect();
+    let fix = skuflow_e2e::corrected_rows(&first, 15, "1");
     let fixed = upload_local(
         &buckets,
         "skus-de",
