@@ -21,11 +21,10 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, ValueEnum};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use skuflow_platform::{KafkaArgs, TopicArgs};
-use skuflow_schemas::{headers, FileEvent, FileStatus, Trigger, UploadRequest, UPLOAD_SCHEMA};
+use skuflow_schemas::{FileEvent, FileStatus, Trigger, UploadRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum SinkKind {
@@ -249,17 +248,13 @@ async fn reingest_files(args: &ReplayArgs) -> anyhow::Result<()> {
         if args.dry_run {
             continue;
         }
-        let payload = serde_json::to_vec(&c.request)?;
-        let key = c.request.kafka_key();
+        let (key, payload, headers) = skuflow_ingest::discovery::upload_message(&c.request)?;
         producer
             .send(
                 FutureRecord::to(&args.topics.uploads)
                     .key(&key)
                     .payload(&payload)
-                    .headers(OwnedHeaders::new().insert(Header {
-                        key: headers::SCHEMA,
-                        value: Some(UPLOAD_SCHEMA),
-                    })),
+                    .headers(headers),
                 TIMEOUT,
             )
             .await

@@ -15,18 +15,24 @@ use crate::worker::Ingestor;
 /// How long a queued object is not queued again by the scanner.
 const REQUEUE_AFTER: Duration = Duration::from_secs(600);
 
+/// An upload request as its message on the work queue: key, JSON payload and schema header.
+pub fn upload_message(req: &UploadRequest) -> anyhow::Result<(String, Vec<u8>, OwnedHeaders)> {
+    let headers = OwnedHeaders::new().insert(Header {
+        key: headers::SCHEMA,
+        value: Some(UPLOAD_SCHEMA),
+    });
+    Ok((req.kafka_key(), serde_json::to_vec(req)?, headers))
+}
+
 /// Puts one upload request on the work queue and waits for the broker's acknowledgement.
 pub async fn request_upload(ingestor: &Ingestor, req: &UploadRequest) -> anyhow::Result<()> {
-    let payload = serde_json::to_vec(req)?;
+    let (key, payload, headers) = upload_message(req)?;
     crate::produce::send_acknowledged(
         &ingestor.control,
         &ingestor.topics.uploads,
-        req.kafka_key().as_bytes(),
+        key.as_bytes(),
         payload,
-        OwnedHeaders::new().insert(Header {
-            key: headers::SCHEMA,
-            value: Some(UPLOAD_SCHEMA),
-        }),
+        headers,
         Duration::from_secs(60),
     )
     .await
