@@ -175,8 +175,7 @@ pub async fn run_sink<S: Sink>(
     let flush_every = Duration::from_millis(args.flush_interval_ms.max(1));
     let mut stats = RunStats::default();
     let mut durable: HashMap<i32, i64> = HashMap::new();
-    let mut batch: Vec<Consumed<SkuRecord>> = Vec::with_capacity(args.batch_size as usize);
-    let mut undecodable: Vec<(i32, i64, RejectMessage)> = Vec::new();
+    let mut raw = RawBatch::default();
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     let mut deadline = Instant::now() + flush_every;
     let mut watch = crate::kafka::StallWatch::new(
@@ -205,7 +204,6 @@ pub async fn run_sink<S: Sink>(
             last_contact = Instant::now();
             seek_past_done(&consumer, topic, &durable, &next_offsets);
         }
-        let pending = batch.len() + undecodable.len();
         let wait = deadline.saturating_duration_since(Instant::now());
         let msg = tokio::select! {
             _ = shutdown.cancelled() => None,
@@ -224,33 +222,12 @@ pub async fn run_sink<S: Sink>(
                     continue;
                 }
                 next_offsets.insert(partition, offset + 1);
-                match decode_record(m.payload()) {
-                    Ok(value) => batch.push(Consumed {
-                        partition,
-                        offset,
-                        value,
-                    }),
-                    Err(reason) => undecodable.push((
-                        partition,
-                        offset,
-                        undecodable_dead_letter(
-                            sink.name(),
-                            m.payload(),
-                            partition,
-                            offset,
-                            reason,
-                        ),
-                    )),
-                }
+                raw.push(partition, offset, m.payload());
             }
             Some(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "Kafka consumer error; continuing.");
             }
-            Some(Err(_elapsed))
-                if batch.is_empty()
-                    && undecodable.is_empty()
-                    && last_contact.elapsed() > PING_AFTER =>
-            {
+            Some(Err(_elapsed)) if raw.is_empty() && last_contact.elapsed() > PING_AFTER => {
                 let r = sink.ping().await;
                 health().report("sink", r.map_err(|e| e.to_string()));
                 last_contact = Instant::now();
@@ -258,11 +235,18 @@ pub async fn run_sink<S: Sink>(
             Some(Err(_elapsed)) => {}
             None => {}
         }
-        let full = batch.len() >= args.batch_size as usize;
+        let full = raw.len() >= args.batch_size as usize;
         let due = Instant::now() >= deadline;
-        if (full || due || stop) && (pending > 0 || !batch.is_empty() || !undecodable.is_empty()) {
-            let n = batch.len();
+        if (full || due || stop) && !raw.is_empty() {
             let started = Instant::now();
+            let (batch, undecodable) = raw.decode();
+            let undecodable: Vec<RejectMessage> = undecodable
+                .into_iter()
+                .map(|u| {
+                    undecodable_dead_letter(sink.name(), u.payload, u.partition, u.offset, u.reason)
+                })
+                .collect();
+            let n = batch.len();
             let mut backoff = Backoff::new(args);
             let mut paused = false;
             let write = loop {
@@ -315,7 +299,7 @@ pub async fn run_sink<S: Sink>(
             m.records_failed
                 .with_label_values(&["undecodable"])
                 .inc_by(undecodable.len() as u64);
-            letters.extend(undecodable.drain(..).map(|(_, _, l)| l));
+            letters.extend(undecodable);
             send_dead_letters(&dlq, &topics.rejects, &letters).await?;
             store_offsets(&consumer, topic, &next_offsets);
             stats.written += (n - refusals.len()) as u64;
@@ -333,7 +317,7 @@ pub async fn run_sink<S: Sink>(
             for (p, o) in &next_offsets {
                 durable.insert(*p, *o);
             }
-            batch.clear();
+            raw.clear();
             next_offsets.clear();
         }
         if full || due || Instant::now() >= deadline {
@@ -400,6 +384,111 @@ impl Backoff {
                 "Sink available again; resuming."
             );
         }
+    }
+}
+
+/// The messages of a batch as received: payloads one after another in one buffer, decoded
+/// together (on every core when there are many) when the batch is written.
+#[derive(Debug, Default)]
+pub struct RawBatch {
+    bytes: Vec<u8>,
+    entries: Vec<RawEntry>,
+}
+
+#[derive(Debug)]
+struct RawEntry {
+    partition: i32,
+    offset: i64,
+    /// Where the payload is in [`RawBatch::bytes`]; none for a message without one.
+    payload: Option<std::ops::Range<usize>>,
+}
+
+/// A message of a batch that is not a record.
+#[derive(Debug)]
+pub struct Undecodable<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<&'a [u8]>,
+    pub reason: String,
+}
+
+/// Fewest messages one decoding thread takes.
+const DECODE_CHUNK: usize = 2048;
+
+impl RawBatch {
+    pub fn push(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) {
+        let payload = payload.map(|p| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(p);
+            start..self.bytes.len()
+        });
+        self.entries.push(RawEntry {
+            partition,
+            offset,
+            payload,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.entries.clear();
+    }
+
+    fn payload(&self, e: &RawEntry) -> Option<&[u8]> {
+        e.payload.clone().map(|r| &self.bytes[r])
+    }
+
+    /// The records in order, and the messages that are not records with the reason.
+    pub fn decode(&self) -> (Vec<Consumed<SkuRecord>>, Vec<Undecodable<'_>>) {
+        let decode = |entries: &[RawEntry]| {
+            let mut records = Vec::with_capacity(entries.len());
+            let mut bad = Vec::new();
+            for e in entries {
+                let payload = self.payload(e);
+                match decode_record(payload) {
+                    Ok(value) => records.push(Consumed {
+                        partition: e.partition,
+                        offset: e.offset,
+                        value,
+                    }),
+                    Err(reason) => bad.push(Undecodable {
+                        partition: e.partition,
+                        offset: e.offset,
+                        payload,
+                        reason,
+                    }),
+                }
+            }
+            (records, bad)
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = self.entries.len().div_ceil(threads).max(DECODE_CHUNK);
+        if self.entries.len() <= per {
+            return decode(&self.entries);
+        }
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = self
+                .entries
+                .chunks(per)
+                .map(|chunk| scope.spawn(move || decode(chunk)))
+                .collect();
+            let mut records = Vec::with_capacity(self.entries.len());
+            let mut bad = Vec::new();
+            for p in parts {
+                let (r, b) = p.join().expect("a decoding thread panicked");
+                records.extend(r);
+                bad.extend(b);
+            }
+            (records, bad)
+        })
     }
 }
 
@@ -606,5 +695,65 @@ fn store_offsets<C: rdkafka::consumer::ConsumerContext>(
     if let Err(e) = consumer.store_offsets(&tpl) {
         // A partition revoked mid-batch: the new owner redelivers, the sink stays idempotent.
         tracing::debug!(error = %e, "Offsets not stored (partition no longer assigned).");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_decodes_in_order_on_several_threads_and_keeps_what_is_not_a_record() {
+        let record = |i: i64| {
+            serde_json::to_vec(&serde_json::json!({
+                "schema": RECORD_SCHEMA,
+                "record_id": "0123456789abcdef0123456789abcdef", "record_version": 1,
+                "country": "SE", "store_id": "s1", "store_category": "individual", "chain": null,
+                "sku": format!("SKU-{i}"), "product_name": "p", "category": "c", "brand": null,
+                "unit_price": "2.5000", "unit_cost": null, "currency": "SEK",
+                "quantity_on_hand": 1, "units_sold": 1, "business_date": "2026-11-01",
+                "barcode": null, "file_id": "f", "source_bucket": "b", "source_key": "k",
+                "source_etag": "e", "source_line": 2,
+                "source_last_modified": "2026-11-01T00:00:00Z",
+                "ingested_at": "2026-11-01T00:00:00Z"
+            }))
+            .unwrap()
+        };
+        let mut raw = RawBatch::default();
+        let n = 4 * DECODE_CHUNK as i64 + 17;
+        for offset in 0..n {
+            let payload = match offset {
+                5 => Some(b"{not json".to_vec()),
+                8000 => None,
+                _ => Some(record(offset)),
+            };
+            raw.push((offset % 3) as i32, offset, payload.as_deref());
+        }
+        let (records, bad) = raw.decode();
+        let offsets: Vec<i64> = records.iter().map(|c| c.offset).collect();
+        let want: Vec<i64> = (0..n).filter(|o| *o != 5 && *o != 8000).collect();
+        assert_eq!(
+            offsets, want,
+            "records keep the order they were received in"
+        );
+        for c in &records {
+            assert_eq!(c.value.sku, format!("SKU-{}", c.offset));
+            assert_eq!(i64::from(c.partition), c.offset % 3);
+        }
+        assert_eq!(bad.len(), 2);
+        assert_eq!((bad[0].partition, bad[0].offset), (2, 5));
+        assert_eq!(bad[0].payload, Some(&b"{not json"[..]));
+        assert!(
+            bad[0].reason.starts_with("not a sku-record/v1 record"),
+            "{}",
+            bad[0].reason
+        );
+        assert_eq!(
+            (bad[1].offset, bad[1].payload, bad[1].reason.as_str()),
+            (8000, None, "empty message")
+        );
+        raw.clear();
+        assert!(raw.is_empty());
+        assert!(raw.decode().0.is_empty());
     }
 }
