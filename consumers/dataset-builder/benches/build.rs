@@ -1,14 +1,14 @@
 //! Dataset builder throughput, measured against baselines in the same run on the local stack
 //! (`make bench`). Prints every figure and ratio:
 //!   (a) pyarrow converting the records from JSON lines to one zstd Parquet file
-//!   (b) the builder's encode path on the same JSON lines: parse, newest per key, features,
-//!       zstd Parquet, written to disk
+//!   (b) the builder's encode path on the same JSON lines: the consume loop's batch decoding
+//!       (batches of SKUFLOW_BENCH_BATCH), newest per key, features, zstd Parquet, written to disk
 //!   (c) a bare rdkafka consumer draining the topic (the broker's limit here)
 //!   (d) the builder end to end from the topic (batches of SKUFLOW_BENCH_BATCH, default 100,000)
 //! Targets: (b) ≥ 1 × (a); (d) ≥ 0.8 × min(b, c).
 //! Records: SKUFLOW_BENCH_RECORDS (default 1,000,000), one country and day, distinct keys.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -17,6 +17,7 @@ use skuflow_dataset_builder::rows::{Partition, Split};
 use skuflow_dataset_builder::BuilderArgs;
 use skuflow_e2e::bench::{drain_bare, load_records_topic, rate};
 use skuflow_e2e::synthetic_record;
+use skuflow_platform::consume::RawBatch;
 use skuflow_platform::{ConsumeArgs, KafkaArgs, TopicArgs};
 use skuflow_schemas::SkuRecord;
 use tokio_util::sync::CancellationToken;
@@ -82,13 +83,35 @@ async fn main() {
         .expect("pyarrow timing");
     let a = Duration::from_secs_f64(secs);
 
-    // (b) the encode path on the same JSON lines.
+    // (b) the encode path on the same JSON lines: batches of messages as the consume loop
+    // holds them, decoded by its decoder and merged into one partition as the sink does.
     let t = Instant::now();
     let mut part = Partition::default();
-    let bytes = std::fs::read(&jsonl).unwrap();
-    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        part.upsert(serde_json::from_slice(line).unwrap());
+    let mut raw = RawBatch::default();
+    let merge = |raw: &mut RawBatch, part: &mut Partition| {
+        let (records, bad) = raw.decode();
+        assert!(bad.is_empty(), "undecodable: {:?}", bad.first());
+        for c in &records {
+            part.upsert(&c.value);
+        }
+        raw.clear();
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(&jsonl).unwrap());
+    let mut line = Vec::new();
+    let mut offset = 0;
+    while reader.read_until(b'\n', &mut line).unwrap() > 0 {
+        let message = line.strip_suffix(b"\n").unwrap_or(&line);
+        if !message.is_empty() {
+            raw.push(0, offset, Some(message));
+            offset += 1;
+        }
+        line.clear();
+        if raw.len() >= batch as usize {
+            merge(&mut raw, &mut part);
+            part.fill_buckets();
+        }
     }
+    merge(&mut raw, &mut part);
     let parsed = t.elapsed();
     let rows = part.featured(Split::default());
     let featured = t.elapsed();

@@ -32,7 +32,7 @@ use rust_decimal::Decimal;
 use skuflow_schemas::fields::{DECIMAL_PRECISION, DECIMAL_SCALE};
 use skuflow_schemas::{SkuRecord, StoreCategory};
 
-use crate::rows::Featured;
+use crate::rows::{Featured, Row};
 
 /// Derived feature columns, after the record's own.
 pub const FEATURES: [(&str, &str); 5] = [
@@ -104,20 +104,28 @@ pub struct Encoding {
     pub zstd_level: i32,
 }
 
+/// The value's mantissa at the dataset's scale (rounded when it has more decimals).
 fn mantissa(d: Decimal) -> i128 {
-    let mut d = d;
-    d.rescale(DECIMAL_SCALE);
-    d.mantissa()
+    match DECIMAL_SCALE.checked_sub(d.scale()) {
+        // Widening is exact: at most 96 bits times 10^4 fit in an i128.
+        Some(widen) => d.mantissa() * 10i128.pow(widen),
+        None => {
+            let mut d = d;
+            d.rescale(DECIMAL_SCALE);
+            d.mantissa()
+        }
+    }
 }
 
 fn days(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32
 }
 
-fn text(rows: &[Featured<'_>], f: impl Fn(&SkuRecord) -> Option<&str>) -> ArrayRef {
-    let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
+fn text<'a>(rows: &[Featured<'a>], f: impl Fn(Row<'a>) -> Option<&'a str>) -> ArrayRef {
+    let bytes = rows.iter().map(|r| f(r.row).map_or(0, str::len)).sum();
+    let mut b = StringBuilder::with_capacity(rows.len(), bytes);
     for r in rows {
-        b.append_option(f(r.record));
+        b.append_option(f(r.row));
     }
     Arc::new(b.finish())
 }
@@ -167,38 +175,38 @@ fn timestamps(values: impl Iterator<Item = DateTime<Utc>>) -> ArrayRef {
 
 /// The column `name` of `rows`.
 fn column(name: &str, rows: &[Featured<'_>]) -> anyhow::Result<ArrayRef> {
-    let recs = || rows.iter().map(|f| f.record);
+    let recs = || rows.iter().map(|f| f.row);
     Ok(match name {
-        "record_id" => text(rows, |r| Some(&r.record_id)),
-        "record_version" => int64(recs().map(|r| r.record_version)),
-        "country" => text(rows, |r| Some(&r.country)),
-        "store_id" => text(rows, |r| Some(&r.store_id)),
-        "store_category" => text(rows, |r| Some(r.store_category.as_str())),
-        "chain" => text(rows, |r| r.chain.as_deref()),
-        "sku" => text(rows, |r| Some(&r.sku)),
-        "product_name" => text(rows, |r| Some(&r.product_name)),
-        "category" => text(rows, |r| Some(&r.category)),
-        "brand" => text(rows, |r| r.brand.as_deref()),
-        "unit_price" => decimal(recs().map(|r| Some(r.unit_price)))?,
-        "unit_cost" => decimal(recs().map(|r| r.unit_cost))?,
-        "currency" => text(rows, |r| Some(&r.currency)),
-        "quantity_on_hand" => int32(recs().map(|r| r.quantity_on_hand)),
-        "units_sold" => int32(recs().map(|r| r.units_sold)),
+        "record_id" => text(rows, |r| Some(r.record_id())),
+        "record_version" => int64(recs().map(|r| r.record_version())),
+        "country" => text(rows, |r| Some(r.country())),
+        "store_id" => text(rows, |r| Some(r.store_id())),
+        "store_category" => text(rows, |r| Some(r.store_category().as_str())),
+        "chain" => text(rows, |r| r.chain()),
+        "sku" => text(rows, |r| Some(r.sku())),
+        "product_name" => text(rows, |r| Some(r.product_name())),
+        "category" => text(rows, |r| Some(r.category())),
+        "brand" => text(rows, |r| r.brand()),
+        "unit_price" => decimal(recs().map(|r| Some(r.unit_price())))?,
+        "unit_cost" => decimal(recs().map(|r| r.unit_cost()))?,
+        "currency" => text(rows, |r| Some(r.currency())),
+        "quantity_on_hand" => int32(recs().map(|r| r.quantity_on_hand())),
+        "units_sold" => int32(recs().map(|r| r.units_sold())),
         "business_date" => {
             let mut b = Date32Builder::new();
             for r in recs() {
-                b.append_value(days(r.business_date));
+                b.append_value(days(r.business_date()));
             }
             Arc::new(b.finish())
         }
-        "barcode" => text(rows, |r| r.barcode.as_deref()),
-        "file_id" => text(rows, |r| Some(&r.file_id)),
-        "source_bucket" => text(rows, |r| Some(&r.source_bucket)),
-        "source_key" => text(rows, |r| Some(&r.source_key)),
-        "source_etag" => text(rows, |r| Some(&r.source_etag)),
-        "source_line" => int64(recs().map(|r| r.source_line)),
-        "source_last_modified" => timestamps(recs().map(|r| r.source_last_modified)),
-        "ingested_at" => timestamps(recs().map(|r| r.ingested_at)),
+        "barcode" => text(rows, |r| r.barcode()),
+        "file_id" => text(rows, |r| Some(r.file_id())),
+        "source_bucket" => text(rows, |r| Some(r.source_bucket())),
+        "source_key" => text(rows, |r| Some(r.source_key())),
+        "source_etag" => text(rows, |r| Some(r.source_etag())),
+        "source_line" => int64(recs().map(|r| r.source_line())),
+        "source_last_modified" => timestamps(recs().map(|r| r.source_last_modified())),
+        "ingested_at" => timestamps(recs().map(|r| r.ingested_at())),
         "gross_margin" => decimal(rows.iter().map(|f| f.gross_margin))?,
         "margin_pct" => float(rows.iter().map(|f| f.margin_pct)),
         "days_of_cover" => float(rows.iter().map(|f| f.days_of_cover)),
@@ -477,7 +485,7 @@ mod tests {
             if i % 5 == 0 {
                 v["unit_cost"] = "0.5000".into();
             }
-            p.upsert(serde_json::from_value(v).unwrap());
+            p.upsert(&serde_json::from_value(v).unwrap());
         }
         let rows = p.featured(Split::default());
         let file = encode(
@@ -490,8 +498,8 @@ mod tests {
         .unwrap();
         let back = decode(Bytes::from(file)).unwrap();
         assert_eq!(back.len(), 50);
-        for (want, got) in rows.iter().map(|f| f.record).zip(&back) {
-            assert_eq!(want, got);
+        for (want, got) in rows.iter().map(|f| f.row.to_record()).zip(&back) {
+            assert_eq!(&want, got);
         }
         let names: Vec<String> = dataset_schema()
             .fields()

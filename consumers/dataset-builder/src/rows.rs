@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, NaiveDate, Utc};
 use hashbrown::HashTable;
 
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
-use skuflow_schemas::SkuRecord;
+use skuflow_schemas::{SkuRecord, StoreCategory};
 
 /// Train/validation/test ratios, in ten-thousandths of the SKU hash space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +49,21 @@ impl Split {
 
     /// The split of a SKU: stable across runs, countries, days and machines (SHA-256 of the SKU).
     pub fn of(&self, sku: &str) -> &'static str {
+        self.of_bucket(Self::bucket(sku))
+    }
+
+    /// A SKU's place in the hash space, 0..10,000 (the first 8 bytes of its SHA-256, big-endian,
+    /// modulo 10,000).
+    pub fn bucket(sku: &str) -> u16 {
         let h = Sha256::digest(sku.as_bytes());
-        let bucket = (u64::from_be_bytes(h[..8].try_into().unwrap()) % 10_000) as u32;
+        let mut first = [0; 8];
+        first.copy_from_slice(&h[..8]);
+        (u64::from_be_bytes(first) % 10_000) as u16
+    }
+
+    /// The split of a bucket from [`Split::bucket`].
+    pub fn of_bucket(&self, bucket: u16) -> &'static str {
+        let bucket = u32::from(bucket);
         if bucket < self.train {
             "train"
         } else if bucket < self.train + self.validation {
@@ -66,79 +80,418 @@ impl Default for Split {
     }
 }
 
-/// The newest record per (store_id, sku) of one partition: the records in one vector (no
-/// per-key copies of the key strings), found through a table of their indices.
+/// Low-cardinality strings of a partition (country, store, category, chain, brand, currency,
+/// lineage), each stored once and referred to by index.
+#[derive(Debug, Default, Clone)]
+struct Dictionary {
+    strings: Vec<Box<str>>,
+    index: HashTable<u32>,
+    /// The last index each field slot resolved to: the fields of one upload repeat row after
+    /// row, so most lookups end with one comparison.
+    recent: [u32; SLOTS],
+}
+
+/// Dictionary fields of a row, as slots of [`Dictionary::recent`].
+const SLOTS: usize = 10;
+const NONE: u32 = u32::MAX;
+
+impl Dictionary {
+    fn get(&self, id: u32) -> &str {
+        &self.strings[id as usize]
+    }
+
+    fn intern(&mut self, hasher: &ahash::RandomState, slot: usize, s: &str) -> u32 {
+        let last = self.recent[slot];
+        if let Some(known) = self.strings.get(last as usize) {
+            if **known == *s {
+                return last;
+            }
+        }
+        let Dictionary { strings, index, .. } = self;
+        let h = hasher.hash_one(s);
+        let id = match index.find(h, |&i| *strings[i as usize] == *s) {
+            Some(&i) => i,
+            None => {
+                let i = u32::try_from(strings.len()).expect("under 2^32 distinct strings");
+                strings.push(s.into());
+                index.insert_unique(h, i, |&j| hasher.hash_one(&*strings[j as usize]));
+                i
+            }
+        };
+        self.recent[slot] = id;
+        id
+    }
+
+    fn intern_opt(&mut self, hasher: &ahash::RandomState, slot: usize, s: Option<&str>) -> u32 {
+        s.map_or(NONE, |s| self.intern(hasher, slot, s))
+    }
+
+    /// Rank of every string in byte order, by index.
+    fn ranks(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.strings.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| self.get(a).cmp(self.get(b)));
+        let mut rank = vec![0; order.len()];
+        for (r, id) in order.into_iter().enumerate() {
+            rank[id as usize] = r as u32;
+        }
+        rank
+    }
+}
+
+/// One stored row: numbers inline, low-cardinality strings by dictionary index, and the
+/// per-row strings (record_id, sku, product_name, barcode) one after another in the
+/// partition's text.
+#[derive(Debug, Clone)]
+struct Slot {
+    record_version: i64,
+    source_line: i64,
+    /// Start of the row's strings in [`Partition::text`].
+    text: usize,
+    /// Lengths of record_id, sku, product_name and barcode.
+    lens: [u32; 4],
+    unit_price: Decimal,
+    unit_cost: Option<Decimal>,
+    source_last_modified: DateTime<Utc>,
+    ingested_at: DateTime<Utc>,
+    business_date: NaiveDate,
+    quantity_on_hand: i32,
+    units_sold: i32,
+    /// Dictionary indices; chain and brand are [`NONE`] when absent.
+    country: u32,
+    store_id: u32,
+    chain: u32,
+    category: u32,
+    brand: u32,
+    currency: u32,
+    file_id: u32,
+    source_bucket: u32,
+    source_key: u32,
+    source_etag: u32,
+    store_category: StoreCategory,
+    has_barcode: bool,
+    /// The SKU's split bucket ([`Split::bucket`]); [`NO_BUCKET`] until
+    /// [`Partition::fill_buckets`] computes it.
+    bucket: u16,
+}
+
+const NO_BUCKET: u16 = u16::MAX;
+
+impl Slot {
+    fn text_len(&self) -> usize {
+        self.lens.iter().map(|&l| l as usize).sum()
+    }
+}
+
+/// The newest record per (store_id, sku) of one partition, stored compactly: a row is one
+/// fixed-size slot plus its own strings in one shared text, with no allocation per field (a
+/// million rows take a few hundred MB rather than several GB of small strings).
 #[derive(Debug, Default, Clone)]
 pub struct Partition {
-    records: Vec<SkuRecord>,
+    slots: Vec<Slot>,
+    text: String,
+    /// Bytes of `text` no slot refers to any more (left by replaced rows).
+    garbage: usize,
+    dict: Dictionary,
     index: HashTable<u32>,
     hasher: ahash::RandomState,
+}
+
+/// A view of one row of a [`Partition`].
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    part: &'a Partition,
+    slot: &'a Slot,
+}
+
+impl<'a> Row<'a> {
+    fn own(&self, i: usize) -> &'a str {
+        let s = self.slot;
+        let start = s.text + s.lens[..i].iter().map(|&l| l as usize).sum::<usize>();
+        &self.part.text[start..start + s.lens[i] as usize]
+    }
+
+    fn dict(&self, id: u32) -> &'a str {
+        self.part.dict.get(id)
+    }
+
+    fn dict_opt(&self, id: u32) -> Option<&'a str> {
+        (id != NONE).then(|| self.part.dict.get(id))
+    }
+
+    pub fn record_id(&self) -> &'a str {
+        self.own(0)
+    }
+    pub fn sku(&self) -> &'a str {
+        self.own(1)
+    }
+    pub fn product_name(&self) -> &'a str {
+        self.own(2)
+    }
+    pub fn barcode(&self) -> Option<&'a str> {
+        self.slot.has_barcode.then(|| self.own(3))
+    }
+    pub fn country(&self) -> &'a str {
+        self.dict(self.slot.country)
+    }
+    pub fn store_id(&self) -> &'a str {
+        self.dict(self.slot.store_id)
+    }
+    pub fn store_category(&self) -> StoreCategory {
+        self.slot.store_category
+    }
+    pub fn chain(&self) -> Option<&'a str> {
+        self.dict_opt(self.slot.chain)
+    }
+    pub fn category(&self) -> &'a str {
+        self.dict(self.slot.category)
+    }
+    pub fn brand(&self) -> Option<&'a str> {
+        self.dict_opt(self.slot.brand)
+    }
+    pub fn currency(&self) -> &'a str {
+        self.dict(self.slot.currency)
+    }
+    pub fn file_id(&self) -> &'a str {
+        self.dict(self.slot.file_id)
+    }
+    pub fn source_bucket(&self) -> &'a str {
+        self.dict(self.slot.source_bucket)
+    }
+    pub fn source_key(&self) -> &'a str {
+        self.dict(self.slot.source_key)
+    }
+    pub fn source_etag(&self) -> &'a str {
+        self.dict(self.slot.source_etag)
+    }
+    pub fn record_version(&self) -> i64 {
+        self.slot.record_version
+    }
+    pub fn unit_price(&self) -> Decimal {
+        self.slot.unit_price
+    }
+    pub fn unit_cost(&self) -> Option<Decimal> {
+        self.slot.unit_cost
+    }
+    pub fn quantity_on_hand(&self) -> i32 {
+        self.slot.quantity_on_hand
+    }
+    pub fn units_sold(&self) -> i32 {
+        self.slot.units_sold
+    }
+    pub fn business_date(&self) -> NaiveDate {
+        self.slot.business_date
+    }
+    pub fn source_line(&self) -> i64 {
+        self.slot.source_line
+    }
+    pub fn source_last_modified(&self) -> DateTime<Utc> {
+        self.slot.source_last_modified
+    }
+    pub fn ingested_at(&self) -> DateTime<Utc> {
+        self.slot.ingested_at
+    }
+    /// The SKU's split bucket ([`Split::bucket`]).
+    pub fn bucket(&self) -> u16 {
+        match self.slot.bucket {
+            NO_BUCKET => Split::bucket(self.sku()),
+            b => b,
+        }
+    }
+
+    /// The row as the record it was built from.
+    pub fn to_record(&self) -> SkuRecord {
+        SkuRecord {
+            schema: skuflow_schemas::RECORD_SCHEMA.to_string(),
+            record_id: self.record_id().to_string(),
+            record_version: self.record_version(),
+            country: self.country().to_string(),
+            store_id: self.store_id().to_string(),
+            store_category: self.store_category(),
+            chain: self.chain().map(str::to_string),
+            sku: self.sku().to_string(),
+            product_name: self.product_name().to_string(),
+            category: self.category().to_string(),
+            brand: self.brand().map(str::to_string),
+            unit_price: self.unit_price(),
+            unit_cost: self.unit_cost(),
+            currency: self.currency().to_string(),
+            quantity_on_hand: self.quantity_on_hand(),
+            units_sold: self.units_sold(),
+            business_date: self.business_date(),
+            barcode: self.barcode().map(str::to_string),
+            file_id: self.file_id().to_string(),
+            source_bucket: self.source_bucket().to_string(),
+            source_key: self.source_key().to_string(),
+            source_etag: self.source_etag().to_string(),
+            source_line: self.source_line(),
+            source_last_modified: self.source_last_modified(),
+            ingested_at: self.ingested_at(),
+        }
+    }
 }
 
 impl Partition {
     /// Room for `n` records without growing.
     pub fn with_capacity(n: usize) -> Self {
         Partition {
-            records: Vec::with_capacity(n),
+            slots: Vec::with_capacity(n),
             index: HashTable::with_capacity(n),
-            hasher: ahash::RandomState::new(),
+            ..Partition::default()
         }
     }
 
-    fn hash(hasher: &ahash::RandomState, store_id: &str, sku: &str) -> u64 {
+    fn hash(hasher: &ahash::RandomState, store_id: u32, sku: &str) -> u64 {
         hasher.hash_one((store_id, sku))
+    }
+
+    fn row(&self, i: usize) -> Row<'_> {
+        Row {
+            part: self,
+            slot: &self.slots[i],
+        }
     }
 
     /// Keeps `r` when it is newer than what the partition holds for its key. Returns whether it
     /// changed anything.
-    pub fn upsert(&mut self, r: SkuRecord) -> bool {
-        let Partition {
-            records,
-            index,
-            hasher,
-        } = self;
-        let h = Self::hash(hasher, &r.store_id, &r.sku);
-        let found = index.find(h, |&i| {
-            let o = &records[i as usize];
-            o.sku == r.sku && o.store_id == r.store_id
+    pub fn upsert(&mut self, r: &SkuRecord) -> bool {
+        let store_id = self.dict.intern(&self.hasher, 0, &r.store_id);
+        let h = Self::hash(&self.hasher, store_id, &r.sku);
+        let found = self.index.find(h, |&i| {
+            let o = self.row(i as usize);
+            o.slot.store_id == store_id && o.sku() == r.sku
         });
-        match found {
+        let replaced = match found {
             Some(&i) => {
-                let old = &mut records[i as usize];
-                if old.record_version >= r.record_version {
+                if self.slots[i as usize].record_version >= r.record_version {
                     return false;
                 }
-                *old = r;
-                true
+                Some(i as usize)
+            }
+            None => None,
+        };
+        let slot = self.slot_of(r, store_id);
+        match replaced {
+            Some(i) => {
+                self.garbage += self.slots[i].text_len();
+                self.slots[i] = slot;
+                if self.garbage > (1 << 20) && self.garbage > self.text.len() / 2 {
+                    self.compact_text();
+                }
             }
             None => {
-                let i = u32::try_from(records.len()).expect("a partition holds under 2^32 rows");
-                records.push(r);
+                let i = u32::try_from(self.slots.len()).expect("a partition holds under 2^32 rows");
+                self.slots.push(slot);
+                let Partition {
+                    slots,
+                    text,
+                    index,
+                    hasher,
+                    ..
+                } = self;
                 index.insert_unique(h, i, |&j| {
-                    let o = &records[j as usize];
-                    Self::hash(hasher, &o.store_id, &o.sku)
+                    let s = &slots[j as usize];
+                    let sku = &text[s.text + s.lens[0] as usize..][..s.lens[1] as usize];
+                    Self::hash(hasher, s.store_id, sku)
                 });
-                true
             }
+        }
+        true
+    }
+
+    /// A slot for `r`, its own strings appended to the text.
+    fn slot_of(&mut self, r: &SkuRecord, store_id: u32) -> Slot {
+        let start = self.text.len();
+        let barcode = r.barcode.as_deref().unwrap_or("");
+        for s in [&r.record_id, &r.sku, &r.product_name] {
+            self.text.push_str(s);
+        }
+        self.text.push_str(barcode);
+        let len = |s: &str| u32::try_from(s.len()).expect("a field under 4 GiB");
+        let (d, h) = (&mut self.dict, &self.hasher);
+        Slot {
+            record_version: r.record_version,
+            source_line: r.source_line,
+            text: start,
+            lens: [
+                len(&r.record_id),
+                len(&r.sku),
+                len(&r.product_name),
+                len(barcode),
+            ],
+            unit_price: r.unit_price,
+            unit_cost: r.unit_cost,
+            source_last_modified: r.source_last_modified,
+            ingested_at: r.ingested_at,
+            business_date: r.business_date,
+            quantity_on_hand: r.quantity_on_hand,
+            units_sold: r.units_sold,
+            country: d.intern(h, 1, &r.country),
+            store_id,
+            chain: d.intern_opt(h, 2, r.chain.as_deref()),
+            category: d.intern(h, 3, &r.category),
+            brand: d.intern_opt(h, 4, r.brand.as_deref()),
+            currency: d.intern(h, 5, &r.currency),
+            file_id: d.intern(h, 6, &r.file_id),
+            source_bucket: d.intern(h, 7, &r.source_bucket),
+            source_key: d.intern(h, 8, &r.source_key),
+            source_etag: d.intern(h, 9, &r.source_etag),
+            store_category: r.store_category,
+            has_barcode: r.barcode.is_some(),
+            bucket: NO_BUCKET,
         }
     }
 
-    /// The records, one per key, in no particular order.
-    pub fn records(&self) -> &[SkuRecord] {
-        &self.records
+    /// Computes the split bucket (a SHA-256) of every row that has none yet, on every core:
+    /// upserts leave it for later so that the single-threaded merge stays short.
+    pub fn fill_buckets(&mut self) {
+        let Partition { slots, text, .. } = self;
+        let text = text.as_str();
+        let fill = |chunk: &mut [Slot]| {
+            for s in chunk.iter_mut().filter(|s| s.bucket == NO_BUCKET) {
+                let start = s.text + s.lens[0] as usize;
+                s.bucket = Split::bucket(&text[start..start + s.lens[1] as usize]);
+            }
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = slots.len().div_ceil(threads).max(16 * 1024);
+        if slots.len() <= per {
+            return fill(slots);
+        }
+        std::thread::scope(|scope| {
+            for chunk in slots.chunks_mut(per) {
+                scope.spawn(|| fill(chunk));
+            }
+        });
+    }
+
+    /// Drops the text of replaced rows.
+    fn compact_text(&mut self) {
+        let mut text = String::with_capacity(self.text.len() - self.garbage);
+        for s in &mut self.slots {
+            let start = text.len();
+            text.push_str(&self.text[s.text..s.text + s.text_len()]);
+            s.text = start;
+        }
+        self.text = text;
+        self.garbage = 0;
+    }
+
+    /// The rows, one per key, in no particular order.
+    pub fn rows(&self) -> impl ExactSizeIterator<Item = Row<'_>> + Clone {
+        self.slots.iter().map(move |slot| Row { part: self, slot })
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.slots.is_empty()
     }
 
     /// Rows in a stable order (store, SKU), with their features; medians over this partition.
     pub fn featured(&self, split: Split) -> Vec<Featured<'_>> {
-        let medians = category_medians(self.records.iter());
+        let medians = category_medians(self.rows());
         self.featured_with(|category| medians.get(category).copied(), split)
     }
 
@@ -149,45 +502,51 @@ impl Partition {
         median_of: impl Fn(&str) -> Option<Decimal> + Sync,
         split: Split,
     ) -> Vec<Featured<'a>> {
-        // Features on every core (a SHA-256 and a few divisions per row), then one order.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = self.records.len().div_ceil(threads).max(1024);
-        let median_of = &median_of;
-        let feature = |chunk: &'a [SkuRecord]| -> Vec<Featured<'a>> {
+        // The category medians, looked up once per category rather than per row.
+        let medians: Vec<Option<Decimal>> =
+            self.dict.strings.iter().map(|s| median_of(s)).collect();
+        // The order first (keys are unique within a partition, so an unstable sort gives one
+        // order; stores compare by their rank among the partition's strings), on small keys.
+        let rank = self.dict.ranks();
+        let mut order: Vec<(u32, &str, u32)> = self
+            .rows()
+            .enumerate()
+            .map(|(i, r)| (rank[r.slot.store_id as usize], r.sku(), i as u32))
+            .collect();
+        order.sort_unstable();
+        // Then the features on every core.
+        let feature = |chunk: &[(u32, &str, u32)]| -> Vec<Featured<'a>> {
             chunk
                 .iter()
-                .map(|r| Featured::of(r, median_of(&r.category), split))
+                .map(|&(_, _, i)| {
+                    let r = self.row(i as usize);
+                    Featured::of(r, medians[r.slot.category as usize], split)
+                })
                 .collect()
         };
-        let mut out: Vec<Featured<'a>> = if self.records.len() <= per {
-            // One chunk: no thread for it.
-            feature(&self.records)
-        } else {
-            std::thread::scope(|scope| {
-                let parts: Vec<_> = self
-                    .records
-                    .chunks(per)
-                    .map(|chunk| scope.spawn(move || feature(chunk)))
-                    .collect();
-                let mut all = Vec::with_capacity(self.records.len());
-                for p in parts {
-                    all.extend(p.join().expect("a feature thread panicked"));
-                }
-                all
-            })
-        };
-        // Keys are unique within a partition, so an unstable sort gives one order.
-        out.sort_unstable_by(|a, b| {
-            (&a.record.store_id, &a.record.sku).cmp(&(&b.record.store_id, &b.record.sku))
-        });
-        out
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = order.len().div_ceil(threads).max(16 * 1024);
+        if order.len() <= per {
+            return feature(&order);
+        }
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = order
+                .chunks(per)
+                .map(|chunk| scope.spawn(|| feature(chunk)))
+                .collect();
+            let mut all = Vec::with_capacity(order.len());
+            for p in parts {
+                all.extend(p.join().expect("a feature thread panicked"));
+            }
+            all
+        })
     }
 }
 
 /// A row and its derived features.
 #[derive(Debug, Clone)]
 pub struct Featured<'a> {
-    pub record: &'a SkuRecord,
+    pub row: Row<'a>,
     /// unit_price − unit_cost, when the cost is known.
     pub gross_margin: Option<Decimal>,
     /// gross_margin / unit_price, when both are known and the price is not zero.
@@ -200,8 +559,9 @@ pub struct Featured<'a> {
 }
 
 impl<'a> Featured<'a> {
-    pub fn of(r: &'a SkuRecord, category_median: Option<Decimal>, split: Split) -> Self {
-        let gross_margin = r.unit_cost.map(|c| r.unit_price - c);
+    pub fn of(r: Row<'a>, category_median: Option<Decimal>, split: Split) -> Self {
+        let (price, sold) = (r.unit_price(), r.units_sold());
+        let gross_margin = r.unit_cost().map(|c| price - c);
         // Ratios are float features: divide the exact values' nearest doubles (a relative
         // error near 1e-16) rather than paying for a 96-bit decimal division per row.
         let ratio = |num: Decimal, den: Decimal| {
@@ -209,30 +569,25 @@ impl<'a> Featured<'a> {
                 .then(|| Some(num.to_f64()? / den.to_f64()?))
                 .flatten()
         };
-        let margin_pct = gross_margin.and_then(|m| ratio(m, r.unit_price));
-        let days_of_cover =
-            (r.units_sold > 0).then(|| f64::from(r.quantity_on_hand) / f64::from(r.units_sold));
-        let price_rel_category_median = category_median.and_then(|m| ratio(r.unit_price, m));
+        let margin_pct = gross_margin.and_then(|m| ratio(m, price));
+        let days_of_cover = (sold > 0).then(|| f64::from(r.quantity_on_hand()) / f64::from(sold));
+        let price_rel_category_median = category_median.and_then(|m| ratio(price, m));
         Featured {
-            record: r,
+            row: r,
             gross_margin,
             margin_pct,
             days_of_cover,
             price_rel_category_median,
-            split: split.of(&r.sku),
+            split: split.of_bucket(r.bucket()),
         }
     }
 }
 
 /// Median unit price per category (the mean of the two middle prices for an even count).
-pub fn category_medians<'a>(
-    rows: impl Iterator<Item = &'a SkuRecord>,
-) -> HashMap<&'a str, Decimal> {
+pub fn category_medians<'a>(rows: impl Iterator<Item = Row<'a>>) -> HashMap<&'a str, Decimal> {
     let mut by: BTreeMap<&str, Vec<Decimal>> = BTreeMap::new();
     for r in rows {
-        by.entry(r.category.as_str())
-            .or_default()
-            .push(r.unit_price);
+        by.entry(r.category()).or_default().push(r.unit_price());
     }
     by.into_iter()
         .map(|(c, mut v)| {
@@ -275,32 +630,86 @@ mod tests {
     }
 
     #[test]
+    fn rows_come_back_as_the_newest_records_through_replacements_and_compaction() {
+        // Every field varies (absent options, escapes, multi-byte text); each key is replaced
+        // several times, which leaves more than 1 MiB of replaced text and compacts it.
+        let mut p = Partition::default();
+        let mut newest: HashMap<(String, String), SkuRecord> = HashMap::new();
+        let mut appended = 0;
+        for round in 1..=6i64 {
+            for i in 0..3000u32 {
+                let mut r = rec(
+                    &format!("store-{}", i % 7),
+                    &format!("SKU-{i}-ü"),
+                    round,
+                    &format!("{}.{:02}", i, round),
+                    (i % 3 != 0).then_some("0.5"),
+                    ["dairy", "bakery", "ä \"q\""][(i % 3) as usize],
+                );
+                r.product_name = format!("Product {i} round {round} {}", "x".repeat(100));
+                r.chain = (i % 2 == 0).then(|| format!("chain-{round}"));
+                r.brand = (i % 5 == 0).then(|| "Acme 日本".to_string());
+                r.barcode = (i % 4 == 0).then(|| format!("{:013}", i));
+                r.file_id = format!("file-{round}");
+                r.source_line = i64::from(i) + 2;
+                assert!(p.upsert(&r));
+                appended += r.record_id.len()
+                    + r.sku.len()
+                    + r.product_name.len()
+                    + r.barcode.as_ref().map_or(0, String::len);
+                newest.insert((r.store_id.clone(), r.sku.clone()), r);
+            }
+        }
+        assert_eq!(p.len(), 3000);
+        let live: usize = p.slots.iter().map(Slot::text_len).sum();
+        assert_eq!(p.text.len(), live + p.garbage);
+        assert!(
+            p.text.len() < appended / 2,
+            "replaced text was dropped: {} of {appended} bytes kept",
+            p.text.len()
+        );
+        for row in p.rows() {
+            let want = &newest[&(row.store_id().to_string(), row.sku().to_string())];
+            assert_eq!(&row.to_record(), want);
+        }
+        // An older or equal version changes nothing, including after compaction.
+        let stale = rec("store-1", "SKU-1-ü", 6, "99", None, "dairy");
+        assert!(!p.upsert(&stale));
+        let one = p.rows().find(|r| r.sku() == "SKU-1-ü").unwrap().to_record();
+        assert_eq!(one, newest[&("store-1".to_string(), "SKU-1-ü".to_string())]);
+        p.fill_buckets();
+        for row in p.rows() {
+            assert_eq!(row.bucket(), Split::bucket(row.sku()));
+        }
+    }
+
+    #[test]
     fn newest_version_wins_either_order() {
         let mut p = Partition::default();
-        assert!(p.upsert(rec("s", "A", 2, "2.00", None, "x")));
+        assert!(p.upsert(&rec("s", "A", 2, "2.00", None, "x")));
         assert!(
-            !p.upsert(rec("s", "A", 1, "1.00", None, "x")),
+            !p.upsert(&rec("s", "A", 1, "1.00", None, "x")),
             "older loses"
         );
         assert!(
-            !p.upsert(rec("s", "A", 2, "9.00", None, "x")),
+            !p.upsert(&rec("s", "A", 2, "9.00", None, "x")),
             "a replay changes nothing"
         );
-        assert!(p.upsert(rec("s", "A", 3, "3.00", None, "x")));
+        assert!(p.upsert(&rec("s", "A", 3, "3.00", None, "x")));
         assert_eq!(p.len(), 1);
-        assert_eq!(p.records()[0].unit_price, Decimal::new(300, 2));
+        assert_eq!(p.rows().next().unwrap().unit_price(), Decimal::new(300, 2));
     }
 
     #[test]
     fn features_are_exact_where_money_and_defined_where_not() {
         let mut p = Partition::default();
-        p.upsert(rec("s", "A", 1, "10.00", Some("6.00"), "dairy"));
-        p.upsert(rec("s", "B", 1, "20.00", None, "dairy"));
-        p.upsert(rec("s", "C", 1, "40.00", None, "dairy"));
-        p.upsert(rec("s", "D", 1, "0", Some("1"), "toys"));
+        p.upsert(&rec("s", "A", 1, "10.00", Some("6.00"), "dairy"));
+        p.upsert(&rec("s", "B", 1, "20.00", None, "dairy"));
+        p.upsert(&rec("s", "C", 1, "40.00", None, "dairy"));
+        p.upsert(&rec("s", "D", 1, "0", Some("1"), "toys"));
         let f = p.featured(Split::default());
         let a = &f[0];
-        assert_eq!(a.record.sku, "A");
+        assert_eq!(a.row.sku(), "A");
         assert_eq!(a.gross_margin, Some(Decimal::new(400, 2)));
         assert_eq!(a.margin_pct, Some(0.4));
         assert_eq!(a.days_of_cover, Some(4.5));

@@ -202,9 +202,10 @@ impl DatasetSink {
                 }
             }
             let mut part = Partition::with_capacity(decoded.len());
-            for r in decoded {
+            for r in &decoded {
                 part.upsert(r);
             }
+            part.fill_buckets();
             self.shards.insert(key, part);
         }
         Ok(())
@@ -259,9 +260,10 @@ impl DatasetSink {
             let shard = self.shards.entry(key.clone()).or_default();
             let mut changed = false;
             for r in records {
-                changed |= shard.upsert(r.clone());
+                changed |= shard.upsert(r);
             }
             if changed {
+                shard.fill_buckets();
                 changed_shards.insert(key);
             }
         }
@@ -274,7 +276,7 @@ impl DatasetSink {
                 self.shards
                     .iter()
                     .filter(|((c, d, _), _)| c == country && d == day)
-                    .flat_map(|(_, p)| p.records()),
+                    .flat_map(|(_, p)| p.rows()),
             )
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -288,9 +290,12 @@ impl DatasetSink {
             for key in keys {
                 let shard = &self.shards[&key];
                 let used: HashMap<String, rust_decimal::Decimal> = shard
-                    .records()
-                    .iter()
-                    .filter_map(|r| medians.get(&r.category).map(|m| (r.category.clone(), *m)))
+                    .rows()
+                    .filter_map(|r| {
+                        medians
+                            .get(r.category())
+                            .map(|m| (r.category().to_string(), *m))
+                    })
                     .collect();
                 if !changed_shards.contains(&key) && self.written_medians.get(&key) == Some(&used) {
                     continue;
@@ -340,10 +345,10 @@ impl DatasetSink {
             }
             entry.files.push(Self::file_name(p));
             entry.rows += part.len() as u64;
-            for r in part.records() {
+            for r in part.rows() {
                 *entry
                     .splits
-                    .entry(self.split.of(&r.sku).to_string())
+                    .entry(self.split.of_bucket(r.bucket()).to_string())
                     .or_default() += 1;
             }
         }
@@ -623,7 +628,7 @@ mod tests {
         let a2 = priced("A", 2, 4000);
         let medians = HashMap::from([("c".to_string(), d("30"))]);
         let mut part = Partition::default();
-        part.upsert(a2.clone());
+        part.upsert(&a2);
         let rows = part.featured_with(|c| medians.get(c).copied(), Split::default());
         let file = columns::encode_with_medians(
             &rows,
