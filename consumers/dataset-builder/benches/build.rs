@@ -91,6 +91,7 @@ async fn main() {
     let merge = |raw: &mut RawBatch, part: &mut Partition| {
         let (records, bad) = raw.decode();
         assert!(bad.is_empty(), "undecodable: {:?}", bad.first());
+        part.reserve(records.len());
         for c in &records {
             part.upsert(&c.value);
         }
@@ -108,10 +109,10 @@ async fn main() {
         line.clear();
         if raw.len() >= batch as usize {
             merge(&mut raw, &mut part);
-            part.fill_buckets();
         }
     }
     merge(&mut raw, &mut part);
+    part.settle();
     let parsed = t.elapsed();
     let rows = part.featured(Split::default());
     let featured = t.elapsed();

@@ -192,8 +192,12 @@ pub struct Partition {
     /// Bytes of `text` no slot refers to any more (left by replaced rows).
     garbage: usize,
     dict: Dictionary,
-    index: HashTable<u32>,
+    /// (hash of the key, slot index): the hash kept so that growing the table or reordering
+    /// the slots never re-reads a row.
+    index: HashTable<(u64, u32)>,
     hasher: ahash::RandomState,
+    /// Whether the slots are in (store, SKU) order (see [`Partition::settle`]).
+    ordered: bool,
 }
 
 /// A view of one row of a [`Partition`].
@@ -356,12 +360,12 @@ impl Partition {
     pub fn upsert(&mut self, r: &SkuRecord) -> bool {
         let store_id = self.dict.intern(&self.hasher, 0, &r.store_id);
         let h = Self::hash(&self.hasher, store_id, &r.sku);
-        let found = self.index.find(h, |&i| {
+        let found = self.index.find(h, |&(_, i)| {
             let o = self.row(i as usize);
             o.slot.store_id == store_id && o.sku() == r.sku
         });
         let replaced = match found {
-            Some(&i) => {
+            Some(&(_, i)) => {
                 if self.slots[i as usize].record_version >= r.record_version {
                     return false;
                 }
@@ -381,18 +385,8 @@ impl Partition {
             None => {
                 let i = u32::try_from(self.slots.len()).expect("a partition holds under 2^32 rows");
                 self.slots.push(slot);
-                let Partition {
-                    slots,
-                    text,
-                    index,
-                    hasher,
-                    ..
-                } = self;
-                index.insert_unique(h, i, |&j| {
-                    let s = &slots[j as usize];
-                    let sku = &text[s.text + s.lens[0] as usize..][..s.lens[1] as usize];
-                    Self::hash(hasher, s.store_id, sku)
-                });
+                self.index.insert_unique(h, (h, i), |&(h, _)| h);
+                self.ordered = false;
             }
         }
         true
@@ -441,9 +435,61 @@ impl Partition {
         }
     }
 
+    /// Room for `n` more rows without growing.
+    pub fn reserve(&mut self, n: usize) {
+        self.slots.reserve(n);
+        self.index.reserve(n, |&(h, _)| h);
+    }
+
+    /// Readies the partition for reading after a merge: the split buckets upserts left for
+    /// later, and the rows in (store, SKU) order, their text with them, so that building the
+    /// file's columns reads memory in sequence rather than one row here and one there.
+    pub fn settle(&mut self) {
+        self.fill_buckets();
+        self.order();
+    }
+
+    fn order(&mut self) {
+        if self.ordered {
+            return;
+        }
+        let order = self.sorted_indices();
+        let mut text = String::with_capacity(self.text.len() - self.garbage);
+        let mut slots = Vec::with_capacity(self.slots.len());
+        let mut moved_to = vec![0u32; self.slots.len()];
+        for (to, &from) in order.iter().enumerate() {
+            let mut s = self.slots[from as usize].clone();
+            let start = text.len();
+            text.push_str(&self.text[s.text..s.text + s.text_len()]);
+            s.text = start;
+            slots.push(s);
+            moved_to[from as usize] = to as u32;
+        }
+        for (_, i) in self.index.iter_mut() {
+            *i = moved_to[*i as usize];
+        }
+        self.slots = slots;
+        self.text = text;
+        self.garbage = 0;
+        self.ordered = true;
+    }
+
+    /// Slot indices in (store, SKU) order. Keys are unique within a partition, so an unstable
+    /// sort gives one order; stores compare by their rank among the partition's strings.
+    fn sorted_indices(&self) -> Vec<u32> {
+        let rank = self.dict.ranks();
+        let mut order: Vec<(u32, &str, u32)> = self
+            .rows()
+            .enumerate()
+            .map(|(i, r)| (rank[r.slot.store_id as usize], r.sku(), i as u32))
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, _, i)| i).collect()
+    }
+
     /// Computes the split bucket (a SHA-256) of every row that has none yet, on every core:
     /// upserts leave it for later so that the single-threaded merge stays short.
-    pub fn fill_buckets(&mut self) {
+    fn fill_buckets(&mut self) {
         let Partition { slots, text, .. } = self;
         let text = text.as_str();
         let fill = |chunk: &mut [Slot]| {
@@ -495,7 +541,8 @@ impl Partition {
         self.featured_with(|category| medians.get(category).copied(), split)
     }
 
-    /// Rows in a stable order (store, SKU), with their features; `median_of` gives a
+    /// Rows in a stable order (store, SKU), with their features (on every core; in place
+    /// after [`Partition::settle`]); `median_of` gives a
     /// category's median unit price (over whatever rows the caller chose, e.g. a whole day).
     pub fn featured_with<'a>(
         &'a self,
@@ -505,20 +552,16 @@ impl Partition {
         // The category medians, looked up once per category rather than per row.
         let medians: Vec<Option<Decimal>> =
             self.dict.strings.iter().map(|s| median_of(s)).collect();
-        // The order first (keys are unique within a partition, so an unstable sort gives one
-        // order; stores compare by their rank among the partition's strings), on small keys.
-        let rank = self.dict.ranks();
-        let mut order: Vec<(u32, &str, u32)> = self
-            .rows()
-            .enumerate()
-            .map(|(i, r)| (rank[r.slot.store_id as usize], r.sku(), i as u32))
-            .collect();
-        order.sort_unstable();
+        let order: Vec<u32> = if self.ordered {
+            (0..self.slots.len() as u32).collect()
+        } else {
+            self.sorted_indices()
+        };
         // Then the features on every core.
-        let feature = |chunk: &[(u32, &str, u32)]| -> Vec<Featured<'a>> {
+        let feature = |chunk: &[u32]| -> Vec<Featured<'a>> {
             chunk
                 .iter()
-                .map(|&(_, _, i)| {
+                .map(|&i| {
                     let r = self.row(i as usize);
                     Featured::of(r, medians[r.slot.category as usize], split)
                 })
@@ -677,9 +720,22 @@ mod tests {
         assert!(!p.upsert(&stale));
         let one = p.rows().find(|r| r.sku() == "SKU-1-ü").unwrap().to_record();
         assert_eq!(one, newest[&("store-1".to_string(), "SKU-1-ü".to_string())]);
-        p.fill_buckets();
+        let before = p.featured(Split::default());
+        let before: Vec<SkuRecord> = before.iter().map(|f| f.row.to_record()).collect();
+        p.settle();
+        assert_eq!(p.garbage, 0);
         for row in p.rows() {
-            assert_eq!(row.bucket(), Split::bucket(row.sku()));
+            assert_eq!(row.slot.bucket, Split::bucket(row.sku()));
+        }
+        let after: Vec<SkuRecord> = p.rows().map(|r| r.to_record()).collect();
+        assert_eq!(after, before, "settled rows are in (store, SKU) order");
+        // The index follows the rows: every key is still found, and replaced in place.
+        for (i, want) in before.iter().enumerate() {
+            let mut newer = want.clone();
+            newer.record_version += 1;
+            assert!(p.upsert(&newer));
+            assert_eq!(p.len(), 3000);
+            assert_eq!(p.rows().nth(i).unwrap().to_record(), newer);
         }
     }
 

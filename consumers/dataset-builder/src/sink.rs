@@ -205,7 +205,7 @@ impl DatasetSink {
             for r in &decoded {
                 part.upsert(r);
             }
-            part.fill_buckets();
+            part.settle();
             self.shards.insert(key, part);
         }
         Ok(())
@@ -259,11 +259,12 @@ impl DatasetSink {
         for (key, records) in touched {
             let shard = self.shards.entry(key.clone()).or_default();
             let mut changed = false;
+            shard.reserve(records.len());
             for r in records {
                 changed |= shard.upsert(r);
             }
             if changed {
-                shard.fill_buckets();
+                shard.settle();
                 changed_shards.insert(key);
             }
         }
