@@ -474,12 +474,16 @@ impl RawBatch {
         if self.entries.len() <= per {
             return decode(&self.entries);
         }
+        // The last chunk on this thread: the records it allocates are then mostly freed by
+        // the thread that allocated them.
+        let chunks: Vec<&[RawEntry]> = self.entries.chunks(per).collect();
+        let (last, others) = chunks.split_last().expect("more than one chunk");
         std::thread::scope(|scope| {
-            let parts: Vec<_> = self
-                .entries
-                .chunks(per)
-                .map(|chunk| scope.spawn(move || decode(chunk)))
+            let parts: Vec<_> = others
+                .iter()
+                .map(|&chunk| scope.spawn(move || decode(chunk)))
                 .collect();
+            let (own_records, own_bad) = decode(last);
             let mut records = Vec::with_capacity(self.entries.len());
             let mut bad = Vec::new();
             for p in parts {
@@ -487,6 +491,8 @@ impl RawBatch {
                 records.extend(r);
                 bad.extend(b);
             }
+            records.extend(own_records);
+            bad.extend(own_bad);
             (records, bad)
         })
     }
