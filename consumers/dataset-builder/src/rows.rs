@@ -442,7 +442,7 @@ impl Partition {
     }
 
     /// Readies the partition for reading after a merge: the split buckets upserts left for
-    /// later, and the rows in (store, SKU) order, their text with them, so that building the
+    /// later, and the rows in (store, SKU) order (moved in place), so that building the
     /// file's columns reads memory in sequence rather than one row here and one there.
     pub fn settle(&mut self) {
         self.fill_buckets();
@@ -453,24 +453,28 @@ impl Partition {
         if self.ordered {
             return;
         }
-        let order = self.sorted_indices();
-        let mut text = String::with_capacity(self.text.len() - self.garbage);
-        let mut slots = Vec::with_capacity(self.slots.len());
-        let mut moved_to = vec![0u32; self.slots.len()];
+        // In place, one cycle of the permutation at a time: no second copy of the rows.
+        let mut order = self.sorted_indices();
+        let mut moved_to = vec![0u32; order.len()];
         for (to, &from) in order.iter().enumerate() {
-            let mut s = self.slots[from as usize].clone();
-            let start = text.len();
-            text.push_str(&self.text[s.text..s.text + s.text_len()]);
-            s.text = start;
-            slots.push(s);
             moved_to[from as usize] = to as u32;
+        }
+        const DONE: u32 = u32::MAX;
+        for start in 0..order.len() {
+            let mut at = start;
+            while order[at] != DONE {
+                let from = order[at] as usize;
+                order[at] = DONE;
+                if from == start {
+                    break;
+                }
+                self.slots.swap(at, from);
+                at = from;
+            }
         }
         for (_, i) in self.index.iter_mut() {
             *i = moved_to[*i as usize];
         }
-        self.slots = slots;
-        self.text = text;
-        self.garbage = 0;
         self.ordered = true;
     }
 
@@ -723,7 +727,6 @@ mod tests {
         let before = p.featured(Split::default());
         let before: Vec<SkuRecord> = before.iter().map(|f| f.row.to_record()).collect();
         p.settle();
-        assert_eq!(p.garbage, 0);
         for row in p.rows() {
             assert_eq!(row.slot.bucket, Split::bucket(row.sku()));
         }
