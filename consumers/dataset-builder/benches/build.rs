@@ -9,6 +9,7 @@
 //! Records: SKUFLOW_BENCH_RECORDS (default 1,000,000), one country and day, distinct keys.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -62,82 +63,40 @@ async fn main() {
         }
     }
 
-    // (a) pyarrow.
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(PYARROW)
-        .arg(&jsonl)
-        .arg(dir.path().join("pyarrow.parquet"))
-        .output()
-        .expect("python3 with pyarrow (scripts/install-stack.sh python)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let secs: f64 = text
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("seconds="))
-        .and_then(|s| s.parse().ok())
-        .expect("pyarrow timing");
-    let a = Duration::from_secs_f64(secs);
-
-    // (b) the encode path on the same JSON lines: batches of messages as the consume loop
-    // holds them, decoded by its decoder and merged into one partition as the sink does.
-    let t = Instant::now();
-    let mut part = Partition::default();
-    let mut raw = RawBatch::default();
-    let merge = |raw: &mut RawBatch, part: &mut Partition| {
-        let (records, bad) = raw.decode();
-        assert!(bad.is_empty(), "undecodable: {:?}", bad.first());
-        part.reserve(records.len());
-        for c in &records {
-            part.upsert(&c.value);
-        }
-        raw.clear();
-    };
-    let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(&jsonl).unwrap());
-    let mut line = Vec::new();
-    let mut offset = 0;
-    while reader.read_until(b'\n', &mut line).unwrap() > 0 {
-        let message = line.strip_suffix(b"\n").unwrap_or(&line);
-        if !message.is_empty() {
-            raw.push(0, offset, Some(message));
-            offset += 1;
-        }
-        line.clear();
-        if raw.len() >= batch as usize {
-            merge(&mut raw, &mut part);
-        }
+    // (a) and (b) in turns, SKUFLOW_BENCH_REPEAT times (default 3); the median of each is the
+    // figure (one run of either can be slowed by the machine for a second or more).
+    let repeat: usize = std::env::var("SKUFLOW_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let (mut a_runs, mut b_runs) = (Vec::new(), Vec::new());
+    let mut file_len = 0;
+    for run in 1..=repeat {
+        let a = pyarrow(&jsonl, &dir.path().join("pyarrow.parquet"));
+        let (b, phases, len) = encode_path(&jsonl, batch, &dir.path().join("builder.parquet"));
+        println!(
+            "run {run}: (a) {:.2} s; (b) {:.2} s (decode + merge + order {:.2} s, features {:.2} s, Parquet {:.2} s)",
+            a.as_secs_f64(),
+            b.as_secs_f64(),
+            phases[0].as_secs_f64(),
+            phases[1].as_secs_f64(),
+            phases[2].as_secs_f64()
+        );
+        a_runs.push(a);
+        b_runs.push(b);
+        file_len = len;
     }
-    merge(&mut raw, &mut part);
-    part.settle();
-    let parsed = t.elapsed();
-    let rows = part.featured(Split::default());
-    let featured = t.elapsed();
-    let file = columns::encode(
-        &rows,
-        Encoding {
-            row_group_rows: 128 * 1024,
-            zstd_level: 3,
-        },
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("builder.parquet"), &file).unwrap();
-    let b = t.elapsed();
-    println!(
-        "(b) phases: parse + merge {:.2} s, features {:.2} s, Parquet {:.2} s",
-        parsed.as_secs_f64(),
-        (featured - parsed).as_secs_f64(),
-        (b - featured).as_secs_f64()
-    );
+    let (a, b) = (median(a_runs), median(b_runs));
     if std::env::var_os("SKUFLOW_BENCH_ENCODE_ONLY").is_some() {
-        println!("(a) {:.0} rows/s, (b) {:.0} rows/s", rate(n, a), rate(n, b));
+        println!(
+            "(a) {:.0} rows/s, (b) {:.0} rows/s, (b)/(a) = {:.2}",
+            rate(n, a),
+            rate(n, b),
+            rate(n, b) / rate(n, a)
+        );
         return;
     }
-    drop(rows);
-    drop(part);
     let pyarrow_size = std::fs::metadata(dir.path().join("pyarrow.parquet"))
         .unwrap()
         .len();
@@ -191,6 +150,7 @@ async fn main() {
         "dataset builder, {n} records ({:.0} MB of JSON on the topic)",
         bytes as f64 / 1e6
     );
+    println!("  (a) and (b): medians of {repeat} runs each");
     println!(
         "  (a) pyarrow JSON lines → zstd Parquet  {:>8.2} s  {:>10.0} rows/s  ({pyarrow_size} bytes)",
         a.as_secs_f64(),
@@ -200,7 +160,7 @@ async fn main() {
         "  (b) builder encode path (same lines)   {:>8.2} s  {:>10.0} rows/s  ({} bytes, with features)",
         b.as_secs_f64(),
         rb,
-        file.len()
+        file_len
     );
     println!(
         "  (c) bare consumer draining the topic   {:>8.2} s  {:>10.0} rows/s",
@@ -223,4 +183,81 @@ async fn main() {
         rd / floor,
         if rd / floor >= 0.8 { "ok" } else { "MISSED" }
     );
+}
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+/// (a): pyarrow reading the JSON lines and writing one zstd Parquet file, timed in Python.
+fn pyarrow(jsonl: &Path, out: &Path) -> Duration {
+    let run = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(PYARROW)
+        .arg(jsonl)
+        .arg(out)
+        .output()
+        .expect("python3 with pyarrow (scripts/install-stack.sh python)");
+    let text = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(
+        run.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let secs: f64 = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("seconds="))
+        .and_then(|s| s.parse().ok())
+        .expect("pyarrow timing");
+    Duration::from_secs_f64(secs)
+}
+
+/// (b): the encode path on the same JSON lines: batches of messages as the consume loop holds
+/// them, decoded by its decoder and merged into one partition as the sink does, settled,
+/// featured and written as one zstd Parquet file. Returns the time, the phases' times and the
+/// file's size.
+fn encode_path(jsonl: &Path, batch: u32, out: &Path) -> (Duration, [Duration; 3], usize) {
+    let t = Instant::now();
+    let mut part = Partition::default();
+    let mut raw = RawBatch::default();
+    let merge = |raw: &mut RawBatch, part: &mut Partition| {
+        let (records, bad) = raw.decode();
+        assert!(bad.is_empty(), "undecodable: {:?}", bad.first());
+        part.reserve(records.len());
+        for c in &records {
+            part.upsert(&c.value);
+        }
+        raw.clear();
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(jsonl).unwrap());
+    let mut line = Vec::new();
+    let mut offset = 0;
+    while reader.read_until(b'\n', &mut line).unwrap() > 0 {
+        let message = line.strip_suffix(b"\n").unwrap_or(&line);
+        if !message.is_empty() {
+            raw.push(0, offset, Some(message));
+            offset += 1;
+        }
+        line.clear();
+        if raw.len() >= batch as usize {
+            merge(&mut raw, &mut part);
+        }
+    }
+    merge(&mut raw, &mut part);
+    part.settle();
+    let parsed = t.elapsed();
+    let rows = part.featured(Split::default());
+    let featured = t.elapsed();
+    let file = columns::encode(
+        &rows,
+        Encoding {
+            row_group_rows: 128 * 1024,
+            zstd_level: 3,
+        },
+    )
+    .unwrap();
+    std::fs::write(out, &file).unwrap();
+    let b = t.elapsed();
+    (b, [parsed, featured - parsed, b - featured], file.len())
 }
