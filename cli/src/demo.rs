@@ -235,6 +235,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             split: "80/10/10".into(),
             row_group_rows: 128 * 1024,
             zstd_level: 3,
+            target_file_bytes: skuflow_dataset_builder::sink::DEFAULT_TARGET_FILE_BYTES,
             cache_rows: 2_000_000,
             writer_lease_secs: 60,
             consume: ConsumeArgs {

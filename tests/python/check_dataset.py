@@ -100,6 +100,9 @@ for country in countries:
     by_day = collections.Counter(k[3] for k in mine)
     check({d: p["rows"] for d, p in manifest["partitions"].items()} == dict(by_day),
           f"{country} manifest partitions {manifest['partitions']}")
+    for d, entry in manifest["partitions"].items():
+        listed = sorted(f.name for f in (base / f"business_date={d}").glob("*.parquet"))
+        check(sorted(entry["files"]) == listed, f"{country} {d}: manifest files {entry['files']}, directory {listed}")
     check((base / "_dataset_card.md").read_text().count("| `") >= len(schema), f"{country} card lacks columns")
     check(not list(base.rglob("*.tmp")) and not list(base.rglob(".*")), f"{country}: temporary files left")
 

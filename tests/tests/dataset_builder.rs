@@ -58,6 +58,9 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
         "--batch-size=400".to_string(),
         "--flush-interval-ms=200".to_string(),
         "--row-group-rows=500".to_string(),
+        // Small files: each partition's day spans several, and corrections and restarts must
+        // keep every key in exactly one of them.
+        "--target-file-size=24KiB".to_string(),
         // A short session lets the group drop a SIGKILLed member quickly.
         "-Xsession.timeout.ms=6000".to_string(),
         "-Xmax.poll.interval.ms=15000".to_string(),
@@ -133,6 +136,15 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
         .await;
 
     check_with_python(&p, root.path(), &newest(&all));
+    let day = root.path().join("country=SE/business_date=2026-11-20");
+    let names: Vec<String> = std::fs::read_dir(&day)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("-1.parquet")),
+        "a partition's day spans several files at the target size: {names:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

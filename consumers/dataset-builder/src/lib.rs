@@ -38,6 +38,13 @@ pub struct BuilderArgs {
     /// Rows per Parquet row group.
     #[arg(long = "row-group-rows", env = "SKUFLOW_ROW_GROUP_ROWS", default_value_t = 128 * 1024)]
     pub row_group_rows: usize,
+    /// Size a Parquet file grows to before new keys of its Kafka partition and day go to the
+    /// next file (`part-p<p>-<n>.parquet`): bytes, or with KiB, MiB, GiB (KB, MB, GB: powers
+    /// of 1000). A target, not a limit: a file's rows are counted from the last file's bytes
+    /// per row, and corrections of its rows stay in it.
+    #[arg(long = "target-file-size", env = "SKUFLOW_TARGET_FILE_SIZE", default_value = "128MiB",
+          value_parser = parse_size)]
+    pub target_file_bytes: u64,
     /// zstd level (1–22).
     #[arg(long = "zstd-level", env = "SKUFLOW_ZSTD_LEVEL", default_value_t = 3)]
     pub zstd_level: i32,
@@ -89,11 +96,41 @@ impl BuilderArgs {
             },
             self.cache_rows,
         );
-        let sink = sink.with_lease(lease);
+        let sink = sink
+            .with_lease(lease)
+            .with_target_file_bytes(self.target_file_bytes);
         Ok(match local_dir {
             Some(dir) => sink.with_local_dir(dir),
             None => sink,
         })
+    }
+}
+
+/// Parses `512`, `64KiB`, `128MiB`, `1GiB`, `500MB` (spaces and case ignored) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase().replace(' ', "");
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("size {s:?}: want a whole number with an optional unit, e.g. 128MiB")
+    })?;
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "size {s:?}: unknown unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    match n.checked_mul(scale) {
+        Some(0) | None => Err(format!("size {s:?}: must be above zero and under 16 EiB")),
+        Some(bytes) => Ok(bytes),
     }
 }
 
@@ -107,4 +144,21 @@ pub async fn run(
     let sink = args.sink()?;
     tracing::info!(root = %args.root, split = %args.split, "Building datasets.");
     skuflow_platform::run_sink(kafka, topics, &args.consume, GROUP, sink, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("128 MiB"), Ok(128 << 20));
+        assert_eq!(parse_size("1gib"), Ok(1 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        for bad in ["", "0", "12 parsecs", "-5MiB", "1.5GiB", "99999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -122,6 +122,14 @@ impl Dictionary {
         id
     }
 
+    /// The index of `s`, if the dictionary has it.
+    fn lookup(&self, hasher: &ahash::RandomState, s: &str) -> Option<u32> {
+        let h = hasher.hash_one(s);
+        self.index
+            .find(h, |&i| *self.strings[i as usize] == *s)
+            .copied()
+    }
+
     fn intern_opt(&mut self, hasher: &ahash::RandomState, slot: usize, s: Option<&str>) -> u32 {
         s.map_or(NONE, |s| self.intern(hasher, slot, s))
     }
@@ -360,18 +368,9 @@ impl Partition {
     pub fn upsert(&mut self, r: &SkuRecord) -> bool {
         let store_id = self.dict.intern(&self.hasher, 0, &r.store_id);
         let h = Self::hash(&self.hasher, store_id, &r.sku);
-        let found = self.index.find(h, |&(_, i)| {
-            let o = self.row(i as usize);
-            o.slot.store_id == store_id && o.sku() == r.sku
-        });
-        let replaced = match found {
-            Some(&(_, i)) => {
-                if self.slots[i as usize].record_version >= r.record_version {
-                    return false;
-                }
-                Some(i as usize)
-            }
-            None => None,
+        let replaced = match self.position(h, store_id, &r.sku) {
+            Some(i) if self.slots[i].record_version >= r.record_version => return false,
+            found => found,
         };
         let slot = self.slot_of(r, store_id);
         match replaced {
@@ -390,6 +389,25 @@ impl Partition {
             }
         }
         true
+    }
+
+    /// The slot of the key (`store_id` as a dictionary index), `h` its hash.
+    fn position(&self, h: u64, store_id: u32, sku: &str) -> Option<usize> {
+        self.index
+            .find(h, |&(_, i)| {
+                let o = self.row(i as usize);
+                o.slot.store_id == store_id && o.sku() == sku
+            })
+            .map(|&(_, i)| i as usize)
+    }
+
+    /// Whether the partition has a row (of any version) for `r`'s (store_id, sku).
+    pub fn holds(&self, r: &SkuRecord) -> bool {
+        let Some(store_id) = self.dict.lookup(&self.hasher, &r.store_id) else {
+            return false;
+        };
+        let h = Self::hash(&self.hasher, store_id, &r.sku);
+        self.position(h, store_id, &r.sku).is_some()
     }
 
     /// A slot for `r`, its own strings appended to the text.

@@ -27,8 +27,18 @@ use skuflow_schemas::SkuRecord;
 use crate::columns::{self, Encoding};
 use crate::rows::{category_medians, Partition, Split};
 
-/// One file: a country, a business day, a Kafka partition.
-type ShardKey = (String, NaiveDate, i32);
+/// Default size a file grows to before the next file of its partition and day is started.
+pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;
+
+/// One file: a country, a business day, a Kafka partition, and the file's number among that
+/// partition's files of the day (a new one is started when the last reaches the target size).
+type ShardKey = (String, NaiveDate, i32, u32);
+
+/// The files of a country, day and Kafka partition.
+type GroupKey = (String, NaiveDate, i32);
+
+/// Bytes per row assumed for the target file size until a file has been written or read.
+const ROW_BYTES_GUESS: f64 = 100.0;
 
 /// Counts of one business day in the manifest.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -76,6 +86,10 @@ pub struct DatasetSink {
     written_medians: HashMap<ShardKey, HashMap<String, rust_decimal::Decimal>>,
     /// Most rows kept in memory between batches; beyond it, shards are re-read on demand.
     cache_rows: usize,
+    /// Size a file grows to before new keys of its partition and day start the next file.
+    target_file_bytes: u64,
+    /// Compressed bytes per row of the last file written or read (to size files).
+    row_bytes: Option<f64>,
     /// The one-writer lease on the root (none in unit tests and benchmarks).
     lease: Option<crate::lease::Lease>,
 }
@@ -98,7 +112,27 @@ impl DatasetSink {
             manifests: HashMap::new(),
             written_medians: HashMap::new(),
             cache_rows,
+            target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
+            row_bytes: None,
             lease: None,
+        }
+    }
+
+    /// The size a file grows to before the next file of its Kafka partition and day is started.
+    pub fn with_target_file_bytes(mut self, bytes: u64) -> Self {
+        self.target_file_bytes = bytes.max(1);
+        self
+    }
+
+    /// Rows a file holds at the target size, by the last bytes-per-row seen.
+    fn rows_per_file(&self) -> usize {
+        let per_row = self.row_bytes.unwrap_or(ROW_BYTES_GUESS).max(1.0);
+        ((self.target_file_bytes as f64 / per_row) as usize).max(1)
+    }
+
+    fn note_file_size(&mut self, bytes: usize, rows: usize) {
+        if rows >= 100 {
+            self.row_bytes = Some(bytes as f64 / rows as f64);
         }
     }
 
@@ -138,8 +172,26 @@ impl DatasetSink {
             .child(format!("business_date={day}"))
     }
 
-    fn file_name(partition: i32) -> String {
-        format!("part-p{partition}.parquet")
+    /// `part-p<partition>.parquet` for a partition's first file of a day, then
+    /// `part-p<partition>-<n>.parquet`.
+    fn file_name(partition: i32, n: u32) -> String {
+        match n {
+            0 => format!("part-p{partition}.parquet"),
+            n => format!("part-p{partition}-{n}.parquet"),
+        }
+    }
+
+    /// The partition and file number of a name made by [`DatasetSink::file_name`].
+    fn parse_file_name(name: &str) -> Option<(i32, u32)> {
+        let stem = name.strip_prefix("part-p")?.strip_suffix(".parquet")?;
+        match stem.split_once('-') {
+            None => Some((stem.parse().ok()?, 0)),
+            Some((p, n)) => {
+                let n: u32 = n.parse().ok()?;
+                (n > 0).then_some(())?;
+                Some((p.parse().ok()?, n))
+            }
+        }
     }
 
     /// Removes the temporary files a killed writer left in `dir` (hidden, so object-store
@@ -177,18 +229,15 @@ impl DatasetSink {
                 }
                 continue;
             }
-            let Some(p) = name
-                .strip_prefix("part-p")
-                .and_then(|n| n.strip_suffix(".parquet"))
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
+            let Some((p, n)) = Self::parse_file_name(name) else {
                 continue;
             };
-            let key = (country.to_string(), day, p);
+            let key = (country.to_string(), day, p, n);
             if self.shards.contains_key(&key) {
                 continue;
             }
             let bytes = self.store.get(&meta.location).await?.bytes().await?;
+            let size = bytes.len();
             let (decoded, medians) = columns::decode_with_medians(bytes)
                 .with_context(|| format!("reading {}", meta.location))?;
             // What medians the file was written with: a file a crash left with an older
@@ -206,6 +255,7 @@ impl DatasetSink {
                 part.upsert(r);
             }
             part.settle();
+            self.note_file_size(size, part.len());
             self.shards.insert(key, part);
         }
         Ok(())
@@ -240,8 +290,8 @@ impl DatasetSink {
         if let Some(lease) = &mut self.lease {
             lease.ensure().await?;
         }
-        // Which shards change.
-        let mut touched: BTreeMap<ShardKey, Vec<&SkuRecord>> = BTreeMap::new();
+        // Which partitions and days change.
+        let mut touched: BTreeMap<GroupKey, Vec<&SkuRecord>> = BTreeMap::new();
         for c in batch {
             let r = &c.value;
             touched
@@ -256,16 +306,48 @@ impl DatasetSink {
             self.load_manifest(country).await?;
         }
         let mut changed_shards = std::collections::BTreeSet::new();
-        for (key, records) in touched {
-            let shard = self.shards.entry(key.clone()).or_default();
-            let mut changed = false;
-            shard.reserve(records.len());
+        let rows_per_file = self.rows_per_file();
+        for ((country, day, p), records) in touched {
+            let key = |n: u32| (country.clone(), day, p, n);
+            // A key stays in the file that has it; a new key goes to the last file until that
+            // holds a target size of rows, then to a new one. Every file is thus replaced on
+            // its own, and no key is ever in two files, not even for a moment.
+            let mut files: Vec<u32> = self
+                .shards
+                .keys()
+                .filter(|(c, d, q, _)| *c == country && *d == day && *q == p)
+                .map(|k| k.3)
+                .collect();
+            files.sort_unstable();
+            let mut last = files.pop().unwrap_or(0);
+            self.shards
+                .entry(key(last))
+                .or_default()
+                .reserve(records.len());
             for r in records {
-                changed |= shard.upsert(r);
+                let held = files
+                    .iter()
+                    .copied()
+                    .find(|n| self.shards.get(&key(*n)).is_some_and(|s| s.holds(r)));
+                let n = match held {
+                    Some(n) => n,
+                    None => {
+                        let open = &self.shards[&key(last)];
+                        if open.len() >= rows_per_file && !open.holds(r) {
+                            files.push(last);
+                            last += 1;
+                        }
+                        last
+                    }
+                };
+                if self.shards.entry(key(n)).or_default().upsert(r) {
+                    changed_shards.insert(key(n));
+                }
             }
-            if changed {
+        }
+        for key in &changed_shards {
+            if let Some(shard) = self.shards.get_mut(key) {
                 shard.settle();
-                changed_shards.insert(key);
             }
         }
         // Every file of a changed day whose rows or category medians changed is rewritten: the
@@ -276,7 +358,7 @@ impl DatasetSink {
             let medians: HashMap<String, rust_decimal::Decimal> = category_medians(
                 self.shards
                     .iter()
-                    .filter(|((c, d, _), _)| c == country && d == day)
+                    .filter(|((c, d, _, _), _)| c == country && d == day)
                     .flat_map(|(_, p)| p.rows()),
             )
             .into_iter()
@@ -285,11 +367,14 @@ impl DatasetSink {
             let keys: Vec<ShardKey> = self
                 .shards
                 .keys()
-                .filter(|(c, d, _)| c == country && d == day)
+                .filter(|(c, d, _, _)| c == country && d == day)
                 .cloned()
                 .collect();
             for key in keys {
                 let shard = &self.shards[&key];
+                if shard.is_empty() {
+                    continue;
+                }
                 let used: HashMap<String, rust_decimal::Decimal> = shard
                     .rows()
                     .filter_map(|r| {
@@ -303,7 +388,10 @@ impl DatasetSink {
                 }
                 let rows = shard.featured_with(|c| medians.get(c).copied(), self.split);
                 let file = columns::encode_with_medians(&rows, self.encoding, &used)?;
-                let path = self.day_dir(country, *day).child(Self::file_name(key.2));
+                self.note_file_size(file.len(), rows.len());
+                let path = self
+                    .day_dir(country, *day)
+                    .child(Self::file_name(key.2, key.3));
                 self.put(&path, file)
                     .await
                     .with_context(|| format!("writing {path}"))?;
@@ -333,18 +421,18 @@ impl DatasetSink {
         offsets: &BTreeMap<i32, i64>,
     ) {
         let mut entry = DayEntry::default();
-        let mut files: Vec<(i32, &Partition)> = self
+        let mut files: Vec<((i32, u32), &Partition)> = self
             .shards
             .iter()
-            .filter(|((c, d, _), _)| c == country && *d == day)
-            .map(|((_, _, p), part)| (*p, part))
+            .filter(|((c, d, _, _), _)| c == country && *d == day)
+            .map(|((_, _, p, n), part)| ((*p, *n), part))
             .collect();
-        files.sort_by_key(|(p, _)| *p);
-        for (p, part) in files {
+        files.sort_by_key(|(f, _)| *f);
+        for ((p, n), part) in files {
             if part.is_empty() {
                 continue;
             }
-            entry.files.push(Self::file_name(p));
+            entry.files.push(Self::file_name(p, n));
             entry.rows += part.len() as u64;
             for r in part.rows() {
                 *entry
@@ -602,6 +690,107 @@ mod tests {
             offset,
             value,
         }
+    }
+
+    #[test]
+    fn file_names_round_trip() {
+        for (p, n) in [(0, 0), (0, 1), (11, 0), (11, 27)] {
+            let name = DatasetSink::file_name(p, n);
+            assert_eq!(DatasetSink::parse_file_name(&name), Some((p, n)), "{name}");
+        }
+        assert_eq!(DatasetSink::file_name(2, 0), "part-p2.parquet");
+        for bad in [
+            "part-p2-0.parquet",
+            "part-px.parquet",
+            "part-p2-.parquet",
+            "part-p2.parquet.tmp",
+            "_manifest.json",
+        ] {
+            assert_eq!(DatasetSink::parse_file_name(bad), None, "{bad}");
+        }
+    }
+
+    /// Every key of a day directory, with the file it is in; panics on a key in two files.
+    fn keys_by_file(day: &std::path::Path) -> BTreeMap<String, (String, SkuRecord)> {
+        let mut out = BTreeMap::new();
+        for e in std::fs::read_dir(day).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            let bytes = std::fs::read(day.join(&name)).unwrap();
+            for r in columns::decode(bytes::Bytes::from(bytes)).unwrap() {
+                let sku = r.sku.clone();
+                let again = out.insert(sku.clone(), (name.clone(), r));
+                assert!(again.is_none(), "{sku} is in two files");
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn files_grow_to_the_target_size_and_keys_never_move_between_them() {
+        let root = tempfile::tempdir().unwrap();
+        let day = root.path().join("country=SE/business_date=2026-11-01");
+        let sized = |root: &std::path::Path| fresh_sink(root).with_target_file_bytes(20_000);
+        let mut sink = sized(root.path());
+        let mut offset = 0;
+        let mut batch = |skus: std::ops::Range<u32>, version: i64, cents: i64| {
+            let b: Vec<Consumed<SkuRecord>> = skus
+                .map(|i| {
+                    offset += 1;
+                    at(
+                        0,
+                        offset,
+                        priced(&format!("SKU-{i:05}"), version, cents + i64::from(i)),
+                    )
+                })
+                .collect();
+            (b, BTreeMap::from([(0, offset + 1)]))
+        };
+        for start in (0..1200).step_by(300) {
+            let (b, o) = batch(start..start + 300, 1, 100);
+            sink.write("t", &b, &o).await.unwrap();
+        }
+        let first = keys_by_file(&day);
+        assert_eq!(first.len(), 1200);
+        let files: std::collections::BTreeSet<&String> = first.values().map(|(f, _)| f).collect();
+        assert!(files.len() >= 3, "{files:?}");
+        for f in &files {
+            let size = std::fs::metadata(day.join(f)).unwrap().len();
+            assert!(size < 60_000, "{f} is {size} bytes, target 20,000");
+        }
+        // A correction of every tenth key, from a restarted builder: each stays in its file.
+        let mut restarted = sized(root.path());
+        let fix: Vec<Consumed<SkuRecord>> = (0..1200u32)
+            .step_by(10)
+            .map(|i| at(0, 5000 + i64::from(i), priced(&format!("SKU-{i:05}"), 2, 1)))
+            .collect();
+        restarted
+            .write("t", &fix, &BTreeMap::from([(0, 7000)]))
+            .await
+            .unwrap();
+        let second = keys_by_file(&day);
+        assert_eq!(second.len(), 1200);
+        for (sku, (file, r)) in &second {
+            assert_eq!(file, &first[sku].0, "{sku} moved");
+            let i: u32 = sku[4..].parse().unwrap();
+            let want = if i.is_multiple_of(10) {
+                (2, 1)
+            } else {
+                (1, 100 + i64::from(i))
+            };
+            assert_eq!(
+                (r.record_version, r.unit_price),
+                (want.0, rust_decimal::Decimal::new(want.1, 2)),
+                "{sku}"
+            );
+        }
+        let manifest: Manifest = serde_json::from_slice(
+            &std::fs::read(root.path().join("country=SE/_manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest.rows, 1200);
+        let listed: std::collections::BTreeSet<&String> =
+            manifest.partitions["2026-11-01"].files.iter().collect();
+        assert_eq!(listed, files);
     }
 
     #[tokio::test]
