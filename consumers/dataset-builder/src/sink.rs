@@ -1,16 +1,15 @@
 //! The dataset sink: Hive-partitioned Parquet under a root (local directory or S3 prefix).
 //!
 //! Layout: `country=<CC>/business_date=<YYYY-MM-DD>/part-p<kafka partition>.parquet`, then
-//! `part-p<kafka partition>-<n>.parquet` once a file reaches the target size. Records are keyed
-//! by (country, store, SKU), so every natural key lives in exactly one Kafka partition, and a key
-//! stays in the file of that partition and day it first went to: exactly one file of its day. A batch merges into each file it touches (the
-//! newest version per (store_id, sku) wins); every file of that day whose rows or category
-//! medians changed is rewritten with one atomic put: readers see the old file or the new one,
-//! never a part. One builder writes a dataset root (the group runs one member; the day's
-//! medians span every file of the day, so the builder rewrites files of partitions other than
-//! the batch's).
-//! Then `country=<CC>/_manifest.json` and `_dataset_card.md` are rewritten. Only after all of that
-//! does the consume loop store the offsets.
+//! `part-p<kafka partition>-<n>.parquet` once a file reaches the target size. Records are keyed by
+//! (country, store, SKU), so every natural key lives in exactly one Kafka partition, and a key
+//! stays in the file of that partition and day it first went to: exactly one file of its day. A
+//! batch merges into each file it touches (the newest version per (store_id, sku) wins); every file
+//! of that day whose rows or category medians changed is rewritten with one atomic put: readers see
+//! the old file or the new one, never a part. One builder writes a dataset root (the group runs one
+//! member; the day's medians span every file of the day, so the builder rewrites files of
+//! partitions other than the batch's). Then `country=<CC>/_manifest.json` and `_dataset_card.md`
+//! are rewritten. Only after all of that does the consume loop store the offsets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
