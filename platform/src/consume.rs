@@ -469,32 +469,15 @@ impl RawBatch {
             }
             (records, bad)
         };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = self.entries.len().div_ceil(threads).max(DECODE_CHUNK);
-        if self.entries.len() <= per {
-            return decode(&self.entries);
+        // The last chunk runs on this thread: the records it allocates are then mostly freed
+        // by the thread that allocated them.
+        let mut records = Vec::with_capacity(self.entries.len());
+        let mut bad = Vec::new();
+        for (r, b) in crate::parallel::map_chunks(&self.entries, DECODE_CHUNK, decode) {
+            records.extend(r);
+            bad.extend(b);
         }
-        // The last chunk on this thread: the records it allocates are then mostly freed by
-        // the thread that allocated them.
-        let chunks: Vec<&[RawEntry]> = self.entries.chunks(per).collect();
-        let (last, others) = chunks.split_last().expect("more than one chunk");
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = others
-                .iter()
-                .map(|&chunk| scope.spawn(move || decode(chunk)))
-                .collect();
-            let (own_records, own_bad) = decode(last);
-            let mut records = Vec::with_capacity(self.entries.len());
-            let mut bad = Vec::new();
-            for p in parts {
-                let (r, b) = p.join().expect("a decoding thread panicked");
-                records.extend(r);
-                bad.extend(b);
-            }
-            records.extend(own_records);
-            bad.extend(own_bad);
-            (records, bad)
-        })
+        (records, bad)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod consume;
 pub mod kafka;
 pub mod metrics;
 pub mod ops;
+pub mod parallel;
 pub mod pg;
 pub mod shutdown;
 pub mod store;

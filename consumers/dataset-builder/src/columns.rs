@@ -270,9 +270,7 @@ pub fn encode_with_medians(
     let mut out = Vec::new();
     let mut file =
         SerializedFileWriter::new(&mut out, parquet_schema.root_schema_ptr(), props.clone())?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(schema.fields().len());
+    let threads = skuflow_platform::parallel::cores().min(schema.fields().len());
     for chunk in rows.chunks(enc.row_group_rows.max(1)) {
         let writers: Vec<Mutex<Option<ArrowColumnWriter>>> =
             get_column_writers(&parquet_schema, &props, &schema)?

@@ -188,6 +188,18 @@ impl Slot {
     fn text_len(&self) -> usize {
         self.lens.iter().map(|&l| l as usize).sum()
     }
+
+    /// The row's `i`th own string (record_id, sku, product_name, barcode) in the partition's
+    /// `text`.
+    fn own<'t>(&self, text: &'t str, i: usize) -> &'t str {
+        let start = self.text + self.lens[..i].iter().map(|&l| l as usize).sum::<usize>();
+        &text[start..start + self.lens[i] as usize]
+    }
+
+    /// All of the row's own strings, one after another.
+    fn all_own<'t>(&self, text: &'t str) -> &'t str {
+        &text[self.text..self.text + self.text_len()]
+    }
 }
 
 /// The newest record per (store_id, sku) of one partition, stored compactly: a row is one
@@ -217,9 +229,7 @@ pub struct Row<'a> {
 
 impl<'a> Row<'a> {
     fn own(&self, i: usize) -> &'a str {
-        let s = self.slot;
-        let start = s.text + s.lens[..i].iter().map(|&l| l as usize).sum::<usize>();
-        &self.part.text[start..start + s.lens[i] as usize]
+        self.slot.own(&self.part.text, i)
     }
 
     fn dict(&self, id: u32) -> &'a str {
@@ -516,20 +526,10 @@ impl Partition {
         let text = text.as_str();
         let fill = |chunk: &mut [Slot]| {
             for s in chunk.iter_mut().filter(|s| s.bucket == NO_BUCKET) {
-                let start = s.text + s.lens[0] as usize;
-                s.bucket = Split::bucket(&text[start..start + s.lens[1] as usize]);
+                s.bucket = Split::bucket(s.own(text, 1));
             }
         };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = slots.len().div_ceil(threads).max(16 * 1024);
-        if slots.len() <= per {
-            return fill(slots);
-        }
-        std::thread::scope(|scope| {
-            for chunk in slots.chunks_mut(per) {
-                scope.spawn(|| fill(chunk));
-            }
-        });
+        skuflow_platform::parallel::for_each_chunk_mut(slots, 16 * 1024, fill);
     }
 
     /// Drops the text of replaced rows.
@@ -537,7 +537,7 @@ impl Partition {
         let mut text = String::with_capacity(self.text.len() - self.garbage);
         for s in &mut self.slots {
             let start = text.len();
-            text.push_str(&self.text[s.text..s.text + s.text_len()]);
+            text.push_str(s.all_own(&self.text));
             s.text = start;
         }
         self.text = text;
@@ -589,22 +589,15 @@ impl Partition {
                 })
                 .collect()
         };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = order.len().div_ceil(threads).max(16 * 1024);
-        if order.len() <= per {
-            return feature(&order);
+        let mut parts = skuflow_platform::parallel::map_chunks(&order, 16 * 1024, feature);
+        if parts.len() == 1 {
+            return parts.pop().unwrap_or_default();
         }
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = order
-                .chunks(per)
-                .map(|chunk| scope.spawn(|| feature(chunk)))
-                .collect();
-            let mut all = Vec::with_capacity(order.len());
-            for p in parts {
-                all.extend(p.join().expect("a feature thread panicked"));
-            }
-            all
-        })
+        let mut all = Vec::with_capacity(order.len());
+        for p in parts {
+            all.extend(p);
+        }
+        all
     }
 }
 
