@@ -375,13 +375,12 @@ impl DatasetSink {
                 if shard.is_empty() {
                     continue;
                 }
-                let used: HashMap<String, rust_decimal::Decimal> = shard
-                    .rows()
-                    .filter_map(|r| {
-                        medians
-                            .get(r.category())
-                            .map(|m| (r.category().to_string(), *m))
-                    })
+                // The file's categories first, so that each is copied once, not once per row.
+                let categories: std::collections::HashSet<&str> =
+                    shard.rows().map(|r| r.category()).collect();
+                let used: HashMap<String, rust_decimal::Decimal> = categories
+                    .into_iter()
+                    .filter_map(|c| medians.get(c).map(|m| (c.to_string(), *m)))
                     .collect();
                 if !changed_shards.contains(&key) && self.written_medians.get(&key) == Some(&used) {
                     continue;
