@@ -309,45 +309,48 @@ impl DatasetSink {
         let rows_per_file = self.rows_per_file();
         for ((country, day, p), records) in touched {
             let key = |n: u32| (country.clone(), day, p, n);
-            // A key stays in the file that has it; a new key goes to the last file until that
-            // holds a target size of rows, then to a new one. Every file is thus replaced on
-            // its own, and no key is ever in two files, not even for a moment.
-            let mut files: Vec<u32> = self
+            // This partition's files of the day, in order, taken out of the map for the merge.
+            let mut numbers: Vec<u32> = self
                 .shards
                 .keys()
                 .filter(|(c, d, q, _)| *c == country && *d == day && *q == p)
                 .map(|k| k.3)
                 .collect();
-            files.sort_unstable();
-            let mut last = files.pop().unwrap_or(0);
-            self.shards
-                .entry(key(last))
-                .or_default()
-                .reserve(records.len());
+            numbers.sort_unstable();
+            let mut files: Vec<(u32, Partition, bool)> = numbers
+                .into_iter()
+                .filter_map(|n| self.shards.remove(&key(n)).map(|s| (n, s, false)))
+                .collect();
+            if files.is_empty() {
+                files.push((0, Partition::default(), false));
+            }
+            if let Some((_, open, _)) = files.last_mut() {
+                open.reserve(records.len());
+            }
+            // A key stays in the file that has it; a new key goes to the last file until that
+            // holds a target size of rows, then to a new one. Every file is thus replaced on
+            // its own, and no key is ever in two files, not even for a moment.
             for r in records {
-                let held = files
-                    .iter()
-                    .copied()
-                    .find(|n| self.shards.get(&key(*n)).is_some_and(|s| s.holds(r)));
-                let n = match held {
-                    Some(n) => n,
-                    None => {
-                        let open = &self.shards[&key(last)];
-                        if open.len() >= rows_per_file && !open.holds(r) {
-                            files.push(last);
-                            last += 1;
-                        }
-                        last
+                let last = files.len() - 1;
+                let i = match files[..last].iter().position(|(_, s, _)| s.holds(r)) {
+                    Some(i) => i,
+                    None if files[last].1.len() >= rows_per_file && !files[last].1.holds(r) => {
+                        files.push((files[last].0 + 1, Partition::default(), false));
+                        last + 1
                     }
+                    None => last,
                 };
-                if self.shards.entry(key(n)).or_default().upsert(r) {
+                let (_, shard, changed) = &mut files[i];
+                *changed |= shard.upsert(r);
+            }
+            for (n, mut shard, changed) in files {
+                if changed {
+                    shard.settle();
                     changed_shards.insert(key(n));
                 }
-            }
-        }
-        for key in &changed_shards {
-            if let Some(shard) = self.shards.get_mut(key) {
-                shard.settle();
+                if !shard.is_empty() {
+                    self.shards.insert(key(n), shard);
+                }
             }
         }
         // Every file of a changed day whose rows or category medians changed is rewritten: the
