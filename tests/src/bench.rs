@@ -134,3 +134,21 @@ pub fn proc_usage(pid: &str) -> Option<(f64, u64)> {
 pub fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
+
+/// Runs a Python baseline and returns the `name=number` figures it prints on stdout; panics
+/// with its output when it fails.
+pub fn python_figures(cmd: &mut std::process::Command) -> std::collections::HashMap<String, f64> {
+    let out = cmd
+        .output()
+        .expect("python3 with the bench's packages (scripts/install-stack.sh python)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}

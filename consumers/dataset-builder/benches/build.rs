@@ -16,7 +16,7 @@ use chrono::Utc;
 use skuflow_dataset_builder::columns::{self, Encoding};
 use skuflow_dataset_builder::rows::{Partition, Split};
 use skuflow_dataset_builder::BuilderArgs;
-use skuflow_e2e::bench::{drain_bare, load_records_topic, rate};
+use skuflow_e2e::bench::{drain_bare, load_records_topic, python_figures, rate};
 use skuflow_e2e::synthetic_record;
 use skuflow_platform::consume::RawBatch;
 use skuflow_platform::{ConsumeArgs, KafkaArgs, TopicArgs};
@@ -193,25 +193,14 @@ fn median(mut runs: Vec<Duration>) -> Duration {
 
 /// (a): pyarrow reading the JSON lines and writing one zstd Parquet file, timed in Python.
 fn pyarrow(jsonl: &Path, out: &Path) -> Duration {
-    let run = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(PYARROW)
-        .arg(jsonl)
-        .arg(out)
-        .output()
-        .expect("python3 with pyarrow (scripts/install-stack.sh python)");
-    let text = String::from_utf8_lossy(&run.stdout).to_string();
-    assert!(
-        run.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&run.stderr)
+    let figures = python_figures(
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(PYARROW)
+            .arg(jsonl)
+            .arg(out),
     );
-    let secs: f64 = text
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("seconds="))
-        .and_then(|s| s.parse().ok())
-        .expect("pyarrow timing");
-    Duration::from_secs_f64(secs)
+    Duration::from_secs_f64(*figures.get("seconds").expect("pyarrow timing"))
 }
 
 /// (b): the encode path on the same JSON lines: batches of messages as the consume loop holds

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use skuflow_e2e::bench::{proc_usage, produce_with};
+use skuflow_e2e::bench::{proc_usage, produce_with, python_figures};
 use skuflow_e2e::{render_csv, sample_rows};
 use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
 use skuflow_platform::{KafkaArgs, TopicArgs};
@@ -150,25 +150,14 @@ async fn main() {
         .unwrap();
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/ingest_baseline.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(&csv)
-        .arg(&brokers)
-        .arg(&topics.records)
-        .output()
-        .expect("python3 with confluent-kafka");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let figures = python_figures(
+        Command::new("python3")
+            .arg(&script)
+            .arg(&csv)
+            .arg(&brokers)
+            .arg(&topics.records),
     );
-    let field = |k: &str| -> f64 {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let field = |k: &str| figures.get(k).copied().unwrap_or(f64::NAN);
     let (a_wall, a_cpu, a_rss) = (field("wall"), field("cpu"), field("maxrss_kib"));
 
     // (b) a bare producer, the same messages already serialized: the ingest's producer
