@@ -564,8 +564,8 @@ impl Partition {
     }
 
     /// Rows in a stable order (store, SKU), with their features (on every core; in place
-    /// after [`Partition::settle`]); `median_of` gives a
-    /// category's median unit price (over whatever rows the caller chose, e.g. a whole day).
+    /// after [`Partition::settle`]); `median_of` gives a category's median unit price (over
+    /// whatever rows the caller chose, e.g. a whole day).
     pub fn featured_with<'a>(
         &'a self,
         median_of: impl Fn(&str) -> Option<Decimal> + Sync,
