@@ -4,9 +4,14 @@ use std::time::Duration;
 
 pub use tokio_util::sync::CancellationToken;
 
+/// Exit status of a process whose shutdown outlasted its time limit (EX_TEMPFAIL): the work it
+/// cut short is redelivered, but an orchestrator or a script sees that it did not stop cleanly.
+pub const FORCED_EXIT_STATUS: i32 = 75;
+
 /// A token cancelled when the process receives SIGTERM or SIGINT. Whatever is still running
-/// `grace` later is cut short: the process exits, having stored offsets only for what was
-/// durable, so an abandoned batch is redelivered to the partition's next owner.
+/// `grace` later is cut short: the process exits with [`FORCED_EXIT_STATUS`], having stored
+/// offsets only for what was durable, so an abandoned batch is redelivered to the partition's
+/// next owner.
 pub fn on_signal(grace: Duration) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
@@ -24,10 +29,11 @@ pub fn on_signal(grace: Duration) -> CancellationToken {
             std::thread::sleep(grace);
             tracing::warn!(
                 grace_secs = grace.as_secs(),
+                status = FORCED_EXIT_STATUS,
                 "Shutdown outlasted its time limit; exiting now. Work not yet durable was not \
                  acknowledged and will be redelivered."
             );
-            std::process::exit(0);
+            std::process::exit(FORCED_EXIT_STATUS);
         });
     });
     token

@@ -319,7 +319,18 @@ async fn sigterm_cuts_a_long_ingest_short_within_its_limit_and_the_file_still_la
         "SIGTERM took {took:?} (limit 1 s)"
     );
     let cut = p.logs().contains("Shutdown outlasted its time limit");
-    eprintln!("first worker cut off mid-file: {cut} (exited after {took:?})");
+    eprintln!("first worker cut off mid-file: {cut} (exited after {took:?}, {status:?})");
+    // A forced exit says so in its status; a clean stop exits 0.
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(if cut {
+            skuflow_platform::shutdown::FORCED_EXIT_STATUS
+        } else {
+            0
+        }),
+        "{}",
+        p.logs()
+    );
     // The replacement starts once the broker has dropped the cut-off member (its session), as a
     // restarted pod would: tansu mishandles a join while a dead member is still counted (it can
     // hand the newcomer no partition at all; see README, Notes on tansu).
