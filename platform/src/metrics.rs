@@ -49,7 +49,8 @@ pub struct Metrics {
     /// `skuflow_consumer_lag{group,topic,partition}`: messages between the partition's end and
     /// the group's committed offset, as librdkafka last saw them.
     pub consumer_lag: IntGaugeVec,
-    /// `skuflow_files_total{outcome}`: uploads by final outcome (`completed`, `failed`).
+    /// `skuflow_files_total{outcome}`: uploads by final outcome (`completed`, `failed`,
+    /// `abandoned`: given up on after too many attempts), and upload requests `refused`.
     pub files: IntCounterVec,
     /// `skuflow_file_duration_seconds{outcome}`: time from accepting a file to its outcome.
     pub file_duration: HistogramVec,
@@ -59,6 +60,8 @@ pub struct Metrics {
     pub check_up: IntGaugeVec,
     /// `skuflow_shutdowns_total`: graceful shutdowns started (SIGTERM/SIGINT).
     pub shutdowns: IntCounter,
+    /// `skuflow_reports_total{outcome}`: scheduled finance reports, `written` or `failed`.
+    pub reports: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -87,6 +90,7 @@ pub const NAMES: &[&str] = &[
     "skuflow_ready",
     "skuflow_check_up",
     "skuflow_shutdowns_total",
+    "skuflow_reports_total",
     "skuflow_build_info",
 ];
 
@@ -203,6 +207,11 @@ impl Metrics {
                 &registry,
                 IntCounter::new("shutdowns_total", "Graceful shutdowns started.")?,
             )?,
+            reports: counter(
+                "reports_total",
+                "Scheduled finance reports, by outcome (written, failed).",
+                &["outcome"],
+            )?,
             registry,
         };
         let info = IntGaugeVec::new(
@@ -255,6 +264,7 @@ mod tests {
             .observe(1.0);
         m.check_up.with_label_values(&["broker"]).set(1);
         m.shutdowns.inc();
+        m.reports.with_label_values(&["written"]).inc();
         let text = m.render();
         let mut exported: Vec<&str> = text
             .lines()

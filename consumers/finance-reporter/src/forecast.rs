@@ -20,7 +20,24 @@ pub const MAX_BACKTEST_DAYS: usize = 14;
 /// Why there is no projection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ForecastError {
-    TooLittleHistory { days: usize, need: usize },
+    TooLittleHistory {
+        days: usize,
+        need: usize,
+    },
+    /// A daily value too large for the projection's exact arithmetic.
+    OutOfRange {
+        date: NaiveDate,
+    },
+}
+
+/// Longest history a projection reads, in days: older days are left out, so that a stray
+/// business date decades back cannot make it walk millions of days.
+pub const MAX_HISTORY_DAYS: i64 = 3660;
+
+/// Largest daily value projected: the sums and products over `MAX_HISTORY_DAYS` days then stay
+/// within exact decimal arithmetic.
+fn max_value() -> Decimal {
+    Decimal::from_i128_with_scale(10i128.pow(24), 0)
 }
 
 impl std::error::Error for ForecastError {}
@@ -33,6 +50,10 @@ impl std::fmt::Display for ForecastError {
                 "too little history: {days} day{} of revenue, a projection needs at least {need} \
                  ({MIN_FIT_DAYS} to fit a weekly season and trend, {MIN_BACKTEST_DAYS} to backtest)",
                 if *days == 1 { "" } else { "s" }
+            ),
+            ForecastError::OutOfRange { date } => write!(
+                f,
+                "the revenue of {date} is beyond the 10^24 a projection can compute exactly"
             ),
         }
     }
@@ -239,6 +260,14 @@ pub fn forecast(
     history: &[(NaiveDate, Decimal)],
     horizon: usize,
 ) -> Result<Projection, ForecastError> {
+    // Only the last MAX_HISTORY_DAYS days count (history is in date order).
+    let recent = history.last().map_or(0, |&(end, _)| {
+        history.partition_point(|(d, _)| (end - *d).num_days() >= MAX_HISTORY_DAYS)
+    });
+    let history = &history[recent..];
+    if let Some((date, _)) = history.iter().find(|(_, v)| v.abs() > max_value()) {
+        return Err(ForecastError::OutOfRange { date: *date });
+    }
     let (Some(&(start, _)), Some(&(end, _))) = (history.first(), history.last()) else {
         return Err(ForecastError::TooLittleHistory {
             days: 0,
@@ -331,6 +360,22 @@ mod tests {
     use super::*;
 
     const WEEK: [i64; 7] = [120, -40, -60, -30, 0, 90, -80];
+
+    #[test]
+    fn a_stray_ancient_date_is_left_out_and_huge_values_are_an_error_not_a_panic() {
+        let start = NaiveDate::from_ymd_opt(2026, 9, 1).unwrap();
+        let mut history: Vec<(NaiveDate, Decimal)> =
+            vec![(NaiveDate::from_ymd_opt(1, 1, 1).unwrap(), Decimal::from(5))];
+        history.extend((0..70).map(|t| (start + Duration::days(t), truth(t))));
+        let p = forecast(&history, 14).expect("projects the last 70 days");
+        assert_eq!(p.points.len(), 14);
+        assert_eq!(p.points[0].date, start + Duration::days(70));
+
+        let mut huge = history.clone();
+        huge[40].1 = Decimal::MAX;
+        let e = forecast(&huge, 14).unwrap_err();
+        assert!(e.to_string().contains("10^24"), "{e}");
+    }
 
     fn truth(t: i64) -> Decimal {
         Decimal::from(1000 + 4 * t + WEEK[(t % 7) as usize])

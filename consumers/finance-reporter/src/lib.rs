@@ -50,22 +50,34 @@ impl std::fmt::Debug for ReporterArgs {
     }
 }
 
-/// Writes a report every `every` until `shutdown`; a failed report is logged and tried again
-/// at the next turn.
+/// Writes a report every `every` until `shutdown`. A failed report (an error, or a panic in its
+/// task) is logged at ERROR and counted in `skuflow_reports_total{outcome="failed"}` (alert
+/// SkuflowReportFailed); the next run happens as scheduled.
 async fn schedule(pg_url: String, args: ReportArgs, every: Duration, shutdown: CancellationToken) {
+    let reports = &skuflow_platform::metrics::metrics().reports;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match report::run(&pg_url, &args).await {
+        let (url, a) = (pg_url.clone(), args.clone());
+        let outcome = tokio::spawn(async move { report::run(&url, &a).await })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the report task ended abnormally: {e}")));
+        match outcome {
             Ok(r) => {
-                tracing::info!(rows = r.rows, out = %args.out, missing_rates = r.missing_rates.len(), "Wrote the scheduled report.")
+                reports.with_label_values(&["written"]).inc();
+                tracing::info!(rows = r.rows, out = %args.out, missing_rates = r.missing_rates.len(),
+                    excluded_rows = r.excluded_rows.len(), "Wrote the scheduled report.")
             }
-            Err(e) => tracing::warn!(
-                cause = format!("{e:#}"),
-                "Scheduled report failed; trying again at the next turn."
-            ),
+            Err(e) => {
+                reports.with_label_values(&["failed"]).inc();
+                tracing::error!(
+                    cause = format!("{e:#}"),
+                    next_in_secs = every.as_secs(),
+                    "Scheduled report failed; the next run is still scheduled."
+                )
+            }
         }
     }
 }

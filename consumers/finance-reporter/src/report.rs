@@ -71,8 +71,16 @@ pub fn cents(x: Decimal) -> Decimal {
     x.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
 }
 
+/// `part` as a percentage of `whole`; none when `whole` is zero or the ratio is out of range.
 fn pct(part: Decimal, whole: Decimal) -> Option<Decimal> {
-    (!whole.is_zero()).then(|| cents(part / whole * Decimal::ONE_HUNDRED))
+    part.checked_div(whole)?
+        .checked_mul(Decimal::ONE_HUNDRED)
+        .map(cents)
+}
+
+/// `amount` converted at `rate`, in cents; none when the product is out of the decimal range.
+fn converted(amount: Decimal, rate: Decimal) -> Option<Decimal> {
+    amount.checked_mul(rate).map(cents)
 }
 
 /// One row of the daily aggregates with its conversion.
@@ -112,15 +120,19 @@ pub struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, r: &DailyRow, rate: Decimal) {
-        self.skus += r.skus;
-        self.units += r.units;
-        self.revenue += r.revenue * rate;
-        self.revenue_with_cost += r.revenue_with_cost * rate;
-        self.cost += r.cost * rate;
-        self.gross_margin += r.gross_margin * rate;
-        self.stock_value_retail += r.stock_value_retail * rate;
-        self.stock_value_cost += r.stock_value_cost * rate;
+    /// These sums with `r` added at `rate`; none when a figure leaves the decimal range.
+    fn plus(&self, r: &DailyRow, rate: Decimal) -> Option<Sums> {
+        let add = |sum: Decimal, x: Decimal| x.checked_mul(rate).and_then(|x| sum.checked_add(x));
+        Some(Sums {
+            skus: self.skus.checked_add(r.skus)?,
+            units: self.units.checked_add(r.units)?,
+            revenue: add(self.revenue, r.revenue)?,
+            revenue_with_cost: add(self.revenue_with_cost, r.revenue_with_cost)?,
+            cost: add(self.cost, r.cost)?,
+            gross_margin: add(self.gross_margin, r.gross_margin)?,
+            stock_value_retail: add(self.stock_value_retail, r.stock_value_retail)?,
+            stock_value_cost: add(self.stock_value_cost, r.stock_value_cost)?,
+        })
     }
 
     /// Rounded to cents, for output.
@@ -178,6 +190,18 @@ pub struct MissingRate {
     pub revenue: Decimal,
 }
 
+/// A daily aggregate row left out of the report, and why (a figure outside the range of exact
+/// decimal arithmetic, about ±7.9e28).
+#[derive(Debug, Clone, Serialize)]
+pub struct ExcludedRow {
+    pub business_date: Option<NaiveDate>,
+    pub country: String,
+    pub store_id: String,
+    pub category: String,
+    pub currency: String,
+    pub reason: String,
+}
+
 /// A projection of one country's or store's revenue, or why there is none.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectionEntry {
@@ -208,15 +232,18 @@ pub struct Report {
     pub top_stores: Vec<Converted>,
     pub missing_rates: Vec<MissingRate>,
     pub projections: Vec<ProjectionEntry>,
+    /// Rows left out, each with its reason (also logged).
+    pub excluded_rows: Vec<ExcludedRow>,
     #[serde(skip)]
     pub daily: Vec<DailyRow>,
 }
 
 /// Reads the aggregates (and loads the rate file first, when given).
+/// Rows whose figures do not fit exact decimal arithmetic come back apart, with the reason.
 pub async fn read_daily(
     client: &mut tokio_postgres::Client,
     args: &ReportArgs,
-) -> anyhow::Result<Vec<DailyRow>> {
+) -> anyhow::Result<(Vec<DailyRow>, Vec<ExcludedRow>)> {
     migrations::migrate(client)
         .await
         .context("applying the finance migrations")?;
@@ -243,28 +270,47 @@ pub async fn read_daily(
         )
         .await
         .context("reading the daily aggregates")?;
-    Ok(rows
-        .iter()
-        .map(|r| DailyRow {
-            business_date: r.get(0),
-            country: r.get(1),
-            store_id: r.get(2),
-            store_category: r.get(3),
-            chain: r.get(4),
-            category: r.get(5),
-            currency: r.get(6),
-            skus: r.get(7),
-            skus_with_cost: r.get(8),
-            units: r.get(9),
-            revenue: r.get(10),
-            revenue_with_cost: r.get(11),
-            cost: r.get(12),
-            gross_margin: r.get(13),
-            stock_value_retail: r.get(14),
-            stock_value_cost: r.get(15),
-            fx_rate: r.get(16),
-        })
-        .collect())
+    let mut daily = Vec::with_capacity(rows.len());
+    let mut excluded = Vec::new();
+    for r in &rows {
+        match daily_row(r) {
+            Ok(d) => daily.push(d),
+            Err(e) => {
+                let text = |i: usize| r.try_get::<_, String>(i).unwrap_or_default();
+                excluded.push(ExcludedRow {
+                    business_date: r.try_get(0).ok(),
+                    country: text(1),
+                    store_id: text(2),
+                    category: text(5),
+                    currency: text(6),
+                    reason: format!("cannot be read exactly: {e}"),
+                });
+            }
+        }
+    }
+    Ok((daily, excluded))
+}
+
+fn daily_row(r: &tokio_postgres::Row) -> Result<DailyRow, tokio_postgres::Error> {
+    Ok(DailyRow {
+        business_date: r.try_get(0)?,
+        country: r.try_get(1)?,
+        store_id: r.try_get(2)?,
+        store_category: r.try_get(3)?,
+        chain: r.try_get(4)?,
+        category: r.try_get(5)?,
+        currency: r.try_get(6)?,
+        skus: r.try_get(7)?,
+        skus_with_cost: r.try_get(8)?,
+        units: r.try_get(9)?,
+        revenue: r.try_get(10)?,
+        revenue_with_cost: r.try_get(11)?,
+        cost: r.try_get(12)?,
+        gross_margin: r.try_get(13)?,
+        stock_value_retail: r.try_get(14)?,
+        stock_value_cost: r.try_get(15)?,
+        fx_rate: r.try_get(16)?,
+    })
 }
 
 fn projection_entry(
@@ -305,45 +351,103 @@ pub fn build(daily: Vec<DailyRow>, args: &ReportArgs) -> Report {
         BTreeMap::new();
     let mut store_series: BTreeMap<(String, String, String), BTreeMap<NaiveDate, Decimal>> =
         BTreeMap::new();
-    for r in &daily {
-        let entry = by_country
-            .entry((r.country.clone(), r.currency.clone()))
-            .or_default();
-        entry.0.add(r, Decimal::ONE);
-        *country_series
-            .entry((r.country.clone(), r.currency.clone()))
+    let mut excluded = Vec::new();
+    let mut kept = Vec::with_capacity(daily.len());
+    for r in daily {
+        // Every figure the row changes is computed first and kept only when all fit: a row
+        // whose addition overflows is left out whole, never half-added and never a panic.
+        let ck = (r.country.clone(), r.currency.clone());
+        let sk = (r.country.clone(), r.store_id.clone(), r.currency.clone());
+        let day = |series: Option<&BTreeMap<NaiveDate, Decimal>>| {
+            series
+                .and_then(|s| s.get(&r.business_date))
+                .copied()
+                .unwrap_or_default()
+                .checked_add(r.revenue)
+        };
+        let (own, conv0) = by_country
+            .get(&ck)
+            .map(|e| (e.0.clone(), e.1.clone()))
+            .unwrap_or_default();
+        let store_key = (r.country.clone(), r.store_id.clone());
+        let next = (|| {
+            let own = own.plus(&r, Decimal::ONE)?;
+            let country_day = day(country_series.get(&ck))?;
+            let store_day = day(store_series.get(&sk))?;
+            let conv = match r.fx_rate {
+                Some(rate) => Some((
+                    conv0.plus(&r, rate)?,
+                    grand.plus(&r, rate)?,
+                    categories
+                        .get(&r.category)
+                        .cloned()
+                        .unwrap_or_default()
+                        .plus(&r, rate)?,
+                    stores
+                        .get(&store_key)
+                        .map(|s| s.1.clone())
+                        .unwrap_or_default()
+                        .plus(&r, rate)?,
+                )),
+                None => None,
+            };
+            let missing_revenue = match r.fx_rate {
+                Some(_) => None,
+                None => Some(
+                    missing
+                        .get(&(r.business_date, r.currency.clone()))
+                        .map_or(Decimal::ZERO, |m| m.1)
+                        .checked_add(r.revenue)?,
+                ),
+            };
+            Some((own, country_day, store_day, conv, missing_revenue))
+        })();
+        let Some((own, country_day, store_day, conv, missing_revenue)) = next else {
+            tracing::warn!(date = %r.business_date, country = %r.country, store_id = %r.store_id, category = %r.category,
+                currency = %r.currency, "A daily aggregate overflows the report's totals; leaving it out.");
+            excluded.push(ExcludedRow {
+                business_date: Some(r.business_date),
+                country: r.country.clone(),
+                store_id: r.store_id.clone(),
+                category: r.category.clone(),
+                currency: r.currency.clone(),
+                reason: "adding it overflows the range of exact decimal arithmetic (about ±7.9e28)"
+                    .into(),
+            });
+            continue;
+        };
+        let entry = by_country.entry(ck.clone()).or_default();
+        entry.0 = own;
+        country_series
+            .entry(ck)
             .or_default()
-            .entry(r.business_date)
-            .or_default() += r.revenue;
-        *store_series
-            .entry((r.country.clone(), r.store_id.clone(), r.currency.clone()))
+            .insert(r.business_date, country_day);
+        store_series
+            .entry(sk)
             .or_default()
-            .entry(r.business_date)
-            .or_default() += r.revenue;
-        match r.fx_rate {
-            Some(rate) => {
-                entry.1.add(r, rate);
-                grand.add(r, rate);
-                categories
-                    .entry(r.category.clone())
-                    .or_default()
-                    .add(r, rate);
+            .insert(r.business_date, store_day);
+        match (conv, missing_revenue) {
+            (Some((c, g, cat, st)), _) => {
+                entry.1 = c;
+                grand = g;
+                categories.insert(r.category.clone(), cat);
                 stores
-                    .entry((r.country.clone(), r.store_id.clone()))
+                    .entry(store_key)
                     .or_insert_with(|| (r.chain.clone(), Sums::default()))
-                    .1
-                    .add(r, rate);
+                    .1 = st;
             }
-            None => {
+            (None, revenue) => {
                 entry.2.insert(r.business_date);
                 let m = missing
                     .entry((r.business_date, r.currency.clone()))
                     .or_default();
                 m.0 += 1;
-                m.1 += r.revenue;
+                m.1 = revenue.unwrap_or_default();
             }
         }
+        kept.push(r);
     }
+    let daily = kept;
     let totals = by_country
         .into_iter()
         .map(|((country, currency), (own, conv, days))| CountryTotal {
@@ -432,13 +536,18 @@ pub fn build(daily: Vec<DailyRow>, args: &ReportArgs) -> Report {
             })
             .collect(),
         projections,
+        excluded_rows: excluded,
         daily,
     }
 }
 
-/// A CSV field, quoted when it needs to be.
+/// A CSV field, quoted when it needs to be. Text that a spreadsheet would read as a formula
+/// (starting with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'` and is
+/// quoted, as OWASP recommends against CSV injection.
 pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("\"'{}\"", s.replace('"', "\"\""))
+    } else if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
@@ -476,8 +585,8 @@ pub fn daily_csv(report: &Report) -> String {
             cents(r.stock_value_cost).to_string(),
             report.reporting_currency.clone(),
             opt(r.fx_rate.map(|x| x.normalize())),
-            opt(r.fx_rate.map(|x| cents(r.revenue * x))),
-            opt(r.fx_rate.map(|x| cents(r.gross_margin * x))),
+            opt(r.fx_rate.and_then(|x| converted(r.revenue, x))),
+            opt(r.fx_rate.and_then(|x| converted(r.gross_margin, x))),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');
@@ -524,8 +633,13 @@ pub async fn run(pg_url: &str, args: &ReportArgs) -> anyhow::Result<Report> {
     let mut client = skuflow_platform::pg::connect(pg_url)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let daily = read_daily(&mut client, args).await?;
-    let report = build(daily, args);
+    let (daily, unreadable) = read_daily(&mut client, args).await?;
+    for x in &unreadable {
+        tracing::warn!(country = %x.country, store_id = %x.store_id, category = %x.category, reason = %x.reason,
+            "A daily aggregate cannot be read exactly; leaving it out of the report.");
+    }
+    let mut report = build(daily, args);
+    report.excluded_rows.splice(0..0, unreadable);
     write(&report, &args.out).await?;
     Ok(report)
 }
@@ -547,4 +661,117 @@ pub async fn write(report: &Report, out: &str) -> anyhow::Result<()> {
             .with_context(|| format!("writing {name} to {out}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ReportArgs {
+        ReportArgs {
+            out: "unused".into(),
+            reporting_currency: "EUR".into(),
+            rates: None,
+            from: None,
+            to: None,
+            horizon_days: 7,
+            top_stores: 5,
+        }
+    }
+
+    fn row(store: &str, category: &str, revenue: Decimal, rate: Option<Decimal>) -> DailyRow {
+        DailyRow {
+            business_date: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+            country: "SE".into(),
+            store_id: store.into(),
+            store_category: "individual".into(),
+            chain: String::new(),
+            category: category.into(),
+            currency: "SEK".into(),
+            skus: 1,
+            skus_with_cost: 1,
+            units: 1,
+            revenue,
+            revenue_with_cost: revenue,
+            cost: Decimal::ZERO,
+            gross_margin: revenue,
+            stock_value_retail: Decimal::ZERO,
+            stock_value_cost: Decimal::ZERO,
+            fx_rate: rate,
+        }
+    }
+
+    /// Splits one line of RFC 4180 CSV into its fields.
+    fn fields(line: &str) -> Vec<String> {
+        let (mut out, mut cur, mut quoted, mut chars) =
+            (Vec::new(), String::new(), false, line.chars().peekable());
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    cur.push('"');
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => out.push(std::mem::take(&mut cur)),
+                _ => cur.push(c),
+            }
+        }
+        out.push(cur);
+        out
+    }
+
+    #[test]
+    fn an_overflowing_row_is_left_out_with_its_reason_and_the_rest_adds_up() {
+        let rate = Some(Decimal::from(10));
+        let daily = vec![
+            row("s1", "dairy", Decimal::from(100), rate),
+            // Its conversion (× 10) leaves the decimal range: left out whole.
+            row("s2", "dairy", Decimal::MAX, rate),
+            row("s3", "dairy", Decimal::from(5), rate),
+        ];
+        let r = build(daily, &args());
+        assert_eq!(r.rows, 2);
+        assert_eq!(r.excluded_rows.len(), 1);
+        assert_eq!(r.excluded_rows[0].store_id, "s2");
+        assert!(r.excluded_rows[0].reason.contains("overflows"));
+        assert_eq!(r.grand_total.revenue, Decimal::from(1050));
+        assert_eq!(r.totals[0].sums.revenue, Decimal::from(105));
+        assert_eq!(r.totals[0].revenue_reporting, Decimal::from(1050));
+        assert!(daily_csv(&r).lines().count() == 3);
+    }
+
+    #[test]
+    fn text_a_spreadsheet_would_run_as_a_formula_is_neutralised_and_reads_back() {
+        let hostile = [
+            "=HYPERLINK(\"http://x\",\"a\")",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tlead",
+            "plain, with comma",
+        ];
+        let daily = hostile
+            .iter()
+            .enumerate()
+            .map(|(i, c)| row(&format!("s{i}"), c, Decimal::ONE, None))
+            .collect();
+        let csv = daily_csv(&build(daily, &args()));
+        let mut got: Vec<String> = csv.lines().skip(1).map(|l| fields(l)[5].clone()).collect();
+        got.sort();
+        let mut want: Vec<String> = hostile
+            .iter()
+            .map(|c| match c.starts_with(['=', '+', '-', '@', '\t']) {
+                true => format!("'{c}"),
+                false => c.to_string(),
+            })
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+        for f in got {
+            assert!(
+                !f.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{f:?} would run as a formula"
+            );
+        }
+    }
 }
