@@ -2,6 +2,9 @@
 //!
 //! Offsets are stored (and then committed in the background) only after the sink has durably
 //! accepted the batch and every refused record has been acknowledged on the dead-letter topic.
+//! Messages that are not records are dead-lettered before the batch is written; a sink that
+//! stores its offsets itself keeps the dead letters of the records it refuses in an outbox in
+//! the same transaction, which the loop relays after the write and again when it starts.
 //! Sinks write idempotently, so a redelivery after a crash or rebalance changes nothing. A sink
 //! that keeps its own offsets (in the same transaction as the data) reports them through
 //! [`Sink::durable_offsets`], and messages below them are skipped.
@@ -87,6 +90,24 @@ pub trait Sink: Send {
 
     /// Called once when the loop stops, after the last batch (e.g. to release a lease).
     async fn close(&mut self) {}
+
+    /// Whether the sink keeps the dead letters of the records it refuses in an outbox written
+    /// in the same transaction as its offsets ([`crate::pg::store_dead_letters`]). A sink that
+    /// stores its offsets itself needs one: the offsets that skip a refused record are durable
+    /// before its dead letter is acknowledged, so the loop relays the outbox instead.
+    fn has_dead_letter_outbox(&self) -> bool {
+        false
+    }
+
+    /// The dead letters in the outbox, oldest first, with their ids.
+    async fn pending_dead_letters(&mut self) -> Result<Vec<(i64, RejectMessage)>, SinkError> {
+        Ok(Vec::new())
+    }
+
+    /// Removes dead letters from the outbox once the topic has acknowledged them.
+    async fn dead_letters_sent(&mut self, _ids: &[i64]) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Batching flags shared by consumer binaries.
@@ -203,6 +224,9 @@ pub async fn run_sink<S: Sink>(
             health().report("sink", Ok(()));
             last_contact = Instant::now();
             seek_past_done(&consumer, topic, &durable, &next_offsets);
+            if !relay_outbox(&mut sink, &dlq, &topics.rejects, args, &shutdown).await? {
+                return Ok(stats);
+            }
         }
         let wait = deadline.saturating_duration_since(Instant::now());
         let msg = tokio::select! {
@@ -246,6 +270,27 @@ pub async fn run_sink<S: Sink>(
                     undecodable_dead_letter(sink.name(), u.payload, u.partition, u.offset, u.reason)
                 })
                 .collect();
+            // Before the write: a sink that stores its offsets skips these messages for good
+            // once the batch is durable.
+            if !send_until_acknowledged(
+                &dlq,
+                &topics.rejects,
+                &undecodable,
+                sink.name(),
+                args,
+                &shutdown,
+            )
+            .await?
+            {
+                tracing::info!(
+                    "Shutdown while sending dead letters; the batch will be redelivered."
+                );
+                break;
+            }
+            stats.undecodable += undecodable.len() as u64;
+            m.records_failed
+                .with_label_values(&["undecodable"])
+                .inc_by(undecodable.len() as u64);
             let n = batch.len();
             let mut backoff = Backoff::new(args);
             let mut paused = false;
@@ -283,24 +328,30 @@ pub async fn run_sink<S: Sink>(
                 );
                 break;
             };
-            let mut letters: Vec<RejectMessage> = refusals
-                .iter()
-                .filter_map(|r| {
-                    batch
-                        .get(r.index)
-                        .map(|c| refusal_dead_letter(sink.name(), c, r))
-                })
-                .collect();
-            stats.refused += letters.len() as u64;
-            stats.undecodable += undecodable.len() as u64;
+            stats.refused += refusals.len() as u64;
             m.records_failed
                 .with_label_values(&["refused"])
-                .inc_by(letters.len() as u64);
-            m.records_failed
-                .with_label_values(&["undecodable"])
-                .inc_by(undecodable.len() as u64);
-            letters.extend(undecodable);
-            send_dead_letters(&dlq, &topics.rejects, &letters).await?;
+                .inc_by(refusals.len() as u64);
+            let relayed = if sink.has_dead_letter_outbox() {
+                relay_outbox(&mut sink, &dlq, &topics.rejects, args, &shutdown).await?
+            } else {
+                let letters = dead_letters(sink.name(), &batch, &refusals);
+                send_until_acknowledged(
+                    &dlq,
+                    &topics.rejects,
+                    &letters,
+                    sink.name(),
+                    args,
+                    &shutdown,
+                )
+                .await?
+            };
+            if !relayed {
+                tracing::info!(
+                    "Shutdown while sending dead letters; what is not stored is redelivered."
+                );
+                break;
+            }
             store_offsets(&consumer, topic, &next_offsets);
             stats.written += (n - refusals.len()) as u64;
             stats.batches += 1;
@@ -530,6 +581,98 @@ fn undecodable_dead_letter(
         }],
         rejected_at: Utc::now(),
     }
+}
+
+/// The dead letters of the records of `batch` a sink refused.
+pub fn dead_letters(
+    stage: &str,
+    batch: &[Consumed<SkuRecord>],
+    refusals: &[Refusal],
+) -> Vec<RejectMessage> {
+    refusals
+        .iter()
+        .filter_map(|r| batch.get(r.index).map(|c| refusal_dead_letter(stage, c, r)))
+        .collect()
+}
+
+/// Sends `letters` until the topic acknowledges them all, pausing between attempts like an
+/// unavailable sink. `Ok(false)`: shutdown came first.
+async fn send_until_acknowledged(
+    producer: &FutureProducer,
+    topic: &str,
+    letters: &[RejectMessage],
+    sink: &str,
+    args: &ConsumeArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    if letters.is_empty() {
+        return Ok(true);
+    }
+    let mut backoff = Backoff::new(args);
+    loop {
+        match send_dead_letters(producer, topic, letters).await {
+            Ok(()) => {
+                backoff.recovered(sink);
+                return Ok(true);
+            }
+            Err(e) => {
+                let e = SinkError::Retriable(e.context("dead-letter topic"));
+                if !backoff.wait(e, sink, shutdown).await? {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
+/// Sends what is in the sink's dead-letter outbox and clears it. `Ok(false)`: shutdown came
+/// first (the outbox keeps what was not acknowledged).
+async fn relay_outbox<S: Sink>(
+    sink: &mut S,
+    producer: &FutureProducer,
+    topic: &str,
+    args: &ConsumeArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    if !sink.has_dead_letter_outbox() {
+        return Ok(true);
+    }
+    let mut backoff = Backoff::new(args);
+    let pending = loop {
+        match sink.pending_dead_letters().await {
+            Ok(p) => break p,
+            Err(e) => {
+                if !backoff.wait(e, sink.name(), shutdown).await? {
+                    return Ok(false);
+                }
+            }
+        }
+    };
+    if pending.is_empty() {
+        return Ok(true);
+    }
+    let (ids, letters): (Vec<i64>, Vec<RejectMessage>) = pending.into_iter().unzip();
+    if !send_until_acknowledged(producer, topic, &letters, sink.name(), args, shutdown).await? {
+        return Ok(false);
+    }
+    loop {
+        match sink.dead_letters_sent(&ids).await {
+            Ok(()) => break,
+            Err(e) => {
+                if !backoff.wait(e, sink.name(), shutdown).await? {
+                    // Sent but not cleared: relayed once more at the next start (a duplicate
+                    // dead letter, never a lost one).
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    tracing::debug!(
+        sink = sink.name(),
+        letters = ids.len(),
+        "Dead-letter outbox relayed."
+    );
+    Ok(true)
 }
 
 fn refusal_dead_letter(stage: &str, c: &Consumed<SkuRecord>, r: &Refusal) -> RejectMessage {

@@ -140,6 +140,55 @@ impl SinkConnection {
     }
 }
 
+impl SinkConnection {
+    /// The dead letters `group` has in the outbox `table`, oldest first, with their ids.
+    pub async fn pending_dead_letters(
+        &mut self,
+        table: &str,
+        group: &str,
+    ) -> Result<Vec<(i64, skuflow_schemas::RejectMessage)>, SinkError> {
+        let (client, _) = self.open().await?;
+        let rows = client
+            .query(
+                &format!("SELECT id, letter FROM {table} WHERE consumer_group = $1 ORDER BY id"),
+                &[&group],
+            )
+            .await
+            .map_err(|e| classify(e, "reading the dead-letter outbox"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (id, text): (i64, String) = (r.get(0), r.get(1));
+            match serde_json::from_str(&text) {
+                Ok(letter) => out.push((id, letter)),
+                Err(e) => {
+                    return Err(SinkError::Fatal(anyhow!(
+                        "dead letter {id} in {table} is not a sku-reject/v1 message: {e}"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the dead letters `ids` of `group` from the outbox `table` (they are acknowledged).
+    pub async fn clear_dead_letters(
+        &mut self,
+        table: &str,
+        group: &str,
+        ids: &[i64],
+    ) -> Result<(), SinkError> {
+        let (client, _) = self.open().await?;
+        client
+            .execute(
+                &format!("DELETE FROM {table} WHERE consumer_group = $1 AND id = ANY($2)"),
+                &[&group, &ids],
+            )
+            .await
+            .map_err(|e| classify(e, "clearing the dead-letter outbox"))?;
+        Ok(())
+    }
+}
+
 /// One migration: a version, a name, and its SQL.
 pub struct Migration {
     pub version: i32,
@@ -236,6 +285,40 @@ pub async fn store_offsets(
     );
     for (p, o) in offsets {
         tx.execute(&sql, &[&group, &topic, p, o]).await?;
+    }
+    Ok(())
+}
+
+/// DDL of a dead-letter outbox (`table` is an identifier chosen by skuflow): the dead letters of
+/// records a sink refused, stored in the transaction that stores the offsets past them, and
+/// removed once the consume loop has them acknowledged on the dead-letter topic. A crash between
+/// the two loses none: the loop relays what is left when it starts.
+pub fn dead_letter_outbox_ddl(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\n\
+             id bigserial PRIMARY KEY,\n\
+             consumer_group text NOT NULL,\n\
+             letter text NOT NULL,\n\
+             stored_at timestamp with time zone NOT NULL DEFAULT now()\n\
+         )"
+    )
+}
+
+/// Stores `letters` in the outbox `table` for `group`, inside the caller's transaction.
+pub async fn store_dead_letters(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    group: &str,
+    letters: &[skuflow_schemas::RejectMessage],
+) -> Result<(), tokio_postgres::Error> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let sql = format!("INSERT INTO {table} (consumer_group, letter) VALUES ($1, $2)");
+    for l in letters {
+        // A RejectMessage always serializes (strings, numbers, a timestamp).
+        let json = serde_json::to_string(l).unwrap_or_default();
+        tx.execute(&sql, &[&group, &json]).await?;
     }
     Ok(())
 }

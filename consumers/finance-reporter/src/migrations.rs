@@ -1,7 +1,7 @@
 //! The finance reporter's own schema `skuflow_finance`: one deduplicated line per natural key,
 //! the daily aggregates kept from them, the rate table and the consumed offsets.
 
-use skuflow_platform::pg::{offsets_table_ddl, Migration, Migrations};
+use skuflow_platform::pg::{dead_letter_outbox_ddl, offsets_table_ddl, Migration, Migrations};
 use tokio_postgres::Client;
 
 const MIGRATION_LOCK: i64 = 0x736b_7566_6c6f_7711;
@@ -11,6 +11,8 @@ pub const LINES: &str = "skuflow_finance.lines";
 pub const DAILY: &str = "skuflow_finance.daily";
 pub const RATES: &str = "skuflow_finance.fx_rates";
 pub const OFFSETS_TABLE: &str = "skuflow_finance.consumer_offsets";
+/// Dead letters of refused records, until they are acknowledged on the dead-letter topic.
+pub const OUTBOX_TABLE: &str = "skuflow_finance.dead_letter_outbox";
 
 /// Dimensions of one daily aggregate row.
 pub const DIMENSIONS: [&str; 7] = [
@@ -36,7 +38,8 @@ pub const MEASURES: [&str; 8] = [
 ];
 
 pub fn migrations() -> Vec<Migration> {
-    vec![Migration {
+    vec![
+        Migration {
         version: 1,
         name: "lines, daily aggregates, rates, offsets",
         sql: format!(
@@ -91,7 +94,13 @@ pub fn migrations() -> Vec<Migration> {
              {}",
             offsets_table_ddl(OFFSETS_TABLE)
         ),
-    }]
+    },
+        Migration {
+            version: 2,
+            name: "dead-letter outbox",
+            sql: dead_letter_outbox_ddl(OUTBOX_TABLE),
+        },
+    ]
 }
 
 /// This schema's migrations.

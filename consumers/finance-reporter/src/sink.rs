@@ -10,11 +10,15 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use tokio_postgres::Transaction;
 
+use skuflow_platform::consume::dead_letters;
 use skuflow_platform::pg::{self, classify, describe, is_retriable, is_row_error};
 use skuflow_platform::{Consumed, Refusal, Sink, SinkError};
-use skuflow_schemas::SkuRecord;
+use skuflow_schemas::{RejectMessage, SkuRecord};
 
-use crate::migrations::{self, DAILY, DIMENSIONS, LINES, MEASURES, OFFSETS_TABLE};
+use crate::migrations::{self, DAILY, DIMENSIONS, LINES, MEASURES, OFFSETS_TABLE, OUTBOX_TABLE};
+
+/// The sink's name: its dead letters' stage.
+const SINK_NAME: &str = "finance-reporter";
 
 /// Columns of a line, in the order of the staging insert.
 const LINE_COLUMNS: [&str; 15] = [
@@ -225,18 +229,21 @@ impl FinanceSink {
         self.conn.open().await.map(|_| ())
     }
 
-    /// Applies `rows` (one per natural key) in one transaction with the offsets. With `isolate`,
-    /// each row is applied under a savepoint and the rows PostgreSQL refuses are returned.
+    /// Applies `rows` (one per natural key) in one transaction with the offsets and the dead
+    /// letters of the batch's refusals. With `isolate`, each row is applied under a savepoint and
+    /// the rows PostgreSQL refuses join `known` in what is returned.
     async fn apply(
         &mut self,
         topic: &str,
+        batch: &[Consumed<SkuRecord>],
         rows: &[(usize, &SkuRecord)],
         offsets: &BTreeMap<i32, i64>,
+        known: &[Refusal],
         isolate: bool,
     ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
         let (sql, group) = (&self.sql, &self.group);
         let tx = self.conn.client().transaction().await?;
-        let mut refused = Vec::new();
+        let mut refused = known.to_vec();
         if isolate {
             for (index, rec) in rows {
                 tx.batch_execute("SAVEPOINT line").await?;
@@ -259,6 +266,8 @@ impl FinanceSink {
         tx.execute(sql.aggregate.as_str(), &[]).await?;
         tx.execute(sql.drop_empty.as_str(), &[]).await?;
         pg::store_offsets(&tx, OFFSETS_TABLE, group, topic, offsets).await?;
+        let letters = dead_letters(SINK_NAME, batch, &refused);
+        pg::store_dead_letters(&tx, OUTBOX_TABLE, group, &letters).await?;
         tx.commit().await?;
         Ok(refused)
     }
@@ -280,7 +289,7 @@ async fn merge(
 #[async_trait]
 impl Sink for FinanceSink {
     fn name(&self) -> &'static str {
-        "finance-reporter"
+        SINK_NAME
     }
 
     async fn write(
@@ -289,20 +298,21 @@ impl Sink for FinanceSink {
         batch: &[Consumed<SkuRecord>],
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<Refusal>, SinkError> {
-        let (rows, mut refusals) = pg::newest_per_natural_key(batch);
+        let (rows, refusals) = pg::newest_per_natural_key(batch);
         self.conn.open().await?;
-        let result = match self.apply(topic, &rows, offsets, false).await {
+        let result = match self
+            .apply(topic, batch, &rows, offsets, &refusals, false)
+            .await
+        {
             Err(e) if is_row_error(&e) => {
                 tracing::warn!(cause = %describe(&e), rows = rows.len(), "Batch refused; applying row by row to single out the bad rows.");
-                self.apply(topic, &rows, offsets, true).await
+                self.apply(topic, batch, &rows, offsets, &refusals, true)
+                    .await
             }
             other => other,
         };
         match result {
-            Ok(mut r) => {
-                refusals.append(&mut r);
-                Ok(refusals)
-            }
+            Ok(r) => Ok(r),
             Err(e) => {
                 if is_retriable(&e) {
                     self.conn.reset();
@@ -319,6 +329,22 @@ impl Sink for FinanceSink {
     async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
         self.conn
             .durable_offsets(OFFSETS_TABLE, &self.group, topic)
+            .await
+    }
+
+    fn has_dead_letter_outbox(&self) -> bool {
+        true
+    }
+
+    async fn pending_dead_letters(&mut self) -> Result<Vec<(i64, RejectMessage)>, SinkError> {
+        self.conn
+            .pending_dead_letters(OUTBOX_TABLE, &self.group)
+            .await
+    }
+
+    async fn dead_letters_sent(&mut self, ids: &[i64]) -> Result<(), SinkError> {
+        self.conn
+            .clear_dead_letters(OUTBOX_TABLE, &self.group, ids)
             .await
     }
 }

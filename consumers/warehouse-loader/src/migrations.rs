@@ -1,7 +1,7 @@
 //! Versioned schema migrations, applied at start under an advisory lock (safe when several
 //! loaders start at once; idempotent when re-run).
 
-use skuflow_platform::pg::{offsets_table_ddl, Migration, Migrations};
+use skuflow_platform::pg::{dead_letter_outbox_ddl, offsets_table_ddl, Migration, Migrations};
 use skuflow_schemas::postgres;
 
 /// Advisory lock key shared by every skuflow migration run.
@@ -12,6 +12,8 @@ pub(crate) const PARTITION_LOCK: i64 = 0x736b_7566_6c6f_7702;
 pub const FACT_TABLE: &str = "skuflow.sku_facts";
 /// Where the loader keeps its consumed offsets, next to the facts.
 pub const OFFSETS_TABLE: &str = "skuflow.consumer_offsets";
+/// Dead letters of refused records, until they are acknowledged on the dead-letter topic.
+pub const OUTBOX_TABLE: &str = "skuflow.dead_letter_outbox";
 
 /// Every migration, in order. The fact table's columns come from the schema crate.
 pub fn migrations() -> Vec<Migration> {
@@ -85,6 +87,11 @@ pub fn migrations() -> Vec<Migration> {
                   REVOKE ALL ON SCHEMA skuflow FROM PUBLIC;\n\
                   REVOKE ALL ON ALL TABLES IN SCHEMA skuflow FROM PUBLIC"
                 .to_string(),
+        },
+        Migration {
+            version: 5,
+            name: "dead-letter outbox",
+            sql: dead_letter_outbox_ddl(OUTBOX_TABLE),
         },
     ]
 }

@@ -10,12 +10,16 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
+use skuflow_platform::consume::dead_letters;
 use skuflow_platform::pg::{classify, describe, is_retriable, is_row_error};
 use skuflow_platform::{pg, Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::postgres::{column_names, NATURAL_KEY};
-use skuflow_schemas::{record_fields, FieldType, SkuRecord, StoreCategory};
+use skuflow_schemas::{record_fields, FieldType, RejectMessage, SkuRecord, StoreCategory};
 
-use crate::migrations::{self, FACT_TABLE, OFFSETS_TABLE, PARTITION_LOCK};
+use crate::migrations::{self, FACT_TABLE, OFFSETS_TABLE, OUTBOX_TABLE, PARTITION_LOCK};
+
+/// The sink's name: its dead letters' stage.
+const SINK_NAME: &str = "warehouse-loader";
 
 static INDIVIDUAL: &str = "individual";
 static RETAIL_CHAIN: &str = "retail_chain";
@@ -160,12 +164,13 @@ impl PgSink {
         Ok(())
     }
 
-    /// The whole batch in one COPY + merge.
+    /// The whole batch in one COPY + merge, with the offsets and the dead letters of `refused`.
     async fn write_bulk(
         &mut self,
         topic: &str,
         rows: &[&SkuRecord],
         offsets: &BTreeMap<i32, i64>,
+        letters: &[RejectMessage],
     ) -> Result<(), tokio_postgres::Error> {
         let (copy_sql, merge_sql, types, columns, group) = (
             &self.copy_sql,
@@ -188,21 +193,26 @@ impl PgSink {
         writer.finish().await?;
         tx.execute(merge_sql.as_str(), &[]).await?;
         pg::store_offsets(&tx, OFFSETS_TABLE, group, topic, offsets).await?;
+        pg::store_dead_letters(&tx, OUTBOX_TABLE, group, letters).await?;
         tx.commit().await
     }
 
-    /// Row by row under savepoints, to single out the rows PostgreSQL refuses.
+    /// Row by row under savepoints, to single out the rows PostgreSQL refuses; `refused` holds
+    /// the batch's refusals so far and gains these. Their dead letters go to the outbox with
+    /// the offsets.
     async fn write_isolating(
         &mut self,
         topic: &str,
+        batch: &[Consumed<SkuRecord>],
         rows: &[(usize, &SkuRecord)],
         offsets: &BTreeMap<i32, i64>,
-    ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
+        refused: &mut Vec<Refusal>,
+    ) -> Result<(), tokio_postgres::Error> {
         let (insert_sql, columns, group) = (&self.insert_sql, &self.columns, &self.group);
         let client = self.conn.client();
         let tx = client.transaction().await?;
         let stmt = tx.prepare(insert_sql).await?;
-        let mut refused = Vec::new();
+        let known = refused.len();
         for (index, rec) in rows {
             let values: Vec<&(dyn ToSql + Sync)> =
                 columns.iter().map(|c| column_value(rec, c)).collect();
@@ -217,19 +227,27 @@ impl PgSink {
                         message: describe(&e),
                     });
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    refused.truncate(known);
+                    return Err(e);
+                }
             }
         }
         pg::store_offsets(&tx, OFFSETS_TABLE, group, topic, offsets).await?;
-        tx.commit().await?;
-        Ok(refused)
+        let letters = dead_letters(SINK_NAME, batch, refused);
+        pg::store_dead_letters(&tx, OUTBOX_TABLE, group, &letters).await?;
+        if let Err(e) = tx.commit().await {
+            refused.truncate(known);
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Sink for PgSink {
     fn name(&self) -> &'static str {
-        "warehouse-loader"
+        SINK_NAME
     }
 
     async fn write(
@@ -243,15 +261,16 @@ impl Sink for PgSink {
         self.ensure_partitions(&countries).await?;
         self.connect().await?;
         let only: Vec<&SkuRecord> = rows.iter().map(|(_, r)| *r).collect();
-        match self.write_bulk(topic, &only, offsets).await {
+        let letters = dead_letters(SINK_NAME, batch, &refusals);
+        match self.write_bulk(topic, &only, offsets, &letters).await {
             Ok(()) => Ok(refusals),
             Err(e) if is_row_error(&e) => {
                 tracing::warn!(cause = %describe(&e), rows = rows.len(), "Batch refused; loading row by row to single out the bad rows.");
-                match self.write_isolating(topic, &rows, offsets).await {
-                    Ok(mut r) => {
-                        refusals.append(&mut r);
-                        Ok(refusals)
-                    }
+                match self
+                    .write_isolating(topic, batch, &rows, offsets, &mut refusals)
+                    .await
+                {
+                    Ok(()) => Ok(refusals),
                     Err(e) => {
                         self.conn.reset();
                         Err(classify(e, "loading row by row"))
@@ -276,6 +295,24 @@ impl Sink for PgSink {
         self.connect().await?;
         self.conn
             .durable_offsets(OFFSETS_TABLE, &self.group, topic)
+            .await
+    }
+
+    fn has_dead_letter_outbox(&self) -> bool {
+        true
+    }
+
+    async fn pending_dead_letters(&mut self) -> Result<Vec<(i64, RejectMessage)>, SinkError> {
+        self.connect().await?;
+        self.conn
+            .pending_dead_letters(OUTBOX_TABLE, &self.group)
+            .await
+    }
+
+    async fn dead_letters_sent(&mut self, ids: &[i64]) -> Result<(), SinkError> {
+        self.connect().await?;
+        self.conn
+            .clear_dead_letters(OUTBOX_TABLE, &self.group, ids)
             .await
     }
 }
