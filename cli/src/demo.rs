@@ -199,8 +199,15 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         scan_interval_secs: 1,
         group: "skuflow-ingest".into(),
         max_reject_ratio: 0.5,
-        max_decompressed_bytes: 64 << 30,
+        max_object_bytes: 4 << 30,
+        max_decompressed_bytes: 8 << 30,
+        max_zstd_window_log: 24,
+        max_rows_per_file: 2_000_000,
         max_record_bytes: 64 * 1024,
+        earliest_business_date: skuflow_ingest::csvstream::EARLIEST_DATE,
+        max_days_ahead: 31,
+        max_attempts: 10,
+        single_copy_max_bytes: skuflow_ingest::worker::S3_SINGLE_COPY_MAX,
     };
     let loader = LoaderArgs {
         pg_url: args.pg_url.clone(),

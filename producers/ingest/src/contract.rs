@@ -89,6 +89,38 @@ pub struct HeaderMap {
     pub width: usize,
     /// Header names that are not part of the contract (ignored).
     pub extra: Vec<String>,
+    /// The business dates a row may carry.
+    pub dates: DateWindow,
+}
+
+/// The business dates the contract accepts: a date outside is a typo (year 0001, 9999) that
+/// would otherwise reach every sink and make reports iterate over millions of days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateWindow {
+    pub earliest: NaiveDate,
+    pub latest: NaiveDate,
+}
+
+impl DateWindow {
+    /// Every date chrono can represent.
+    pub const UNBOUNDED: DateWindow = DateWindow {
+        earliest: NaiveDate::MIN,
+        latest: NaiveDate::MAX,
+    };
+
+    /// From `earliest` to `days_ahead` days after `today`.
+    pub fn until_ahead(earliest: NaiveDate, today: NaiveDate, days_ahead: u32) -> Self {
+        DateWindow {
+            earliest,
+            latest: today
+                .checked_add_days(chrono::Days::new(u64::from(days_ahead)))
+                .unwrap_or(NaiveDate::MAX),
+        }
+    }
+
+    pub fn contains(&self, d: NaiveDate) -> bool {
+        (self.earliest..=self.latest).contains(&d)
+    }
 }
 
 /// Why a header cannot be used: the file fails as a whole.
@@ -138,6 +170,7 @@ impl HeaderMap {
             positions,
             width,
             extra,
+            dates: DateWindow::UNBOUNDED,
         })
     }
 
@@ -423,13 +456,26 @@ pub fn validate_row<'a>(
                     .or_else(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok())
             })
             .flatten();
-        if parsed.is_none() {
-            ck.fail(
+        match parsed {
+            None => ck.fail(
                 Column::BusinessDate,
                 Some(v),
                 "date",
                 "business_date must be a real date in YYYY-MM-DD form".into(),
-            );
+            ),
+            Some(d) if !map.dates.contains(d) => {
+                ck.fail(
+                    Column::BusinessDate,
+                    Some(v),
+                    "date_range",
+                    format!(
+                        "business_date must be between {} and {} (a typo in the year?)",
+                        map.dates.earliest, map.dates.latest
+                    ),
+                );
+                return None;
+            }
+            Some(_) => {}
         }
         parsed
     });
@@ -566,6 +612,41 @@ mod tests {
         assert_eq!(v.unit_cost.unwrap().to_string(), "0.8");
         assert_eq!(v.currency, "EUR");
         assert_eq!(v.brand, None);
+    }
+
+    #[test]
+    fn business_dates_outside_the_window_are_rejected_with_the_window() {
+        let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let mut m = map();
+        m.dates = DateWindow::until_ahead(day("2000-01-01"), day("2026-12-02"), 31);
+        assert_eq!(m.dates.latest, day("2027-01-02"));
+        for (date, ok) in [
+            ("0001-01-01", false),
+            ("1999-12-31", false),
+            ("2000-01-01", true),
+            ("2027-01-02", true),
+            ("2027-01-03", false),
+            ("9999-12-31", false),
+        ] {
+            let r = row(&[(9, date)]);
+            let fields: Vec<&str> = r.iter().map(String::as_str).collect();
+            match validate_row(&m, &fields) {
+                Ok(_) => assert!(ok, "{date} passed"),
+                Err(reasons) => {
+                    assert!(!ok, "{date} rejected: {reasons:?}");
+                    assert_eq!(reasons.len(), 1);
+                    assert_eq!(reasons[0].rule, "date_range");
+                    assert_eq!(reasons[0].column, Some(10));
+                    assert!(
+                        reasons[0]
+                            .message
+                            .contains("between 2000-01-01 and 2027-01-02"),
+                        "{}",
+                        reasons[0].message
+                    );
+                }
+            }
+        }
     }
 
     #[test]

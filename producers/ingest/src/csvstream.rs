@@ -12,20 +12,35 @@ const INPUT_BUF: usize = 64 * 1024;
 /// Bytes of a record's raw text kept for dead letters.
 pub const RAW_CAP: usize = 4096;
 
-/// Limits of the reader.
+/// Limits of the reader and of one file.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest record (sum of field bytes) kept; longer records are reported as oversized.
     pub max_record_bytes: usize,
     /// Most fields per record; more are reported as oversized.
     pub max_fields: usize,
+    /// Most data rows in one file; a longer file fails as a whole.
+    pub max_rows: u64,
+    /// Earliest business date a row may carry.
+    pub earliest_date: chrono::NaiveDate,
+    /// Latest business date a row may carry, in days after the day the file is read.
+    pub max_days_ahead: u32,
 }
+
+/// The earliest business date accepted by default.
+pub const EARLIEST_DATE: chrono::NaiveDate = match chrono::NaiveDate::from_ymd_opt(2000, 1, 1) {
+    Some(d) => d,
+    None => panic!("2000-01-01 is a date"),
+};
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_record_bytes: 64 * 1024,
             max_fields: 256,
+            max_rows: 2_000_000,
+            earliest_date: EARLIEST_DATE,
+            max_days_ahead: 31,
         }
     }
 }
@@ -293,6 +308,7 @@ mod tests {
         let limits = Limits {
             max_record_bytes: 1024,
             max_fields: 16,
+            ..Limits::default()
         };
         let mut r = RecordReader::new(&input[..], limits);
         r.next_record().unwrap().unwrap();
@@ -313,6 +329,7 @@ mod tests {
             Limits {
                 max_record_bytes: 1024,
                 max_fields: 8,
+                ..Limits::default()
             },
         );
         assert_eq!(recs[1].1, Some(Oversize::Fields));

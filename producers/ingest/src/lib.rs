@@ -6,6 +6,7 @@ pub mod api;
 pub mod codes;
 pub mod contract;
 pub mod csvstream;
+pub mod dedup;
 pub mod discovery;
 pub mod events;
 pub mod metadata;
@@ -103,12 +104,49 @@ pub struct IngestArgs {
         default_value_t = 0.5
     )]
     pub max_reject_ratio: f64,
+    /// Largest object accepted, in bytes as stored (compressed or not); a larger upload fails
+    /// as a whole with a report naming this limit.
+    #[arg(long = "max-object-bytes", env = "SKUFLOW_MAX_OBJECT_BYTES", default_value_t = 4 << 30)]
+    pub max_object_bytes: u64,
     /// Largest decompressed size of one upload, in bytes (guards against compression bombs).
-    #[arg(long = "max-decompressed-bytes", env = "SKUFLOW_MAX_DECOMPRESSED_BYTES", default_value_t = 64 << 30)]
+    #[arg(long = "max-decompressed-bytes", env = "SKUFLOW_MAX_DECOMPRESSED_BYTES", default_value_t = 8 << 30)]
     pub max_decompressed_bytes: u64,
+    /// Largest zstd window a compressed upload may ask for, as a power of two (24: 16 MiB; the
+    /// decoder allocates the window, so this bounds a worker's memory). zstd levels up to 19
+    /// without --long stay within 2^23.
+    #[arg(long = "max-zstd-window-log", env = "SKUFLOW_MAX_ZSTD_WINDOW_LOG", default_value_t = 24,
+          value_parser = clap::value_parser!(u32).range(10..=31))]
+    pub max_zstd_window_log: u32,
+    /// Most data rows in one upload. Memory for spotting a SKU repeated within a file grows
+    /// with its rows (about 40 bytes a row), so this bounds a worker's memory.
+    #[arg(
+        long = "max-rows-per-file",
+        env = "SKUFLOW_MAX_ROWS_PER_FILE",
+        default_value_t = 2_000_000
+    )]
+    pub max_rows_per_file: u64,
     /// Largest CSV record, in bytes; longer records are rejected.
     #[arg(long = "max-record-bytes", env = "SKUFLOW_MAX_RECORD_BYTES", default_value_t = 64 * 1024)]
     pub max_record_bytes: usize,
+    /// Earliest business date a row may carry (YYYY-MM-DD); earlier rows are rejected.
+    #[arg(long = "earliest-business-date", env = "SKUFLOW_EARLIEST_BUSINESS_DATE", default_value_t = csvstream::EARLIEST_DATE)]
+    pub earliest_business_date: chrono::NaiveDate,
+    /// Latest business date a row may carry, in days after today; later rows are rejected.
+    #[arg(
+        long = "max-days-ahead",
+        env = "SKUFLOW_MAX_DAYS_AHEAD",
+        default_value_t = 31
+    )]
+    pub max_days_ahead: u32,
+    /// Attempts at one upload before giving up on it: it ends `failed` with the reason, its
+    /// report is written where possible and the work queue moves on.
+    #[arg(long = "max-attempts", env = "SKUFLOW_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// Objects above this size are moved by a streamed multipart upload instead of one
+    /// server-side copy (S3 copies at most 5 GiB at once).
+    #[arg(long = "single-copy-max-bytes", env = "SKUFLOW_SINGLE_COPY_MAX_BYTES", default_value_t = worker::S3_SINGLE_COPY_MAX, hide = true)]
+    pub single_copy_max_bytes: u64,
 }
 
 impl IngestArgs {
@@ -161,10 +199,18 @@ impl IngestArgs {
         let (records, control) = worker::producers(kafka, topics)?;
         let mut settings = IngestSettings {
             max_reject_ratio: self.max_reject_ratio,
-            max_decompressed_bytes: self.max_decompressed_bytes,
+            max_object_bytes: self.max_object_bytes,
+            read: reader::ReadLimits {
+                max_decompressed: self.max_decompressed_bytes,
+                zstd_window_log_max: self.max_zstd_window_log,
+            },
+            single_copy_max_bytes: self.single_copy_max_bytes.min(worker::S3_SINGLE_COPY_MAX),
             ..IngestSettings::default()
         };
         settings.limits.max_record_bytes = self.max_record_bytes.max(1024);
+        settings.limits.max_rows = self.max_rows_per_file;
+        settings.limits.earliest_date = self.earliest_business_date;
+        settings.limits.max_days_ahead = self.max_days_ahead;
         Ok((
             Ingestor {
                 stores: Stores::new(self.store.clone()),
@@ -215,7 +261,8 @@ pub async fn run(
             kafka.clone(),
             args.group.clone(),
         );
-        tasks.spawn(async move { work_loop(&i, &k, &g, s).await });
+        let attempts = args.max_attempts;
+        tasks.spawn(async move { work_loop(&i, &k, &g, attempts, s).await });
     }
     let mut result = Ok(());
     while let Some(r) = tasks.join_next().await {
@@ -249,12 +296,22 @@ fn count_outcome(ev: &skuflow_schemas::FileEvent, outcome: &str, started: std::t
         .inc_by(ev.bytes.or(ev.size).unwrap_or(0));
 }
 
+/// Counts a refused request (`skuflow_files_total{outcome="refused"}`).
+fn count_refused() {
+    skuflow_platform::metrics::metrics()
+        .files
+        .with_label_values(&["refused"])
+        .inc();
+}
+
 /// Consumes upload requests and ingests them one at a time; the request's offset is committed
-/// only once the file's outcome is final.
+/// only once the file's outcome is final, or once the file has been given up on after
+/// `max_attempts` attempts.
 pub async fn work_loop(
     ingestor: &Ingestor,
     kafka: &KafkaArgs,
     group: &str,
+    max_attempts: u32,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut cfg = kafka.consumer_config(group);
@@ -295,12 +352,20 @@ pub async fn work_loop(
             None => None,
         };
         if let Some(req) = req {
-            let mut backoff = Duration::from_millis(500);
+            let mut backoff = skuflow_platform::backoff::Backoff::new(
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+            );
             let started = std::time::Instant::now();
             loop {
                 match ingestor.ingest(&req).await {
                     Ok(Outcome::Skipped(why)) => {
                         tracing::debug!(bucket = %req.bucket, key = %req.key, %why, "Skipped upload request.");
+                        break;
+                    }
+                    Ok(Outcome::Refused(why)) => {
+                        tracing::warn!(bucket = %req.bucket, key = %req.key, trigger = ?req.trigger, %why, "Upload request refused.");
+                        count_refused();
                         break;
                     }
                     Ok(Outcome::Completed(ev)) => {
@@ -312,13 +377,25 @@ pub async fn work_loop(
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(bucket = %req.bucket, key = %req.key, cause = %e, retry_in_ms = backoff.as_millis() as u64,
-                            "Ingest interrupted; retrying the file.");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(backoff) => {}
+                        let attempts = backoff.attempts() + 1;
+                        if attempts >= max_attempts {
+                            match ingestor.abandon(&req, attempts, &e.to_string()).await {
+                                Ok(ev) => {
+                                    count_outcome(&ev, "abandoned", started);
+                                    break;
+                                }
+                                Err(a) => {
+                                    tracing::warn!(bucket = %req.bucket, key = %req.key, cause = %a,
+                                    "Could not record giving up on the file; retrying it.")
+                                }
+                            }
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        let pause = backoff.next_pause();
+                        tracing::warn!(bucket = %req.bucket, key = %req.key, cause = %e, attempt = attempts, max_attempts,
+                            retry_in_ms = pause.as_millis() as u64, "Ingest interrupted; retrying the file.");
+                        if !skuflow_platform::backoff::Backoff::sleep(pause, &shutdown).await {
+                            return Ok(());
+                        }
                     }
                 }
             }

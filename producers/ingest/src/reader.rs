@@ -89,13 +89,51 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
+/// Error text of a zstd frame whose window is above the limit.
+pub const WINDOW_HIT: &str = "zstd frame needs a decoder window above";
+
+/// Bounds on decompression.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// Most bytes read after decompression.
+    pub max_decompressed: u64,
+    /// Largest zstd window, as a power of two: the decoder allocates the window, so a frame
+    /// compressed with `--long=31` would ask for 2 GiB of one small pod.
+    pub zstd_window_log_max: u32,
+}
+
+/// The zstd decoder, with the window limit's error made readable.
+struct ZstdLimited<R: BufRead> {
+    inner: zstd::stream::read::Decoder<'static, R>,
+    window_log_max: u32,
+}
+
+impl<R: BufRead> Read for ZstdLimited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if !is_source_error(&e) && e.to_string().contains("too much memory") {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{WINDOW_HIT} 2^{} bytes, the limit (--max-zstd-window-log); compress without --long or --ultra",
+                        self.window_log_max
+                    ),
+                )
+            } else {
+                e
+            }
+        })
+    }
+}
+
 /// Opens `src` for reading: sniffs gzip and zstd magic bytes (a hint from the key or
-/// Content-Encoding is checked against them), and caps the decompressed size.
+/// Content-Encoding is checked against them), and caps the decompressed size and the zstd window.
 pub fn open<'a, R: Read + 'a>(
     src: R,
     hint: Option<Compression>,
-    max_decompressed: u64,
+    limits: ReadLimits,
 ) -> io::Result<(Box<dyn Read + 'a>, Compression)> {
+    let max_decompressed = limits.max_decompressed;
     let mut buf = BufReader::with_capacity(64 * 1024, Source(src));
     let head = buf.fill_buf()?;
     let sniffed = if head.starts_with(&[0x1f, 0x8b]) {
@@ -115,7 +153,14 @@ pub fn open<'a, R: Read + 'a>(
     }
     let inner: Box<dyn Read + 'a> = match sniffed {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buf)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buf)?),
+        Compression::Zstd => {
+            let mut inner = zstd::stream::read::Decoder::with_buffer(buf)?;
+            inner.window_log_max(limits.zstd_window_log_max)?;
+            Box::new(ZstdLimited {
+                inner,
+                window_log_max: limits.zstd_window_log_max,
+            })
+        }
         Compression::None => Box::new(buf),
     };
     Ok((
@@ -133,6 +178,44 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    fn lim(max_decompressed: u64) -> ReadLimits {
+        ReadLimits {
+            max_decompressed,
+            zstd_window_log_max: 24,
+        }
+    }
+
+    #[test]
+    fn a_zstd_window_above_the_limit_is_refused_with_the_limit() {
+        // 4 MiB of varied bytes compressed with a 2^22 window (long-distance matching).
+        let data: Vec<u8> = (0..4u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.window_log(22).unwrap();
+        enc.long_distance_matching(true).unwrap();
+        enc.write_all(&data).unwrap();
+        let z = enc.finish().unwrap();
+        let tight = ReadLimits {
+            zstd_window_log_max: 20,
+            ..lim(1 << 30)
+        };
+        let (mut r, _) = open(&z[..], None, tight).unwrap();
+        let e = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
+        assert!(e.to_string().contains(WINDOW_HIT), "{e}");
+        assert!(e.to_string().contains("2^20"), "{e}");
+        assert!(!is_source_error(&e));
+        let within = ReadLimits {
+            zstd_window_log_max: 22,
+            ..lim(1 << 30)
+        };
+        let (mut r, _) = open(&z[..], None, within).unwrap();
+        assert_eq!(
+            std::io::copy(&mut r, &mut std::io::sink()).unwrap(),
+            4 << 20
+        );
+    }
+
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(data).unwrap();
@@ -143,12 +226,12 @@ mod tests {
     fn gzip_and_zstd_are_read_transparently() {
         let data = b"sku,name\nA,b\n";
         let g = gz(data);
-        let (mut r, c) = open(&g[..], None, 1 << 20).unwrap();
+        let (mut r, c) = open(&g[..], None, lim(1 << 20)).unwrap();
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!((out.as_slice(), c), (&data[..], Compression::Gzip));
         let z = zstd::encode_all(&data[..], 3).unwrap();
-        let (mut r, c) = open(&z[..], Some(Compression::Zstd), 1 << 20).unwrap();
+        let (mut r, c) = open(&z[..], Some(Compression::Zstd), lim(1 << 20)).unwrap();
         out.clear();
         r.read_to_end(&mut out).unwrap();
         assert_eq!((out.as_slice(), c), (&data[..], Compression::Zstd));
@@ -157,7 +240,7 @@ mod tests {
     #[test]
     fn bombs_and_corruption_are_data_errors() {
         let bomb = gz(&vec![b'a'; 10 << 20]);
-        let (mut r, _) = open(&bomb[..], None, 1 << 20).unwrap();
+        let (mut r, _) = open(&bomb[..], None, lim(1 << 20)).unwrap();
         let e = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
         assert!(e.to_string().contains(CAP_HIT));
         assert!(!is_source_error(&e));
@@ -165,8 +248,8 @@ mod tests {
         let n = corrupt.len();
         corrupt[n / 2] ^= 0xff;
         corrupt.truncate(n - 4);
-        let (mut r, _) = open(&corrupt[..], None, 1 << 20).unwrap();
+        let (mut r, _) = open(&corrupt[..], None, lim(1 << 20)).unwrap();
         assert!(std::io::copy(&mut r, &mut std::io::sink()).is_err());
-        assert!(open(&b"plain,csv"[..], Some(Compression::Gzip), 10).is_err());
+        assert!(open(&b"plain,csv"[..], Some(Compression::Gzip), lim(10)).is_err());
     }
 }

@@ -4,15 +4,18 @@ use std::io::{self, Read};
 
 use skuflow_schemas::RejectReason;
 
-use crate::contract::{validate_row, HeaderMap, ValidRow};
+use crate::contract::{validate_row, DateWindow, HeaderMap, ValidRow};
 use crate::csvstream::{Limits, Oversize, RecordReader};
-use crate::reader::{is_source_error, CAP_HIT};
+use crate::reader::{is_source_error, CAP_HIT, WINDOW_HIT};
 
 /// One row's outcome.
 pub enum RowEvent<'a> {
     Valid {
         line: u64,
         row: ValidRow<'a>,
+        /// The row as uploaded (capped), for a row rejected later (e.g. a duplicate key).
+        raw: &'a [u8],
+        raw_truncated: bool,
     },
     Rejected {
         line: u64,
@@ -50,8 +53,8 @@ pub enum ScanError {
 fn io_error(e: io::Error, line: u64) -> ScanError {
     if is_source_error(&e) {
         ScanError::Source(e)
-    } else if e.to_string().contains(CAP_HIT) {
-        ScanError::File(e.to_string())
+    } else if e.to_string().contains(CAP_HIT) || e.to_string().contains(WINDOW_HIT) {
+        ScanError::File(format!("after line {line}: {e}"))
     } else {
         ScanError::File(format!("the file cannot be read after line {line}: {e} (corrupt or truncated compressed data?)"))
     }
@@ -88,8 +91,13 @@ pub fn scan<R: Read>(
             }
         }
     }
-    let map = HeaderMap::from_names(names.iter().map(String::as_str))
+    let mut map = HeaderMap::from_names(names.iter().map(String::as_str))
         .map_err(|e| ScanError::File(format!("line {}: {e}", header.line)))?;
+    map.dates = DateWindow::until_ahead(
+        limits.earliest_date,
+        chrono::Utc::now().date_naive(),
+        limits.max_days_ahead,
+    );
     if !map.extra.is_empty() {
         summary.warnings.push(format!(
             "ignored column(s) not in the contract: {}",
@@ -105,6 +113,12 @@ pub fn scan<R: Read>(
         };
         last_line = info.line;
         summary.rows_total += 1;
+        if summary.rows_total > limits.max_rows {
+            return Err(ScanError::File(format!(
+                "line {}: the file has more than {} data rows, the limit per file (--max-rows-per-file); split it into several uploads",
+                info.line, limits.max_rows
+            )));
+        }
         let event = if let Some(over) = info.oversized {
             let (raw, raw_truncated) = rdr.raw();
             let (rule, message) = match over {
@@ -148,10 +162,15 @@ pub fn scan<R: Read>(
                 }
             }
             match validate_row(&map, &fields) {
-                Ok(row) => RowEvent::Valid {
-                    line: info.line,
-                    row,
-                },
+                Ok(row) => {
+                    let (raw, raw_truncated) = rdr.raw();
+                    RowEvent::Valid {
+                        line: info.line,
+                        row,
+                        raw,
+                        raw_truncated,
+                    }
+                }
                 Err(reasons) => {
                     let (raw, raw_truncated) = rdr.raw();
                     RowEvent::Rejected {
@@ -212,6 +231,20 @@ mod tests {
         assert!(r.unwrap_err().to_string().contains("empty"));
         let (r, _) = run(HEADER.as_bytes());
         assert!(r.unwrap_err().to_string().contains("no data rows"));
+        let three = format!(
+            "{HEADER}A,n,c,,1.00,,EUR,1,1,2026-11-01,\nB,n,c,,1.00,,EUR,1,1,2026-11-01,\nC,n,c,,1.00,,EUR,1,1,2026-11-01,\n"
+        );
+        let limits = Limits {
+            max_rows: 2,
+            ..Limits::default()
+        };
+        let e = scan(three.as_bytes(), limits, |_| Ok(())).unwrap_err();
+        assert!(
+            e.to_string().contains("line 4")
+                && e.to_string().contains("more than 2 data rows")
+                && e.to_string().contains("--max-rows-per-file"),
+            "{e}"
+        );
         let (r, _) = run(b"sku,category\nA,b\n");
         assert!(r
             .unwrap_err()

@@ -1,16 +1,19 @@
 //! Ingesting one upload: metadata, two streaming passes (validate, then produce), the file
-//! lifecycle, and moving the object to `processed/` or `errors/`.
+//! lifecycle, the report beside the object, and moving the object to `processed/` or `errors/`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::Utc;
-use futures::TryStreamExt;
-use object_store::{Attribute, GetOptions, GetResult, GetResultPayload, ObjectStore, PutPayload};
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    Attribute, GetOptions, GetResult, GetResultPayload, ObjectStore, PutPayload, WriteMultipart,
+};
 use rdkafka::message::{Header, OwnedHeaders};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use skuflow_platform::TopicArgs;
@@ -20,9 +23,10 @@ use skuflow_schemas::{
 };
 
 use crate::csvstream::Limits;
+use crate::dedup::{self, KeyTracker, Superseded};
 use crate::metadata::{resolve, BucketCountries, KeyTemplate};
 use crate::produce::{self, FileProgress, RecordProducer};
-use crate::reader::{self, Compression};
+use crate::reader::{self, Compression, ReadLimits};
 use crate::record::{short_hash, FileContext, RecordEncoder};
 use crate::scan::{scan, RowEvent, ScanError, ScanSummary};
 use crate::store::Stores;
@@ -36,12 +40,16 @@ enum Body {
 /// How the ingest of one request ended.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// Every valid row is acknowledged; the object is in `processed/`.
+    /// Every valid row is acknowledged; the object is in `processed/` (or was replaced by a
+    /// newer upload during the ingest, which is ingested next).
     Completed(FileEvent),
     /// The file was rejected as a whole; the object is in `errors/` beside its report.
     Failed(FileEvent),
     /// Nothing to do (already ingested and moved, or not an upload).
     Skipped(String),
+    /// A request that does not match what the bucket holds (a replay whose version differs
+    /// from the ingest report beside the object): nothing is produced.
+    Refused(String),
 }
 
 /// A failure that retrying the same request may fix (store or broker unavailable).
@@ -53,23 +61,36 @@ pub struct Retry(pub anyhow::Error);
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
     pub max_reject_ratio: f64,
-    pub max_decompressed_bytes: u64,
+    /// Largest object accepted, in bytes as stored (compressed).
+    pub max_object_bytes: u64,
+    pub read: ReadLimits,
     pub limits: Limits,
-    /// Rejected rows listed in an error report.
+    /// Rejected rows listed in a report.
     pub report_cap: usize,
     pub processed_prefix: String,
     pub errors_prefix: String,
+    /// Objects above this size are moved by a streamed multipart upload instead of one
+    /// server-side copy (S3's CopyObject takes at most 5 GiB).
+    pub single_copy_max_bytes: u64,
 }
+
+/// The largest object S3 copies in one CopyObject request.
+pub const S3_SINGLE_COPY_MAX: u64 = 5 << 30;
 
 impl Default for IngestSettings {
     fn default() -> Self {
         IngestSettings {
             max_reject_ratio: 0.5,
-            max_decompressed_bytes: 64 << 30,
+            max_object_bytes: 4 << 30,
+            read: ReadLimits {
+                max_decompressed: 8 << 30,
+                zstd_window_log_max: 24,
+            },
             limits: Limits::default(),
             report_cap: 1000,
             processed_prefix: "processed/".into(),
             errors_prefix: "errors/".into(),
+            single_copy_max_bytes: S3_SINGLE_COPY_MAX,
         }
     }
 }
@@ -91,25 +112,49 @@ pub fn file_id(bucket: &str, key: &str, etag: &str) -> String {
     short_hash(&[bucket.as_bytes(), key.as_bytes(), etag.as_bytes()])
 }
 
-/// The machine-readable report written beside a rejected file.
-#[derive(Debug, Serialize)]
-struct ErrorReport<'a> {
-    file_id: &'a str,
-    bucket: &'a str,
-    key: &'a str,
-    reason: &'a str,
-    rows_total: Option<u64>,
-    rows_valid: Option<u64>,
-    rows_rejected: Option<u64>,
-    rejected_rows: &'a [ReportRow],
-    rejected_rows_truncated: bool,
+/// The machine-readable report written beside every final upload: `<key>.report.json` in
+/// `processed/`, `<key>.errors.json` in `errors/`. The one in `processed/` also tells a replay
+/// which version the object is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileReport {
+    pub file_id: String,
+    pub status: FileStatus,
+    pub bucket: String,
+    /// The key the object was uploaded under.
+    pub key: String,
+    pub etag: Option<String>,
+    pub last_modified: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    pub rows_total: Option<u64>,
+    pub rows_valid: Option<u64>,
+    pub rows_rejected: Option<u64>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Rejected rows, in line order, at most `rejected_rows_cap` of them.
+    pub rejected_rows: Vec<ReportRow>,
+    pub rejected_rows_cap: usize,
+    pub rejected_rows_truncated: bool,
+    /// Set when the ingest gave up on this version after that many attempts: a later request
+    /// for the same version is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gave_up_after_attempts: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-struct ReportRow {
-    line: u64,
-    raw: String,
-    reasons: Vec<RejectReason>,
+/// One rejected row in a report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportRow {
+    pub line: u64,
+    /// The row as uploaded (empty for a row superseded by a later one: see its reason).
+    pub raw: String,
+    pub reasons: Vec<RejectReason>,
+}
+
+/// The report key of an object moved to `moved_key`.
+pub fn report_key(moved_key: &str, status: FileStatus) -> String {
+    match status {
+        FileStatus::Failed => format!("{moved_key}.errors.json"),
+        _ => format!("{moved_key}.report.json"),
+    }
 }
 
 /// Moves `key` from the incoming prefix to `prefix`.
@@ -127,6 +172,29 @@ fn file_headers(schema: &str, file_id: &str) -> OwnedHeaders {
             key: headers::FILE_ID,
             value: Some(file_id),
         })
+}
+
+/// What the first pass learns besides the counts.
+#[derive(Default)]
+struct FirstPass {
+    report: Vec<ReportRow>,
+    keys: KeyTracker,
+}
+
+/// How a conditional move ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    /// The ingested version is at the target and no longer at the source.
+    Done,
+    /// The source holds another version now (a correction uploaded during the ingest): it is
+    /// left where it is, for its own ingest.
+    Replaced,
+}
+
+/// What a replay request is checked against: the ingest report beside the object.
+struct ReplayOf {
+    etag: String,
+    last_modified: DateTime<Utc>,
 }
 
 impl Ingestor {
@@ -155,8 +223,9 @@ impl Ingestor {
             return self.fail_unreadable(req, reason).await;
         }
         // A replay reads an object in processed/ as the upload it was: the key it arrived under
-        // gives its metadata, file id and record ids, and its version is the original's, so
-        // every sink finds the same records again and duplicates nothing.
+        // gives its metadata, file id and record ids, and its version is the original's (from
+        // the report the ingest wrote beside it, never from the request), so every sink finds
+        // the same records again and duplicates nothing.
         let replay = req.trigger == Trigger::Replay;
         let source_key = if replay {
             match req.key.strip_prefix(&self.settings.processed_prefix) {
@@ -199,27 +268,51 @@ impl Ingestor {
             .e_tag
             .clone()
             .unwrap_or_else(|| format!("{}-{}", head.size, head.last_modified.timestamp_micros()));
+        let replay_of = if replay {
+            match self.replay_version(&store, req, &source_key).await? {
+                Ok(v) => Some(v),
+                Err(why) => return Ok(Outcome::Refused(why)),
+            }
+        } else {
+            None
+        };
         // The upload's identity: a replay keeps the ETag it was first ingested with (a copy to
         // processed/ may have given the object another), so its file and record ids are the
         // same as then. Reads are still pinned to the object's current ETag.
-        let identity_etag = match (&req.etag, replay) {
-            (Some(e), true) => e.clone(),
-            _ => etag.clone(),
-        };
+        let identity_etag = replay_of
+            .as_ref()
+            .map_or_else(|| etag.clone(), |r| r.etag.clone());
         if !replay && req.etag.as_deref().is_some_and(|e| e != etag) {
             tracing::info!(bucket = %req.bucket, key = %req.key, "Object changed since the request; ingesting the current version.");
         }
         let fid = file_id(&req.bucket, &source_key, &identity_etag);
+        if !replay {
+            if let Some(reason) = self.abandoned_earlier(&store, &source_key, &fid).await? {
+                return Ok(Outcome::Skipped(format!(
+                    "{}/{} was given up on earlier ({reason}); upload it again to retry",
+                    req.bucket, req.key
+                )));
+            }
+        }
         let mut event = FileEvent::new(&fid, FileStatus::Accepted, &req.bucket, &source_key);
-        let last_modified = match (replay, req.last_modified) {
-            (true, Some(t)) => t,
-            _ => head.last_modified,
-        };
+        let last_modified = replay_of
+            .as_ref()
+            .map_or(head.last_modified, |r| r.last_modified);
         event.etag = Some(identity_etag.clone());
         event.size = Some(head.size);
         event.last_modified = Some(last_modified);
         if replay {
             event.moved_to = Some(req.key.clone());
+        }
+        if head.size > self.settings.max_object_bytes {
+            self.emit_file_event(&event).await?;
+            let reason = format!(
+                "the object is {} bytes, above the limit of {} bytes per upload (--max-object-bytes); split it into several uploads",
+                head.size, self.settings.max_object_bytes
+            );
+            return self
+                .finish_failed(&store, event, replay, reason, None, &[], started)
+                .await;
         }
 
         // First pass: validate only. The object is pinned to this ETag for both passes.
@@ -275,26 +368,8 @@ impl Ingestor {
             ingested_at: Utc::now(),
         });
         let hint = Compression::from_hint(&req.key, content_encoding.as_deref());
-        let cap = self.settings.report_cap;
-        let pass1 = self
-            .run_pass(first, hint, move |ev, report: &mut Vec<ReportRow>| {
-                if let RowEvent::Rejected {
-                    line, raw, reasons, ..
-                } = ev
-                {
-                    if report.len() < cap {
-                        report.push(ReportRow {
-                            line,
-                            raw: String::from_utf8_lossy(raw).into_owned(),
-                            reasons,
-                        });
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-        let (summary, report) = match pass1 {
-            Ok(ok) => ok,
+        let (mut summary, report, superseded) = match self.validate(first, hint).await? {
+            Ok(v) => v,
             Err(reason) => {
                 return self
                     .finish_failed(&store, event, replay, reason, None, &[], started)
@@ -322,79 +397,20 @@ impl Ingestor {
                 )
                 .await;
         }
+        if !superseded.is_empty() {
+            summary.warnings.push(format!(
+                "{} row(s) repeat the SKU and date of a later row and were rejected (duplicate_key)",
+                superseded.len()
+            ));
+        }
 
         // Second pass: produce every valid row and every rejected one, then wait for the acks.
         let second = store
             .get_opts(&path, opts())
             .await
             .map_err(|e| Retry(anyhow::Error::new(e).context("reopening the object")))?;
-        let progress = Arc::new(FileProgress::default());
-        let (records, topics, p, c) = (
-            self.records.clone(),
-            self.topics.clone(),
-            progress.clone(),
-            ctx.clone(),
-        );
-        let encoder = RecordEncoder::new(&ctx);
-        let (mut buf, mut key) = (Vec::with_capacity(1024), Vec::with_capacity(128));
-        let pass2 = self
-            .run_pass(second, hint, move |ev, _: &mut Vec<ReportRow>| {
-                match ev {
-                    RowEvent::Valid { line, row } => {
-                        encoder.encode(line, &row, &mut key, &mut buf);
-                        produce::send(
-                            &records,
-                            &p,
-                            &topics.records,
-                            &key,
-                            &buf,
-                            file_headers(RECORD_SCHEMA, &c.file_id),
-                        )?;
-                    }
-                    RowEvent::Rejected {
-                        line,
-                        raw,
-                        raw_truncated,
-                        reasons,
-                    } => {
-                        let rej = c.reject(line, raw, raw_truncated, reasons);
-                        buf.clear();
-                        serde_json::to_writer(&mut buf, &rej)?;
-                        produce::send(
-                            &records,
-                            &p,
-                            &topics.rejects,
-                            c.file_id.as_bytes(),
-                            &buf,
-                            file_headers(REJECT_SCHEMA, &c.file_id),
-                        )?;
-                    }
-                }
-                Ok(())
-            })
+        self.produce(second, hint, &ctx, superseded, summary.rows_total)
             .await?;
-        let summary2 = match pass2 {
-            Ok((s, _)) => s,
-            Err(reason) => {
-                return Err(Retry(anyhow::anyhow!(
-                    "second pass differs from the first: {reason}"
-                )))
-            }
-        };
-        if summary2.rows_total != summary.rows_total {
-            return Err(Retry(anyhow::anyhow!(
-                "second pass read {} rows, the first {}",
-                summary2.rows_total,
-                summary.rows_total
-            )));
-        }
-        let settle = progress.clone();
-        tokio::task::spawn_blocking(move || {
-            produce::wait_settled(&settle, Duration::from_secs(600))
-        })
-        .await
-        .map_err(|e| Retry(e.into()))?
-        .map_err(|e| Retry(anyhow::anyhow!(e)))?;
 
         let target = moved_key(
             &source_key,
@@ -405,28 +421,252 @@ impl Ingestor {
         fill_counts(&mut event, &summary, started);
         event.moved_to = Some(target.clone());
         event.at = Utc::now();
-        self.emit_file_event(&event).await?;
         if !replay {
-            move_object(&store, &path, &target, "processed/").await?;
+            self.write_report(&store, &event, &target, &report, None)
+                .await?;
+        }
+        self.emit_file_event(&event).await?;
+        if !replay
+            && self
+                .move_version(&store, &path, &etag, head.size, &target)
+                .await?
+                == Moved::Replaced
+        {
+            // The bytes ingested are gone from the bucket (overwritten); the newer upload stays
+            // in incoming/ and its own request ingests it next.
+            event.moved_to = None;
+            event.warnings.push(
+                "a newer upload replaced the object during the ingest; it is ingested next".into(),
+            );
+            event.at = Utc::now();
+            self.emit_file_event(&event).await?;
+            tracing::info!(file_id = %fid, bucket = %req.bucket, key = %req.key,
+                "Object replaced during the ingest; left in place for its own ingest.");
         }
         tracing::info!(file_id = %fid, bucket = %req.bucket, key = %req.key, replay, rows_valid = summary.rows_valid,
             rows_rejected = summary.rows_rejected, elapsed_ms = started.elapsed().as_millis() as u64, "Ingested file.");
         Ok(Outcome::Completed(event))
     }
 
-    /// Streams the object through decompression and the CSV scan on a blocking thread.
+    /// The version a replay request may re-ingest: the one in the report the ingest wrote beside
+    /// the object in `processed/`. `Ok(Err(why))`: the request is refused.
+    async fn replay_version(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        req: &UploadRequest,
+        source_key: &str,
+    ) -> Result<Result<ReplayOf, String>, Retry> {
+        let report_key = report_key(&req.key, FileStatus::Completed);
+        let report = match read_report(store, &report_key).await? {
+            Some(r) => r,
+            None => {
+                return Ok(Err(format!(
+                    "no ingest report {report_key} beside the object: only uploads this version of skuflow moved to {} can be replayed",
+                    self.settings.processed_prefix
+                )))
+            }
+        };
+        let (Some(etag), Some(last_modified)) = (report.etag, report.last_modified) else {
+            return Ok(Err(format!("{report_key} names no version")));
+        };
+        if report.bucket != req.bucket || report.key != source_key {
+            return Ok(Err(format!(
+                "{report_key} is the report of {}/{}, not of {}/{source_key}",
+                report.bucket, report.key, req.bucket
+            )));
+        }
+        if req.etag.as_ref().is_some_and(|e| *e != etag)
+            || req.last_modified.is_some_and(|t| t != last_modified)
+        {
+            return Ok(Err(format!(
+                "the request's version (ETag {:?}, last modified {:?}) is not the one ingested (ETag {etag}, last modified {last_modified})",
+                req.etag, req.last_modified
+            )));
+        }
+        Ok(Ok(ReplayOf {
+            etag,
+            last_modified,
+        }))
+    }
+
+    /// The reason this version was given up on, when an earlier ingest abandoned it (its
+    /// errors report names the same file id while the object is still in `incoming/`).
+    async fn abandoned_earlier(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        source_key: &str,
+        fid: &str,
+    ) -> Result<Option<String>, Retry> {
+        let target = moved_key(
+            source_key,
+            &self.template.incoming_prefix,
+            &self.settings.errors_prefix,
+        );
+        let report = read_report(store, &report_key(&target, FileStatus::Failed)).await?;
+        Ok(report
+            .filter(|r| r.file_id == fid && r.gave_up_after_attempts.is_some())
+            .map(|r| r.reason.unwrap_or_default()))
+    }
+
+    /// First pass: counts, the rejected rows for the report, and the rows a later row of the
+    /// same key supersedes. `Ok(Err(reason))`: the file fails as a whole.
+    async fn validate(
+        &self,
+        object: GetResult,
+        hint: Option<Compression>,
+    ) -> Result<Result<(ScanSummary, Vec<ReportRow>, Superseded), String>, Retry> {
+        let cap = self.settings.report_cap;
+        let pass = self
+            .run_pass(object, hint, FirstPass::default(), move |ev, st| {
+                match ev {
+                    RowEvent::Rejected {
+                        line, raw, reasons, ..
+                    } => {
+                        if st.report.len() < cap {
+                            st.report.push(ReportRow {
+                                line,
+                                raw: String::from_utf8_lossy(raw).into_owned(),
+                                reasons,
+                            });
+                        }
+                    }
+                    RowEvent::Valid { line, row, .. } => {
+                        if let Some(earlier) = st.keys.observe(line, row.sku, row.business_date) {
+                            if st.report.len() < cap {
+                                st.report.push(ReportRow {
+                                    line: earlier,
+                                    raw: String::new(),
+                                    reasons: vec![dedup::reason(row.sku, row.business_date, line)],
+                                });
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(pass.map(|(mut summary, st)| {
+            let duplicates = st.keys.duplicates();
+            summary.rows_valid -= duplicates;
+            summary.rows_rejected += duplicates;
+            let mut report = st.report;
+            report.sort_by_key(|r| r.line);
+            (summary, report, st.keys.finish())
+        }))
+    }
+
+    /// Second pass: produces every valid row, and every rejected or superseded one as a dead
+    /// letter, then waits until the broker has acknowledged them all.
+    async fn produce(
+        &self,
+        object: GetResult,
+        hint: Option<Compression>,
+        ctx: &Arc<FileContext>,
+        superseded: Superseded,
+        rows_total: u64,
+    ) -> Result<(), Retry> {
+        let progress = Arc::new(FileProgress::default());
+        let (records, topics, p, c) = (
+            self.records.clone(),
+            self.topics.clone(),
+            progress.clone(),
+            ctx.clone(),
+        );
+        let encoder = RecordEncoder::new(ctx);
+        let (mut buf, mut key) = (Vec::with_capacity(1024), Vec::with_capacity(128));
+        let reject = move |line: u64,
+                           raw: &[u8],
+                           raw_truncated: bool,
+                           reasons: Vec<RejectReason>,
+                           buf: &mut Vec<u8>|
+              -> anyhow::Result<()> {
+            let rej = c.reject(line, raw, raw_truncated, reasons);
+            buf.clear();
+            serde_json::to_writer(&mut *buf, &rej)?;
+            produce::send(
+                &records,
+                &p,
+                &topics.rejects,
+                c.file_id.as_bytes(),
+                buf,
+                file_headers(REJECT_SCHEMA, &c.file_id),
+            )?;
+            Ok(())
+        };
+        let (records, topics, p, file_id) = (
+            self.records.clone(),
+            self.topics.clone(),
+            progress.clone(),
+            ctx.file_id.clone(),
+        );
+        let pass = self
+            .run_pass(object, hint, (), move |ev, _| {
+                match ev {
+                    RowEvent::Valid {
+                        line,
+                        row,
+                        raw,
+                        raw_truncated,
+                    } => {
+                        if let Some(by) = superseded.by(line, row.sku, row.business_date) {
+                            let reason = dedup::reason(row.sku, row.business_date, by);
+                            return reject(line, raw, raw_truncated, vec![reason], &mut buf);
+                        }
+                        encoder.encode(line, &row, &mut key, &mut buf);
+                        produce::send(
+                            &records,
+                            &p,
+                            &topics.records,
+                            &key,
+                            &buf,
+                            file_headers(RECORD_SCHEMA, &file_id),
+                        )?;
+                    }
+                    RowEvent::Rejected {
+                        line,
+                        raw,
+                        raw_truncated,
+                        reasons,
+                    } => reject(line, raw, raw_truncated, reasons, &mut buf)?,
+                }
+                Ok(())
+            })
+            .await?;
+        let summary = pass.map_err(|reason| {
+            Retry(anyhow::anyhow!(
+                "second pass differs from the first: {reason}"
+            ))
+        })?;
+        if summary.0.rows_total != rows_total {
+            return Err(Retry(anyhow::anyhow!(
+                "second pass read {} rows, the first {rows_total}",
+                summary.0.rows_total
+            )));
+        }
+        tokio::task::spawn_blocking(move || {
+            produce::wait_settled(&progress, Duration::from_secs(600))
+        })
+        .await
+        .map_err(|e| Retry(e.into()))?
+        .map_err(|e| Retry(anyhow::anyhow!(e)))
+    }
+
+    /// Streams the object through decompression and the CSV scan on a blocking thread; `state`
+    /// goes to every row's callback and comes back with the counts.
     ///
     /// An object in a local directory is read straight from its file on that thread: as a
     /// stream, object_store hands a file over in 8 KiB chunks, each read by a blocking task of
     /// its own (about 11,000 thread hand-offs per 100 MB and pass).
-    async fn run_pass<F>(
+    async fn run_pass<S, F>(
         &self,
         object: GetResult,
         hint: Option<Compression>,
+        mut state: S,
         mut on_row: F,
-    ) -> Result<Result<(ScanSummary, Vec<ReportRow>), String>, Retry>
+    ) -> Result<Result<(ScanSummary, S), String>, Retry>
     where
-        F: FnMut(RowEvent<'_>, &mut Vec<ReportRow>) -> anyhow::Result<()> + Send + 'static,
+        S: Send + 'static,
+        F: FnMut(RowEvent<'_>, &mut S) -> anyhow::Result<()> + Send + 'static,
     {
         let range = object.range.clone();
         let source = match object.payload {
@@ -437,7 +677,6 @@ impl Ingestor {
         };
         let settings = self.settings.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let mut report = Vec::new();
             let reader: Box<dyn std::io::Read> = match source {
                 Body::File(mut file) => {
                     use std::io::{Read as _, Seek as _};
@@ -448,13 +687,13 @@ impl Ingestor {
                 }
                 Body::Stream(s) => Box::new(s),
             };
-            let (input, _) = match reader::open(reader, hint, settings.max_decompressed_bytes) {
+            let (input, _) = match reader::open(reader, hint, settings.read) {
                 Ok(x) => x,
                 Err(e) if reader::is_source_error(&e) => return Err(ScanError::Source(e)),
                 Err(e) => return Err(ScanError::File(e.to_string())),
             };
-            let s = scan(input, settings.limits, |ev| on_row(ev, &mut report))?;
-            Ok((s, report))
+            let s = scan(input, settings.limits, |ev| on_row(ev, &mut state))?;
+            Ok((s, state))
         })
         .await
         .map_err(|e| Retry(e.into()))?;
@@ -482,6 +721,43 @@ impl Ingestor {
         Ok(Outcome::Failed(event))
     }
 
+    /// Writes the report of `event` beside the object's destination `moved_key`.
+    async fn write_report(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        event: &FileEvent,
+        moved_key: &str,
+        rows: &[ReportRow],
+        gave_up_after_attempts: Option<u32>,
+    ) -> Result<(), Retry> {
+        let body = FileReport {
+            file_id: event.file_id.clone(),
+            status: event.status,
+            bucket: event.bucket.clone(),
+            key: event.key.clone(),
+            etag: event.etag.clone(),
+            last_modified: event.last_modified,
+            reason: event.reason.clone(),
+            rows_total: event.rows_total,
+            rows_valid: event.rows_valid,
+            rows_rejected: event.rows_rejected,
+            warnings: event.warnings.clone(),
+            rejected_rows: rows.to_vec(),
+            rejected_rows_cap: self.settings.report_cap,
+            rejected_rows_truncated: event.rows_rejected.is_some_and(|n| n as usize > rows.len()),
+            gave_up_after_attempts,
+        };
+        let json = serde_json::to_vec_pretty(&body).map_err(|e| Retry(e.into()))?;
+        store
+            .put(
+                &retry_path(&report_key(moved_key, event.status))?,
+                PutPayload::from(json),
+            )
+            .await
+            .map_err(|e| Retry(anyhow::Error::new(e).context("writing the file's report")))?;
+        Ok(())
+    }
+
     /// Ends a file rejected as a whole: the error report and the object go to `errors/`, and the
     /// reason onto the lifecycle topic. A replayed object stays in `processed/` (no report).
     #[allow(clippy::too_many_arguments)]
@@ -502,58 +778,194 @@ impl Ingestor {
                 &self.settings.errors_prefix,
             )
         });
-        if let Some(target) = &target {
-            let report_key = format!("{target}.errors.json");
-            let body = ErrorReport {
-                file_id: &event.file_id,
-                bucket: &event.bucket,
-                key: &event.key,
-                reason: &reason,
-                rows_total: summary.map(|s| s.rows_total),
-                rows_valid: summary.map(|s| s.rows_valid),
-                rows_rejected: summary.map(|s| s.rows_rejected),
-                rejected_rows: report,
-                rejected_rows_truncated: summary
-                    .is_some_and(|s| s.rows_rejected as usize > report.len()),
-            };
-            let json = serde_json::to_vec_pretty(&body).map_err(|e| Retry(e.into()))?;
-            store
-                .put(&retry_path(&report_key)?, PutPayload::from(json))
-                .await
-                .map_err(|e| Retry(anyhow::Error::new(e).context("writing the error report")))?;
-            event.moved_to = Some(target.clone());
-        }
         event.status = FileStatus::Failed;
         if let Some(s) = summary {
             fill_counts(&mut event, s, started);
         }
         event.reason = Some(reason.clone());
+        event.moved_to = target.clone();
         event.at = Utc::now();
-        self.emit_file_event(&event).await?;
         if let Some(target) = &target {
-            move_object(store, &retry_path(&event.key)?, target, "errors/").await?;
+            self.write_report(store, &event, target, report, None)
+                .await?;
+        }
+        self.emit_file_event(&event).await?;
+        if let (Some(target), Some(etag)) = (&target, &event.etag) {
+            let size = event.size.unwrap_or(0);
+            if self
+                .move_version(store, &retry_path(&event.key)?, etag, size, target)
+                .await?
+                == Moved::Replaced
+            {
+                event.moved_to = None;
+                event.at = Utc::now();
+                self.emit_file_event(&event).await?;
+            }
         }
         tracing::warn!(file_id = %event.file_id, bucket = %event.bucket, key = %event.key, replay, %reason, "File rejected as a whole.");
         Ok(Outcome::Failed(event))
     }
+
+    /// Ends a file that failed to finish too many times: `failed` with the reason, the errors
+    /// report written where the store allows it, and the object left where it is. A later
+    /// request for the same version is skipped; a new upload is ingested as usual.
+    pub async fn abandon(
+        &self,
+        req: &UploadRequest,
+        attempts: u32,
+        cause: &str,
+    ) -> Result<FileEvent, Retry> {
+        let reason = format!("gave up after {attempts} attempts: {cause}");
+        let store = self.stores.bucket(&req.bucket).map_err(Retry)?;
+        let path = retry_path(&req.key)?;
+        let head = store.head(&path).await.ok();
+        let etag = head
+            .as_ref()
+            .and_then(|h| h.e_tag.clone())
+            .or_else(|| req.etag.clone())
+            .unwrap_or_default();
+        let fid = file_id(&req.bucket, &req.key, &etag);
+        let mut event = FileEvent::new(&fid, FileStatus::Failed, &req.bucket, &req.key);
+        event.etag = Some(etag);
+        event.size = head.as_ref().map(|h| h.size);
+        event.last_modified = head.as_ref().map(|h| h.last_modified);
+        event.reason = Some(reason.clone());
+        // The event first: a report without its event would make a redelivered request skip
+        // the file before the event was ever sent.
+        self.emit_file_event(&event).await?;
+        if req.trigger != Trigger::Replay && req.key.starts_with(&self.template.incoming_prefix) {
+            let target = moved_key(
+                &req.key,
+                &self.template.incoming_prefix,
+                &self.settings.errors_prefix,
+            );
+            if let Err(e) = self
+                .write_report(&store, &event, &target, &[], Some(attempts))
+                .await
+            {
+                tracing::warn!(file_id = %fid, bucket = %req.bucket, key = %req.key, cause = %e,
+                    "Could not write the report of an abandoned file.");
+            }
+        }
+        tracing::error!(file_id = %fid, bucket = %req.bucket, key = %req.key, attempts, %reason,
+            "Gave up on a file; the partition moves on. The object stays where it is.");
+        Ok(event)
+    }
+
+    /// Moves the version `etag` of the object at `from` to `to`, only if `from` still holds that
+    /// version: checked before the copy and again before the delete. When it changed in
+    /// between, the copy may hold the newer bytes and is removed; the newer upload stays.
+    async fn move_version(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        from: &Path,
+        etag: &str,
+        size: u64,
+        to: &str,
+    ) -> Result<Moved, Retry> {
+        let to_path = retry_path(to)?;
+        let what = || format!("moving the object to {to}");
+        let holds = |h: Result<object_store::ObjectMeta, object_store::Error>| match h {
+            Ok(m) => Ok(Some(m.e_tag.as_deref() == Some(etag))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Retry(anyhow::Error::new(e).context(what()))),
+        };
+        match holds(store.head(from).await)? {
+            Some(true) => {}
+            Some(false) => return Ok(Moved::Replaced),
+            // Moved by an earlier attempt of this ingest.
+            None => return Ok(Moved::Done),
+        }
+        if size > self.settings.single_copy_max_bytes {
+            streamed_copy(store, from, etag, &to_path)
+                .await
+                .map_err(|e| Retry(e.context(what())))?;
+        } else {
+            store
+                .copy(from, &to_path)
+                .await
+                .map_err(|e| Retry(anyhow::Error::new(e).context(what())))?;
+        }
+        match holds(store.head(from).await)? {
+            Some(true) => match store.delete(from).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Moved::Done),
+                Err(e) => Err(Retry(anyhow::Error::new(e).context(what()))),
+            },
+            Some(false) => {
+                store
+                    .delete(&to_path)
+                    .await
+                    .map_err(|e| Retry(anyhow::Error::new(e).context(what())))?;
+                Ok(Moved::Replaced)
+            }
+            None => Ok(Moved::Done),
+        }
+    }
+}
+
+/// Copies the version `etag` of `from` to `to` through this process, as a multipart upload:
+/// for objects larger than one server-side copy may be.
+async fn streamed_copy(
+    store: &Arc<dyn ObjectStore>,
+    from: &Path,
+    etag: &str,
+    to: &Path,
+) -> anyhow::Result<()> {
+    const PART: usize = 16 << 20;
+    let got = store
+        .get_opts(
+            from,
+            GetOptions {
+                if_match: Some(etag.to_string()),
+                ..GetOptions::default()
+            },
+        )
+        .await?;
+    let mut stream = got.into_stream();
+    let upload = store.put_multipart(to).await?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(e.into());
+            }
+        };
+        writer.wait_for_capacity(2).await?;
+        writer.write(&chunk);
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// The report at `key`, if there is one (an unreadable one counts as none).
+async fn read_report(store: &Arc<dyn ObjectStore>, key: &str) -> Result<Option<FileReport>, Retry> {
+    let got = match store.get(&retry_path(key)?).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => {
+            return Err(Retry(
+                anyhow::Error::new(e).context(format!("reading {key}")),
+            ))
+        }
+    };
+    let bytes = got
+        .bytes()
+        .await
+        .map_err(|e| Retry(anyhow::Error::new(e).context(format!("reading {key}"))))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => {
+            tracing::warn!(key, cause = %e, "A report beside an upload is not readable; ignoring it.");
+            Ok(None)
+        }
+    }
 }
 
 /// The store path of `key`, for keys already checked (a failure here is retried).
-fn retry_path(key: &str) -> Result<object_store::path::Path, Retry> {
+fn retry_path(key: &str) -> Result<Path, Retry> {
     crate::store::object_path(key).map_err(|e| Retry(anyhow::anyhow!(e)))
-}
-
-/// Moves the object at `from` to the key `to`; `prefix` names the destination in the error.
-async fn move_object(
-    store: &Arc<dyn ObjectStore>,
-    from: &object_store::path::Path,
-    to: &str,
-    prefix: &str,
-) -> Result<(), Retry> {
-    store
-        .rename(from, &retry_path(to)?)
-        .await
-        .map_err(|e| Retry(anyhow::Error::new(e).context(format!("moving the object to {prefix}"))))
 }
 
 fn fill_counts(event: &mut FileEvent, s: &ScanSummary, started: Instant) {

@@ -112,7 +112,7 @@ proptest! {
     #[test]
     fn reader_and_contract_survive_any_bytes(bytes in csvish(), small in any::<bool>()) {
         let limits = if small {
-            Limits { max_record_bytes: 16, max_fields: 4 }
+            Limits { max_record_bytes: 16, max_fields: 4, ..Limits::default() }
         } else {
             Limits::default()
         };
@@ -179,7 +179,7 @@ proptest! {
             1 => { bytes.splice(0..0, [0x28, 0xb5, 0x2f, 0xfd]); }
             _ => {}
         }
-        if let Ok((mut r, _)) = reader::open(&bytes[..], None, 10_000) {
+        if let Ok((mut r, _)) = reader::open(&bytes[..], None, reader::ReadLimits { max_decompressed: 10_000, zstd_window_log_max: 24 }) {
             let mut out = Vec::new();
             if r.read_to_end(&mut out).is_ok() {
                 prop_assert!(out.len() <= 10_000);
