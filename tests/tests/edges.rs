@@ -73,76 +73,50 @@ fn wait_event(p: &Pipeline, key: &str, status: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_correction_uploaded_mid_ingest_is_ingested_after_it_and_wins() {
     let mut p = Pipeline::new().await;
-    let bucket = format!("t{}-se", p.id);
-    let s3 = s3_bucket(&p, &bucket);
+    let root = tempfile::tempdir().unwrap();
+    let buckets = root.path().join("buckets");
     let rows = sample_rows(61, 300_000, 0, "SEK", "2026-11-25");
     let key = "incoming/individual/store-9/2026-11-25/skus.csv";
-    s3.put(
-        &key.into(),
-        PutPayload::from(render_csv(&rows, false, false)),
-    )
-    .await
-    .unwrap();
+    let object = upload_local(&buckets, "skus-se", key, &rows);
     // units_sold is below 60 in every sample row: 77 marks the correction's rows.
     let correction = corrected_rows(&rows, 1000, "77");
     let corrected_csv = render_csv(&correction, false, false);
 
     p.start_loader(&[]);
-    p.start_ingest(&[
-        "--object-store=s3".into(),
-        format!("--s3-endpoint={}", p.stack.s3_endpoint),
-        format!("--buckets={bucket}=SE"),
-        // Every move goes through the streamed multipart copy (S3 copies at most 5 GiB at once).
-        "--single-copy-max-bytes=1".into(),
-    ]);
-    // The first version's records are being produced (its second pass, after both reads pinned
-    // its ETag): the store uploads its correction now.
+    p.start_ingest(&[format!("--bucket-root={}", buckets.display())]);
+    // The first version's records are being produced (its second pass has the object open):
+    // the store uploads its correction now, replacing the object whole as a PUT does.
     assert!(
         wait_until(WAIT, || topic_end(&p, &p.topics.records) > 0),
         "{}",
         p.logs()
     );
-    s3.put(&key.into(), PutPayload::from(corrected_csv.clone()))
-        .await
-        .unwrap();
+    let staged = buckets.join("skus-se/.upload");
+    std::fs::write(&staged, &corrected_csv).unwrap();
+    std::fs::rename(&staged, &object).unwrap();
 
-    let db_sql = "SELECT count(*) FROM skuflow.sku_facts WHERE units_sold = 77";
-    p.expect_count(db_sql, 1000, WAIT).await;
+    p.expect_count(
+        "SELECT count(*) FROM skuflow.sku_facts WHERE units_sold = 77",
+        1000,
+        WAIT,
+    )
+    .await;
     p.expect_count("SELECT count(*) FROM skuflow.sku_facts", 300_000, WAIT)
         .await;
-    let processed = "processed/individual/store-9/2026-11-25/skus.csv";
-    let mut moved = Vec::new();
+    let processed = buckets.join("skus-se/processed/individual/store-9/2026-11-25/skus.csv");
     assert!(
-        wait_until(WAIT, || {
-            moved = futures::executor::block_on(async {
-                match s3.get(&processed.into()).await {
-                    Ok(g) => g.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
-                    Err(_) => Vec::new(),
-                }
-            });
-            moved == corrected_csv.as_bytes()
-        }),
-        "processed/ does not hold the correction ({} bytes)\n{}",
-        moved.len(),
+        wait_until(WAIT, || std::fs::read(&processed)
+            .is_ok_and(|b| b == corrected_csv.as_bytes())),
+        "processed/ does not hold the correction\n{}",
         p.logs()
     );
-    assert!(
-        s3.head(&key.into()).await.is_err(),
-        "the correction was left in incoming/"
-    );
+    assert!(!object.exists(), "the correction was left in incoming/");
     // The first version says what happened to its object; the correction completed after it.
     let events = events_of(&p, key);
     let completed: Vec<&Value> = events
         .iter()
         .filter(|e| e["status"] == "completed")
         .collect();
-    let first = completed
-        .iter()
-        .find(|e| e["rows_total"] == 300_000)
-        .expect("the first version completed");
-    let last = completed.last().unwrap();
-    assert_eq!(last["rows_total"], 1000, "{events:#?}");
-    assert_ne!(first["file_id"], last["file_id"]);
     let replaced = completed.iter().any(|e| {
         e["rows_total"] == 300_000
             && e["moved_to"].is_null()
@@ -152,6 +126,42 @@ async fn a_correction_uploaded_mid_ingest_is_ingested_after_it_and_wins() {
         replaced,
         "the first version's move did not notice the correction: {events:#?}"
     );
+    let last = completed.last().unwrap();
+    assert_eq!(last["rows_total"], 1000, "{events:#?}");
+    assert_eq!(last["moved_to"], processed_key(key));
+}
+
+fn processed_key(key: &str) -> String {
+    key.replacen("incoming/", "processed/", 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_above_the_single_copy_limit_move_by_a_streamed_multipart_copy() {
+    let mut p = Pipeline::new().await;
+    let bucket = format!("t{}-dk", p.id);
+    let s3 = s3_bucket(&p, &bucket);
+    let csv = render_csv(&sample_rows(62, 3000, 0, "DKK", "2026-11-25"), false, false);
+    let key = "incoming/individual/store-3/2026-11-25/skus.csv";
+    s3.put(&key.into(), PutPayload::from(csv.clone()))
+        .await
+        .unwrap();
+    p.start_ingest(&[
+        "--object-store=s3".into(),
+        format!("--s3-endpoint={}", p.stack.s3_endpoint),
+        format!("--buckets={bucket}=DK"),
+        // Every object is "too large" for one CopyObject here.
+        "--single-copy-max-bytes=1".into(),
+    ]);
+    wait_event(&p, key, "completed");
+    let moved = s3
+        .get(&processed_key(key).as_str().into())
+        .await
+        .expect("moved to processed/")
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(moved, csv.as_bytes(), "the copy holds the object's bytes");
+    assert!(s3.head(&key.into()).await.is_err(), "left in incoming/");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,11 +179,12 @@ async fn dead_letters_refused_by_the_loader_survive_a_dead_letter_topic_failure(
     .await;
     // The dead-letter topic is unreachable (it does not exist): sending the letter fails after
     // the batch and its offsets are durable in PostgreSQL.
-    let missing = format!("sku.rejects.missing.t{}", p.id);
-    let first = p.start_loader(&[
-        format!("--rejects-topic={missing}"),
-        "-Xmessage.timeout.ms=2000".into(),
-    ]);
+    let rejects = std::mem::replace(
+        &mut p.topics.rejects,
+        format!("sku.rejects.missing.t{}", p.id),
+    );
+    let first = p.start_loader(&["-Xmessage.timeout.ms=2000".into()]);
+    p.topics.rejects = rejects;
     p.expect_count("SELECT count(*) FROM skuflow.sku_facts", 1, WAIT)
         .await;
     assert!(
@@ -342,7 +353,7 @@ async fn limits_hostile_values_and_repeated_keys_are_reported_and_memory_stays_b
         format!("{sku},Milk,dairy,,1.00,,EUR,5,{units},{date},")
     };
     // Over the object size limit.
-    let big: Vec<String> = (0..3000)
+    let big: Vec<String> = (0..6000)
         .map(|i| row(&format!("B-{i}"), 1, "2026-11-20"))
         .collect();
     put(
@@ -364,7 +375,7 @@ async fn limits_hostile_values_and_repeated_keys_are_reported_and_memory_stays_b
         enc.long_distance_matching(true).unwrap();
         enc.write_all(csv_of(&[&row("W-1", 1, "2026-11-20")]).as_bytes())
             .unwrap();
-        let filler: String = (0..200_000)
+        let filler: String = (0..100_000)
             .map(|i| format!("{}\n", row(&format!("W-{i}"), 1, "2026-11-20")))
             .collect();
         enc.write_all(filler.as_bytes()).unwrap();
@@ -374,7 +385,7 @@ async fn limits_hostile_values_and_repeated_keys_are_reported_and_memory_stays_b
     let limits = p.start_ingest(&[
         format!("--bucket-root={}", buckets.display()),
         "--buckets=skus-nl".into(),
-        "--max-object-bytes=100000".into(),
+        "--max-object-bytes=150000".into(),
         "--max-rows-per-file=1000".into(),
         "--max-zstd-window-log=20".into(),
     ]);
