@@ -196,6 +196,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         key_template: skuflow_ingest::metadata::KeyTemplate::DEFAULT.into(),
         events_topic: None,
         http_listen: None,
+        api_keys_file: None,
         scan_interval_secs: 1,
         group: "skuflow-ingest".into(),
         max_reject_ratio: 0.5,

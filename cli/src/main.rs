@@ -47,6 +47,28 @@ enum Command {
     /// Move one sink's consumer group back (earliest, a time, or offsets) to rebuild it; sinks
     /// keep one row per natural key, so nothing is duplicated.
     Replay(replay::ReplayArgs),
+    /// Keys of the ingest HTTP API.
+    ApiKey {
+        #[command(subcommand)]
+        action: ApiKeyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyAction {
+    /// Make a key: prints the token (shown once, give it to the caller) and the entry to add to
+    /// the --api-keys-file of the ingest (which holds only the token's hash).
+    New {
+        /// A name for the key, in logs and audits.
+        #[arg(long)]
+        id: String,
+        /// A bucket the key may queue from (repeat it for several; `*`: every bucket).
+        #[arg(long = "bucket", required = true)]
+        buckets: Vec<String>,
+        /// Only keys under this prefix, e.g. one store's folder `incoming/individual/s-17/`.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -111,6 +133,29 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "topics ready: {}, {}, {}, {}",
                 topics.uploads, topics.records, topics.rejects, topics.files
+            );
+            Ok(())
+        }
+        Command::ApiKey {
+            action:
+                ApiKeyAction::New {
+                    id,
+                    buckets,
+                    prefix,
+                },
+        } => {
+            use skuflow_ingest::apikeys::{hash_token, new_token, KeyEntry};
+            let token = new_token()?;
+            let entry = KeyEntry {
+                sha256: hash_token(&token),
+                id,
+                buckets,
+                prefix,
+            };
+            println!("token (give it to the caller; it is not stored anywhere): {token}");
+            println!(
+                "entry for the \"keys\" list of --api-keys-file: {}",
+                serde_json::to_string(&entry)?
             );
             Ok(())
         }

@@ -88,11 +88,7 @@ pub async fn serve(listen: &str) -> anyhow::Result<Option<SocketAddr>> {
             get(|| async { Json(serde_json::json!({"status": "alive"})) }),
         )
         .route("/readyz", get(readyz));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "Operations endpoints stopped.");
-        }
-    });
+    tokio::spawn(crate::http::serve(listener, app, CancellationToken::new()));
     Ok(Some(bound))
 }
 

@@ -1,7 +1,13 @@
 //! The HTTP trigger: `POST /v1/uploads` queues one object for ingest (the same upload request
 //! the bucket scan and the event trigger produce, so an object version arriving through several
 //! triggers is ingested once), `GET /v1/uploads/{file_id}` answers its status and counts from
-//! the file lifecycle topic. Bad requests get 400 with a JSON error naming the problem.
+//! the file lifecycle topic.
+//!
+//! Every request carries `Authorization: Bearer <token>`, a key of `--api-keys-file`
+//! ([`crate::apikeys`]): without a valid key 401, outside the key's buckets or prefix (or a
+//! bucket outside `--buckets`) 403, before the object store is asked anything. A status is
+//! answered only for files in the caller's scope. Errors are RFC 9457 problem details
+//! (`application/problem+json`) that name the field at fault.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +27,7 @@ use skuflow_platform::KafkaArgs;
 use skuflow_schemas::{FileEvent, Trigger, UploadRequest};
 use tokio_util::sync::CancellationToken;
 
+use crate::apikeys::{ApiKeys, Scope};
 use crate::discovery::request_upload;
 use crate::store::object_path;
 use crate::worker::{file_id, Ingestor};
@@ -35,18 +42,70 @@ struct Known {
 #[derive(Clone)]
 struct Api {
     ingestor: Arc<Ingestor>,
+    keys: Arc<ApiKeys>,
     known: Arc<Mutex<Known>>,
 }
 
+/// Largest request body accepted.
+const BODY_LIMIT: usize = 16 * 1024;
+
+/// A problem details response (RFC 9457); `error` repeats `detail` for clients of the first
+/// version of the API.
 fn error(status: StatusCode, field: Option<&str>, message: impl Into<String>) -> Response {
-    let mut body = json!({ "error": message.into() });
+    let detail = message.into();
+    let mut body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "error": detail,
+    });
     if let Some(f) = field {
         body["field"] = f.into();
     }
-    (status, Json(body)).into_response()
+    let mut r = (status, Json(body)).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/problem+json"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"skuflow\""),
+        );
+    }
+    r
 }
 
-async fn post_upload(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+/// The caller's scope, or why it has none (answered with 401).
+fn authenticate(api: &Api, headers: &HeaderMap) -> Result<Scope, &'static str> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Err("an API key is required: send Authorization: Bearer <token>");
+    };
+    api.keys
+        .authenticate(token)
+        .ok_or("the API key is not valid (revoked, mistyped or never issued)")
+}
+
+async fn post_upload(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let scope = match authenticate(&api, &headers) {
+        Ok(s) => s,
+        Err(why) => return error(StatusCode::UNAUTHORIZED, None, why),
+    };
+    let body = match skuflow_platform::http::read_body(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, None, e.to_string()),
+    };
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -98,6 +157,25 @@ async fn post_upload(State(api): State<Api>, body: axum::body::Bytes) -> Respons
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, Some("key"), e),
     };
+    if let Err(e) = crate::store::check_bucket_name(&bucket) {
+        return error(StatusCode::BAD_REQUEST, Some("bucket"), format!("{e:#}"));
+    }
+    // Scope and allowlist before the object store is asked anything.
+    if !api.ingestor.bucket_allowed(&bucket) {
+        return error(
+            StatusCode::FORBIDDEN,
+            Some("bucket"),
+            format!("bucket {bucket:?} is not one this ingest reads"),
+        );
+    }
+    if !scope.allows(&bucket, &key) {
+        tracing::warn!(key_id = %scope.id, %bucket, %key, "API request outside the key's scope refused.");
+        return error(
+            StatusCode::FORBIDDEN,
+            Some("key"),
+            format!("this API key may not queue {bucket}/{key}"),
+        );
+    }
     let store = match api.ingestor.stores.bucket(&bucket) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, Some("bucket"), format!("{e:#}")),
@@ -147,10 +225,19 @@ async fn post_upload(State(api): State<Api>, body: axum::body::Bytes) -> Respons
     if let Ok(mut k) = api.known.lock() {
         k.queued.insert(id, body.clone());
     }
+    tracing::info!(key_id = %scope.id, %bucket, %key, "Upload queued through the API.");
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
-async fn get_upload(State(api): State<Api>, UrlPath(id): UrlPath<String>) -> Response {
+async fn get_upload(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let scope = match authenticate(&api, &headers) {
+        Ok(s) => s,
+        Err(why) => return error(StatusCode::UNAUTHORIZED, None, why),
+    };
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -162,20 +249,29 @@ async fn get_upload(State(api): State<Api>, UrlPath(id): UrlPath<String>) -> Res
         Ok(k) => k,
         Err(p) => p.into_inner(),
     };
-    if let Some(e) = known.events.get(&id) {
+    if let Some(e) = known
+        .events
+        .get(&id)
+        .filter(|e| scope.allows(&e.bucket, &e.key))
+    {
         let mut body = serde_json::to_value(e).unwrap_or_default();
         if let Some(o) = body.as_object_mut() {
             o.remove("schema");
         }
         return (StatusCode::OK, Json(body)).into_response();
     }
-    if let Some(q) = known.queued.get(&id) {
+    if let Some(q) = known.queued.get(&id).filter(|q| {
+        scope.allows(
+            q["bucket"].as_str().unwrap_or_default(),
+            q["key"].as_str().unwrap_or_default(),
+        )
+    }) {
         return (StatusCode::OK, Json(q.clone())).into_response();
     }
     error(
         StatusCode::NOT_FOUND,
         Some("file_id"),
-        format!("no upload {id} is known"),
+        format!("no upload {id} is known to this API key"),
     )
 }
 
@@ -226,6 +322,7 @@ async fn tail_files(
 /// Serves the API on `addr` until `shutdown`.
 pub async fn serve(
     ingestor: Arc<Ingestor>,
+    keys: ApiKeys,
     kafka: KafkaArgs,
     addr: SocketAddr,
     shutdown: CancellationToken,
@@ -237,16 +334,16 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/uploads", post(post_upload))
         .route("/v1/uploads/{file_id}", get(get_upload))
-        .with_state(Api { ingestor, known });
+        .with_state(Api {
+            ingestor,
+            keys: Arc::new(keys),
+            known,
+        });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     tracing::info!(%addr, "HTTP API listening.");
-    let s = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { s.cancelled().await })
-        .await
-        .context("serving the HTTP API")?;
+    skuflow_platform::http::serve(listener, app, shutdown).await;
     tail.abort();
     Ok(())
 }

@@ -139,6 +139,11 @@ pub async fn event_loop(
             Some(Ok(p)) => {
                 ignored += p.ignored as u64;
                 for (bucket, key, size, etag) in p.created {
+                    if !ingestor.bucket_allowed(&bucket) {
+                        tracing::warn!(%bucket, %key, "S3 event for a bucket outside --buckets; ignored.");
+                        ignored += 1;
+                        continue;
+                    }
                     let req = UploadRequest::new(&bucket, &key, etag, size, Trigger::Event);
                     let mut backoff = Duration::from_millis(200);
                     while let Err(e) = request_upload(ingestor, &req).await {

@@ -3,6 +3,7 @@
 //! `sku.files.v1`.
 
 pub mod api;
+pub mod apikeys;
 pub mod codes;
 pub mod contract;
 pub mod csvstream;
@@ -68,8 +69,9 @@ pub struct IngestArgs {
         default_value = "skus-{country}"
     )]
     pub bucket_template: String,
-    /// Buckets to scan, comma-separated; `bucket=CC` also sets a bucket's country. Default with
-    /// the local backend: every bucket directory under --bucket-root.
+    /// Buckets to read, comma-separated; `bucket=CC` also sets a bucket's country. An allowlist
+    /// for every trigger (scan, S3 events, HTTP API, queued requests); required with the S3
+    /// backend. Default with the local backend: every bucket directory under --bucket-root.
     #[arg(long = "buckets", env = "SKUFLOW_BUCKETS", value_delimiter = ',')]
     pub buckets: Vec<String>,
     /// Key template; `[...]` is optional (the chain of retail_chain stores).
@@ -80,9 +82,13 @@ pub struct IngestArgs {
     #[arg(long = "events-topic", env = "SKUFLOW_S3_EVENTS_TOPIC")]
     pub events_topic: Option<String>,
     /// Address of the HTTP API (`POST /v1/uploads`, `GET /v1/uploads/{file_id}`), e.g.
-    /// `0.0.0.0:8080`; off when not set.
+    /// `0.0.0.0:8080`; off when not set. Needs --api-keys-file.
     #[arg(long = "http-listen", env = "SKUFLOW_HTTP_LISTEN")]
     pub http_listen: Option<std::net::SocketAddr>,
+    /// The HTTP API's keys: a JSON file of SHA-256 hashes of bearer tokens, each scoped to
+    /// buckets and a key prefix (`skuflow api-key new` makes one). Read again when it changes.
+    #[arg(long = "api-keys-file", env = "SKUFLOW_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
     /// Seconds between bucket scans.
     #[arg(
         long = "scan-interval-secs",
@@ -196,6 +202,18 @@ impl IngestArgs {
         if template.incoming_prefix.is_empty() {
             anyhow::bail!("--key-template must start with a literal prefix such as incoming/");
         }
+        if names.is_empty() && self.store.backend == store::Backend::S3 {
+            anyhow::bail!(
+                "--buckets is required with --object-store=s3: list the buckets this ingest may read \
+                 (e.g. --buckets skus-de,skus-fr); it is the allowlist of every trigger"
+            );
+        }
+        if self.http_listen.is_some() && self.api_keys_file.is_none() {
+            anyhow::bail!(
+                "--http-listen needs --api-keys-file: the API queues uploads from your buckets, so \
+                 every caller needs a key (make one with `skuflow api-key new`)"
+            );
+        }
         let (records, control) = worker::producers(kafka, topics)?;
         let mut settings = IngestSettings {
             max_reject_ratio: self.max_reject_ratio,
@@ -214,6 +232,7 @@ impl IngestArgs {
         Ok((
             Ingestor {
                 stores: Stores::new(self.store.clone()),
+                buckets: names.clone(),
                 countries,
                 template,
                 topics: topics.clone(),
@@ -251,8 +270,12 @@ pub async fn run(
         tasks.spawn(async move { events::event_loop(&i, &k, &topic, &g, s).await });
     }
     if let Some(addr) = args.http_listen {
+        let keys = match &args.api_keys_file {
+            Some(path) => apikeys::ApiKeys::load(path).context("--api-keys-file")?,
+            None => anyhow::bail!("--http-listen needs --api-keys-file"),
+        };
         let (i, s, k) = (ingestor.clone(), shutdown.clone(), kafka.clone());
-        tasks.spawn(async move { api::serve(i, k, addr, s).await });
+        tasks.spawn(async move { api::serve(i, keys, k, addr, s).await });
     }
     if matches!(args.mode, Mode::All | Mode::Worker) {
         let (i, s, k, g) = (

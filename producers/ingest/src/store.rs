@@ -102,7 +102,8 @@ pub struct Stores {
     open: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
-fn check_bucket_name(name: &str) -> anyhow::Result<()> {
+/// Whether `name` is a valid bucket name.
+pub fn check_bucket_name(name: &str) -> anyhow::Result<()> {
     let ok = (3..=63).contains(&name.len())
         && name
             .bytes()

@@ -97,6 +97,9 @@ impl Default for IngestSettings {
 
 pub struct Ingestor {
     pub stores: Stores,
+    /// The buckets every trigger may queue from (`--buckets`); empty: with the local backend,
+    /// every bucket directory under the root.
+    pub buckets: Vec<String>,
     pub countries: BucketCountries,
     pub template: KeyTemplate,
     pub topics: TopicArgs,
@@ -198,6 +201,17 @@ struct ReplayOf {
 }
 
 impl Ingestor {
+    /// Whether requests for `bucket` are taken: it is in `--buckets`, or (local backend without
+    /// a list) a bucket directory under the root.
+    pub fn bucket_allowed(&self, bucket: &str) -> bool {
+        if self.buckets.is_empty() {
+            self.stores.args().backend == crate::store::Backend::Local
+                && self.stores.bucket(bucket).is_ok()
+        } else {
+            self.buckets.iter().any(|b| b == bucket)
+        }
+    }
+
     async fn emit_file_event(&self, ev: &FileEvent) -> Result<(), Retry> {
         let payload = serde_json::to_vec(ev).map_err(|e| Retry(e.into()))?;
         produce::send_acknowledged(
@@ -215,6 +229,12 @@ impl Ingestor {
     /// Ingests the object a request names. `Err(Retry)` leaves everything to be redone.
     pub async fn ingest(&self, req: &UploadRequest) -> Result<Outcome, Retry> {
         let started = Instant::now();
+        if !self.bucket_allowed(&req.bucket) {
+            return Ok(Outcome::Refused(format!(
+                "bucket {:?} is not one this ingest reads (--buckets)",
+                req.bucket
+            )));
+        }
         let store = match self.stores.bucket(&req.bucket) {
             Ok(s) => s,
             Err(e) => return self.fail_unreadable(req, format!("{e:#}")).await,
