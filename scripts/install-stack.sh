@@ -43,6 +43,8 @@ for what in "${want[@]}"; do
         # The Debian cluster is not used; skuflow runs its own data directory.
         systemctl disable --now postgresql >/dev/null 2>&1 || true
       fi
+      # The TLS tests make their CA and server certificates with the openssl command.
+      command -v openssl >/dev/null 2>&1 || apt_install openssl
       ;;
     tansu)
       if command -v tansu >/dev/null 2>&1; then

@@ -136,10 +136,9 @@ fn parquet_rows(root: &std::path::Path) -> BTreeMap<String, i64> {
 }
 
 async fn reset_schema(pg_url: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls)
+    let client = skuflow_platform::pg::connect(pg_url)
         .await
-        .context("connecting to PostgreSQL (is it running? `make stack`)")?;
-    tokio::spawn(conn);
+        .map_err(|e| anyhow::anyhow!("{e} (is it running? `make stack`)"))?;
     client
         .batch_execute(
             "DROP SCHEMA IF EXISTS skuflow CASCADE; DROP SCHEMA IF EXISTS skuflow_finance CASCADE",
@@ -297,8 +296,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .create()?;
     files_consumer.subscribe(&[&topics.files])?;
     let mut latest: HashMap<String, FileEvent> = HashMap::new();
-    let (client, conn) = tokio_postgres::connect(&args.pg_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let client = skuflow_platform::pg::connect(&args.pg_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let per_country = loop {
         if Instant::now() > deadline {

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod ops;
 pub mod parallel;
 pub mod pg;
+pub mod pg_tls;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -8,6 +8,8 @@ use anyhow::anyhow;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+pub use crate::pg_tls::{parse as parse_url, PgTarget, TlsMode};
+
 use crate::SinkError;
 
 /// Whether a PostgreSQL error is worth retrying (connection, restart, overload, deadlock).
@@ -50,16 +52,68 @@ pub fn classify(e: tokio_postgres::Error, what: &str) -> SinkError {
     }
 }
 
-/// Connects and drives the connection on a task; the error never holds the URL.
-pub async fn connect(url: &str) -> Result<Client, SinkError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| SinkError::Retriable(anyhow!("connecting to PostgreSQL: {}", describe(&e))))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(cause = %describe(&e), "PostgreSQL connection ended.");
+/// The TLS failure behind a connection error (a refused certificate, a failed handshake).
+fn tls_failure(e: &tokio_postgres::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return Some(r.to_string());
         }
-    });
+        if let Some(r) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(r.to_string());
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// Connects (with TLS as the URL's `sslmode` asks, see [`crate::pg_tls`]) and drives the
+/// connection on a task. Errors name the host and the reason, never the URL: a refused
+/// certificate or credentials are fatal (a configuration to fix), anything else is retried.
+pub async fn connect(url: &str) -> Result<Client, SinkError> {
+    let target = parse_url(url).map_err(|e| SinkError::Fatal(e.context("--pg-url")))?;
+    let host = target.host();
+    let tls = target
+        .tls()
+        .map_err(|e| SinkError::Fatal(e.context("--pg-url")))?;
+    let fail = |e: tokio_postgres::Error| {
+        if let Some(why) = tls_failure(&e) {
+            return SinkError::Fatal(anyhow!(
+                "PostgreSQL at {host}: TLS refused ({why}); check sslmode and sslrootcert"
+            ));
+        }
+        let msg = anyhow!("connecting to PostgreSQL at {host}: {}", describe(&e));
+        match e.code() {
+            // Authentication and authorisation (wrong password, no pg_hba.conf entry).
+            Some(c) if c.code().starts_with("28") => SinkError::Fatal(msg),
+            _ => SinkError::Retriable(msg),
+        }
+    };
+    let client = match tls {
+        None => {
+            let (client, conn) = target.config.connect(NoTls).await.map_err(fail)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(cause = %describe(&e), "PostgreSQL connection ended.");
+                }
+            });
+            client
+        }
+        Some(cfg) => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(cfg);
+            let (client, conn) = target.config.connect(tls).await.map_err(fail)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(cause = %describe(&e), "PostgreSQL connection ended.");
+                }
+            });
+            client
+        }
+    };
     Ok(client)
 }
 

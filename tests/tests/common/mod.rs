@@ -469,11 +469,10 @@ impl Pipeline {
     }
 
     pub async fn db(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+        // The URL may ask for TLS (sslmode, sslrootcert), as the binaries read it.
+        skuflow_platform::pg::connect(&self.db_url)
             .await
-            .expect("connecting to the test database");
-        tokio::spawn(conn);
-        client
+            .unwrap_or_else(|e| panic!("connecting to the test database: {e}"))
     }
 
     /// Polls `count_sql` (one bigint) until it equals `want` or the timeout passes; returns the last value.
@@ -481,10 +480,7 @@ impl Pipeline {
         let start = Instant::now();
         let mut last = -1;
         while start.elapsed() < timeout {
-            if let Ok((client, conn)) =
-                tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls).await
-            {
-                tokio::spawn(conn);
+            if let Ok(client) = skuflow_platform::pg::connect(&self.db_url).await {
                 if let Ok(row) = client.query_one(count_sql, &[]).await {
                     last = row.get(0);
                     if last == want {
@@ -679,6 +675,13 @@ fn as_postgres(cmd: &mut Command) -> Command {
 
 impl TempPostgres {
     pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Like [`TempPostgres::start`], with `setup` run on the data directory between `initdb`
+    /// and the first start (to add settings, certificates or a `pg_hba.conf`); it runs as the
+    /// test's user and the directory is handed to the postgres user afterwards.
+    pub fn start_with(setup: impl FnOnce(&std::path::Path)) -> Self {
         let bin = PathBuf::from(env("SKUFLOW_TEST_PG_BIN"));
         let dir = tempfile::Builder::new()
             .prefix("skuflow-pg-")
@@ -700,6 +703,11 @@ impl TempPostgres {
         .status()
         .unwrap();
         assert!(ok.success(), "initdb failed");
+        setup(&data);
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
         let port = free_port();
         let pg = TempPostgres { dir, port, bin };
         pg.ctl("start");
