@@ -602,3 +602,67 @@ async fn a_replay_request_that_does_not_match_the_ingested_version_is_refused() 
         "a replay reproduces the same ids and versions"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_money_and_dates_never_stop_the_scheduled_finance_report() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("reports");
+    let rates = root.path().join("rates.csv");
+    std::fs::write(
+        &rates,
+        "date,currency,reporting_currency,rate\n2026-11-01,VND,EUR,1000000\n",
+    )
+    .unwrap();
+    // The largest price and units the contract accepts, in a currency with a large rate: the
+    // converted revenue (about 2 × 10^29) is beyond exact decimal arithmetic.
+    let mut huge = common::record("VN", 1, 5);
+    huge.currency = "VND".into();
+    huge.unit_price = "99999999999999.9999".parse().unwrap();
+    huge.units_sold = i32::MAX;
+    // A business date in year 1 (sent straight to the topic, past the ingest's date window).
+    let mut ancient = common::record("DE", 2, 5);
+    ancient.business_date = chrono::NaiveDate::from_ymd_opt(1, 1, 1).unwrap();
+    let normal = common::record("DE", 3, 5);
+    produce(
+        &p.stack.brokers,
+        &p.topics.records,
+        &record_messages(&[huge, ancient, normal]),
+    )
+    .await;
+    let reporter = p.start_reporter(&[
+        "--report-every-secs=2".into(),
+        format!("--report-out={}", out.display()),
+        format!("--rates={}", rates.display()),
+    ]);
+    p.expect_count("SELECT count(*) FROM skuflow_finance.lines", 3, WAIT)
+        .await;
+    let mut summary = Value::Null;
+    assert!(
+        wait_until(WAIT, || {
+            summary = std::fs::read(out.join("summary.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null);
+            summary["rows"] == 2
+        }),
+        "{summary}\n{}",
+        p.logs()
+    );
+    let excluded = summary["excluded_rows"].as_array().unwrap();
+    assert_eq!(excluded.len(), 1, "{summary}");
+    assert_eq!(excluded[0]["currency"], "VND");
+    assert!(excluded[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("overflows"));
+    // The reporter keeps running its schedule.
+    assert!(
+        wait_until(WAIT, || {
+            let (_, m) = p.ops_get(reporter, "/metrics");
+            metric(&m, "skuflow_reports_total", &[("outcome", "written")]).unwrap_or(0.0) >= 2.0
+        }),
+        "{}",
+        p.logs()
+    );
+}
