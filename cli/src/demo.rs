@@ -21,11 +21,15 @@ use skuflow_warehouse_loader::LoaderArgs;
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct DemoArgs {
-    /// Kafka bootstrap servers; without it the demo runs an in-process mock broker.
+    /// Kafka bootstrap servers; without it the demo runs an in-process mock broker. The demo
+    /// uses topics and consumer groups of its own (`sku.*.v1.demo`, `skuflow-demo-*`).
     #[arg(long = "brokers", env = "SKUFLOW_DEMO_BROKERS")]
     brokers: Option<String>,
-    /// PostgreSQL connection string of the demo database (its `skuflow` schema is reset).
-    #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
+    /// PostgreSQL connection string of a database for the demo (`make demo`: `skuflow_demo`).
+    /// Its `skuflow` and `skuflow_finance` schemas are reset, and only when the demo made them:
+    /// a database holding other skuflow data is refused. Never read from SKUFLOW_PG_URL, which
+    /// the loader and reporter pods have.
+    #[arg(long = "pg-url", env = "SKUFLOW_DEMO_PG_URL", hide_env_values = true)]
     pg_url: String,
     /// Output directory: the bucket root lives in `<out>/buckets`.
     #[arg(long = "out", default_value = "out/demo")]
@@ -135,16 +139,52 @@ fn parquet_rows(root: &std::path::Path) -> BTreeMap<String, i64> {
     out
 }
 
+/// What the demo writes on the schemas it makes; it resets only schemas that say so.
+const DEMO_MARK: &str = "skuflow demo data: `skuflow demo` resets it";
+
+/// The schemas the demo resets.
+const DEMO_SCHEMAS: [&str; 2] = ["skuflow", "skuflow_finance"];
+
+/// The demo's topics and consumer groups: never those of a deployment on the same cluster.
+const DEMO_SUFFIX: &str = ".demo";
+const DEMO_GROUP: &str = "skuflow-demo";
+
 async fn reset_schema(pg_url: &str) -> anyhow::Result<()> {
     let client = skuflow_platform::pg::connect(pg_url)
         .await
         .map_err(|e| anyhow::anyhow!("{e} (is it running? `make stack`)"))?;
-    client
-        .batch_execute(
-            "DROP SCHEMA IF EXISTS skuflow CASCADE; DROP SCHEMA IF EXISTS skuflow_finance CASCADE",
-        )
-        .await
-        .context("resetting the demo schema")?;
+    for schema in DEMO_SCHEMAS {
+        let row = client
+            .query_opt(
+                "SELECT coalesce(obj_description(oid, 'pg_namespace'), '') FROM pg_namespace WHERE nspname = $1",
+                &[&schema],
+            )
+            .await
+            .context("looking at the demo database")?;
+        if let Some(r) = row {
+            let mark: String = r.get(0);
+            if mark != DEMO_MARK {
+                let db: String = client
+                    .query_one("SELECT current_database()", &[])
+                    .await?
+                    .get(0);
+                anyhow::bail!(
+                    "database {db} holds a `{schema}` schema the demo did not create: it may be a \
+                     deployment's data, so the demo leaves it alone. Point --pg-url \
+                     (SKUFLOW_DEMO_PG_URL) at a database of its own, e.g. the stack's skuflow_demo."
+                );
+            }
+        }
+    }
+    for schema in DEMO_SCHEMAS {
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; \
+                 COMMENT ON SCHEMA {schema} IS '{DEMO_MARK}'"
+            ))
+            .await
+            .context("resetting the demo schemas")?;
+    }
     Ok(())
 }
 
@@ -165,7 +205,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let total_files: usize = expected_files.values().sum();
     reset_schema(&args.pg_url).await?;
 
-    let topics = TopicArgs::default();
+    let topics = TopicArgs::with_suffix(DEMO_SUFFIX);
     let _mock;
     let brokers = match &args.brokers {
         Some(b) => {
@@ -197,7 +237,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         http_listen: None,
         api_keys_file: None,
         scan_interval_secs: 1,
-        group: "skuflow-ingest".into(),
+        group: format!("{DEMO_GROUP}-ingest"),
         max_reject_ratio: 0.5,
         max_object_bytes: 4 << 30,
         max_decompressed_bytes: 8 << 30,
@@ -209,12 +249,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         max_attempts: 10,
         single_copy_max_bytes: skuflow_ingest::worker::S3_SINGLE_COPY_MAX,
     };
+    let consume = |sink: &str| ConsumeArgs {
+        group: Some(format!("{DEMO_GROUP}-{sink}")),
+        flush_interval_ms: 500,
+        ..ConsumeArgs::default()
+    };
     let loader = LoaderArgs {
         pg_url: args.pg_url.clone(),
-        consume: ConsumeArgs {
-            flush_interval_ms: 500,
-            ..ConsumeArgs::default()
-        },
+        consume: consume("warehouse-loader"),
     };
     let mut tasks = tokio::task::JoinSet::new();
     {
@@ -245,10 +287,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             target_file_bytes: skuflow_dataset_builder::sink::DEFAULT_TARGET_FILE_BYTES,
             cache_rows: 2_000_000,
             writer_lease_secs: 60,
-            consume: ConsumeArgs {
-                flush_interval_ms: 500,
-                ..ConsumeArgs::default()
-            },
+            consume: consume("dataset-builder"),
         };
         tasks.spawn(async move {
             skuflow_dataset_builder::run(&builder, &k, &t, s)
@@ -273,10 +312,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             pg_url: args.pg_url.clone(),
             report_every_secs: 0,
             report: report.clone(),
-            consume: ConsumeArgs {
-                flush_interval_ms: 500,
-                ..ConsumeArgs::default()
-            },
+            consume: consume("finance-reporter"),
         };
         tasks.spawn(async move {
             skuflow_finance_reporter::run(&reporter, &k, &t, s)
