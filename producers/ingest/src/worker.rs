@@ -1018,7 +1018,7 @@ pub fn record_producer_config(kafka: &skuflow_platform::KafkaArgs) -> rdkafka::C
         // the same wall time.
         ("max.in.flight.requests.per.connection", "1"),
     ] {
-        if !kafka.options.iter().any(|(o, _)| o == k) {
+        if !kafka.has_option(k) {
             cfg.set(k, v);
         }
     }
