@@ -30,7 +30,7 @@ pub(crate) struct DemoArgs {
     /// a database holding other skuflow data is refused. Never read from SKUFLOW_PG_URL, which
     /// the loader and reporter pods have.
     #[arg(long = "pg-url", env = "SKUFLOW_DEMO_PG_URL", hide_env_values = true)]
-    pg_url: String,
+    pg_url: skuflow_platform::secret::Secret,
     /// Output directory: the bucket root lives in `<out>/buckets`.
     #[arg(long = "out", default_value = "out/demo")]
     out: PathBuf,
@@ -203,7 +203,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let expected_files = generate(&buckets, &args.countries, args.rows_per_file)?;
     let total_files: usize = expected_files.values().sum();
-    reset_schema(&args.pg_url).await?;
+    reset_schema(args.pg_url.expose()).await?;
 
     let topics = TopicArgs::with_suffix(DEMO_SUFFIX);
     let _mock;
@@ -332,7 +332,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .create()?;
     files_consumer.subscribe(&[&topics.files])?;
     let mut latest: HashMap<String, FileEvent> = HashMap::new();
-    let client = skuflow_platform::pg::connect(&args.pg_url)
+    let client = skuflow_platform::pg::connect(args.pg_url.expose())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
@@ -397,7 +397,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let finance = skuflow_finance_reporter::report::run(&args.pg_url, &report)
+    let finance = skuflow_finance_reporter::report::run(args.pg_url.expose(), &report)
         .await
         .context("writing the finance report")?;
 

@@ -71,22 +71,13 @@ enum ApiKeyAction {
     },
 }
 
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 struct ReportCmd {
     /// PostgreSQL connection string of the finance reporter. Never logged.
     #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
-    pg_url: String,
+    pg_url: skuflow_platform::secret::Secret,
     #[command(flatten)]
     report: skuflow_finance_reporter::ReportArgs,
-}
-
-impl std::fmt::Debug for ReportCmd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReportCmd")
-            .field("pg_url", &"***")
-            .field("report", &self.report)
-            .finish()
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Report(ReportCmd { pg_url, report }) => {
-            let r = skuflow_finance_reporter::report::run(&pg_url, &report).await?;
+            let r = skuflow_finance_reporter::report::run(pg_url.expose(), &report).await?;
             println!(
                 "report written to {}: {} aggregate rows, {} countries, {} projections, {} days without a rate",
                 report.out,

@@ -98,7 +98,7 @@ impl std::str::FromStr for Target {
     }
 }
 
-#[derive(Clone, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ReplayArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -131,21 +131,7 @@ pub(crate) struct ReplayArgs {
     /// PostgreSQL of the warehouse loader or the finance reporter (their offsets live there).
     /// Never logged.
     #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
-    pg_url: Option<String>,
-}
-
-impl std::fmt::Debug for ReplayArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplayArgs")
-            .field("sink", &self.sink)
-            .field("group", &self.group)
-            .field("to", &self.to)
-            .field("countries", &self.countries)
-            .field("from", &self.from)
-            .field("until", &self.until)
-            .field("pg_url", &self.pg_url.as_ref().map(|_| "***"))
-            .finish()
-    }
+    pg_url: Option<skuflow_platform::secret::Secret>,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -367,7 +353,7 @@ async fn move_group(args: &ReplayArgs, sink: SinkKind, to: &Target) -> anyhow::R
         .commit(&tpl, CommitMode::Sync)
         .context("committing the new offsets of the group")?;
     if let (Some(table), Some(url)) = (table, &args.pg_url) {
-        let mut client = skuflow_platform::pg::connect(url)
+        let mut client = skuflow_platform::pg::connect(url.expose())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let tx = client.transaction().await?;

@@ -24,7 +24,7 @@ use serde::Serialize;
 use skuflow_platform::{KafkaArgs, TopicArgs};
 use skuflow_schemas::{FileEvent, FileStatus};
 
-#[derive(Clone, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct StatusArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -32,7 +32,7 @@ pub(crate) struct StatusArgs {
     topics: TopicArgs,
     /// PostgreSQL of the warehouse loader and the finance reporter. Never logged.
     #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
-    pg_url: Option<String>,
+    pg_url: Option<skuflow_platform::secret::Secret>,
     /// Elasticsearch of the search indexer: its documents are counted when this is given.
     #[arg(long = "es-url", env = "SKUFLOW_ES_URL")]
     es_url: Option<String>,
@@ -61,20 +61,6 @@ pub(crate) struct StatusArgs {
     /// JSON output.
     #[arg(long = "json")]
     json: bool,
-}
-
-impl std::fmt::Debug for StatusArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatusArgs")
-            .field("pg_url", &self.pg_url.as_ref().map(|_| "***"))
-            .field("es_url", &self.es_url)
-            .field("es_auth", &self.es_auth)
-            .field("index_alias", &self.index_alias)
-            .field("dataset_root", &self.dataset_root)
-            .field("file", &self.file)
-            .field("since", &self.since)
-            .finish()
-    }
 }
 
 /// One upload's lineage.
@@ -293,7 +279,7 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<bool> {
 
     let mut per_sink: Vec<(&'static str, HashMap<String, u64>)> = Vec::new();
     if let Some(url) = &args.pg_url {
-        let client = skuflow_platform::pg::connect(url)
+        let client = skuflow_platform::pg::connect(url.expose())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(c) = pg_counts(&client, "skuflow.sku_facts", &ids).await? {

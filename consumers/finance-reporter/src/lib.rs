@@ -12,6 +12,7 @@ pub mod sink;
 use std::time::Duration;
 
 use clap::Args;
+use skuflow_platform::secret::Secret;
 use skuflow_platform::shutdown::CancellationToken;
 
 pub use report::ReportArgs;
@@ -21,11 +22,11 @@ pub use sink::FinanceSink;
 pub const GROUP: &str = "skuflow-finance-reporter";
 
 /// Flags of `skuflow-finance-reporter`.
-#[derive(Clone, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ReporterArgs {
     /// PostgreSQL connection string. Never logged.
     #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
-    pub pg_url: String,
+    pub pg_url: Secret,
     /// Seconds between scheduled reports (0: none; `skuflow report` makes one on demand).
     #[arg(
         long = "report-every-secs",
@@ -39,21 +40,10 @@ pub struct ReporterArgs {
     pub consume: skuflow_platform::ConsumeArgs,
 }
 
-impl std::fmt::Debug for ReporterArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReporterArgs")
-            .field("pg_url", &"***")
-            .field("report_every_secs", &self.report_every_secs)
-            .field("report", &self.report)
-            .field("consume", &self.consume)
-            .finish()
-    }
-}
-
 /// Writes a report every `every` until `shutdown`. A failed report (an error, or a panic in its
 /// task) is logged at ERROR and counted in `skuflow_reports_total{outcome="failed"}` (alert
 /// SkuflowReportFailed); the next run happens as scheduled.
-async fn schedule(pg_url: String, args: ReportArgs, every: Duration, shutdown: CancellationToken) {
+async fn schedule(pg_url: Secret, args: ReportArgs, every: Duration, shutdown: CancellationToken) {
     let reports = &skuflow_platform::metrics::metrics().reports;
     loop {
         tokio::select! {
@@ -61,7 +51,7 @@ async fn schedule(pg_url: String, args: ReportArgs, every: Duration, shutdown: C
             _ = tokio::time::sleep(every) => {}
         }
         let (url, a) = (pg_url.clone(), args.clone());
-        let outcome = tokio::spawn(async move { report::run(&url, &a).await })
+        let outcome = tokio::spawn(async move { report::run(url.expose(), &a).await })
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("the report task ended abnormally: {e}")));
         match outcome {
@@ -95,7 +85,7 @@ pub async fn run(
         .group
         .clone()
         .unwrap_or_else(|| GROUP.to_string());
-    let mut sink = FinanceSink::new(&args.pg_url, &group);
+    let mut sink = FinanceSink::new(args.pg_url.expose(), &group);
     match sink.connect().await {
         Ok(_) => {}
         Err(skuflow_platform::SinkError::Fatal(e)) => return Err(e),

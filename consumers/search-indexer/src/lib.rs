@@ -18,13 +18,14 @@ use skuflow_platform::shutdown::CancellationToken;
 use skuflow_platform::SinkError;
 
 pub use sink::{EsSink, Tuning};
+use skuflow_platform::secret::Secret;
 
 /// Default consumer group.
 pub const GROUP: &str = "skuflow-search-indexer";
 
 /// How to authenticate to Elasticsearch: basic auth or an API key, and the CA of its certificate.
 /// Shared by the indexer and `skuflow status`.
-#[derive(Clone, Default, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct EsAuth {
     /// Basic-auth user.
     #[arg(long = "es-username", env = "SKUFLOW_ES_USERNAME")]
@@ -35,28 +36,17 @@ pub struct EsAuth {
         env = "SKUFLOW_ES_PASSWORD",
         hide_env_values = true
     )]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// API key, as `id:key` or the base64 encoded form Elasticsearch returns. Never logged.
     #[arg(
         long = "es-api-key",
         env = "SKUFLOW_ES_API_KEY",
         hide_env_values = true
     )]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// PEM file of the CA that signed the cluster's certificate (full verification).
     #[arg(long = "es-ca-cert", env = "SKUFLOW_ES_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for EsAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EsAuth")
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
-            .field("ca_cert", &self.ca_cert)
-            .finish()
-    }
 }
 
 /// A transport to the single node at `es_url`, authenticated as `auth` says.
@@ -72,12 +62,14 @@ pub fn transport(es_url: &str, auth: &EsAuth) -> anyhow::Result<Transport> {
     let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url)).disable_proxy();
     match (&auth.username, &auth.password, &auth.api_key) {
         (_, _, Some(key)) => {
-            b = b.auth(match key.split_once(':') {
+            b = b.auth(match key.expose().split_once(':') {
                 Some((id, secret)) => Credentials::ApiKey(id.into(), secret.into()),
-                None => Credentials::EncodedApiKey(key.clone()),
+                None => Credentials::EncodedApiKey(key.expose().to_string()),
             })
         }
-        (Some(u), Some(p), None) => b = b.auth(Credentials::Basic(u.clone(), p.clone())),
+        (Some(u), Some(p), None) => {
+            b = b.auth(Credentials::Basic(u.clone(), p.expose().to_string()))
+        }
         (Some(_), None, None) => {
             bail!("--es-username needs --es-password (or SKUFLOW_ES_PASSWORD)")
         }
@@ -95,7 +87,7 @@ pub fn transport(es_url: &str, auth: &EsAuth) -> anyhow::Result<Transport> {
 }
 
 /// Flags of `skuflow-search-indexer`.
-#[derive(Clone, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct IndexerArgs {
     /// Elasticsearch URL (no credentials in it: use the flags below).
     #[arg(
@@ -157,18 +149,6 @@ pub struct IndexerArgs {
     pub request_timeout_ms: u64,
     #[command(flatten)]
     pub consume: skuflow_platform::ConsumeArgs,
-}
-
-impl std::fmt::Debug for IndexerArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IndexerArgs")
-            .field("es_url", &self.es_url)
-            .field("auth", &self.auth)
-            .field("index_prefix", &self.index_prefix)
-            .field("alias", &self.alias)
-            .field("consume", &self.consume)
-            .finish_non_exhaustive()
-    }
 }
 
 impl IndexerArgs {

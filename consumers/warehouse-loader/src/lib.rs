@@ -5,6 +5,7 @@ pub mod migrations;
 pub mod sink;
 
 use clap::Args;
+use skuflow_platform::secret::Secret;
 use skuflow_platform::shutdown::CancellationToken;
 
 pub use sink::PgSink;
@@ -13,23 +14,14 @@ pub use sink::PgSink;
 pub const GROUP: &str = "skuflow-warehouse-loader";
 
 /// Flags of `skuflow-warehouse-loader`.
-#[derive(Clone, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct LoaderArgs {
     /// PostgreSQL connection string (`postgres://user:password@host:port/db` or key=value form).
     /// Never logged.
     #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
-    pub pg_url: String,
+    pub pg_url: Secret,
     #[command(flatten)]
     pub consume: skuflow_platform::ConsumeArgs,
-}
-
-impl std::fmt::Debug for LoaderArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoaderArgs")
-            .field("pg_url", &"***")
-            .field("consume", &self.consume)
-            .finish()
-    }
 }
 
 /// Runs the loader until `shutdown`.
@@ -44,7 +36,7 @@ pub async fn run(
         .group
         .clone()
         .unwrap_or_else(|| GROUP.to_string());
-    let mut sink = PgSink::new(&args.pg_url, &group);
+    let mut sink = PgSink::new(args.pg_url.expose(), &group);
     // Fail fast on a wrong URL or missing privileges; an unreachable server is retried.
     match sink.connect().await {
         Ok(_) => {}

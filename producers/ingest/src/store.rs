@@ -2,7 +2,6 @@
 //! S3 API (AWS S3, MinIO, s3s-fs). Both go through `object_store`, so the ingest code is the same.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -12,22 +11,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
 
-/// A string that never prints its value.
-#[derive(Clone, Default)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
+pub use skuflow_platform::secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -161,7 +145,7 @@ impl Stores {
                     b = b.with_access_key_id(k);
                 }
                 if let Some(s) = &self.args.s3_secret_access_key {
-                    b = b.with_secret_access_key(&s.0);
+                    b = b.with_secret_access_key(s.expose());
                 }
                 Arc::new(
                     b.build()
