@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{produce, record, Pipeline};
 use skuflow_e2e::es_double::EsDouble;
+use skuflow_e2e::record_messages;
 use skuflow_schemas::SkuRecord;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -259,4 +260,60 @@ fn base64_of(s: &str) -> String {
         }
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_verifies_the_clusters_certificate_and_sends_its_api_key_only_to_it() {
+    use common::tls::{make_ca, make_cert};
+    let certs = tempfile::tempdir().unwrap();
+    make_ca(certs.path(), "ca");
+    make_ca(certs.path(), "other-ca");
+    make_cert(certs.path(), "ca", "server", "serverAuth");
+    let es = EsDouble::start_tls(
+        &certs.path().join("server.crt"),
+        &certs.path().join("server.key"),
+    )
+    .await;
+    // The API key `skf-id:skf-key-8c1d`, as Elasticsearch expects it: base64 of id:key.
+    es.with(|s| s.required_auth = Some("ApiKey c2tmLWlkOnNrZi1rZXktOGMxZA==".into()));
+    let mut p = Pipeline::new().await;
+    let records: Vec<SkuRecord> = (0..40).map(|i| record("DE", i, 2)).collect();
+    produce(
+        &p.stack.brokers,
+        &p.topics.records,
+        &record_messages(&records),
+    )
+    .await;
+
+    // A CA that did not sign the cluster's certificate: nothing is sent, the key included.
+    let other = certs.path().join("other-ca.pem").display().to_string();
+    let refused = p.start_indexer(
+        &es.url,
+        &[
+            format!("--es-ca-cert={other}"),
+            "--max-backoff-ms=500".into(),
+        ],
+        &[("SKUFLOW_ES_API_KEY", "skf-id:skf-key-8c1d")],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(es.with(|s| (s.docs.len(), s.auth_failures)), (0, 0));
+    p.kill(refused);
+
+    let ca = certs.path().join("ca.pem").display().to_string();
+    p.start_indexer(
+        &es.url,
+        &[format!("--es-ca-cert={ca}")],
+        &[("SKUFLOW_ES_API_KEY", "skf-id:skf-key-8c1d")],
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(120), || es.with(|s| s.docs.len()) == 40),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(es.with(|s| s.auth_failures), 0);
+    let logs = p.logs();
+    assert!(
+        !logs.contains("skf-key-8c1d") && !logs.contains("c2tmLWlkOnNrZi1rZXktOGMxZA"),
+        "the API key reached a log line"
+    );
 }
