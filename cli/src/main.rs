@@ -14,7 +14,6 @@ mod replay;
 mod status;
 
 use clap::{Parser, Subcommand};
-use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
 use skuflow_platform::{telemetry, KafkaArgs, TopicArgs};
 
 #[derive(Debug, Parser)]
@@ -82,7 +81,7 @@ struct ReportCmd {
 
 #[derive(Debug, Subcommand)]
 enum TopicsAction {
-    /// Create the topics that do not exist yet.
+    /// Create the topics that do not exist yet; with --check, report how existing ones differ.
     Create {
         #[command(flatten)]
         kafka: KafkaArgs,
@@ -91,9 +90,30 @@ enum TopicsAction {
         /// Partitions per topic.
         #[arg(long, env = "SKUFLOW_PARTITIONS", default_value_t = 6)]
         partitions: i32,
+        /// Replicas per partition (default: 3, or the number of brokers when there are fewer).
+        #[arg(long = "replication-factor", env = "SKUFLOW_REPLICATION_FACTOR",
+              value_parser = clap::value_parser!(i32).range(1..))]
+        replication_factor: Option<i32>,
+        /// In-sync replicas a write needs (default: one less than the replicas, at least 1).
+        #[arg(long = "min-insync-replicas", env = "SKUFLOW_MIN_INSYNC_REPLICAS",
+              value_parser = clap::value_parser!(i32).range(1..))]
+        min_insync_replicas: Option<i32>,
+        /// Hours the upload requests are kept.
+        #[arg(long = "uploads-retention-hours", default_value_t = 168)]
+        uploads_retention_hours: u64,
+        /// Hours the records are kept (a sink rebuilt from the topic can go this far back).
+        #[arg(long = "records-retention-hours", default_value_t = 168)]
+        records_retention_hours: u64,
+        /// Hours the dead letters are kept.
+        #[arg(long = "rejects-retention-hours", default_value_t = 720)]
+        rejects_retention_hours: u64,
         /// More topics to create alongside (e.g. the S3 event-notification topic).
         #[arg(long = "also", value_delimiter = ',')]
         also: Vec<String>,
+        /// Create nothing: list how the existing topics differ from this layout, and exit
+        /// with 1 when they do.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -108,21 +128,59 @@ async fn main() -> anyhow::Result<()> {
                     kafka,
                     topics,
                     partitions,
+                    replication_factor,
+                    min_insync_replicas,
+                    uploads_retention_hours,
+                    records_retention_hours,
+                    rejects_retention_hours,
                     also,
+                    check,
                 },
         } => {
-            let mut specs = pipeline_topics(&topics, partitions);
+            use skuflow_platform::kafka::{broker_count, create_topics, topic_drift, TopicLayout};
+            let hours = |h: u64| std::time::Duration::from_secs(h * 3600);
+            let layout = TopicLayout {
+                partitions,
+                replication_factor,
+                min_insync_replicas,
+                uploads_retention: hours(uploads_retention_hours),
+                records_retention: hours(records_retention_hours),
+                rejects_retention: hours(rejects_retention_hours),
+            };
+            let brokers = broker_count(&kafka)?;
+            let (mut specs, replication) = layout.specs(&topics, brokers);
+            if replication_factor.is_none() && replication < 3 {
+                eprintln!(
+                    "warning: the cluster has {brokers} broker(s): topics get {replication} replica(s); \
+                     a production cluster needs 3 to lose a broker without losing data"
+                );
+            }
+            if replication > brokers {
+                anyhow::bail!(
+                    "--replication-factor {replication} is more than the {brokers} broker(s) of the cluster"
+                );
+            }
             specs.extend(
                 also.into_iter()
-                    .map(|name| skuflow_platform::kafka::TopicSpec {
-                        name,
-                        partitions,
-                        compacted: false,
-                    }),
+                    .map(|name| skuflow_platform::kafka::TopicSpec::new(name, partitions, false)),
             );
-            ensure_topics(&kafka, &specs).await?;
+            if check {
+                let drift = topic_drift(&kafka, &specs, replication).await?;
+                if drift.is_empty() {
+                    println!(
+                        "topics match the layout ({} topics, replication {replication})",
+                        specs.len()
+                    );
+                    return Ok(());
+                }
+                for d in &drift {
+                    println!("drift: {d}");
+                }
+                std::process::exit(1);
+            }
+            create_topics(&kafka, &specs, replication).await?;
             println!(
-                "topics ready: {}, {}, {}, {}",
+                "topics ready (replication {replication}): {}, {}, {}, {}",
                 topics.uploads, topics.records, topics.rejects, topics.files
             );
             Ok(())

@@ -563,55 +563,140 @@ mod stall_tests {
     }
 }
 
-/// A topic skuflow needs, with its partition count and cleanup policy.
+/// A topic skuflow needs, with its partition count, cleanup policy and settings.
 #[derive(Debug, Clone)]
 pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
     pub compacted: bool,
+    /// Topic settings (`retention.ms`, `min.insync.replicas`, …) besides `cleanup.policy`.
+    pub configs: Vec<(String, String)>,
 }
 
-/// The pipeline's topics with default partition counts.
+impl TopicSpec {
+    pub fn new(name: impl Into<String>, partitions: i32, compacted: bool) -> Self {
+        TopicSpec {
+            name: name.into(),
+            partitions,
+            compacted,
+            configs: Vec::new(),
+        }
+    }
+
+    /// Every setting skuflow sets on the topic, `cleanup.policy` included.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let policy = if self.compacted { "compact" } else { "delete" };
+        let mut all = vec![("cleanup.policy".to_string(), policy.to_string())];
+        all.extend(self.configs.iter().cloned());
+        all
+    }
+}
+
+/// How the pipeline's topics are laid out on a production cluster.
+#[derive(Debug, Clone)]
+pub struct TopicLayout {
+    pub partitions: i32,
+    /// Replicas per partition; none: 3, or the number of brokers when there are fewer.
+    pub replication_factor: Option<i32>,
+    /// In-sync replicas a write needs; none: one less than the replicas (at least 1).
+    pub min_insync_replicas: Option<i32>,
+    pub uploads_retention: Duration,
+    pub records_retention: Duration,
+    pub rejects_retention: Duration,
+}
+
+impl Default for TopicLayout {
+    fn default() -> Self {
+        let days = |d: u64| Duration::from_secs(d * 86_400);
+        TopicLayout {
+            partitions: 6,
+            replication_factor: None,
+            min_insync_replicas: None,
+            uploads_retention: days(7),
+            records_retention: days(7),
+            rejects_retention: days(30),
+        }
+    }
+}
+
+impl TopicLayout {
+    /// The pipeline's topics on a cluster of `brokers` brokers, and the replication factor.
+    /// Records, rejects and uploads expire by time; the file lifecycle is compacted (one
+    /// event per file is kept for good).
+    pub fn specs(&self, t: &TopicArgs, brokers: i32) -> (Vec<TopicSpec>, i32) {
+        let replication = self.replication_factor.unwrap_or(3.min(brokers.max(1)));
+        let isr = self.min_insync_replicas.unwrap_or((replication - 1).max(1));
+        let spec = |name: &str, retention: Option<Duration>| {
+            let mut s = TopicSpec::new(name, self.partitions, retention.is_none());
+            if let Some(r) = retention {
+                s.configs
+                    .push(("retention.ms".into(), r.as_millis().to_string()));
+            }
+            s.configs
+                .push(("min.insync.replicas".into(), isr.to_string()));
+            s
+        };
+        (
+            vec![
+                spec(&t.uploads, Some(self.uploads_retention)),
+                spec(&t.records, Some(self.records_retention)),
+                spec(&t.rejects, Some(self.rejects_retention)),
+                spec(&t.files, None),
+            ],
+            replication,
+        )
+    }
+}
+
+/// The pipeline's topics with default partition counts (one replica: for tests and local runs).
 pub fn pipeline_topics(t: &TopicArgs, partitions: i32) -> Vec<TopicSpec> {
     vec![
-        TopicSpec {
-            name: t.uploads.clone(),
-            partitions,
-            compacted: false,
-        },
-        TopicSpec {
-            name: t.records.clone(),
-            partitions,
-            compacted: false,
-        },
-        TopicSpec {
-            name: t.rejects.clone(),
-            partitions,
-            compacted: false,
-        },
-        TopicSpec {
-            name: t.files.clone(),
-            partitions,
-            compacted: true,
-        },
+        TopicSpec::new(&t.uploads, partitions, false),
+        TopicSpec::new(&t.records, partitions, false),
+        TopicSpec::new(&t.rejects, partitions, false),
+        TopicSpec::new(&t.files, partitions, true),
     ]
 }
 
-/// Creates the topics that do not exist yet; existing ones are left as they are.
-pub async fn ensure_topics(kafka: &KafkaArgs, specs: &[TopicSpec]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka
+fn admin(kafka: &KafkaArgs) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    kafka
         .client_config()
         .create()
-        .context("creating the Kafka admin client")?;
+        .context("creating the Kafka admin client")
+}
+
+/// Brokers in the cluster.
+pub fn broker_count(kafka: &KafkaArgs) -> anyhow::Result<i32> {
+    let md = admin(kafka)?
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .context("reading the cluster's metadata")?;
+    Ok(md.brokers().len() as i32)
+}
+
+/// Creates the topics that do not exist yet (one replica each); existing ones are left as they
+/// are.
+pub async fn ensure_topics(kafka: &KafkaArgs, specs: &[TopicSpec]) -> anyhow::Result<()> {
+    create_topics(kafka, specs, 1).await
+}
+
+/// Creates the topics that do not exist yet with `replication` replicas per partition;
+/// existing ones are left as they are ([`topic_drift`] tells how they differ).
+pub async fn create_topics(
+    kafka: &KafkaArgs,
+    specs: &[TopicSpec],
+    replication: i32,
+) -> anyhow::Result<()> {
+    let admin = admin(kafka)?;
+    let settings: Vec<Vec<(String, String)>> = specs.iter().map(TopicSpec::settings).collect();
     let new: Vec<NewTopic<'_>> = specs
         .iter()
-        .map(|s| {
-            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(1));
-            if s.compacted {
-                t.set("cleanup.policy", "compact")
-            } else {
-                t
-            }
+        .zip(&settings)
+        .map(|(s, set)| {
+            set.iter().fold(
+                NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication)),
+                |t, (k, v)| t.set(k, v),
+            )
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -621,7 +706,7 @@ pub async fn ensure_topics(kafka: &KafkaArgs, specs: &[TopicSpec]) -> anyhow::Re
         .context("creating topics")?;
     for r in results {
         match r {
-            Ok(name) => tracing::info!(topic = %name, "Created topic."),
+            Ok(name) => tracing::info!(topic = %name, replication, "Created topic."),
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic = %name, "Topic exists.")
             }
@@ -631,9 +716,109 @@ pub async fn ensure_topics(kafka: &KafkaArgs, specs: &[TopicSpec]) -> anyhow::Re
     Ok(())
 }
 
+/// How the existing topics differ from `specs` and `replication`: one line per difference
+/// (a missing topic, fewer or more partitions, another replication factor or setting).
+pub async fn topic_drift(
+    kafka: &KafkaArgs,
+    specs: &[TopicSpec],
+    replication: i32,
+) -> anyhow::Result<Vec<String>> {
+    use rdkafka::admin::{ConfigResource, ResourceSpecifier};
+    let admin = admin(kafka)?;
+    let md = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .context("reading the cluster's metadata")?;
+    let mut drift = Vec::new();
+    let mut existing = Vec::new();
+    for s in specs {
+        let Some(t) = md.topics().iter().find(|t| t.name() == s.name) else {
+            drift.push(format!("{}: missing", s.name));
+            continue;
+        };
+        let parts = t.partitions().len() as i32;
+        if parts != s.partitions {
+            drift.push(format!(
+                "{}: {parts} partitions, want {}",
+                s.name, s.partitions
+            ));
+        }
+        if let Some(r) = t
+            .partitions()
+            .iter()
+            .map(|p| p.replicas().len() as i32)
+            .find(|r| *r != replication)
+        {
+            drift.push(format!(
+                "{}: replication factor {r}, want {replication}",
+                s.name
+            ));
+        }
+        existing.push(s);
+    }
+    if existing.is_empty() {
+        return Ok(drift);
+    }
+    let resources: Vec<ResourceSpecifier<'_>> = existing
+        .iter()
+        .map(|s| ResourceSpecifier::Topic(&s.name))
+        .collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let described = admin
+        .describe_configs(resources.iter(), &opts)
+        .await
+        .context("describing topic configurations")?;
+    for (s, r) in existing.iter().zip(described) {
+        let r: ConfigResource = r.with_context(|| format!("describing {}", s.name))?;
+        for (k, want) in s.settings() {
+            match r.get(&k).and_then(|e| e.value.clone()) {
+                Some(v) if v == want => {}
+                Some(v) => drift.push(format!("{}: {k}={v}, want {want}", s.name)),
+                None => drift.push(format!("{}: {k} not set, want {want}", s.name)),
+            }
+        }
+    }
+    Ok(drift)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_layout_replicates_three_times_or_on_every_broker_of_a_smaller_cluster() {
+        let t = TopicArgs::default();
+        let l = TopicLayout::default();
+        let (specs, r) = l.specs(&t, 5);
+        assert_eq!(r, 3);
+        let records = specs.iter().find(|s| s.name == t.records).unwrap();
+        assert!(records
+            .settings()
+            .contains(&("retention.ms".into(), (7 * 86_400_000u64).to_string())));
+        assert!(records
+            .settings()
+            .contains(&("min.insync.replicas".into(), "2".into())));
+        let files = specs.iter().find(|s| s.name == t.files).unwrap();
+        assert!(files
+            .settings()
+            .contains(&("cleanup.policy".into(), "compact".into())));
+        assert!(!files.settings().iter().any(|(k, _)| k == "retention.ms"));
+        let (_, r) = l.specs(&t, 1);
+        assert_eq!(r, 1);
+        let (specs, _) = l.specs(&t, 1);
+        assert!(specs[0]
+            .settings()
+            .contains(&("min.insync.replicas".into(), "1".into())));
+        let fixed = TopicLayout {
+            replication_factor: Some(5),
+            ..TopicLayout::default()
+        };
+        assert_eq!(
+            fixed.specs(&t, 2).1,
+            5,
+            "an explicit factor is kept (and refused later)"
+        );
+    }
 
     #[test]
     fn kafka_options_parse() {

@@ -22,16 +22,8 @@ pub async fn load_records_topic(
     ensure_topics(
         kafka,
         &[
-            TopicSpec {
-                name: topics.records.clone(),
-                partitions: 3,
-                compacted: false,
-            },
-            TopicSpec {
-                name: topics.rejects.clone(),
-                partitions: 1,
-                compacted: false,
-            },
+            TopicSpec::new(topics.records.clone(), 3, false),
+            TopicSpec::new(topics.rejects.clone(), 1, false),
         ],
     )
     .await

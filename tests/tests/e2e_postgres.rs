@@ -430,11 +430,11 @@ async fn s3_event_notifications_trigger_ingest_once() {
     let events_topic = format!("sku.s3events.v1.t{}", p.id);
     skuflow_platform::kafka::ensure_topics(
         &skuflow_platform::KafkaArgs::new(&p.stack.brokers),
-        &[skuflow_platform::kafka::TopicSpec {
-            name: events_topic.clone(),
-            partitions: 1,
-            compacted: false,
-        }],
+        &[skuflow_platform::kafka::TopicSpec::new(
+            events_topic.clone(),
+            1,
+            false,
+        )],
     )
     .await
     .unwrap();
