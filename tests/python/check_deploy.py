@@ -176,7 +176,10 @@ def check_rendered(paths):
             if got.get("path") != path or got.get("port") != "metrics":
                 problem(f"{name}: {probe} is not GET {path} on the metrics port")
         for e in c.get("env", []):
-            looks_secret = re.search(r"PASSWORD|SECRET|API_KEY|PG_URL", e["name"])
+            # A *_FILE variable names a file (a mounted Secret), never the secret itself.
+            looks_secret = re.search(r"PASSWORD|SECRET|API_KEY|PG_URL", e["name"]) and not e[
+                "name"
+            ].endswith("_FILE")
             if looks_secret and "valueFrom" not in e:
                 problem(f"{name}: {e['name']} is a plain value, not a secretKeyRef")
         def selects(sel):
