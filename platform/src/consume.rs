@@ -333,7 +333,10 @@ pub async fn run_sink<S: Sink>(
                 .with_label_values(&["refused"])
                 .inc_by(refusals.len() as u64);
             let relayed = if sink.has_dead_letter_outbox() {
-                relay_outbox(&mut sink, &dlq, &topics.rejects, args, &shutdown).await?
+                // The outbox gains letters only with refusals; what an earlier run left there
+                // was relayed when this one started.
+                refusals.is_empty()
+                    || relay_outbox(&mut sink, &dlq, &topics.rejects, args, &shutdown).await?
             } else {
                 let letters = dead_letters(sink.name(), &batch, &refusals);
                 send_until_acknowledged(

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tls::{make_ca, make_cert};
-use common::{free_port, upload_local, wait_until, Pipeline};
+use common::{free_port, upload_local, Pipeline};
 use skuflow_e2e::sample_rows;
 use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
 use skuflow_platform::KafkaArgs;
@@ -156,16 +156,12 @@ async fn ingest_and_loader_run_over_mutual_tls_and_an_unknown_ca_is_refused_at_s
     // A loader that does not trust the broker's CA stops at once, saying why.
     p.child_env = tls_env(certs.path(), "other-ca.pem");
     let refused = p.start_loader(&[]);
-    let mut status = None;
+    let status = p.wait_exit(refused, Duration::from_secs(60));
     assert!(
-        wait_until(Duration::from_secs(60), || {
-            status = p.children[refused].try_wait().unwrap();
-            status.is_some()
-        }),
+        status.is_some_and(|s| !s.success()),
         "the loader kept running with an untrusted broker\n{}",
         p.logs()
     );
-    assert!(!status.unwrap().success());
     let logs = p.logs();
     assert!(
         logs.contains("refused the connection") && logs.contains("certificate verify failed"),
@@ -234,16 +230,12 @@ async fn sasl_scram_over_tls_with_the_password_from_a_file_and_a_wrong_one_refus
     };
     p.child_env = env(&wrong_file);
     let refused = p.start_loader(&[]);
-    let mut status = None;
+    let status = p.wait_exit(refused, Duration::from_secs(60));
     assert!(
-        wait_until(Duration::from_secs(60), || {
-            status = p.children[refused].try_wait().unwrap();
-            status.is_some()
-        }),
+        status.is_some_and(|s| !s.success()),
         "the loader kept running with a wrong password\n{}",
         p.logs()
     );
-    assert!(!status.unwrap().success());
     assert!(p.logs().contains("SASL authentication"), "{}", p.logs());
 
     p.child_env = env(&pw_file);

@@ -808,6 +808,21 @@ impl Pipeline {
         None
     }
 
+    /// Waits up to `limit` for child `i` to exit on its own: its exit status, or `None` if it
+    /// is still running.
+    pub fn wait_exit(&mut self, i: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.children[i].try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILLs child `i` (no chance to clean up).
     pub fn kill(&mut self, i: usize) {
         let _ = self.children[i].kill();
