@@ -23,8 +23,20 @@ pub fn open_root(root: &str, flag: &str) -> anyhow::Result<Root> {
         if bucket.is_empty() {
             bail!("{flag} {root}: no bucket");
         }
-        let s3 = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // An endpoint the operator gave as plain http:// (MinIO in a cluster) is used as given,
+        // as the ingest does, rather than failing at the first request.
+        let endpoint = ["AWS_ENDPOINT", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok());
+        if endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+        {
+            tracing::warn!(flag, "The S3 endpoint is plain HTTP: data and credentials cross the network unencrypted.");
+            b = b.with_allow_http(true);
+        }
+        let s3 = b
             .build()
             .with_context(|| format!("configuring S3 for {flag}"))?;
         return Ok(Root {

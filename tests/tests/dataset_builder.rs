@@ -167,12 +167,12 @@ async fn datasets_land_under_an_s3_prefix() {
     }
     let msgs = skuflow_e2e::record_messages(&all);
     let positions = produce(&p.stack.brokers, &p.topics.records, &msgs).await;
+    // The environment the chart gives: an http:// endpoint and no AWS_ALLOW_HTTP.
     let mut cmd_env = vec![
         ("AWS_ENDPOINT_URL", p.stack.s3_endpoint.clone()),
         ("AWS_ACCESS_KEY_ID", p.stack.s3_key.clone()),
         ("AWS_SECRET_ACCESS_KEY", p.stack.s3_secret.clone()),
         ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
     ];
     cmd_env.push(("SKUFLOW_DATASET_ROOT", format!("s3://{bucket}/datasets/v1")));
     let builder = p.start_builder_env(&[format!("--group={group}")], &cmd_env);
