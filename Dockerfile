@@ -11,7 +11,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin skuflow
+ && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin skuflow \
+ && mkdir -p /datasets /reports && chown 10001:10001 /datasets /reports
 COPY --from=build /out/ /usr/local/bin/
 USER 10001:10001
 # Operations endpoints of every binary: /metrics, /healthz, /readyz (SKUFLOW_OPS_LISTEN).

@@ -69,7 +69,11 @@ def check_compose(root):
             elif src not in volumes:
                 problem(f"compose: {name} uses undeclared volume {src}")
         for p in svc.get("ports") or []:
-            host = str(p).split(":")[0]
+            parts = str(p).split(":")
+            # Published on the host's loopback only: nothing of the stack faces the network.
+            if len(parts) != 3 or parts[0] != "127.0.0.1":
+                problem(f"compose: {name} publishes {p} beyond 127.0.0.1 (write 127.0.0.1:HOST:CONTAINER)")
+            host = parts[-2] if len(parts) > 1 else parts[0]
             if host in host_ports:
                 problem(f"compose: host port {host} published by {host_ports[host]} and {name}")
             host_ports[host] = name
@@ -85,6 +89,13 @@ def check_compose(root):
             problem(f"compose: {b} does not run skuflow-{b}")
         if "9464" not in [str(x) for x in svc.get("expose") or []]:
             problem(f"compose: {b} does not expose the operations port 9464")
+        # A named volume mounted where the image has no directory owned by its user would be
+        # root-owned and unwritable for uid 10001.
+        dockerfile = open(os.path.join(root, "Dockerfile")).read()
+        for v in svc.get("volumes") or []:
+            src, target = str(v).split(":")[:2]
+            if not src.startswith("./") and target not in dockerfile:
+                problem(f"compose: {b} mounts volume {src} at {target}, which the image does not create for its user")
         env = svc.get("environment") or {}
         if env.get("SKUFLOW_OPS_LISTEN") != "0.0.0.0:9464":
             problem(f"compose: {b} does not serve its operations endpoints on 0.0.0.0:9464")
