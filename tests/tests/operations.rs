@@ -294,7 +294,7 @@ async fn sigterm_cuts_a_long_ingest_short_within_its_limit_and_the_file_still_la
     upload_local(&buckets, "skus-be", key, &rows);
     // A short session and rebalance timeout: the cut-off worker never leaves its group, and the
     // broker waits this long before handing its partitions to the next one (tansu's group
-    // coordinator stops answering every group while it waits; see README, Notes on tansu).
+    // coordinator stops answering every group while it waits; see docs/tansu.md).
     let args = [
         format!("--bucket-root={}", buckets.display()),
         "--shutdown-timeout-secs=1".to_string(),
@@ -333,7 +333,7 @@ async fn sigterm_cuts_a_long_ingest_short_within_its_limit_and_the_file_still_la
     );
     // The replacement starts once the broker has dropped the cut-off member (its session), as a
     // restarted pod would: tansu mishandles a join while a dead member is still counted (it can
-    // hand the newcomer no partition at all; see README, Notes on tansu).
+    // hand the newcomer no partition at all; see docs/tansu.md).
     std::thread::sleep(Duration::from_secs(8));
     p.start_ingest(&args);
     p.start_loader(&[]);
