@@ -203,6 +203,16 @@ def check_rendered(paths):
             next((e["value"] for e in c["env"] if e["name"] == "SKUFLOW_SHUTDOWN_TIMEOUT_SECS"), "0")
         ):
             problem(f"{name}: grace period not longer than the shutdown timeout")
+    jobs = [j for j in by_kind.get("Job", []) if j["metadata"]["name"].endswith("-topics")]
+    if not jobs:
+        problem(f"{paths}: no topics Job rendered")
+    for j in jobs:
+        hooks = j["metadata"].get("annotations", {}).get("helm.sh/hook", "")
+        if "pre-install" not in hooks or "pre-upgrade" not in hooks:
+            problem(f"{j['metadata']['name']}: not a pre-install/pre-upgrade hook")
+        c = j["spec"]["template"]["spec"]["containers"][0]
+        if c.get("args", [])[:2] != ["topics", "create"]:
+            problem(f"{j['metadata']['name']}: does not run `skuflow topics create`")
     for so in by_kind.get("ScaledObject", []):
         target = so["spec"]["scaleTargetRef"]["name"]
         if target not in deployments:
