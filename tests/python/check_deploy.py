@@ -181,6 +181,9 @@ def check_rendered(paths):
         labels = d["spec"]["template"]["metadata"]["labels"]
         if not spec.get("securityContext", {}).get("runAsNonRoot"):
             problem(f"{name}: not runAsNonRoot")
+        accounts = {a["metadata"]["name"] for a in by_kind.get("ServiceAccount", [])}
+        if spec.get("serviceAccountName") not in accounts:
+            problem(f"{name}: runs as no ServiceAccount of its own")
         c = spec["containers"][0]
         for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
             got = c.get(probe, {}).get("httpGet", {})
