@@ -71,6 +71,20 @@ fn tls_failure(e: &tokio_postgres::Error) -> Option<String> {
     None
 }
 
+/// The client of a new connection, with the connection driven on a task of its own.
+fn drive<S, T>((client, conn): (Client, tokio_postgres::Connection<S, T>)) -> Client
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(cause = %describe(&e), "PostgreSQL connection ended.");
+        }
+    });
+    client
+}
+
 /// Connects (with TLS as the URL's `sslmode` asks, see [`crate::pg_tls`]) and drives the
 /// connection on a task. Errors name the host and the reason, never the URL: a refused
 /// certificate or credentials are fatal (a configuration to fix), anything else is retried.
@@ -94,24 +108,10 @@ pub async fn connect(url: &str) -> Result<Client, SinkError> {
         }
     };
     let client = match tls {
-        None => {
-            let (client, conn) = target.config.connect(NoTls).await.map_err(fail)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(cause = %describe(&e), "PostgreSQL connection ended.");
-                }
-            });
-            client
-        }
+        None => drive(target.config.connect(NoTls).await.map_err(fail)?),
         Some(cfg) => {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(cfg);
-            let (client, conn) = target.config.connect(tls).await.map_err(fail)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(cause = %describe(&e), "PostgreSQL connection ended.");
-                }
-            });
-            client
+            drive(target.config.connect(tls).await.map_err(fail)?)
         }
     };
     Ok(client)

@@ -284,10 +284,7 @@ impl Ingestor {
                 ))
             }
         };
-        let etag = head
-            .e_tag
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", head.size, head.last_modified.timestamp_micros()));
+        let etag = version_tag(&head);
         let replay_of = if replay {
             match self.replay_version(&store, req, &source_key).await? {
                 Ok(v) => Some(v),
@@ -841,7 +838,7 @@ impl Ingestor {
         let head = store.head(&path).await.ok();
         let etag = head
             .as_ref()
-            .and_then(|h| h.e_tag.clone())
+            .map(version_tag)
             .or_else(|| req.etag.clone())
             .unwrap_or_default();
         let fid = file_id(&req.bucket, &req.key, &etag);
@@ -886,7 +883,7 @@ impl Ingestor {
         let to_path = retry_path(to)?;
         let what = || format!("moving the object to {to}");
         let holds = |h: Result<object_store::ObjectMeta, object_store::Error>| match h {
-            Ok(m) => Ok(Some(m.e_tag.as_deref() == Some(etag))),
+            Ok(m) => Ok(Some(version_tag(&m) == etag)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Retry(anyhow::Error::new(e).context(what()))),
         };
@@ -981,6 +978,14 @@ async fn read_report(store: &Arc<dyn ObjectStore>, key: &str) -> Result<Option<F
             Ok(None)
         }
     }
+}
+
+/// The version of an object: its ETag, or its size and modification time where the store gives
+/// none. The ingest pins its reads to it and moves only an object that still has it.
+fn version_tag(meta: &object_store::ObjectMeta) -> String {
+    meta.e_tag
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", meta.size, meta.last_modified.timestamp_micros()))
 }
 
 /// The store path of `key`, for keys already checked (a failure here is retried).
