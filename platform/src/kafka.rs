@@ -123,6 +123,11 @@ impl SaslMechanism {
 }
 
 fn parse_kafka_option(s: &str) -> Result<(String, Secret), String> {
+    // An empty entry (`SKUFLOW_KAFKA_OPTIONS=""`, as a chart renders no options, or a trailing
+    // `;`) sets nothing: kept with an empty name, which apply_options skips.
+    if s.trim().is_empty() {
+        return Ok((String::new(), Secret::new("")));
+    }
     // The value may be a password: the error names only the property.
     let Some((k, v)) = s.split_once('=') else {
         let name: String = s.chars().take_while(|c| *c != ' ').take(40).collect();
@@ -239,7 +244,7 @@ impl KafkaArgs {
 
     /// Applies the user's -X properties: last, so that they win over skuflow's defaults.
     pub fn apply_options(&self, cfg: &mut ClientConfig) {
-        for (k, v) in &self.options {
+        for (k, v) in self.options.iter().filter(|(k, _)| !k.is_empty()) {
             cfg.set(k, v.expose());
         }
     }
@@ -829,6 +834,15 @@ mod tests {
             .contains("key=value"));
         let e = parse_kafka_option("sasl.password hunter2").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
+        // What a chart renders when no option is set: nothing applied, no error.
+        let (k, _) = parse_kafka_option("").unwrap();
+        let args = KafkaArgs {
+            options: vec![(k, Secret::new(""))],
+            ..KafkaArgs::new("b:9092")
+        };
+        let mut cfg = ClientConfig::new();
+        args.apply_options(&mut cfg);
+        assert!(cfg.config_map().is_empty());
     }
 
     #[test]

@@ -123,6 +123,34 @@ def check_compose(root):
         "SKUFLOW_S3_EVENTS_TOPIC"
     ):
         problem("compose: MinIO publishes to a topic the ingest does not read")
+    # Credentials come from .env: no default for a password or key, every variable documented.
+    text = open(path).read()
+    example = open(os.path.join(root, ".env.example")).read()
+    documented = set(re.findall(r"^([A-Z0-9_]+)=", example, re.M))
+    for name, op in re.findall(r"\$\{([A-Za-z0-9_]+)(:?[-?]?)", text):
+        if name not in documented:
+            problem(f"compose: ${{{name}}} is not in .env.example")
+        if re.search(r"PASSWORD|SECRET|KEY", name) and op != ":?":
+            problem(f"compose: {name} may be empty or has a default; a credential must come from .env (${{{name}:?…}})")
+    if "alertmanager" not in services:
+        problem("compose: no alertmanager routes the alert rules")
+    ams = [t for a in (prom.get("alerting") or {}).get("alertmanagers", [])
+           for sc in a.get("static_configs", []) for t in sc.get("targets", [])]
+    if "alertmanager:9093" not in ams:
+        problem("prometheus.yml sends alerts to no alertmanager service")
+    am = yaml.safe_load(open(os.path.join(root, "deploy/alertmanager/alertmanager.yml")))
+    names = {r["name"] for r in am.get("receivers", [])}
+    def receivers(route):
+        yield route.get("receiver")
+        for r in route.get("routes", []):
+            yield from receivers(r)
+    for r in receivers(am["route"]):
+        if r is not None and r not in names:
+            problem(f"alertmanager.yml routes to unknown receiver {r}")
+    if not any(r.get("webhook_configs") or r.get("email_configs") for r in am.get("receivers", [])):
+        problem("alertmanager.yml has no receiver that sends anywhere")
+    if "kibana" not in services:
+        problem("compose: no Kibana for the analysts")
 
 
 def check_metrics_use(root):

@@ -431,7 +431,9 @@ impl Pipeline {
         out
     }
 
-    fn spawn(&mut self, mut cmd: Command, name: &str) -> usize {
+    /// Starts `cmd` as child `name` (its log in the test's log directory, its operations
+    /// endpoints on a free port): the child's index.
+    pub fn spawn(&mut self, mut cmd: Command, name: &str) -> usize {
         let logdir = std::env::temp_dir().join(format!("skuflow-test-{}", self.id));
         std::fs::create_dir_all(&logdir).unwrap();
         let log = std::fs::File::create(logdir.join(format!("{name}-{}.log", self.children.len())))
