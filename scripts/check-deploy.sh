@@ -43,6 +43,7 @@ for v in 1.29.0 1.37.0; do
 done
 
 log "compose, deploy/ and metric names"
-DASHBOARD_RULES="$tmp/dashboard-rules.yml" python3 tests/python/check_deploy.py . "$tmp/default.yaml" "$tmp/full.yaml"
-promtool check rules "$tmp/dashboard-rules.yml"
+DASHBOARD_RULES="$tmp/dashboard-rules.yml" CHART_RULES="$tmp/chart-rules.yml" \
+  python3 tests/python/check_deploy.py . "$tmp/default.yaml" "$tmp/full.yaml"
+promtool check rules "$tmp/dashboard-rules.yml" "$tmp/chart-rules.yml"
 log "ok"

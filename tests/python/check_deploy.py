@@ -260,12 +260,40 @@ def check_rendered(paths):
         if not any(all(s["metadata"]["labels"].get(k) == v for k, v in sel.items())
                    and any(p["name"] in ports for p in s["spec"]["ports"]) for s in services):
             problem(f"ServiceMonitor {sm['metadata']['name']} selects no Service with port {ports}")
+    alerts = yaml.safe_load(open(os.path.join(ROOT, "helm/skuflow/files/alerts.yml")))
+    want = [(r["alert"], r["expr"]) for g in alerts["groups"] for r in g["rules"]]
+    for pr in by_kind.get("PrometheusRule", []):
+        got = [(r["alert"], r["expr"]) for g in pr["spec"]["groups"] for r in g["rules"]]
+        if got != want:
+            problem(f"PrometheusRule {pr['metadata']['name']}: rules differ from files/alerts.yml")
+        for g in pr["spec"]["groups"]:
+            for r in g["rules"]:
+                if not r.get("annotations", {}).get("runbook_url", "").startswith("https://"):
+                    problem(f"PrometheusRule: {r['alert']} has no absolute runbook_url")
+        # promtool checks the rendered rules too (scripts/check-deploy.sh).
+        with open(os.environ.get("CHART_RULES", "/dev/null"), "w") as out:
+            yaml.safe_dump({"groups": pr["spec"]["groups"]}, out)
+    dashboard = json.load(open(os.path.join(ROOT, "helm/skuflow/files/skuflow-dashboard.json")))
+    for cm in by_kind.get("ConfigMap", []):
+        if cm["metadata"]["name"].endswith("-dashboard"):
+            if json.loads(cm["data"]["skuflow.json"]) != dashboard:
+                problem(f"ConfigMap {cm['metadata']['name']}: not the dashboard of files/")
+            if cm["metadata"]["labels"].get("grafana_dashboard") != "1":
+                problem(f"ConfigMap {cm['metadata']['name']}: no grafana_dashboard label")
+    for np in policies:
+        for rule in np["spec"].get("ingress", []):
+            api = any(p["port"] != 9464 for p in rule.get("ports", []))
+            if api and not rule.get("from"):
+                problem(f"NetworkPolicy {np['metadata']['name']}: the ingest API is open to every pod")
     print(f"rendered: {sum(len(v) for v in by_kind.values())} objects "
           + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_kind.items())))
 
 
+ROOT = sys.argv[1]
+
+
 def main():
-    root = sys.argv[1]
+    root = ROOT
     check_compose(root)
     check_metrics_use(root)
     check_rendered(sys.argv[2:])

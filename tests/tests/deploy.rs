@@ -254,6 +254,13 @@ fn chart_workloads(
                         &config_maps,
                         "ConfigMap",
                     )
+                } else if e["valueFrom"]["fieldRef"].is_object() {
+                    // The downward API: the pod's own name and namespace.
+                    match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                        Some("metadata.name") => Some(format!("{name}-0")),
+                        Some("metadata.namespace") => Some("skuflow".into()),
+                        other => panic!("{name}: env {key} from fieldRef {other:?}"),
+                    }
                 } else {
                     panic!("{name}: env {key} has a source this test cannot resolve: {e}")
                 };
@@ -636,6 +643,14 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
             "ingest": {
                 "scanIntervalSecs": 1,
                 "httpApi": { "enabled": true, "keysSecret": "store-api-keys" },
+                // Its own S3 key pair, from a Secret beside the chart's.
+                "s3Secret": "ingest-s3",
+            },
+            "warehouseLoader": {
+                "extraArgs": ["--flush-interval-ms=300"],
+                "extraEnv": [
+                    { "name": "PGAPPNAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                ],
             },
             "datasetBuilder": {
                 "root": format!("s3://{datasets}/v1"),
@@ -656,10 +671,22 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
         buckets: vec![fr.clone()],
         prefix: None,
     }]});
-    let existing = Objects::from([(
-        "store-api-keys".to_string(),
-        BTreeMap::from([("api-keys.json".to_string(), keys.to_string())]),
-    )]);
+    let existing = Objects::from([
+        (
+            "store-api-keys".to_string(),
+            BTreeMap::from([("api-keys.json".to_string(), keys.to_string())]),
+        ),
+        (
+            "ingest-s3".to_string(),
+            BTreeMap::from([
+                ("aws-access-key-id".to_string(), p.stack.s3_key.clone()),
+                (
+                    "aws-secret-access-key".to_string(),
+                    p.stack.s3_secret.clone(),
+                ),
+            ]),
+        ),
+    ]);
     let mut ports = HashMap::new();
 
     // The pre-install hook: the topics Job.
@@ -675,6 +702,16 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
     let deployments = chart_workloads(&docs, "Deployment", &existing, scratch.path());
     let names: Vec<&str> = deployments.iter().map(|w| w.name.as_str()).collect();
     assert_eq!(names.len(), 5, "{names:?}");
+    let ingest = &deployments
+        .iter()
+        .find(|w| w.name.ends_with("-ingest-ingest"))
+        .unwrap();
+    assert_eq!(ingest.env["AWS_SECRET_ACCESS_KEY"], p.stack.s3_secret);
+    let loader = &deployments
+        .iter()
+        .find(|w| w.name.contains("-warehouse-loader-"))
+        .unwrap();
+    assert!(loader.argv.contains(&"--flush-interval-ms=300".to_string()));
     let started = start_all(&mut p, &deployments, &mut ports);
 
     // One store uploads straight to its bucket (found by the scan), another posts to the API.

@@ -34,3 +34,16 @@ app.kubernetes.io/name: {{ .root.Chart.Name }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .name }}
 {{- end -}}
+
+{{/*
+S3 credentials of a component: from its own Secret (components.<name>.s3Secret, keys
+aws-access-key-id and aws-secret-access-key) when set, else the chart's Secret, where they are
+optional so that the pod's own identity (IRSA, Pod Identity) applies when no keys are given.
+*/}}
+{{- define "skuflow.awsEnv" -}}
+{{- $own := .c.s3Secret -}}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom: { secretKeyRef: { name: {{ default .secret $own }}, key: aws-access-key-id, optional: {{ not $own }} } }
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom: { secretKeyRef: { name: {{ default .secret $own }}, key: aws-secret-access-key, optional: {{ not $own }} } }
+{{- end -}}
