@@ -356,8 +356,17 @@ async fn move_group(args: &ReplayArgs, sink: SinkKind, to: &Target) -> anyhow::R
         let mut client = skuflow_platform::pg::connect(url.expose())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // A database restored empty (or rebuilt from scratch) has no offsets table yet: the
+        // sink creates it when it starts, and the group's offsets committed above decide.
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await?
+            .get(0);
+        if !exists {
+            println!("{table} does not exist (a new database): the group's offsets decide");
+        }
         let tx = client.transaction().await?;
-        for (p, o) in &targets {
+        for (p, o) in targets.iter().filter(|_| exists) {
             tx.execute(
                 &format!(
                     "INSERT INTO {table} (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)

@@ -52,6 +52,10 @@ pub struct Metrics {
     /// `skuflow_files_total{outcome}`: uploads by final outcome (`completed`, `failed`,
     /// `abandoned`: given up on after too many attempts), and upload requests `refused`.
     pub files: IntCounterVec,
+    /// `skuflow_store_last_upload_timestamp_seconds{country,store_id}`: when each store last
+    /// uploaded a file this process ingested (the object's modification time); what the alert on
+    /// a daily store that has stopped uploading reads. One series per store.
+    pub store_last_upload: IntGaugeVec,
     /// `skuflow_file_duration_seconds{outcome}`: time from accepting a file to its outcome.
     pub file_duration: HistogramVec,
     /// `skuflow_ready`: 1 when every readiness check passes (what `/readyz` answers).
@@ -87,6 +91,7 @@ pub const NAMES: &[&str] = &[
     "skuflow_consumer_lag",
     "skuflow_files_total",
     "skuflow_file_duration_seconds",
+    "skuflow_store_last_upload_timestamp_seconds",
     "skuflow_ready",
     "skuflow_check_up",
     "skuflow_shutdowns_total",
@@ -181,6 +186,16 @@ impl Metrics {
                 "Uploaded files by final outcome.",
                 &["outcome"],
             )?,
+            store_last_upload: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "store_last_upload_timestamp_seconds",
+                        "When the store last uploaded a file (the object's modification time).",
+                    ),
+                    &["country", "store_id"],
+                )?,
+            )?,
             file_duration: reg(
                 &registry,
                 HistogramVec::new(
@@ -263,6 +278,9 @@ mod tests {
             .with_label_values(&["completed"])
             .observe(1.0);
         m.check_up.with_label_values(&["broker"]).set(1);
+        m.store_last_upload
+            .with_label_values(&["DE", "s1"])
+            .set(1_764_000_000);
         m.shutdowns.inc();
         m.reports.with_label_values(&["written"]).inc();
         let text = m.render();

@@ -93,6 +93,15 @@ async fn metrics_health_and_readiness_follow_the_pipeline_and_the_sink() {
 
     let m = p.ops_get(ingest, "/metrics").1;
     let c = ("component", "ingest");
+    // When the store last uploaded: the object's modification time, minutes ago at most.
+    let now = chrono::Utc::now().timestamp() as f64;
+    let last = metric(
+        &m,
+        "skuflow_store_last_upload_timestamp_seconds",
+        &[c, ("country", "NL"), ("store_id", "store-9")],
+    )
+    .expect("the store's last upload time");
+    assert!((now - 600.0..=now).contains(&last), "{last} {now}");
     assert_eq!(
         metric(&m, "skuflow_files_total", &[c, ("outcome", "completed")]),
         Some(1.0),

@@ -317,6 +317,15 @@ fn count_outcome(ev: &skuflow_schemas::FileEvent, outcome: &str, started: std::t
     m.bytes
         .with_label_values(&["in"])
         .inc_by(ev.bytes.or(ev.size).unwrap_or(0));
+    // A store was heard from (whatever became of its file); a replayed older file does not
+    // move the time back.
+    if let (Some(country), Some(store)) = (&ev.country, &ev.store_id) {
+        let at = ev.last_modified.unwrap_or(ev.at).timestamp();
+        let gauge = m.store_last_upload.with_label_values(&[country, store]);
+        if at > gauge.get() {
+            gauge.set(at);
+        }
+    }
 }
 
 /// Counts a refused request (`skuflow_files_total{outcome="refused"}`).
