@@ -198,6 +198,9 @@ pub async fn run_sink<S: Sink>(
     let mut durable: HashMap<i32, i64> = HashMap::new();
     let mut raw = RawBatch::default();
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    // The distinct trace contexts of the batch's messages (traces exported only): its write is
+    // a span in each of those traces.
+    let mut parents: Vec<String> = Vec::new();
     let mut deadline = Instant::now() + flush_every;
     let mut watch = crate::kafka::StallWatch::new(
         topic,
@@ -247,6 +250,11 @@ pub async fn run_sink<S: Sink>(
                 }
                 next_offsets.insert(partition, offset + 1);
                 raw.push(partition, offset, m.payload());
+                if let Some(tp) = crate::telemetry::traceparent(&m) {
+                    if parents.len() < MAX_TRACES_PER_BATCH && !parents.contains(&tp) {
+                        parents.push(tp);
+                    }
+                }
             }
             Some(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "Kafka consumer error; continuing.");
@@ -292,6 +300,19 @@ pub async fn run_sink<S: Sink>(
                 .with_label_values(&["undecodable"])
                 .inc_by(undecodable.len() as u64);
             let n = batch.len();
+            let spans: Vec<tracing::Span> = parents
+                .iter()
+                .map(|tp| {
+                    let span = tracing::info_span!(
+                        "sink.write",
+                        otel.name = %format!("{} write", sink.name()),
+                        sink = sink.name(),
+                        batch_records = n
+                    );
+                    crate::telemetry::set_parent(&span, Some(tp));
+                    span
+                })
+                .collect();
             let mut backoff = Backoff::new(args);
             let mut paused = false;
             let write = loop {
@@ -312,6 +333,7 @@ pub async fn run_sink<S: Sink>(
                 }
             };
             backoff.recovered(sink.name());
+            drop(spans); // the write spans end with the write
             if write.is_some() {
                 health().report("sink", Ok(()));
                 last_contact = Instant::now();
@@ -373,6 +395,7 @@ pub async fn run_sink<S: Sink>(
             }
             raw.clear();
             next_offsets.clear();
+            parents.clear();
         }
         if full || due || Instant::now() >= deadline {
             deadline = Instant::now() + flush_every;
@@ -465,6 +488,9 @@ pub struct Undecodable<'a> {
     pub payload: Option<&'a [u8]>,
     pub reason: String,
 }
+
+/// Most traces one batch's write is recorded in (a batch mixes the records of a few uploads).
+const MAX_TRACES_PER_BATCH: usize = 64;
 
 /// Fewest messages one decoding thread takes.
 const DECODE_CHUNK: usize = 2048;

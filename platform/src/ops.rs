@@ -59,7 +59,7 @@ pub async fn start(
     ops: &OpsArgs,
     kafka: &KafkaArgs,
 ) -> anyhow::Result<CancellationToken> {
-    telemetry::init(log);
+    telemetry::init_traced(log, &format!("skuflow-{component}"));
     metrics::init(component);
     let stop = shutdown::on_signal(Duration::from_secs(ops.shutdown_timeout_secs));
     if let Some(addr) = serve(&ops.ops_listen).await? {

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 pub mod bench;
 pub mod es_double;
+pub mod otlp_double;
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use rust_decimal::Decimal;

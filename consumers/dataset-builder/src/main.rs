@@ -31,6 +31,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let stop = ops::start("dataset-builder", &cli.log, &cli.ops, &cli.kafka).await?;
-    skuflow_dataset_builder::run(&cli.builder, &cli.kafka, &cli.topics, stop).await?;
-    Ok(())
+    let result = skuflow_dataset_builder::run(&cli.builder, &cli.kafka, &cli.topics, stop).await;
+    telemetry::shutdown();
+    result.map(|_| ())
 }

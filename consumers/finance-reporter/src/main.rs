@@ -26,6 +26,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let stop = ops::start("finance-reporter", &cli.log, &cli.ops, &cli.kafka).await?;
-    skuflow_finance_reporter::run(&cli.reporter, &cli.kafka, &cli.topics, stop).await?;
-    Ok(())
+    let result = skuflow_finance_reporter::run(&cli.reporter, &cli.kafka, &cli.topics, stop).await;
+    telemetry::shutdown();
+    result.map(|_| ())
 }

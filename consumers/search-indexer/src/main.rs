@@ -26,6 +26,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let stop = ops::start("search-indexer", &cli.log, &cli.ops, &cli.kafka).await?;
-    skuflow_search_indexer::run(&cli.indexer, &cli.kafka, &cli.topics, stop).await?;
-    Ok(())
+    let result = skuflow_search_indexer::run(&cli.indexer, &cli.kafka, &cli.topics, stop).await;
+    telemetry::shutdown();
+    result.map(|_| ())
 }

@@ -26,6 +26,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let stop = ops::start("warehouse-loader", &cli.log, &cli.ops, &cli.kafka).await?;
-    skuflow_warehouse_loader::run(&cli.loader, &cli.kafka, &cli.topics, stop).await?;
-    Ok(())
+    let result = skuflow_warehouse_loader::run(&cli.loader, &cli.kafka, &cli.topics, stop).await;
+    telemetry::shutdown();
+    result.map(|_| ())
 }

@@ -9,6 +9,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use tokio_util::sync::CancellationToken;
 
 use skuflow_schemas::{headers, Trigger, UploadRequest, UPLOAD_SCHEMA};
+use tracing::Instrument as _;
 
 use crate::worker::Ingestor;
 
@@ -25,8 +26,22 @@ pub fn upload_message(req: &UploadRequest) -> anyhow::Result<(String, Vec<u8>, O
 }
 
 /// Puts one upload request on the work queue and waits for the broker's acknowledgement.
+/// With traces exported, the request starts its upload's trace (`upload.queued`), whose
+/// context the message carries to the worker.
 pub async fn request_upload(ingestor: &Ingestor, req: &UploadRequest) -> anyhow::Result<()> {
+    let span = tracing::info_span!(
+        "upload.queued",
+        bucket = %req.bucket,
+        key = %req.key,
+        trigger = ?req.trigger
+    );
     let (key, payload, headers) = upload_message(req)?;
+    let headers = span.in_scope(|| {
+        skuflow_platform::telemetry::with_trace_headers(
+            headers,
+            &skuflow_platform::telemetry::trace_headers(),
+        )
+    });
     crate::produce::send_acknowledged(
         &ingestor.control,
         &ingestor.topics.uploads,
@@ -35,6 +50,7 @@ pub async fn request_upload(ingestor: &Ingestor, req: &UploadRequest) -> anyhow:
         headers,
         Duration::from_secs(60),
     )
+    .instrument(span)
     .await
     .map_err(|e| e.context("upload request not acknowledged"))
 }

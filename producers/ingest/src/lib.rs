@@ -26,6 +26,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use skuflow_platform::kafka::ObservedContext;
 use skuflow_platform::{KafkaArgs, TopicArgs};
@@ -382,13 +383,27 @@ pub async fn work_loop(
             None => None,
         };
         if let Some(req) = req {
+            // The file's ingest, in the trace its request started.
+            let span = tracing::info_span!(
+                "ingest.file",
+                bucket = %req.bucket,
+                key = %req.key,
+                partition,
+                offset,
+                outcome = tracing::field::Empty,
+                file_id = tracing::field::Empty
+            );
+            skuflow_platform::telemetry::set_parent(
+                &span,
+                skuflow_platform::telemetry::traceparent(&msg).as_deref(),
+            );
             let mut backoff = skuflow_platform::backoff::Backoff::new(
                 Duration::from_millis(500),
                 Duration::from_secs(30),
             );
             let started = std::time::Instant::now();
             loop {
-                match ingestor.ingest(&req).await {
+                match ingestor.ingest(&req).instrument(span.clone()).await {
                     Ok(Outcome::Skipped(why)) => {
                         tracing::debug!(bucket = %req.bucket, key = %req.key, %why, "Skipped upload request.");
                         break;
@@ -399,10 +414,14 @@ pub async fn work_loop(
                         break;
                     }
                     Ok(Outcome::Completed(ev)) => {
+                        span.record("outcome", "completed")
+                            .record("file_id", &ev.file_id);
                         count_outcome(&ev, "completed", started);
                         break;
                     }
                     Ok(Outcome::Failed(ev)) => {
+                        span.record("outcome", "failed")
+                            .record("file_id", &ev.file_id);
                         count_outcome(&ev, "failed", started);
                         break;
                     }

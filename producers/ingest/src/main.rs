@@ -26,5 +26,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let stop = ops::start("ingest", &cli.log, &cli.ops, &cli.kafka).await?;
-    skuflow_ingest::run(&cli.ingest, &cli.kafka, &cli.topics, stop).await
+    let result = skuflow_ingest::run(&cli.ingest, &cli.kafka, &cli.topics, stop).await;
+    telemetry::shutdown();
+    result
 }

@@ -16,7 +16,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use skuflow_platform::TopicArgs;
+use skuflow_platform::{telemetry, TopicArgs};
 use skuflow_schemas::{
     headers, FileEvent, FileStatus, RejectReason, Trigger, UploadRequest, FILE_SCHEMA,
     RECORD_SCHEMA, REJECT_SCHEMA,
@@ -165,8 +165,9 @@ fn moved_key(key: &str, incoming: &str, prefix: &str) -> String {
     format!("{prefix}{}", key.strip_prefix(incoming).unwrap_or(key))
 }
 
-fn file_headers(schema: &str, file_id: &str) -> OwnedHeaders {
-    OwnedHeaders::new_with_capacity(2)
+/// Schema and file id, and the trace context of the file's ingest when traces are exported.
+fn file_headers(schema: &str, file_id: &str, trace: &[(String, String)]) -> OwnedHeaders {
+    let h = OwnedHeaders::new_with_capacity(2 + trace.len())
         .insert(Header {
             key: headers::SCHEMA,
             value: Some(schema),
@@ -174,7 +175,8 @@ fn file_headers(schema: &str, file_id: &str) -> OwnedHeaders {
         .insert(Header {
             key: headers::FILE_ID,
             value: Some(file_id),
-        })
+        });
+    telemetry::with_trace_headers(h, trace)
 }
 
 /// What the first pass learns besides the counts.
@@ -219,7 +221,7 @@ impl Ingestor {
             &self.topics.files,
             ev.file_id.as_bytes(),
             payload,
-            file_headers(FILE_SCHEMA, &ev.file_id),
+            file_headers(FILE_SCHEMA, &ev.file_id, &telemetry::trace_headers()),
             Duration::from_secs(300),
         )
         .await
@@ -583,11 +585,13 @@ impl Ingestor {
         rows_total: u64,
     ) -> Result<(), Retry> {
         let progress = Arc::new(FileProgress::default());
-        let (records, topics, p, c) = (
+        let trace = Arc::new(telemetry::trace_headers());
+        let (records, topics, p, c, t) = (
             self.records.clone(),
             self.topics.clone(),
             progress.clone(),
             ctx.clone(),
+            trace.clone(),
         );
         let encoder = RecordEncoder::new(ctx);
         let (mut buf, mut key) = (Vec::with_capacity(1024), Vec::with_capacity(128));
@@ -606,7 +610,7 @@ impl Ingestor {
                 &topics.rejects,
                 c.file_id.as_bytes(),
                 buf,
-                file_headers(REJECT_SCHEMA, &c.file_id),
+                file_headers(REJECT_SCHEMA, &c.file_id, &t),
             )?;
             Ok(())
         };
@@ -636,7 +640,7 @@ impl Ingestor {
                             &topics.records,
                             &key,
                             &buf,
-                            file_headers(RECORD_SCHEMA, &file_id),
+                            file_headers(RECORD_SCHEMA, &file_id, &trace),
                         )?;
                     }
                     RowEvent::Rejected {
