@@ -11,11 +11,11 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
-use skuflow_e2e::{gzip, render_csv, sample_rows};
 use skuflow_ingest::store::StoreArgs;
 use skuflow_ingest::{IngestArgs, Mode};
 use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
 use skuflow_platform::{ConsumeArgs, KafkaArgs, TopicArgs};
+use skuflow_samples::{gzip, render_csv, sample_rows};
 use skuflow_schemas::{FileEvent, FileStatus};
 use skuflow_warehouse_loader::LoaderArgs;
 
@@ -397,7 +397,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let finance = skuflow_finance_reporter::report::run(args.pg_url.expose(), &report)
+    let finance = skuflow_finance_reporter::reporting::run(args.pg_url.expose(), &report)
         .await
         .context("writing the finance report")?;
 
