@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use skuflow_dataset_builder::columns::{self, Encoding};
-use skuflow_dataset_builder::rows::{Partition, Split};
+use skuflow_dataset_builder::rows::{FileRows, Split};
 use skuflow_dataset_builder::BuilderArgs;
 use skuflow_e2e::bench::{drain_bare, load_records_topic, python_figures, rate};
 use skuflow_e2e::synthetic_record;
@@ -209,9 +209,9 @@ fn pyarrow(jsonl: &Path, out: &Path) -> Duration {
 /// file's size.
 fn encode_path(jsonl: &Path, batch: u32, out: &Path) -> (Duration, [Duration; 3], usize) {
     let t = Instant::now();
-    let mut part = Partition::default();
+    let mut part = FileRows::default();
     let mut raw = RawBatch::default();
-    let merge = |raw: &mut RawBatch, part: &mut Partition| {
+    let merge = |raw: &mut RawBatch, part: &mut FileRows| {
         let (records, bad) = raw.decode();
         assert!(bad.is_empty(), "undecodable: {:?}", bad.first());
         part.reserve(records.len());

@@ -461,11 +461,11 @@ pub fn decode_with_medians(file: Bytes) -> anyhow::Result<(Vec<SkuRecord>, Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rows::{Partition, Split};
+    use crate::rows::{FileRows, Split};
 
     #[test]
     fn every_record_field_has_a_column_and_survives_a_round_trip() {
-        let mut p = Partition::default();
+        let mut p = FileRows::default();
         for i in 0..50u64 {
             let mut v = serde_json::json!({
                 "schema": skuflow_schemas::RECORD_SCHEMA,

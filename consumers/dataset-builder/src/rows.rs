@@ -153,7 +153,7 @@ impl Dictionary {
 struct Slot {
     record_version: i64,
     source_line: i64,
-    /// Start of the row's strings in [`Partition::text`].
+    /// Start of the row's strings in [`FileRows::text`].
     text: usize,
     /// Lengths of record_id, sku, product_name and barcode.
     lens: [u32; 4],
@@ -178,7 +178,7 @@ struct Slot {
     store_category: StoreCategory,
     has_barcode: bool,
     /// The SKU's split bucket ([`Split::bucket`]); [`NO_BUCKET`] until
-    /// [`Partition::fill_buckets`] computes it.
+    /// [`FileRows::fill_buckets`] computes it.
     bucket: u16,
 }
 
@@ -202,11 +202,12 @@ impl Slot {
     }
 }
 
-/// The newest record per (store_id, sku) of one partition, stored compactly: a row is one
-/// fixed-size slot plus its own strings in one shared text, with no allocation per field (a
-/// million rows take a few hundred MB rather than several GB of small strings).
+/// The rows of one Parquet file of the dataset (a country's day, or one of its files): the newest
+/// record per (store_id, sku), stored compactly: a row is one fixed-size slot plus its own strings
+/// in one shared text, with no allocation per field (a million rows take a few hundred MB rather
+/// than several GB of small strings).
 #[derive(Debug, Default, Clone)]
-pub struct Partition {
+pub struct FileRows {
     slots: Vec<Slot>,
     text: String,
     /// Bytes of `text` no slot refers to any more (left by replaced rows).
@@ -216,14 +217,14 @@ pub struct Partition {
     /// the slots never re-reads a row.
     index: HashTable<(u64, u32)>,
     hasher: ahash::RandomState,
-    /// Whether the slots are in (store, SKU) order (see [`Partition::settle`]).
+    /// Whether the slots are in (store, SKU) order (see [`FileRows::settle`]).
     ordered: bool,
 }
 
-/// A view of one row of a [`Partition`].
+/// A view of one row of a [`FileRows`].
 #[derive(Debug, Clone, Copy)]
 pub struct Row<'a> {
-    part: &'a Partition,
+    part: &'a FileRows,
     slot: &'a Slot,
 }
 
@@ -352,13 +353,13 @@ impl<'a> Row<'a> {
     }
 }
 
-impl Partition {
+impl FileRows {
     /// Room for `n` records without growing.
     pub fn with_capacity(n: usize) -> Self {
-        Partition {
+        FileRows {
             slots: Vec::with_capacity(n),
             index: HashTable::with_capacity(n),
-            ..Partition::default()
+            ..FileRows::default()
         }
     }
 
@@ -522,7 +523,7 @@ impl Partition {
     /// Computes the split bucket (a SHA-256) of every row that has none yet, on every core:
     /// upserts leave it for later so that the single-threaded merge stays short.
     fn fill_buckets(&mut self) {
-        let Partition { slots, text, .. } = self;
+        let FileRows { slots, text, .. } = self;
         let text = text.as_str();
         let fill = |chunk: &mut [Slot]| {
             for s in chunk.iter_mut().filter(|s| s.bucket == NO_BUCKET) {
@@ -564,7 +565,7 @@ impl Partition {
     }
 
     /// Rows in a stable order (store, SKU), with their features (on every core; in place
-    /// after [`Partition::settle`]); `median_of` gives a category's median unit price (over
+    /// after [`FileRows::settle`]); `median_of` gives a category's median unit price (over
     /// whatever rows the caller chose, e.g. a whole day).
     pub fn featured_with<'a>(
         &'a self,
@@ -691,7 +692,7 @@ mod tests {
     fn rows_come_back_as_the_newest_records_through_replacements_and_compaction() {
         // Every field varies (absent options, escapes, multi-byte text); each key is replaced
         // several times, which leaves more than 1 MiB of replaced text and compacts it.
-        let mut p = Partition::default();
+        let mut p = FileRows::default();
         let mut newest: HashMap<(String, String), SkuRecord> = HashMap::new();
         let mut appended = 0;
         for round in 1..=6i64 {
@@ -755,7 +756,7 @@ mod tests {
 
     #[test]
     fn newest_version_wins_either_order() {
-        let mut p = Partition::default();
+        let mut p = FileRows::default();
         assert!(p.upsert(&rec("s", "A", 2, "2.00", None, "x")));
         assert!(
             !p.upsert(&rec("s", "A", 1, "1.00", None, "x")),
@@ -772,7 +773,7 @@ mod tests {
 
     #[test]
     fn features_are_exact_where_money_and_defined_where_not() {
-        let mut p = Partition::default();
+        let mut p = FileRows::default();
         p.upsert(&rec("s", "A", 1, "10.00", Some("6.00"), "dairy"));
         p.upsert(&rec("s", "B", 1, "20.00", None, "dairy"));
         p.upsert(&rec("s", "C", 1, "40.00", None, "dairy"));

@@ -25,7 +25,7 @@ use skuflow_platform::consume::{Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::SkuRecord;
 
 use crate::columns::{self, Encoding};
-use crate::rows::{category_medians, Partition, Split};
+use crate::rows::{category_medians, FileRows, Split};
 
 /// Default size a file grows to before the next file of its partition and day is started.
 pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;
@@ -80,7 +80,7 @@ pub struct DatasetSink {
     encoding: Encoding,
     /// Shards read or written by this process (dropped on every rebalance: another builder may
     /// have written them since).
-    shards: HashMap<ShardKey, Partition>,
+    shards: HashMap<ShardKey, FileRows>,
     manifests: HashMap<String, Manifest>,
     /// The category medians each file was last written with.
     written_medians: HashMap<ShardKey, HashMap<String, rust_decimal::Decimal>>,
@@ -250,7 +250,7 @@ impl DatasetSink {
                     self.written_medians.remove(&key);
                 }
             }
-            let mut part = Partition::with_capacity(decoded.len());
+            let mut part = FileRows::with_capacity(decoded.len());
             for r in &decoded {
                 part.upsert(r);
             }
@@ -317,12 +317,12 @@ impl DatasetSink {
                 .map(|k| k.3)
                 .collect();
             numbers.sort_unstable();
-            let mut files: Vec<(u32, Partition, bool)> = numbers
+            let mut files: Vec<(u32, FileRows, bool)> = numbers
                 .into_iter()
                 .filter_map(|n| self.shards.remove(&key(n)).map(|s| (n, s, false)))
                 .collect();
             if files.is_empty() {
-                files.push((0, Partition::default(), false));
+                files.push((0, FileRows::default(), false));
             }
             if let Some((_, open, _)) = files.last_mut() {
                 open.reserve(records.len());
@@ -335,7 +335,7 @@ impl DatasetSink {
                 let i = match files[..last].iter().position(|(_, s, _)| s.holds(r)) {
                     Some(i) => i,
                     None if files[last].1.len() >= rows_per_file && !files[last].1.holds(r) => {
-                        files.push((files[last].0 + 1, Partition::default(), false));
+                        files.push((files[last].0 + 1, FileRows::default(), false));
                         last + 1
                     }
                     None => last,
@@ -407,7 +407,7 @@ impl DatasetSink {
         for country in countries {
             self.put_manifest(country).await?;
         }
-        let cached: usize = self.shards.values().map(Partition::len).sum();
+        let cached: usize = self.shards.values().map(FileRows::len).sum();
         if cached > self.cache_rows {
             self.shards.clear();
             self.written_medians.clear();
@@ -423,7 +423,7 @@ impl DatasetSink {
         offsets: &BTreeMap<i32, i64>,
     ) {
         let mut entry = DayEntry::default();
-        let mut files: Vec<((i32, u32), &Partition)> = self
+        let mut files: Vec<((i32, u32), &FileRows)> = self
             .shards
             .iter()
             .filter(|((c, d, _, _), _)| c == country && *d == day)
@@ -819,7 +819,7 @@ mod tests {
         // before it rewrites p1 and the manifest: p0 as it would have written it.
         let a2 = priced("A", 2, 4000);
         let medians = HashMap::from([("c".to_string(), d("30"))]);
-        let mut part = Partition::default();
+        let mut part = FileRows::default();
         part.upsert(&a2);
         let rows = part.featured_with(|c| medians.get(c).copied(), Split::default());
         let file = columns::encode_with_medians(
