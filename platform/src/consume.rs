@@ -28,9 +28,9 @@ use skuflow_schemas::{
     headers, RejectMessage, RejectReason, SkuRecord, RECORD_SCHEMA, REJECT_SCHEMA,
 };
 
+use crate::health::health;
 use crate::kafka::{KafkaArgs, ObservedContext, TopicArgs};
 use crate::metrics::metrics;
-use crate::ops::health;
 
 /// One decoded message with its position.
 #[derive(Debug, Clone)]
@@ -446,7 +446,7 @@ impl Backoff {
             SinkError::Retriable(e) => e,
         };
         metrics().sink_retries.with_label_values(&[sink]).inc();
-        crate::ops::health().report("sink", Err(format!("{sink} unavailable: {e:#}")));
+        crate::health::health().report("sink", Err(format!("{sink} unavailable: {e:#}")));
         let sleep = self.pauses.next_pause();
         tracing::warn!(sink, attempt = self.pauses.attempts(), retry_in_ms = sleep.as_millis() as u64, cause = %format!("{e:#}"),
             "Sink unavailable; holding the batch and retrying.");

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod consume;
+pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

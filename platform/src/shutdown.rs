@@ -22,7 +22,7 @@ pub fn on_signal(grace: Duration) -> CancellationToken {
             "Shutdown requested; finishing the batch in flight."
         );
         crate::metrics::metrics().shutdowns.inc();
-        crate::ops::health().report("shutdown", Err("shutting down".into()));
+        crate::health::health().report("shutdown", Err("shutting down".into()));
         t.cancel();
         // A plain thread: the runtime may be too busy (or blocked) to run a timer task.
         std::thread::spawn(move || {
