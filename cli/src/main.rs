@@ -218,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Report(ReportCmd { pg_url, report }) => {
-            let r = skuflow_finance_reporter::report::run(pg_url.expose(), &report).await?;
+            let r = skuflow_finance_reporter::reporting::run(pg_url.expose(), &report).await?;
             println!(
                 "report written to {}: {} aggregate rows, {} countries, {} projections, {} days without a rate",
                 report.out,

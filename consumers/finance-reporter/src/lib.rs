@@ -2,11 +2,8 @@
 //! PostgreSQL (schema `skuflow_finance`, offsets in the same transaction), and reports with
 //! projections on a schedule and on demand (`skuflow report`).
 
-pub mod forecast;
-pub mod html;
 pub mod migrations;
-pub mod rates;
-pub mod report;
+pub mod reporting;
 pub mod sink;
 
 use std::time::Duration;
@@ -15,7 +12,7 @@ use clap::Args;
 use skuflow_platform::secret::Secret;
 use skuflow_platform::shutdown::CancellationToken;
 
-pub use report::ReportArgs;
+pub use reporting::ReportArgs;
 pub use sink::FinanceSink;
 
 /// Default consumer group.
@@ -24,7 +21,10 @@ pub const GROUP: &str = "skuflow-finance-reporter";
 /// Flags of `skuflow-finance-reporter`.
 #[derive(Debug, Clone, Args)]
 pub struct ReporterArgs {
-    /// PostgreSQL connection string. Never logged.
+    /// PostgreSQL connection string: `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=/ca.pem`
+    /// or the key=value form; `sslmode` `disable`, `prefer` (default), `require`, `verify-ca`,
+    /// `verify-full` as libpq reads them (without `sslrootcert`, `verify-*` trust the Mozilla
+    /// roots). Never logged.
     #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
     pub pg_url: Secret,
     /// Seconds between scheduled reports (0: none; `skuflow report` makes one on demand).
@@ -51,7 +51,7 @@ async fn schedule(pg_url: Secret, args: ReportArgs, every: Duration, shutdown: C
             _ = tokio::time::sleep(every) => {}
         }
         let (url, a) = (pg_url.clone(), args.clone());
-        let outcome = tokio::spawn(async move { report::run(url.expose(), &a).await })
+        let outcome = tokio::spawn(async move { reporting::run(url.expose(), &a).await })
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("the report task ended abnormally: {e}")));
         match outcome {

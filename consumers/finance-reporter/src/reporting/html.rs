@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
-use crate::report::{Converted, ProjectionEntry, Report};
+use super::model::{Converted, ProjectionEntry, Report};
 
 /// Text escaped for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
