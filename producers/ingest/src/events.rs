@@ -11,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use skuflow_platform::backoff::Backoff;
 use skuflow_platform::KafkaArgs;
 use skuflow_schemas::{Trigger, UploadRequest};
 
@@ -145,14 +146,13 @@ pub async fn event_loop(
                         continue;
                     }
                     let req = UploadRequest::new(&bucket, &key, etag, size, Trigger::Event);
-                    let mut backoff = Duration::from_millis(200);
+                    let mut backoff =
+                        Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
                     while let Err(e) = request_upload(ingestor, &req).await {
                         tracing::warn!(%bucket, %key, cause = %format!("{e:#}"), "Queueing an upload request failed; retrying.");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(backoff) => {}
+                        if !Backoff::sleep(backoff.next_pause(), &shutdown).await {
+                            return Ok(());
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                     created += 1;
                 }
