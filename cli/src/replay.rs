@@ -366,16 +366,10 @@ async fn move_group(args: &ReplayArgs, sink: SinkKind, to: &Target) -> anyhow::R
             println!("{table} does not exist (a new database): the group's offsets decide");
         }
         let tx = client.transaction().await?;
-        for (p, o) in targets.iter().filter(|_| exists) {
-            tx.execute(
-                &format!(
-                    "INSERT INTO {table} (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
-                ),
-                &[&group, &topic, p, o],
-            )
-            .await
-            .with_context(|| format!("moving the offsets stored in {table}"))?;
+        if exists {
+            skuflow_platform::pg::move_offsets(&tx, table, &group, topic, &targets)
+                .await
+                .with_context(|| format!("moving the offsets stored in {table}"))?;
         }
         tx.commit().await?;
     }

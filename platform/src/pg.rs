@@ -332,10 +332,38 @@ pub async fn store_offsets(
     topic: &str,
     offsets: &BTreeMap<i32, i64>,
 ) -> Result<(), tokio_postgres::Error> {
+    upsert_offsets(tx, table, group, topic, offsets, true).await
+}
+
+/// Sets the next offsets of `group` in `table` to `offsets`, backwards too (`skuflow replay`),
+/// inside the caller's transaction.
+pub async fn move_offsets(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    group: &str,
+    topic: &str,
+    offsets: &BTreeMap<i32, i64>,
+) -> Result<(), tokio_postgres::Error> {
+    upsert_offsets(tx, table, group, topic, offsets, false).await
+}
+
+async fn upsert_offsets(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    group: &str,
+    topic: &str,
+    offsets: &BTreeMap<i32, i64>,
+    forward_only: bool,
+) -> Result<(), tokio_postgres::Error> {
+    let next = if forward_only {
+        format!("GREATEST({table}.next_offset, EXCLUDED.next_offset)")
+    } else {
+        "EXCLUDED.next_offset".to_string()
+    };
     let sql = format!(
         "INSERT INTO {table} (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
          ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-         SET next_offset = GREATEST({table}.next_offset, EXCLUDED.next_offset), updated_at = now()"
+         SET next_offset = {next}, updated_at = now()"
     );
     for (p, o) in offsets {
         tx.execute(&sql, &[&group, &topic, p, o]).await?;
