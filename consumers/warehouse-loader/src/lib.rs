@@ -16,8 +16,10 @@ pub const GROUP: &str = "skuflow-warehouse-loader";
 /// Flags of `skuflow-warehouse-loader`.
 #[derive(Debug, Clone, Args)]
 pub struct LoaderArgs {
-    /// PostgreSQL connection string (`postgres://user:password@host:port/db` or key=value form).
-    /// Never logged.
+    /// PostgreSQL connection string: `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=/ca.pem`
+    /// or the key=value form; `sslmode` `disable`, `prefer` (default), `require`, `verify-ca`,
+    /// `verify-full` as libpq reads them (without `sslrootcert`, `verify-*` trust the Mozilla
+    /// roots). Never logged.
     #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
     pub pg_url: Secret,
     #[command(flatten)]

@@ -44,7 +44,9 @@ pub struct StoreArgs {
         default_value = "us-east-1"
     )]
     pub s3_region: String,
-    /// S3 backend: access key id.
+    /// S3 backend: a static access key id, only when given; otherwise the standard AWS chain:
+    /// web identity (IRSA: `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`), ECS task or EKS Pod
+    /// Identity credentials, then the instance profile.
     #[arg(
         long = "s3-access-key-id",
         env = "AWS_ACCESS_KEY_ID",
