@@ -11,6 +11,7 @@
 
 mod demo;
 mod replay;
+mod sinks;
 mod status;
 
 use clap::{Parser, Subcommand};

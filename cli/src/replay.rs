@@ -19,40 +19,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, NaiveDate, Utc};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use skuflow_platform::component::{OffsetsHome, SinkInfo};
 use skuflow_platform::{KafkaArgs, TopicArgs};
 use skuflow_schemas::{FileEvent, FileStatus, Trigger, UploadRequest};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum SinkKind {
-    WarehouseLoader,
-    FinanceReporter,
-    SearchIndexer,
-    DatasetBuilder,
-}
-
-impl SinkKind {
-    fn default_group(self) -> &'static str {
-        match self {
-            SinkKind::WarehouseLoader => skuflow_warehouse_loader::GROUP,
-            SinkKind::FinanceReporter => skuflow_finance_reporter::GROUP,
-            SinkKind::SearchIndexer => skuflow_search_indexer::GROUP,
-            SinkKind::DatasetBuilder => skuflow_dataset_builder::GROUP,
-        }
-    }
-
-    /// The table where the sink keeps its consumed offsets, if it keeps them in PostgreSQL.
-    fn offsets_table(self) -> Option<&'static str> {
-        match self {
-            SinkKind::WarehouseLoader => Some(skuflow_warehouse_loader::migrations::OFFSETS_TABLE),
-            SinkKind::FinanceReporter => Some(skuflow_finance_reporter::migrations::OFFSETS_TABLE),
-            SinkKind::SearchIndexer | SinkKind::DatasetBuilder => None,
-        }
-    }
-}
 
 /// Where to start again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,9 +77,10 @@ pub(crate) struct ReplayArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     topics: TopicArgs,
-    /// The sink to rebuild (with --to).
-    #[arg(long = "sink", value_enum)]
-    sink: Option<SinkKind>,
+    /// The sink to rebuild (with --to): warehouse-loader, finance-reporter, search-indexer or
+    /// dataset-builder.
+    #[arg(long = "sink", value_parser = crate::sinks::by_name)]
+    sink: Option<SinkInfo>,
     /// Its consumer group (default: the sink's default group).
     #[arg(long = "group")]
     group: Option<String>,
@@ -258,17 +232,17 @@ async fn reingest_files(args: &ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn move_group(args: &ReplayArgs, sink: SinkKind, to: &Target) -> anyhow::Result<()> {
-    let group = args
-        .group
-        .clone()
-        .unwrap_or_else(|| sink.default_group().to_string());
+async fn move_group(args: &ReplayArgs, sink: SinkInfo, to: &Target) -> anyhow::Result<()> {
+    let group = args.group.clone().unwrap_or_else(|| sink.group.to_string());
     let topic = args.topics.records.as_str();
-    let table = sink.offsets_table();
+    let table = match sink.offsets {
+        OffsetsHome::Postgres { table } => Some(table),
+        OffsetsHome::Broker | OffsetsHome::WithData { .. } => None,
+    };
     if table.is_some() && args.pg_url.is_none() {
         bail!(
-            "--sink {:?} keeps its offsets in PostgreSQL: give --pg-url",
-            sink
+            "--sink {} keeps its offsets in PostgreSQL: give --pg-url",
+            sink.name
         );
     }
     let consumer: BaseConsumer = args
@@ -287,7 +261,7 @@ async fn move_group(args: &ReplayArgs, sink: SinkKind, to: &Target) -> anyhow::R
                     bail!(
                         "consumer group {group} has {} active member(s): stop every {} first",
                         g.members().len(),
-                        sink.default_group()
+                        sink.name
                     );
                 }
             }
@@ -383,12 +357,13 @@ async fn move_group(args: &ReplayArgs, sink: SinkKind, to: &Target) -> anyhow::R
             .map_or("none".to_string(), |o| o.to_string());
         println!("  partition {p}: {o} (was {was})");
     }
-    if sink == SinkKind::DatasetBuilder {
+    if let OffsetsHome::WithData { reset } = sink.offsets {
         println!(
-            "the dataset builder resumes from the offsets in its manifests: delete the dataset (or a country's _manifest.json) to rebuild it"
+            "the {} resumes from the offsets it keeps with its data: {reset}",
+            sink.name
         );
     }
-    println!("start the {} again to rebuild", sink.default_group());
+    println!("start the {} again to rebuild", sink.name);
     Ok(())
 }
 

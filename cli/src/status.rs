@@ -21,6 +21,7 @@ use futures::TryStreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 use serde::Serialize;
+use skuflow_platform::component::RowCount;
 use skuflow_platform::{KafkaArgs, TopicArgs};
 use skuflow_schemas::{FileEvent, FileStatus};
 
@@ -277,31 +278,45 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<bool> {
     selected.sort_by(|a, b| a.at.cmp(&b.at).then(a.file_id.cmp(&b.file_id)));
     let ids: Vec<String> = selected.iter().map(|e| e.file_id.clone()).collect();
 
+    // Every sink of the registry whose store was given is counted, in the registry's order.
     let mut per_sink: Vec<(&'static str, HashMap<String, u64>)> = Vec::new();
-    if let Some(url) = &args.pg_url {
-        let client = skuflow_platform::pg::connect(url.expose())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(c) = pg_counts(&client, "skuflow.sku_facts", &ids).await? {
-            per_sink.push(("warehouse", c));
+    let pg = match &args.pg_url {
+        Some(url) => Some(
+            skuflow_platform::pg::connect(url.expose())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
+    for sink in crate::sinks::SINKS {
+        let counts = match sink.rows {
+            RowCount::PostgresTable { table } => match &pg {
+                Some(client) => pg_counts(client, table, &ids).await?,
+                None => None,
+            },
+            RowCount::SearchIndex => match &args.es_url {
+                Some(url) => {
+                    let transport = skuflow_search_indexer::transport(url, &args.es_auth)?;
+                    Some(
+                        skuflow_search_indexer::lineage::count_by_file(
+                            &transport,
+                            &args.index_alias,
+                            &ids,
+                            Duration::from_secs(60),
+                        )
+                        .await?,
+                    )
+                }
+                None => None,
+            },
+            RowCount::DatasetFiles => match &args.dataset_root {
+                Some(root) => Some(dataset_counts(root).await?),
+                None => None,
+            },
+        };
+        if let Some(c) = counts {
+            per_sink.push((sink.label, c));
         }
-        if let Some(c) = pg_counts(&client, "skuflow_finance.lines", &ids).await? {
-            per_sink.push(("finance", c));
-        }
-    }
-    if let Some(url) = &args.es_url {
-        let transport = skuflow_search_indexer::transport(url, &args.es_auth)?;
-        let counts = skuflow_search_indexer::lineage::count_by_file(
-            &transport,
-            &args.index_alias,
-            &ids,
-            Duration::from_secs(60),
-        )
-        .await?;
-        per_sink.push(("search", counts));
-    }
-    if let Some(root) = &args.dataset_root {
-        per_sink.push(("dataset", dataset_counts(root).await?));
     }
     let now = Utc::now();
     let grace = Duration::from_secs(args.grace_secs);

@@ -3,6 +3,7 @@
 //! health endpoints and graceful shutdown.
 
 pub mod backoff;
+pub mod component;
 pub mod consume;
 pub mod health;
 pub mod http;

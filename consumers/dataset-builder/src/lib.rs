@@ -14,6 +14,7 @@ use anyhow::bail;
 use clap::Args;
 use object_store::path::Path;
 use object_store::ObjectStore;
+use skuflow_platform::component::{self, Component, OffsetsHome, RowCount, SinkInfo};
 use skuflow_platform::shutdown::CancellationToken;
 
 pub use sink::DatasetSink;
@@ -134,6 +135,39 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// The dataset builder as a component of the consume loop.
+pub struct DatasetBuilder;
+
+#[async_trait::async_trait]
+impl Component for DatasetBuilder {
+    const INFO: SinkInfo = SinkInfo {
+        name: "dataset-builder",
+        label: "dataset",
+        group: GROUP,
+        offsets: OffsetsHome::WithData {
+            reset: "delete the dataset (or a country's _manifest.json) to rebuild it",
+        },
+        rows: RowCount::DatasetFiles,
+    };
+    const ABOUT: &'static str = "Builds per-country Parquet training sets from sku.records.v1";
+    type Args = BuilderArgs;
+    type Sink = DatasetSink;
+
+    fn consume_args(args: &BuilderArgs) -> &skuflow_platform::ConsumeArgs {
+        &args.consume
+    }
+
+    async fn build(
+        args: &BuilderArgs,
+        _group: &str,
+        _shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<DatasetSink>> {
+        let sink = args.sink()?;
+        tracing::info!(root = %args.root, split = %args.split, "Building datasets.");
+        Ok(Some(sink))
+    }
+}
+
 /// Runs the builder until `shutdown`.
 pub async fn run(
     args: &BuilderArgs,
@@ -141,9 +175,7 @@ pub async fn run(
     topics: &skuflow_platform::TopicArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<skuflow_platform::consume::RunStats> {
-    let sink = args.sink()?;
-    tracing::info!(root = %args.root, split = %args.split, "Building datasets.");
-    skuflow_platform::run_sink(kafka, topics, &args.consume, GROUP, sink, shutdown).await
+    component::run::<DatasetBuilder>(args, kafka, topics, shutdown).await
 }
 
 #[cfg(test)]

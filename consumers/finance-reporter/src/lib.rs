@@ -9,6 +9,7 @@ pub mod sink;
 use std::time::Duration;
 
 use clap::Args;
+use skuflow_platform::component::{self, Component, OffsetsHome, RowCount, SinkInfo};
 use skuflow_platform::secret::Secret;
 use skuflow_platform::shutdown::CancellationToken;
 
@@ -72,6 +73,51 @@ async fn schedule(pg_url: Secret, args: ReportArgs, every: Duration, shutdown: C
     }
 }
 
+/// The finance reporter as a component of the consume loop.
+pub struct FinanceReporter;
+
+#[async_trait::async_trait]
+impl Component for FinanceReporter {
+    const INFO: SinkInfo = SinkInfo {
+        name: "finance-reporter",
+        label: "finance",
+        group: GROUP,
+        offsets: OffsetsHome::Postgres {
+            table: migrations::OFFSETS_TABLE,
+        },
+        rows: RowCount::PostgresTable {
+            table: migrations::LINES,
+        },
+    };
+    const ABOUT: &'static str = "Keeps exact revenue and margin aggregates of sku.records.v1 in PostgreSQL and writes reports with projections";
+    type Args = ReporterArgs;
+    type Sink = FinanceSink;
+
+    fn consume_args(args: &ReporterArgs) -> &skuflow_platform::ConsumeArgs {
+        &args.consume
+    }
+
+    /// Also starts the scheduled reports.
+    async fn build(
+        args: &ReporterArgs,
+        group: &str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<FinanceSink>> {
+        args.report.validate()?;
+        let mut sink = FinanceSink::new(args.pg_url.expose(), group);
+        component::fail_fast(sink.connect().await, "PostgreSQL")?;
+        if args.report_every_secs > 0 {
+            tokio::spawn(schedule(
+                args.pg_url.clone(),
+                args.report.clone(),
+                Duration::from_secs(args.report_every_secs),
+                shutdown.clone(),
+            ));
+        }
+        Ok(Some(sink))
+    }
+}
+
 /// Runs the reporter until `shutdown`.
 pub async fn run(
     args: &ReporterArgs,
@@ -79,25 +125,5 @@ pub async fn run(
     topics: &skuflow_platform::TopicArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<skuflow_platform::consume::RunStats> {
-    args.report.validate()?;
-    let group = args
-        .consume
-        .group
-        .clone()
-        .unwrap_or_else(|| GROUP.to_string());
-    let mut sink = FinanceSink::new(args.pg_url.expose(), &group);
-    match sink.connect().await {
-        Ok(_) => {}
-        Err(skuflow_platform::SinkError::Fatal(e)) => return Err(e),
-        Err(e) => tracing::warn!(cause = %e, "PostgreSQL not reachable yet; will retry."),
-    }
-    if args.report_every_secs > 0 {
-        tokio::spawn(schedule(
-            args.pg_url.clone(),
-            args.report.clone(),
-            Duration::from_secs(args.report_every_secs),
-            shutdown.clone(),
-        ));
-    }
-    skuflow_platform::run_sink(kafka, topics, &args.consume, GROUP, sink, shutdown).await
+    component::run::<FinanceReporter>(args, kafka, topics, shutdown).await
 }

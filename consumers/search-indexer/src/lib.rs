@@ -14,6 +14,7 @@ use clap::Args;
 use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, TransportBuilder};
+use skuflow_platform::component::{self, Component, OffsetsHome, RowCount, SinkInfo};
 use skuflow_platform::shutdown::CancellationToken;
 use skuflow_platform::SinkError;
 
@@ -170,6 +171,62 @@ impl IndexerArgs {
     }
 }
 
+/// The search indexer as a component of the consume loop.
+pub struct SearchIndexer;
+
+#[async_trait::async_trait]
+impl Component for SearchIndexer {
+    const INFO: SinkInfo = SinkInfo {
+        name: "search-indexer",
+        label: "search",
+        group: GROUP,
+        offsets: OffsetsHome::Broker,
+        rows: RowCount::SearchIndex,
+    };
+    const ABOUT: &'static str = "Indexes sku.records.v1 into Elasticsearch, one index per country";
+    type Args = IndexerArgs;
+    type Sink = EsSink;
+
+    fn consume_args(args: &IndexerArgs) -> &skuflow_platform::ConsumeArgs {
+        &args.consume
+    }
+
+    async fn build(
+        args: &IndexerArgs,
+        _group: &str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<EsSink>> {
+        let sink = EsSink::new(
+            args.transport()?,
+            bulk::Layout {
+                prefix: args.index_prefix.clone(),
+            },
+            args.tuning(),
+        );
+        // The template must be in place before the first document creates an index.
+        let mut backoff = skuflow_platform::backoff::Backoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        );
+        loop {
+            match sink.put_template(&args.alias).await {
+                Ok(()) => break,
+                Err(SinkError::Fatal(e)) => return Err(e),
+                Err(SinkError::Retriable(e)) => {
+                    let wait = backoff.next_pause();
+                    tracing::warn!(attempt = backoff.attempts(), retry_in_ms = wait.as_millis() as u64, cause = %e,
+                        "Elasticsearch not reachable yet; retrying the index template.");
+                    if !skuflow_platform::backoff::Backoff::sleep(wait, shutdown).await {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        tracing::info!(prefix = %args.index_prefix, alias = %args.alias, "Index template in place.");
+        Ok(Some(sink))
+    }
+}
+
 /// Runs the indexer until `shutdown`.
 pub async fn run(
     args: &IndexerArgs,
@@ -177,34 +234,7 @@ pub async fn run(
     topics: &skuflow_platform::TopicArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<skuflow_platform::consume::RunStats> {
-    let sink = EsSink::new(
-        args.transport()?,
-        bulk::Layout {
-            prefix: args.index_prefix.clone(),
-        },
-        args.tuning(),
-    );
-    // The template must be in place before the first document creates an index.
-    let mut backoff = skuflow_platform::backoff::Backoff::new(
-        Duration::from_millis(500),
-        Duration::from_secs(30),
-    );
-    loop {
-        match sink.put_template(&args.alias).await {
-            Ok(()) => break,
-            Err(SinkError::Fatal(e)) => return Err(e),
-            Err(SinkError::Retriable(e)) => {
-                let wait = backoff.next_pause();
-                tracing::warn!(attempt = backoff.attempts(), retry_in_ms = wait.as_millis() as u64, cause = %e,
-                    "Elasticsearch not reachable yet; retrying the index template.");
-                if !skuflow_platform::backoff::Backoff::sleep(wait, &shutdown).await {
-                    return Ok(Default::default());
-                }
-            }
-        }
-    }
-    tracing::info!(prefix = %args.index_prefix, alias = %args.alias, "Index template in place.");
-    skuflow_platform::run_sink(kafka, topics, &args.consume, GROUP, sink, shutdown).await
+    component::run::<SearchIndexer>(args, kafka, topics, shutdown).await
 }
 
 #[cfg(test)]

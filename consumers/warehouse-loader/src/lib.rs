@@ -5,6 +5,7 @@ pub mod migrations;
 pub mod sink;
 
 use clap::Args;
+use skuflow_platform::component::{self, Component, OffsetsHome, RowCount, SinkInfo};
 use skuflow_platform::secret::Secret;
 use skuflow_platform::shutdown::CancellationToken;
 
@@ -26,6 +27,41 @@ pub struct LoaderArgs {
     pub consume: skuflow_platform::ConsumeArgs,
 }
 
+/// The warehouse loader as a component of the consume loop.
+pub struct WarehouseLoader;
+
+#[async_trait::async_trait]
+impl Component for WarehouseLoader {
+    const INFO: SinkInfo = SinkInfo {
+        name: "warehouse-loader",
+        label: "warehouse",
+        group: GROUP,
+        offsets: OffsetsHome::Postgres {
+            table: migrations::OFFSETS_TABLE,
+        },
+        rows: RowCount::PostgresTable {
+            table: migrations::FACT_TABLE,
+        },
+    };
+    const ABOUT: &'static str = "Loads sku.records.v1 into PostgreSQL exactly once";
+    type Args = LoaderArgs;
+    type Sink = PgSink;
+
+    fn consume_args(args: &LoaderArgs) -> &skuflow_platform::ConsumeArgs {
+        &args.consume
+    }
+
+    async fn build(
+        args: &LoaderArgs,
+        group: &str,
+        _shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<PgSink>> {
+        let mut sink = PgSink::new(args.pg_url.expose(), group);
+        component::fail_fast(sink.connect().await, "PostgreSQL")?;
+        Ok(Some(sink))
+    }
+}
+
 /// Runs the loader until `shutdown`.
 pub async fn run(
     args: &LoaderArgs,
@@ -33,17 +69,5 @@ pub async fn run(
     topics: &skuflow_platform::TopicArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<skuflow_platform::consume::RunStats> {
-    let group = args
-        .consume
-        .group
-        .clone()
-        .unwrap_or_else(|| GROUP.to_string());
-    let mut sink = PgSink::new(args.pg_url.expose(), &group);
-    // Fail fast on a wrong URL or missing privileges; an unreachable server is retried.
-    match sink.connect().await {
-        Ok(_) => {}
-        Err(skuflow_platform::SinkError::Fatal(e)) => return Err(e),
-        Err(e) => tracing::warn!(cause = %e, "PostgreSQL not reachable yet; will retry."),
-    }
-    skuflow_platform::run_sink(kafka, topics, &args.consume, GROUP, sink, shutdown).await
+    component::run::<WarehouseLoader>(args, kafka, topics, shutdown).await
 }

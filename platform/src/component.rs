@@ -1,0 +1,143 @@
+//! A consumer component: one sink on the shared consume loop, described once.
+//!
+//! A sink crate implements [`Component`]: its name and default group, its flags, a `build` that
+//! checks them and makes the connections a wrong setting should fail at once on, where its
+//! durable offsets live and how `skuflow status` counts the rows it holds for one upload. Its
+//! binary's `main` is [`main`], which parses the shared flags (Kafka, topics, operations, logs)
+//! around the component's own, starts logging, metrics, traces and the operations endpoints,
+//! runs the consume loop until SIGTERM, and flushes the traces. The command line (`skuflow
+//! status`, `skuflow replay`) reads the same [`SinkInfo`] through its registry of sinks.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
+use tokio_util::sync::CancellationToken;
+
+use crate::consume::{run_sink, ConsumeArgs, RunStats, Sink, SinkError};
+use crate::kafka::{KafkaArgs, TopicArgs};
+use crate::ops::{self, OpsArgs};
+use crate::telemetry::{self, LogArgs};
+
+/// Where a sink keeps the offsets of what it has made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetsHome {
+    /// Only the group's commits on the broker.
+    Broker,
+    /// A PostgreSQL table written in the same transaction as the data.
+    Postgres { table: &'static str },
+    /// Beside the data in the sink's own store; `reset` says how to make it start over.
+    WithData { reset: &'static str },
+}
+
+/// How `skuflow status` counts the rows a sink holds for one upload (its `file_id` lineage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowCount {
+    /// `SELECT file_id, count(*)` from this PostgreSQL table.
+    PostgresTable { table: &'static str },
+    /// Documents per `file_id` in the search indexes.
+    SearchIndex,
+    /// Rows per `file_id` in the Parquet files of the dataset root.
+    DatasetFiles,
+}
+
+/// What the command line knows of a sink without running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkInfo {
+    /// The component's name: the binary is `skuflow-<name>`, metrics carry `component=<name>`.
+    pub name: &'static str,
+    /// Its column in `skuflow status`.
+    pub label: &'static str,
+    /// Its consumer group unless `--group` says otherwise.
+    pub group: &'static str,
+    pub offsets: OffsetsHome,
+    pub rows: RowCount,
+}
+
+/// One sink on the consume loop. See the module documentation.
+#[async_trait]
+pub trait Component {
+    const INFO: SinkInfo;
+    /// One line for `--help`.
+    const ABOUT: &'static str;
+    /// The component's own flags (the consume flags among them).
+    type Args: Args + FromArgMatches + Debug + Clone + Send + Sync + 'static;
+    type Sink: Sink + Send + 'static;
+
+    fn consume_args(args: &Self::Args) -> &ConsumeArgs;
+
+    /// Checks the flags and makes the sink, writing as consumer group `group`. Connections a
+    /// wrong setting should stop the process on are made here (an unreachable service is not
+    /// one: the loop waits for it). `None` when `shutdown` came first.
+    async fn build(
+        args: &Self::Args,
+        group: &str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Self::Sink>>;
+}
+
+/// What a component's `build` does with its first connection attempt: a fatal error (a wrong
+/// URL, refused credentials or privileges) stops the process now; an unreachable service is
+/// logged and left to the consume loop, which waits for it.
+pub fn fail_fast<T>(first: Result<T, SinkError>, service: &str) -> anyhow::Result<()> {
+    match first {
+        Ok(_) => Ok(()),
+        Err(SinkError::Fatal(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!(cause = %e, "{service} not reachable yet; will retry.");
+            Ok(())
+        }
+    }
+}
+
+/// Runs component `C` until `shutdown`: builds its sink, then the consume loop.
+pub async fn run<C: Component>(
+    args: &C::Args,
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunStats> {
+    let consume = C::consume_args(args);
+    let group = consume.group.as_deref().unwrap_or(C::INFO.group);
+    let Some(sink) = C::build(args, group, &shutdown).await? else {
+        return Ok(RunStats::default());
+    };
+    run_sink(kafka, topics, consume, C::INFO.group, sink, shutdown).await
+}
+
+/// The flags of every consumer binary around the component's own.
+#[derive(Debug, Parser)]
+struct Cli<A: Args> {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    topics: TopicArgs,
+    #[command(flatten)]
+    component: A,
+    #[command(flatten)]
+    ops: OpsArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// The `main` of a consumer binary.
+pub fn main<C: Component>() -> anyhow::Result<()> {
+    // Once per process: clap keeps the name for the life of the command.
+    let name: &'static str = Box::leak(format!("skuflow-{}", C::INFO.name).into_boxed_str());
+    let matches = Cli::<C::Args>::command()
+        .name(name)
+        .bin_name(name)
+        .about(C::ABOUT)
+        .version(env!("CARGO_PKG_VERSION"))
+        .get_matches();
+    let cli = Cli::<C::Args>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let stop = ops::start(C::INFO.name, &cli.log, &cli.ops, &cli.kafka).await?;
+            let result = run::<C>(&cli.component, &cli.kafka, &cli.topics, stop).await;
+            telemetry::shutdown();
+            result.map(|_| ())
+        })
+}
