@@ -179,6 +179,15 @@ fn file_headers(schema: &str, file_id: &str, trace: &[(String, String)]) -> Owne
     telemetry::with_trace_headers(h, trace)
 }
 
+/// What reading an object through once came to.
+enum Pass<S> {
+    /// Read to the end: the counts and what the row callback gathered.
+    Read(ScanSummary, S),
+    /// Not readable as an upload of the contract (encoding, compression, header, a limit): the
+    /// file fails as a whole, for this reason.
+    Unreadable(String),
+}
+
 /// What the first pass learns besides the counts.
 #[derive(Default)]
 struct FirstPass {
@@ -200,6 +209,51 @@ enum Moved {
 struct ReplayOf {
     etag: String,
     last_modified: DateTime<Utc>,
+}
+
+/// A step of the ingest either goes on with its result or ends the request with an outcome.
+/// (One per step of a file: its size does not matter.)
+#[allow(clippy::large_enum_variant)]
+enum Step<T> {
+    Go(T),
+    Done(Outcome),
+}
+
+/// The object version a request means, and the upload it is.
+struct Located {
+    bucket: String,
+    key: String,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    head: object_store::ObjectMeta,
+    /// The version read (pinned by both passes): ETag, or size and modification time.
+    etag: String,
+    /// The version the upload is known by (a replay keeps its first ingest's).
+    identity_etag: String,
+    /// The key it arrived under in `incoming/`.
+    source_key: String,
+    fid: String,
+    replay: bool,
+    last_modified: DateTime<Utc>,
+}
+
+impl Located {
+    /// The lifecycle event that accepts this upload.
+    fn accepted_event(&self) -> FileEvent {
+        let mut event = FileEvent::new(
+            &self.fid,
+            FileStatus::Accepted,
+            &self.bucket,
+            &self.source_key,
+        );
+        event.etag = Some(self.identity_etag.clone());
+        event.size = Some(self.head.size);
+        event.last_modified = Some(self.last_modified);
+        if self.replay {
+            event.moved_to = Some(self.key.clone());
+        }
+        event
+    }
 }
 
 impl Ingestor {
@@ -229,20 +283,86 @@ impl Ingestor {
     }
 
     /// Ingests the object a request names. `Err(Retry)` leaves everything to be redone.
+    ///
+    /// The steps: find the version to ingest ([`Self::locate`]); accept it, reading its
+    /// metadata with the first open ([`Self::accept`]); validate every row (first pass); produce
+    /// the valid rows and the dead letters (second pass, [`Self::produce`]); then write the
+    /// report, announce the outcome and move the object ([`Self::complete`]). Any step may end
+    /// the file as failed, with its reason.
     pub async fn ingest(&self, req: &UploadRequest) -> Result<Outcome, Retry> {
         let started = Instant::now();
+        let up = match self.locate(req).await? {
+            Step::Go(up) => up,
+            Step::Done(outcome) => return Ok(outcome),
+        };
+        let mut event = up.accepted_event();
+        if up.head.size > self.settings.max_object_bytes {
+            self.emit_file_event(&event).await?;
+            let reason = format!(
+                "the object is {} bytes, above the limit of {} bytes per upload (--max-object-bytes); split it into several uploads",
+                up.head.size, self.settings.max_object_bytes
+            );
+            return self
+                .finish_failed(&up.store, event, up.replay, reason, None, &[], started)
+                .await;
+        }
+        // Both passes read the version located, pinned by its ETag.
+        let first = self.open(&up, "opening the object").await?;
+        let (ctx, hint, first) = match self.accept(req, &up, &mut event, first, started).await? {
+            Step::Go(accepted) => accepted,
+            Step::Done(outcome) => return Ok(outcome),
+        };
+        let (summary, report, superseded) = match self.validate(first, hint).await? {
+            Pass::Read(summary, (report, superseded)) => (summary, report, superseded),
+            Pass::Unreadable(reason) => {
+                return self
+                    .finish_failed(&up.store, event, up.replay, reason, None, &[], started)
+                    .await
+            }
+        };
+        let summary = match self.judge(summary, &superseded) {
+            Ok(summary) => summary,
+            Err((summary, reason)) => {
+                return self
+                    .finish_failed(
+                        &up.store,
+                        event,
+                        up.replay,
+                        reason,
+                        Some(&summary),
+                        &report,
+                        started,
+                    )
+                    .await
+            }
+        };
+        let second = self.open(&up, "reopening the object").await?;
+        self.produce(second, hint, &ctx, superseded, summary.rows_total)
+            .await?;
+        self.complete(req, &up, event, &summary, &report, started)
+            .await
+    }
+
+    /// Which object version the request means and who it is, or why there is nothing to do.
+    async fn locate(&self, req: &UploadRequest) -> Result<Step<Located>, Retry> {
+        let done = |o: Outcome| Ok(Step::Done(o));
         if !self.bucket_allowed(&req.bucket) {
-            return Ok(Outcome::Refused(format!(
+            return done(Outcome::Refused(format!(
                 "bucket {:?} is not one this ingest reads (--buckets)",
                 req.bucket
             )));
         }
         let store = match self.stores.bucket(&req.bucket) {
             Ok(s) => s,
-            Err(e) => return self.fail_unreadable(req, format!("{e:#}")).await,
+            Err(e) => {
+                return self
+                    .fail_unreadable(req, format!("{e:#}"))
+                    .await
+                    .map(Step::Done)
+            }
         };
         if let Err(reason) = crate::metadata::check_key(&req.key) {
-            return self.fail_unreadable(req, reason).await;
+            return self.fail_unreadable(req, reason).await.map(Step::Done);
         }
         // A replay reads an object in processed/ as the upload it was: the key it arrived under
         // gives its metadata, file id and record ids, and its version is the original's (from
@@ -253,7 +373,7 @@ impl Ingestor {
             match req.key.strip_prefix(&self.settings.processed_prefix) {
                 Some(rest) => format!("{}{rest}", self.template.incoming_prefix),
                 None => {
-                    return Ok(Outcome::Skipped(format!(
+                    return done(Outcome::Skipped(format!(
                         "a replay reads only {}: {} is not under it",
                         self.settings.processed_prefix, req.key
                     )))
@@ -263,19 +383,19 @@ impl Ingestor {
             req.key.clone()
         };
         if !source_key.starts_with(&self.template.incoming_prefix) {
-            return Ok(Outcome::Skipped(format!(
+            return done(Outcome::Skipped(format!(
                 "{} is not under {}",
                 req.key, self.template.incoming_prefix
             )));
         }
         let path = match crate::store::object_path(&req.key) {
             Ok(p) => p,
-            Err(reason) => return self.fail_unreadable(req, reason).await,
+            Err(reason) => return self.fail_unreadable(req, reason).await.map(Step::Done),
         };
         let head = match store.head(&path).await {
             Ok(h) => h,
             Err(object_store::Error::NotFound { .. }) => {
-                return Ok(Outcome::Skipped(format!(
+                return done(Outcome::Skipped(format!(
                     "{}/{} is gone (already ingested and moved)",
                     req.bucket, req.key
                 )))
@@ -290,7 +410,7 @@ impl Ingestor {
         let replay_of = if replay {
             match self.replay_version(&store, req, &source_key).await? {
                 Ok(v) => Some(v),
-                Err(why) => return Ok(Outcome::Refused(why)),
+                Err(why) => return done(Outcome::Refused(why)),
             }
         } else {
             None
@@ -307,42 +427,53 @@ impl Ingestor {
         let fid = file_id(&req.bucket, &source_key, &identity_etag);
         if !replay {
             if let Some(reason) = self.abandoned_earlier(&store, &source_key, &fid).await? {
-                return Ok(Outcome::Skipped(format!(
+                return done(Outcome::Skipped(format!(
                     "{}/{} was given up on earlier ({reason}); upload it again to retry",
                     req.bucket, req.key
                 )));
             }
         }
-        let mut event = FileEvent::new(&fid, FileStatus::Accepted, &req.bucket, &source_key);
         let last_modified = replay_of
             .as_ref()
             .map_or(head.last_modified, |r| r.last_modified);
-        event.etag = Some(identity_etag.clone());
-        event.size = Some(head.size);
-        event.last_modified = Some(last_modified);
-        if replay {
-            event.moved_to = Some(req.key.clone());
-        }
-        if head.size > self.settings.max_object_bytes {
-            self.emit_file_event(&event).await?;
-            let reason = format!(
-                "the object is {} bytes, above the limit of {} bytes per upload (--max-object-bytes); split it into several uploads",
-                head.size, self.settings.max_object_bytes
-            );
-            return self
-                .finish_failed(&store, event, replay, reason, None, &[], started)
-                .await;
-        }
+        Ok(Step::Go(Located {
+            bucket: req.bucket.clone(),
+            key: req.key.clone(),
+            store,
+            path,
+            head,
+            etag,
+            identity_etag,
+            source_key,
+            fid,
+            replay,
+            last_modified,
+        }))
+    }
 
-        // First pass: validate only. The object is pinned to this ETag for both passes.
-        let opts = || GetOptions {
-            if_match: Some(etag.clone()),
+    /// Opens the located version (pinned by its ETag).
+    async fn open(&self, up: &Located, what: &'static str) -> Result<GetResult, Retry> {
+        let opts = GetOptions {
+            if_match: Some(up.etag.clone()),
             ..GetOptions::default()
         };
-        let first = store
-            .get_opts(&path, opts())
+        up.store
+            .get_opts(&up.path, opts)
             .await
-            .map_err(|e| Retry(anyhow::Error::new(e).context("opening the object")))?;
+            .map_err(|e| Retry(anyhow::Error::new(e).context(what)))
+    }
+
+    /// Reads who uploaded the file (country from the bucket, store and day from the key or the
+    /// object's metadata) and announces it as accepted; the file fails here when they cannot be
+    /// read. Gives the records' shared fields, the compression hint and the opened object back.
+    async fn accept(
+        &self,
+        req: &UploadRequest,
+        up: &Located,
+        event: &mut FileEvent,
+        first: GetResult,
+        started: Instant,
+    ) -> Result<Step<(Arc<FileContext>, Option<Compression>, GetResult)>, Retry> {
         let user_meta: HashMap<String, String> = first
             .attributes
             .iter()
@@ -358,7 +489,7 @@ impl Ingestor {
             .get(&Attribute::ContentEncoding)
             .map(|v| v.as_ref().to_string());
         let country = self.countries.country(&req.bucket);
-        let meta = resolve(&self.template, &source_key, &user_meta);
+        let meta = resolve(&self.template, &up.source_key, &user_meta);
         event.country = country.as_ref().ok().cloned();
         if let Ok(m) = &meta {
             event.store_id = Some(m.store_id.clone());
@@ -366,35 +497,37 @@ impl Ingestor {
             event.chain = m.chain.clone();
             event.business_date = Some(m.business_date);
         }
-        self.emit_file_event(&event).await?;
+        self.emit_file_event(event).await?;
         let (country, meta) = match (country, meta) {
             (Ok(c), Ok(m)) => (c, m),
             (Err(e), _) | (_, Err(e)) => {
                 drop(first);
-                return self
-                    .finish_failed(&store, event, replay, e, None, &[], started)
-                    .await;
+                let failed = self
+                    .finish_failed(&up.store, event.clone(), up.replay, e, None, &[], started)
+                    .await?;
+                return Ok(Step::Done(failed));
             }
         };
         let ctx = Arc::new(FileContext {
-            file_id: fid.clone(),
+            file_id: up.fid.clone(),
             bucket: req.bucket.clone(),
-            key: source_key.clone(),
-            etag: identity_etag,
-            last_modified,
+            key: up.source_key.clone(),
+            etag: up.identity_etag.clone(),
+            last_modified: up.last_modified,
             country,
             meta,
             ingested_at: Utc::now(),
         });
         let hint = Compression::from_hint(&req.key, content_encoding.as_deref());
-        let (mut summary, report, superseded) = match self.validate(first, hint).await? {
-            Ok(v) => v,
-            Err(reason) => {
-                return self
-                    .finish_failed(&store, event, replay, reason, None, &[], started)
-                    .await
-            }
-        };
+        Ok(Step::Go((ctx, hint, first)))
+    }
+
+    /// Whether the file as a whole passes the reject-ratio limit; `Err` with the reason when not.
+    fn judge(
+        &self,
+        mut summary: ScanSummary,
+        superseded: &Superseded,
+    ) -> Result<ScanSummary, (ScanSummary, String)> {
         let ratio = summary.rows_rejected as f64 / summary.rows_total as f64;
         if ratio > self.settings.max_reject_ratio {
             let reason = format!(
@@ -404,17 +537,7 @@ impl Ingestor {
                 ratio * 100.0,
                 self.settings.max_reject_ratio * 100.0
             );
-            return self
-                .finish_failed(
-                    &store,
-                    event,
-                    replay,
-                    reason,
-                    Some(&summary),
-                    &report,
-                    started,
-                )
-                .await;
+            return Err((summary, reason));
         }
         if !superseded.is_empty() {
             summary.warnings.push(format!(
@@ -422,32 +545,37 @@ impl Ingestor {
                 superseded.len()
             ));
         }
+        Ok(summary)
+    }
 
-        // Second pass: produce every valid row and every rejected one, then wait for the acks.
-        let second = store
-            .get_opts(&path, opts())
-            .await
-            .map_err(|e| Retry(anyhow::Error::new(e).context("reopening the object")))?;
-        self.produce(second, hint, &ctx, superseded, summary.rows_total)
-            .await?;
-
+    /// The rows are produced and acknowledged: writes the report beside the object, announces
+    /// the file completed and moves it to `processed/` if it still holds the version ingested.
+    async fn complete(
+        &self,
+        req: &UploadRequest,
+        up: &Located,
+        mut event: FileEvent,
+        summary: &ScanSummary,
+        report: &[ReportRow],
+        started: Instant,
+    ) -> Result<Outcome, Retry> {
         let target = moved_key(
-            &source_key,
+            &up.source_key,
             &self.template.incoming_prefix,
             &self.settings.processed_prefix,
         );
         event.status = FileStatus::Completed;
-        fill_counts(&mut event, &summary, started);
+        fill_counts(&mut event, summary, started);
         event.moved_to = Some(target.clone());
         event.at = Utc::now();
-        if !replay {
-            self.write_report(&store, &event, &target, &report, None)
+        if !up.replay {
+            self.write_report(&up.store, &event, &target, report, None)
                 .await?;
         }
         self.emit_file_event(&event).await?;
-        if !replay
+        if !up.replay
             && self
-                .move_version(&store, &path, &etag, head.size, &target)
+                .move_version(&up.store, &up.path, &up.etag, up.head.size, &target)
                 .await?
                 == Moved::Replaced
         {
@@ -459,10 +587,10 @@ impl Ingestor {
             );
             event.at = Utc::now();
             self.emit_file_event(&event).await?;
-            tracing::info!(file_id = %fid, bucket = %req.bucket, key = %req.key,
+            tracing::info!(file_id = %up.fid, bucket = %req.bucket, key = %req.key,
                 "Object replaced during the ingest; left in place for its own ingest.");
         }
-        tracing::info!(file_id = %fid, bucket = %req.bucket, key = %req.key, replay, rows_valid = summary.rows_valid,
+        tracing::info!(file_id = %up.fid, bucket = %req.bucket, key = %req.key, replay = up.replay, rows_valid = summary.rows_valid,
             rows_rejected = summary.rows_rejected, elapsed_ms = started.elapsed().as_millis() as u64, "Ingested file.");
         Ok(Outcome::Completed(event))
     }
@@ -528,12 +656,12 @@ impl Ingestor {
     }
 
     /// First pass: counts, the rejected rows for the report, and the rows a later row of the
-    /// same key supersedes. `Ok(Err(reason))`: the file fails as a whole.
+    /// same key supersedes.
     async fn validate(
         &self,
         object: GetResult,
         hint: Option<Compression>,
-    ) -> Result<Result<(ScanSummary, Vec<ReportRow>, Superseded), String>, Retry> {
+    ) -> Result<Pass<(Vec<ReportRow>, Superseded)>, Retry> {
         let cap = self.settings.report_cap;
         let pass = self
             .run_pass(object, hint, FirstPass::default(), move |ev, st| {
@@ -564,14 +692,17 @@ impl Ingestor {
                 Ok(())
             })
             .await?;
-        Ok(pass.map(|(mut summary, st)| {
-            let duplicates = st.keys.duplicates();
-            summary.rows_valid -= duplicates;
-            summary.rows_rejected += duplicates;
-            let mut report = st.report;
-            report.sort_by_key(|r| r.line);
-            (summary, report, st.keys.finish())
-        }))
+        Ok(match pass {
+            Pass::Read(mut summary, st) => {
+                let duplicates = st.keys.duplicates();
+                summary.rows_valid -= duplicates;
+                summary.rows_rejected += duplicates;
+                let mut report = st.report;
+                report.sort_by_key(|r| r.line);
+                Pass::Read(summary, (report, st.keys.finish()))
+            }
+            Pass::Unreadable(reason) => Pass::Unreadable(reason),
+        })
     }
 
     /// Second pass: produces every valid row, and every rejected or superseded one as a dead
@@ -653,15 +784,18 @@ impl Ingestor {
                 Ok(())
             })
             .await?;
-        let summary = pass.map_err(|reason| {
-            Retry(anyhow::anyhow!(
-                "second pass differs from the first: {reason}"
-            ))
-        })?;
-        if summary.0.rows_total != rows_total {
+        let summary = match pass {
+            Pass::Read(summary, ()) => summary,
+            Pass::Unreadable(reason) => {
+                return Err(Retry(anyhow::anyhow!(
+                    "second pass differs from the first: {reason}"
+                )))
+            }
+        };
+        if summary.rows_total != rows_total {
             return Err(Retry(anyhow::anyhow!(
                 "second pass read {} rows, the first {rows_total}",
-                summary.0.rows_total
+                summary.rows_total
             )));
         }
         tokio::task::spawn_blocking(move || {
@@ -684,7 +818,7 @@ impl Ingestor {
         hint: Option<Compression>,
         mut state: S,
         mut on_row: F,
-    ) -> Result<Result<(ScanSummary, S), String>, Retry>
+    ) -> Result<Pass<S>, Retry>
     where
         S: Send + 'static,
         F: FnMut(RowEvent<'_>, &mut S) -> anyhow::Result<()> + Send + 'static,
@@ -719,8 +853,8 @@ impl Ingestor {
         .await
         .map_err(|e| Retry(e.into()))?;
         match res {
-            Ok(ok) => Ok(Ok(ok)),
-            Err(ScanError::File(reason)) => Ok(Err(reason)),
+            Ok((summary, state)) => Ok(Pass::Read(summary, state)),
+            Err(ScanError::File(reason)) => Ok(Pass::Unreadable(reason)),
             Err(ScanError::Source(e)) => {
                 Err(Retry(anyhow::Error::new(e).context("reading the object")))
             }
