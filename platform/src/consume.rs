@@ -162,12 +162,16 @@ pub struct RunStats {
 }
 
 /// Runs `sink` as consumer group `group` on the records topic until `shutdown` is cancelled.
+///
+/// The loop: after each rebalance, learn what the sink already holds ([`Consuming::resume`]);
+/// take messages into the pending batch ([`Consuming::take`]); when the batch is full, due or
+/// the process stops, make it durable ([`Consuming::flush`]); at the end, commit and leave.
 pub async fn run_sink<S: Sink>(
     kafka: &KafkaArgs,
     topics: &TopicArgs,
     args: &ConsumeArgs,
     default_group: &str,
-    mut sink: S,
+    sink: S,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunStats> {
     let group = args
@@ -182,25 +186,23 @@ pub async fn run_sink<S: Sink>(
     consumer
         .subscribe(&[&topics.records])
         .with_context(|| format!("subscribing to {}", topics.records))?;
-    let dlq = kafka.producer()?;
     let topic = topics.records.as_str();
     tracing::info!(sink = sink.name(), %group, %topic, "Consuming.");
-    let m = metrics();
-    let received = m.records_received.with_label_values(&[topic]);
-    let bytes_in = m.bytes.with_label_values(&["in"]);
-    let sent = m.records_sent.with_label_values(&[sink.name()]);
-    let batch_seconds = m.batch_duration.with_label_values(&[sink.name()]);
     health().expect("sink");
-    let mut last_contact = Instant::now();
-
+    let mut run = Consuming {
+        dlq: kafka.producer()?,
+        sink,
+        topics,
+        args,
+        shutdown,
+        stats: RunStats::default(),
+        durable: HashMap::new(),
+        raw: RawBatch::default(),
+        next_offsets: BTreeMap::new(),
+        parents: Vec::new(),
+        last_contact: Instant::now(),
+    };
     let flush_every = Duration::from_millis(args.flush_interval_ms.max(1));
-    let mut stats = RunStats::default();
-    let mut durable: HashMap<i32, i64> = HashMap::new();
-    let mut raw = RawBatch::default();
-    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
-    // The distinct trace contexts of the batch's messages (traces exported only): its write is
-    // a span in each of those traces.
-    let mut parents: Vec<String> = Vec::new();
     let mut deadline = Instant::now() + flush_every;
     let mut watch = crate::kafka::StallWatch::new(
         topic,
@@ -208,194 +210,35 @@ pub async fn run_sink<S: Sink>(
             .rejoin_stalled_secs
             .unwrap_or(crate::kafka::SINK_REJOIN_STALLED_SECS),
     );
-
     loop {
         watch.check(&consumer);
-        if rebalanced.swap(false, Ordering::SeqCst) {
-            let mut backoff = Backoff::new(args);
-            durable = loop {
-                match sink.durable_offsets(topic).await {
-                    Ok(d) => break d,
-                    Err(e) => {
-                        if !backoff.wait(e, sink.name(), &shutdown).await? {
-                            return Ok(stats);
-                        }
-                    }
-                }
-            };
-            backoff.recovered(sink.name());
-            health().report("sink", Ok(()));
-            last_contact = Instant::now();
-            seek_past_done(&consumer, topic, &durable, &next_offsets);
-            if !relay_outbox(&mut sink, &dlq, &topics.rejects, args, &shutdown).await? {
-                return Ok(stats);
-            }
+        if rebalanced.swap(false, Ordering::SeqCst) && !run.resume(&consumer).await? {
+            return Ok(run.stats);
         }
         let wait = deadline.saturating_duration_since(Instant::now());
         let msg = tokio::select! {
-            _ = shutdown.cancelled() => None,
+            _ = run.shutdown.cancelled() => None,
             m = tokio::time::timeout(wait, consumer.recv()) => Some(m),
         };
         let stop = msg.is_none();
         match msg {
-            Some(Ok(Ok(m))) => {
-                stats.received += 1;
-                received.inc();
-                bytes_in.inc_by(m.payload_len() as u64);
-                let (partition, offset) = (m.partition(), m.offset());
-                if offset < resume_at(&durable, &next_offsets, partition).unwrap_or(0) {
-                    // Durable already, or in the pending batch (redelivered after a rebalance).
-                    stats.skipped_durable += 1;
-                    continue;
-                }
-                next_offsets.insert(partition, offset + 1);
-                raw.push(partition, offset, m.payload());
-                if let Some(tp) = crate::telemetry::traceparent(&m) {
-                    if parents.len() < MAX_TRACES_PER_BATCH && !parents.contains(&tp) {
-                        parents.push(tp);
-                    }
-                }
-            }
+            Some(Ok(Ok(m))) => run.take(&m),
             Some(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "Kafka consumer error; continuing.");
             }
-            Some(Err(_elapsed)) if raw.is_empty() && last_contact.elapsed() > PING_AFTER => {
-                let r = sink.ping().await;
-                health().report("sink", r.map_err(|e| e.to_string()));
-                last_contact = Instant::now();
-            }
-            Some(Err(_elapsed)) => {}
-            None => {}
-        }
-        let full = raw.len() >= args.batch_size as usize;
-        let due = Instant::now() >= deadline;
-        if (full || due || stop) && !raw.is_empty() {
-            let started = Instant::now();
-            let (batch, undecodable) = raw.decode();
-            let undecodable: Vec<RejectMessage> = undecodable
-                .into_iter()
-                .map(|u| {
-                    undecodable_dead_letter(sink.name(), u.payload, u.partition, u.offset, u.reason)
-                })
-                .collect();
-            // Before the write: a sink that stores its offsets skips these messages for good
-            // once the batch is durable.
-            if !send_until_acknowledged(
-                &dlq,
-                &topics.rejects,
-                &undecodable,
-                sink.name(),
-                args,
-                &shutdown,
-            )
-            .await?
+            Some(Err(_elapsed))
+                if run.raw.is_empty() && run.last_contact.elapsed() > PING_AFTER =>
             {
-                tracing::info!(
-                    "Shutdown while sending dead letters; the batch will be redelivered."
-                );
-                break;
+                let r = run.sink.ping().await;
+                health().report("sink", r.map_err(|e| e.to_string()));
+                run.last_contact = Instant::now();
             }
-            stats.undecodable += undecodable.len() as u64;
-            m.records_failed
-                .with_label_values(&["undecodable"])
-                .inc_by(undecodable.len() as u64);
-            let n = batch.len();
-            let spans: Vec<tracing::Span> = parents
-                .iter()
-                .map(|tp| {
-                    let span = tracing::info_span!(
-                        "sink.write",
-                        otel.name = %format!("{} write", sink.name()),
-                        sink = sink.name(),
-                        batch_records = n
-                    );
-                    crate::telemetry::set_parent(&span, Some(tp));
-                    span
-                })
-                .collect();
-            let mut backoff = Backoff::new(args);
-            let mut paused = false;
-            let write = loop {
-                match sink.write(topic, &batch, &next_offsets).await {
-                    Ok(r) => break Some(r),
-                    Err(e) => {
-                        if !paused {
-                            // Backpressure: fetch nothing more while the sink is down.
-                            if let Ok(assigned) = consumer.assignment() {
-                                let _ = consumer.pause(&assigned);
-                            }
-                            paused = true;
-                        }
-                        if !backoff.wait(e, sink.name(), &shutdown).await? {
-                            break None;
-                        }
-                    }
-                }
-            };
-            backoff.recovered(sink.name());
-            drop(spans); // the write spans end with the write
-            if write.is_some() {
-                health().report("sink", Ok(()));
-                last_contact = Instant::now();
-            }
-            if paused {
-                if let Ok(assigned) = consumer.assignment() {
-                    let _ = consumer.resume(&assigned);
-                }
-            }
-            let Some(refusals) = write else {
-                tracing::info!(
-                    records = n,
-                    "Shutdown during retries; the batch is not stored and will be redelivered."
-                );
-                break;
-            };
-            stats.refused += refusals.len() as u64;
-            m.records_failed
-                .with_label_values(&["refused"])
-                .inc_by(refusals.len() as u64);
-            let relayed = if sink.has_dead_letter_outbox() {
-                // The outbox gains letters only with refusals; what an earlier run left there
-                // was relayed when this one started.
-                refusals.is_empty()
-                    || relay_outbox(&mut sink, &dlq, &topics.rejects, args, &shutdown).await?
-            } else {
-                let letters = dead_letters(sink.name(), &batch, &refusals);
-                send_until_acknowledged(
-                    &dlq,
-                    &topics.rejects,
-                    &letters,
-                    sink.name(),
-                    args,
-                    &shutdown,
-                )
-                .await?
-            };
-            if !relayed {
-                tracing::info!(
-                    "Shutdown while sending dead letters; what is not stored is redelivered."
-                );
-                break;
-            }
-            store_offsets(&consumer, topic, &next_offsets);
-            stats.written += (n - refusals.len()) as u64;
-            stats.batches += 1;
-            sent.inc_by((n - refusals.len()) as u64);
-            batch_seconds.observe(started.elapsed().as_secs_f64());
-            m.batch_records.observe(n as f64);
-            tracing::debug!(
-                sink = sink.name(),
-                records = n,
-                refused = refusals.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "Batch durable; offsets stored."
-            );
-            for (p, o) in &next_offsets {
-                durable.insert(*p, *o);
-            }
-            raw.clear();
-            next_offsets.clear();
-            parents.clear();
+            Some(Err(_)) | None => {}
+        }
+        let full = run.raw.len() >= args.batch_size as usize;
+        let due = Instant::now() >= deadline;
+        if (full || due || stop) && !run.raw.is_empty() && !run.flush(&consumer).await? {
+            break;
         }
         if full || due || Instant::now() >= deadline {
             deadline = Instant::now() + flush_every;
@@ -404,19 +247,266 @@ pub async fn run_sink<S: Sink>(
             break;
         }
     }
-    // Commit what has been stored before leaving the group.
-    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-        tracing::debug!(error = %e, "Final offset commit had nothing to commit.");
+    run.finish(&consumer).await
+}
+
+/// The state of one consumer's run.
+struct Consuming<'a, S: Sink> {
+    dlq: FutureProducer,
+    sink: S,
+    topics: &'a TopicArgs,
+    args: &'a ConsumeArgs,
+    shutdown: CancellationToken,
+    stats: RunStats,
+    /// Next offset per partition the sink holds durably.
+    durable: HashMap<i32, i64>,
+    /// The pending batch.
+    raw: RawBatch,
+    /// Next offset per partition of the pending batch.
+    next_offsets: BTreeMap<i32, i64>,
+    /// The distinct trace contexts of the batch's messages (traces exported only): its write is
+    /// a span in each of those traces.
+    parents: Vec<String>,
+    last_contact: Instant,
+}
+
+impl<S: Sink> Consuming<'_, S> {
+    fn topic(&self) -> &str {
+        &self.topics.records
     }
-    sink.close().await;
-    tracing::info!(
-        sink = sink.name(),
-        received = stats.received,
-        written = stats.written,
-        refused = stats.refused,
-        "Consumer stopped."
-    );
-    Ok(stats)
+
+    /// After a rebalance: what the sink holds (waiting for it while it is unavailable), the
+    /// partitions moved past it, and the dead letters an earlier run left in its outbox sent.
+    /// `false`: shutdown came first.
+    async fn resume(&mut self, consumer: &StreamConsumer<ObservedContext>) -> anyhow::Result<bool> {
+        let mut backoff = Backoff::new(self.args);
+        self.durable = loop {
+            match self.sink.durable_offsets(&self.topics.records).await {
+                Ok(d) => break d,
+                Err(e) => {
+                    if !backoff.wait(e, self.sink.name(), &self.shutdown).await? {
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        backoff.recovered(self.sink.name());
+        health().report("sink", Ok(()));
+        self.last_contact = Instant::now();
+        seek_past_done(consumer, self.topic(), &self.durable, &self.next_offsets);
+        relay_outbox(
+            &mut self.sink,
+            &self.dlq,
+            &self.topics.rejects,
+            self.args,
+            &self.shutdown,
+        )
+        .await
+    }
+
+    /// Adds a message to the pending batch, unless the sink or the batch holds it already.
+    fn take(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let metrics = metrics();
+        self.stats.received += 1;
+        metrics
+            .records_received
+            .with_label_values(&[&self.topics.records])
+            .inc();
+        metrics
+            .bytes
+            .with_label_values(&["in"])
+            .inc_by(m.payload_len() as u64);
+        let (partition, offset) = (m.partition(), m.offset());
+        if offset < resume_at(&self.durable, &self.next_offsets, partition).unwrap_or(0) {
+            // Durable already, or in the pending batch (redelivered after a rebalance).
+            self.stats.skipped_durable += 1;
+            return;
+        }
+        self.next_offsets.insert(partition, offset + 1);
+        self.raw.push(partition, offset, m.payload());
+        if let Some(tp) = crate::telemetry::traceparent(m) {
+            if self.parents.len() < MAX_TRACES_PER_BATCH && !self.parents.contains(&tp) {
+                self.parents.push(tp);
+            }
+        }
+    }
+
+    /// Makes the pending batch durable: its undecodable messages dead-lettered, the records
+    /// written (retried while the sink is unavailable, fetching nothing meanwhile), the records
+    /// the sink refused dead-lettered, then the offsets stored. `false`: shutdown came first and
+    /// nothing of the batch is stored (it is redelivered).
+    async fn flush(&mut self, consumer: &StreamConsumer<ObservedContext>) -> anyhow::Result<bool> {
+        let started = Instant::now();
+        let name = self.sink.name();
+        let m = metrics();
+        let (batch, undecodable) = self.raw.decode();
+        let undecodable: Vec<RejectMessage> = undecodable
+            .into_iter()
+            .map(|u| undecodable_dead_letter(name, u.payload, u.partition, u.offset, u.reason))
+            .collect();
+        // Before the write: a sink that stores its offsets skips these messages for good
+        // once the batch is durable.
+        if !send_until_acknowledged(
+            &self.dlq,
+            &self.topics.rejects,
+            &undecodable,
+            name,
+            self.args,
+            &self.shutdown,
+        )
+        .await?
+        {
+            tracing::info!("Shutdown while sending dead letters; the batch will be redelivered.");
+            return Ok(false);
+        }
+        self.stats.undecodable += undecodable.len() as u64;
+        m.records_failed
+            .with_label_values(&["undecodable"])
+            .inc_by(undecodable.len() as u64);
+        let n = batch.len();
+        let spans: Vec<tracing::Span> = self
+            .parents
+            .iter()
+            .map(|tp| {
+                let span = tracing::info_span!(
+                    "sink.write",
+                    otel.name = %format!("{name} write"),
+                    sink = name,
+                    batch_records = n
+                );
+                crate::telemetry::set_parent(&span, Some(tp));
+                span
+            })
+            .collect();
+        let write = self.write_until_durable(consumer, &batch).await?;
+        drop(spans); // the write spans end with the write
+        let Some(refusals) = write else {
+            tracing::info!(
+                records = n,
+                "Shutdown during retries; the batch is not stored and will be redelivered."
+            );
+            return Ok(false);
+        };
+        self.stats.refused += refusals.len() as u64;
+        m.records_failed
+            .with_label_values(&["refused"])
+            .inc_by(refusals.len() as u64);
+        let relayed = if self.sink.has_dead_letter_outbox() {
+            // The outbox gains letters only with refusals; what an earlier run left there
+            // was relayed when this one started.
+            refusals.is_empty()
+                || relay_outbox(
+                    &mut self.sink,
+                    &self.dlq,
+                    &self.topics.rejects,
+                    self.args,
+                    &self.shutdown,
+                )
+                .await?
+        } else {
+            let letters = dead_letters(name, &batch, &refusals);
+            send_until_acknowledged(
+                &self.dlq,
+                &self.topics.rejects,
+                &letters,
+                name,
+                self.args,
+                &self.shutdown,
+            )
+            .await?
+        };
+        if !relayed {
+            tracing::info!(
+                "Shutdown while sending dead letters; what is not stored is redelivered."
+            );
+            return Ok(false);
+        }
+        store_offsets(consumer, &self.topics.records, &self.next_offsets);
+        let written = (n - refusals.len()) as u64;
+        self.stats.written += written;
+        self.stats.batches += 1;
+        m.records_sent.with_label_values(&[name]).inc_by(written);
+        m.batch_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        m.batch_records.observe(n as f64);
+        tracing::debug!(
+            sink = name,
+            records = n,
+            refused = refusals.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Batch durable; offsets stored."
+        );
+        for (p, o) in &self.next_offsets {
+            self.durable.insert(*p, *o);
+        }
+        self.raw.clear();
+        self.next_offsets.clear();
+        self.parents.clear();
+        Ok(true)
+    }
+
+    /// Writes `batch`, retrying with backoff while the sink is unavailable and pausing the
+    /// consumer meanwhile (backpressure). The refusals, or `None` when shutdown came first.
+    async fn write_until_durable(
+        &mut self,
+        consumer: &StreamConsumer<ObservedContext>,
+        batch: &[Consumed<SkuRecord>],
+    ) -> anyhow::Result<Option<Vec<Refusal>>> {
+        let mut backoff = Backoff::new(self.args);
+        let mut paused = false;
+        let write = loop {
+            match self
+                .sink
+                .write(&self.topics.records, batch, &self.next_offsets)
+                .await
+            {
+                Ok(r) => break Some(r),
+                Err(e) => {
+                    if !paused {
+                        // Backpressure: fetch nothing more while the sink is down.
+                        if let Ok(assigned) = consumer.assignment() {
+                            let _ = consumer.pause(&assigned);
+                        }
+                        paused = true;
+                    }
+                    if !backoff.wait(e, self.sink.name(), &self.shutdown).await? {
+                        break None;
+                    }
+                }
+            }
+        };
+        backoff.recovered(self.sink.name());
+        if write.is_some() {
+            health().report("sink", Ok(()));
+            self.last_contact = Instant::now();
+        }
+        if paused {
+            if let Ok(assigned) = consumer.assignment() {
+                let _ = consumer.resume(&assigned);
+            }
+        }
+        Ok(write)
+    }
+
+    /// Commits what has been stored, closes the sink and leaves the group.
+    async fn finish(
+        mut self,
+        consumer: &StreamConsumer<ObservedContext>,
+    ) -> anyhow::Result<RunStats> {
+        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            tracing::debug!(error = %e, "Final offset commit had nothing to commit.");
+        }
+        self.sink.close().await;
+        tracing::info!(
+            sink = self.sink.name(),
+            received = self.stats.received,
+            written = self.stats.written,
+            refused = self.stats.refused,
+            "Consumer stopped."
+        );
+        Ok(self.stats)
+    }
 }
 
 /// The pause between retries of an unavailable sink, with its log line, metric and readiness.
