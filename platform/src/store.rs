@@ -16,6 +16,35 @@ pub struct Root {
     pub local_dir: Option<std::path::PathBuf>,
 }
 
+/// The S3 client settings of `bucket`: the standard `AWS_*` environment (credentials chain,
+/// region, endpoint), `endpoint` when given. An endpoint given as plain `http://` (MinIO in a
+/// cluster, s3s-fs) is used as given rather than failing at the first request, with a warning
+/// naming `what`: data and credentials then cross the network unencrypted. The one way every
+/// skuflow component opens S3.
+pub fn s3_builder(bucket: &str, endpoint: Option<&str>, what: &str) -> AmazonS3Builder {
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(ep) = endpoint {
+        b = b.with_endpoint(ep);
+    }
+    let endpoint = endpoint.map(str::to_string).or_else(|| {
+        ["AWS_ENDPOINT", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok())
+    });
+    if endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"))
+    {
+        tracing::warn!(
+            what,
+            bucket,
+            "The S3 endpoint is plain HTTP: data and credentials cross the network unencrypted."
+        );
+        b = b.with_allow_http(true);
+    }
+    b
+}
+
 /// Opens `root` (named `flag` in errors); a local directory is created when missing.
 pub fn open_root(root: &str, flag: &str) -> anyhow::Result<Root> {
     if let Some(rest) = root.strip_prefix("s3://") {
@@ -23,19 +52,7 @@ pub fn open_root(root: &str, flag: &str) -> anyhow::Result<Root> {
         if bucket.is_empty() {
             bail!("{flag} {root}: no bucket");
         }
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        // An endpoint the operator gave as plain http:// (MinIO in a cluster) is used as given,
-        // as the ingest does, rather than failing at the first request.
-        let endpoint = ["AWS_ENDPOINT", "AWS_ENDPOINT_URL"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok());
-        if endpoint
-            .as_deref()
-            .is_some_and(|e| e.starts_with("http://"))
-        {
-            tracing::warn!(flag, "The S3 endpoint is plain HTTP: data and credentials cross the network unencrypted.");
-            b = b.with_allow_http(true);
-        }
+        let b = s3_builder(bucket, None, flag);
         let s3 = b
             .build()
             .with_context(|| format!("configuring S3 for {flag}"))?;

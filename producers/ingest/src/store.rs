@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
 
@@ -135,14 +134,12 @@ impl Stores {
                 )
             }
             Backend::S3 => {
-                let mut b = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_region(&self.args.s3_region);
-                if let Some(ep) = &self.args.s3_endpoint {
-                    b = b
-                        .with_endpoint(ep)
-                        .with_allow_http(ep.starts_with("http://"));
-                }
+                let mut b = skuflow_platform::store::s3_builder(
+                    bucket,
+                    self.args.s3_endpoint.as_deref(),
+                    "--s3-endpoint",
+                )
+                .with_region(&self.args.s3_region);
                 if let Some(k) = &self.args.s3_access_key_id {
                     b = b.with_access_key_id(k);
                 }
