@@ -237,11 +237,6 @@ impl KafkaArgs {
         props
     }
 
-    /// Whether the user set librdkafka property `key` with -X.
-    pub fn has_option(&self, key: &str) -> bool {
-        self.options.iter().any(|(k, _)| k == key)
-    }
-
     /// Applies the user's -X properties: last, so that they win over skuflow's defaults.
     pub fn apply_options(&self, cfg: &mut ClientConfig) {
         for (k, v) in self.options.iter().filter(|(k, _)| !k.is_empty()) {
@@ -263,36 +258,50 @@ impl KafkaArgs {
         cfg
     }
 
-    /// Producer configuration: idempotent, acks=all, then the pass-through properties again so
-    /// that a user's explicit choice wins over skuflow's defaults.
-    pub fn producer_config(&self) -> ClientConfig {
-        let mut cfg = self.client_config();
-        cfg.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("batch.size", "1000000")
-            .set("compression.type", "lz4")
-            .set("message.timeout.ms", "300000");
+    /// `cfg` with skuflow's `defaults` set, then the user's -X properties, which win: the one
+    /// place that order is kept.
+    pub fn with_defaults(&self, mut cfg: ClientConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+        for (k, v) in defaults {
+            cfg.set(*k, *v);
+        }
         self.apply_options(&mut cfg);
         cfg
+    }
+
+    /// Producer configuration: idempotent, acks=all, and the user's -X properties over
+    /// skuflow's defaults.
+    pub fn producer_config(&self) -> ClientConfig {
+        self.with_defaults(
+            self.client_config(),
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("linger.ms", "5"),
+                ("batch.size", "1000000"),
+                ("compression.type", "lz4"),
+                ("message.timeout.ms", "300000"),
+            ],
+        )
     }
 
     /// Consumer configuration for group `group`: offsets are stored by the application only
     /// after its sink has durably accepted them (`enable.auto.offset.store=false`) and committed
     /// in the background.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
-        let mut cfg = self.client_config();
-        cfg.set("group.id", group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "30000")
-            // Feeds skuflow_consumer_lag (see ObservedContext).
-            .set("statistics.interval.ms", "5000");
-        self.apply_options(&mut cfg);
-        cfg
+        self.with_defaults(
+            self.client_config(),
+            &[
+                ("group.id", group),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("enable.partition.eof", "false"),
+                ("session.timeout.ms", "30000"),
+                // Feeds skuflow_consumer_lag (see ObservedContext).
+                ("statistics.interval.ms", "5000"),
+            ],
+        )
     }
 
     pub fn producer(&self) -> anyhow::Result<FutureProducer> {

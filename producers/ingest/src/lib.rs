@@ -347,10 +347,11 @@ pub async fn work_loop(
     max_attempts: u32,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut cfg = kafka.consumer_config(group);
     // A large file can take a while between polls.
-    cfg.set("max.poll.interval.ms", "3600000");
-    kafka.apply_options(&mut cfg);
+    let cfg = kafka.with_defaults(
+        kafka.consumer_config(group),
+        &[("max.poll.interval.ms", "3600000")],
+    );
     let consumer: StreamConsumer<ObservedContext> = cfg
         .create_with_context(ObservedContext::new(group, None))
         .context("creating the upload consumer")?;

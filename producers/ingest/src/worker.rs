@@ -1143,29 +1143,26 @@ fn fill_counts(event: &mut FileEvent, s: &ScanSummary, started: Instant) {
 /// The record producer's librdkafka configuration: skuflow's producer defaults plus the ingest's
 /// own, each of which a `-X` option overrides.
 pub fn record_producer_config(kafka: &skuflow_platform::KafkaArgs) -> rdkafka::ClientConfig {
-    let mut cfg = kafka.producer_config();
-    for (k, v) in [
-        // Memory stays flat whatever the file size: at most this many records wait in
-        // librdkafka's queue (the send loop waits while it is full). Without a cap the queue held
-        // a whole 100k-row file (129 MiB peak RSS in the ingest bench). A short queue also costs
-        // less CPU while the broker is the limit (200k rows: 20,000 queued, 1.7-2.5 s; 4,000,
-        // 1.6 s; 2,000, 1.5 s), and 4,000 still holds more than two full batches (batch.size
-        // 1 MB is about 1,400 records) for one request in flight.
-        ("queue.buffering.max.messages", "4000"),
-        ("queue.buffering.max.kbytes", "65536"),
-        // An idempotent producer keeps one ProduceRequest per partition in flight anyway (its
-        // in-flight check counts the partition's messages against a limit of five requests).
-        // With more than one allowed per connection, librdkafka's broker thread finds a full
-        // batch it may not send and wakes itself at once, over and over, until the broker
-        // answers: 13.5 s of CPU for 200k rows in the ingest bench against 2.3 s with one, at
-        // the same wall time.
-        ("max.in.flight.requests.per.connection", "1"),
-    ] {
-        if !kafka.has_option(k) {
-            cfg.set(k, v);
-        }
-    }
-    cfg
+    kafka.with_defaults(
+        kafka.producer_config(),
+        &[
+            // Memory stays flat whatever the file size: at most this many records wait in
+            // librdkafka's queue (the send loop waits while it is full). Without a cap the queue held
+            // a whole 100k-row file (129 MiB peak RSS in the ingest bench). A short queue also costs
+            // less CPU while the broker is the limit (200k rows: 20,000 queued, 1.7-2.5 s; 4,000,
+            // 1.6 s; 2,000, 1.5 s), and 4,000 still holds more than two full batches (batch.size
+            // 1 MB is about 1,400 records) for one request in flight.
+            ("queue.buffering.max.messages", "4000"),
+            ("queue.buffering.max.kbytes", "65536"),
+            // An idempotent producer keeps one ProduceRequest per partition in flight anyway (its
+            // in-flight check counts the partition's messages against a limit of five requests).
+            // With more than one allowed per connection, librdkafka's broker thread finds a full
+            // batch it may not send and wakes itself at once, over and over, until the broker
+            // answers: 13.5 s of CPU for 200k rows in the ingest bench against 2.3 s with one, at
+            // the same wall time.
+            ("max.in.flight.requests.per.connection", "1"),
+        ],
+    )
 }
 
 /// Builds the record producer and the control producer.
