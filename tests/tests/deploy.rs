@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{bin, free_port, wait_until, Pipeline};
+use common::{bin, free_port, http_as, wait_until, Pipeline};
 use object_store::{ObjectStore, PutPayload};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -515,19 +515,6 @@ fn upload(seed: u64, n: u64, currency: &str) -> (Vec<SampleRow>, usize) {
     (rows, valid)
 }
 
-fn s3(p: &Pipeline, bucket: &str) -> impl ObjectStore {
-    std::fs::create_dir_all(p.stack.s3_data.join(bucket)).unwrap();
-    object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_region("us-east-1")
-        .with_endpoint(&p.stack.s3_endpoint)
-        .with_allow_http(true)
-        .with_access_key_id(&p.stack.s3_key)
-        .with_secret_access_key(&p.stack.s3_secret)
-        .build()
-        .unwrap()
-}
-
 /// Files under `dir` (recursively) whose name ends with `suffix`.
 fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -587,28 +574,6 @@ async fn expect_every_sink(
             p.logs()
         );
     }
-}
-
-/// One `POST` with a bearer token; (status, body as JSON).
-fn post(addr: &str, token: &str, path: &str, body: &str) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -717,7 +682,7 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
     // One store uploads straight to its bucket (found by the scan), another posts to the API.
     let (rows_de, valid_de) = upload(71, 120, "EUR");
     let key_de = "incoming/individual/berlin-1/2026-11-20/skus.csv";
-    s3(&p, &de)
+    p.s3(&de)
         .put(
             &key_de.into(),
             PutPayload::from(render_csv(&rows_de, false, false)),
@@ -726,7 +691,7 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
         .unwrap();
     let (rows_fr, valid_fr) = upload(72, 80, "EUR");
     let key_fr = "incoming/individual/lyon-2/2026-11-20/skus.csv";
-    s3(&p, &fr)
+    p.s3(&fr)
         .put(
             &key_fr.into(),
             PutPayload::from(render_csv(&rows_fr, false, false)),
@@ -741,9 +706,10 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
             .map(|(_, v)| *v)
             .expect("the ingest API listens")
     );
-    let (status, v) = post(
-        &api,
+    let (status, v) = http_as(
         &token,
+        &api,
+        "POST",
         "/v1/uploads",
         &json!({ "bucket": fr, "key": key_fr }).to_string(),
     );
@@ -843,7 +809,7 @@ async fn compose_file_as_written_runs_end_to_end() {
     assert_eq!(services.len(), 5);
     let started = start_all(&mut p, &services, &mut ports);
     let (rows_de, valid_de) = upload(81, 90, "EUR");
-    s3(&p, "skus-de")
+    p.s3("skus-de")
         .put(
             &"incoming/individual/hamburg-4/2026-11-20/skus.csv".into(),
             PutPayload::from(render_csv(&rows_de, false, false)),
@@ -851,7 +817,7 @@ async fn compose_file_as_written_runs_end_to_end() {
         .await
         .unwrap();
     let (rows_us, valid_us) = upload(82, 60, "USD");
-    s3(&p, "skus-us")
+    p.s3("skus-us")
         .put(
             &"incoming/individual/austin-7/2026-11-20/skus.csv".into(),
             PutPayload::from(render_csv(&rows_us, false, false)),

@@ -342,16 +342,7 @@ async fn local_bucket_to_postgres_exactly_once() {
 async fn s3_bucket_to_postgres_with_metadata_override() {
     let mut p = Pipeline::new().await;
     let bucket = format!("t{}-fr", p.id);
-    std::fs::create_dir_all(p.stack.s3_data.join(&bucket)).unwrap();
-    let s3 = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(&bucket)
-        .with_region("us-east-1")
-        .with_endpoint(&p.stack.s3_endpoint)
-        .with_allow_http(true)
-        .with_access_key_id(&p.stack.s3_key)
-        .with_secret_access_key(&p.stack.s3_secret)
-        .build()
-        .unwrap();
+    let s3 = p.s3(&bucket);
     let rows = sample_rows(21, 50, 7, "EUR", "2026-11-02");
     let key = "incoming/retail_chain/carrefour/paris-2/2026-11-02/skus.csv";
     s3.put(

@@ -17,19 +17,6 @@ use skuflow_schemas::{Trigger, UploadRequest};
 
 const WAIT: Duration = Duration::from_secs(180);
 
-fn s3_bucket(p: &Pipeline, bucket: &str) -> object_store::aws::AmazonS3 {
-    std::fs::create_dir_all(p.stack.s3_data.join(bucket)).unwrap();
-    object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_region("us-east-1")
-        .with_endpoint(&p.stack.s3_endpoint)
-        .with_allow_http(true)
-        .with_access_key_id(&p.stack.s3_key)
-        .with_secret_access_key(&p.stack.s3_secret)
-        .build()
-        .unwrap()
-}
-
 /// Messages on `topic` so far (the sum of its partitions' end offsets).
 fn topic_end(p: &Pipeline, topic: &str) -> i64 {
     let c: BaseConsumer = ClientConfig::new()
@@ -142,7 +129,7 @@ fn processed_key(key: &str) -> String {
 async fn objects_above_the_single_copy_limit_move_by_a_streamed_multipart_copy() {
     let mut p = Pipeline::new().await;
     let bucket = format!("t{}-dk", p.id);
-    let s3 = s3_bucket(&p, &bucket);
+    let s3 = p.s3(&bucket);
     let csv = render_csv(&sample_rows(62, 3000, 0, "DKK", "2026-11-25"), false, false);
     let key = "incoming/individual/store-3/2026-11-25/skus.csv";
     s3.put(&key.into(), PutPayload::from(csv.clone()))

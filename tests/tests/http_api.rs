@@ -7,40 +7,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Pipeline};
+use common::{free_port, http_as, Pipeline};
 use serde_json::Value;
 use skuflow_e2e::{render_csv, sample_rows};
 use skuflow_ingest::apikeys::{hash_token, new_token, KeyEntry};
-
-/// One HTTP/1.1 request with `token` as its bearer key (none when empty); returns the status
-/// and the body as JSON (Null when not JSON).
-fn http_as(token: &str, addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = if token.is_empty() {
-        String::new()
-    } else {
-        format!("Authorization: Bearer {token}\r\n")
-    };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status: u16 = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
 
 /// Writes the key file `path` (atomically, as an operator replacing it would) with one entry
 /// per (id, token, buckets, prefix).

@@ -452,6 +452,20 @@ impl Pipeline {
         self.children.len() - 1
     }
 
+    /// An S3 client of the local stack's s3s-fs for `bucket`, which is created when missing.
+    pub fn s3(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        std::fs::create_dir_all(self.stack.s3_data.join(bucket)).unwrap();
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_endpoint(&self.stack.s3_endpoint)
+            .with_allow_http(true)
+            .with_access_key_id(&self.stack.s3_key)
+            .with_secret_access_key(&self.stack.s3_secret)
+            .build()
+            .unwrap()
+    }
+
     /// The logs of every child so far (for failure messages and secret checks).
     pub fn logs(&self) -> String {
         let logdir = std::env::temp_dir().join(format!("skuflow-test-{}", self.id));
@@ -927,4 +941,41 @@ pub mod tls {
             ],
         );
     }
+}
+
+/// One HTTP/1.1 request with `token` as its bearer key (none when empty); returns the status
+/// and the body as JSON (Null when not JSON).
+pub fn http_as(
+    token: &str,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status: u16 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
 }
