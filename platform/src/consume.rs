@@ -201,6 +201,8 @@ pub async fn run_sink<S: Sink>(
         next_offsets: BTreeMap::new(),
         parents: Vec::new(),
         last_contact: Instant::now(),
+        received: metrics().records_received.with_label_values(&[topic]),
+        bytes_in: metrics().bytes.with_label_values(&["in"]),
     };
     let flush_every = Duration::from_millis(args.flush_interval_ms.max(1));
     let mut deadline = Instant::now() + flush_every;
@@ -268,6 +270,10 @@ struct Consuming<'a, S: Sink> {
     /// a span in each of those traces.
     parents: Vec<String>,
     last_contact: Instant,
+    /// `skuflow_records_received_total` and `skuflow_bytes_total{direction="in"}` of this run,
+    /// looked up once rather than per message.
+    received: prometheus::IntCounter,
+    bytes_in: prometheus::IntCounter,
 }
 
 impl<S: Sink> Consuming<'_, S> {
@@ -306,16 +312,9 @@ impl<S: Sink> Consuming<'_, S> {
 
     /// Adds a message to the pending batch, unless the sink or the batch holds it already.
     fn take(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
-        let metrics = metrics();
         self.stats.received += 1;
-        metrics
-            .records_received
-            .with_label_values(&[&self.topics.records])
-            .inc();
-        metrics
-            .bytes
-            .with_label_values(&["in"])
-            .inc_by(m.payload_len() as u64);
+        self.received.inc();
+        self.bytes_in.inc_by(m.payload_len() as u64);
         let (partition, offset) = (m.partition(), m.offset());
         if offset < resume_at(&self.durable, &self.next_offsets, partition).unwrap_or(0) {
             // Durable already, or in the pending batch (redelivered after a rebalance).
