@@ -339,8 +339,7 @@ impl Ingestor {
         let second = self.open(&up, "reopening the object").await?;
         self.produce(second, hint, &ctx, superseded, summary.rows_total)
             .await?;
-        self.complete(req, &up, event, &summary, &report, started)
-            .await
+        self.complete(&up, event, &summary, &report, started).await
     }
 
     /// Which object version the request means and who it is, or why there is nothing to do.
@@ -552,7 +551,6 @@ impl Ingestor {
     /// the file completed and moves it to `processed/` if it still holds the version ingested.
     async fn complete(
         &self,
-        req: &UploadRequest,
         up: &Located,
         mut event: FileEvent,
         summary: &ScanSummary,
@@ -587,10 +585,10 @@ impl Ingestor {
             );
             event.at = Utc::now();
             self.emit_file_event(&event).await?;
-            tracing::info!(file_id = %up.fid, bucket = %req.bucket, key = %req.key,
+            tracing::info!(file_id = %up.fid, bucket = %up.bucket, key = %up.key,
                 "Object replaced during the ingest; left in place for its own ingest.");
         }
-        tracing::info!(file_id = %up.fid, bucket = %req.bucket, key = %req.key, replay = up.replay, rows_valid = summary.rows_valid,
+        tracing::info!(file_id = %up.fid, bucket = %up.bucket, key = %up.key, replay = up.replay, rows_valid = summary.rows_valid,
             rows_rejected = summary.rows_rejected, elapsed_ms = started.elapsed().as_millis() as u64, "Ingested file.");
         Ok(Outcome::Completed(event))
     }
