@@ -444,9 +444,13 @@ async fn limits_hostile_values_and_repeated_keys_are_reported_and_memory_stays_b
         ])
         .as_bytes(),
     );
+    // It joins the group of the worker just SIGKILLed: once that member's session expires,
+    // tansu may leave every partition unassigned (docs/tansu.md). The stall watch rejoins after
+    // 20 s instead of the ingest's default 900.
     let ingest = p.start_ingest(&[
         format!("--bucket-root={}", buckets.display()),
         "--buckets=skus-be".into(),
+        "--rejoin-stalled-secs=20".into(),
     ]);
     let pid = p.children[ingest].id();
     let failed = wait_event(&p, copies_key, "failed");
