@@ -5,19 +5,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use skuflow_finance_reporter::ReportArgs;
 use skuflow_ingest::store::StoreArgs;
 use skuflow_ingest::{IngestArgs, Mode};
+use skuflow_platform::component::{Component, DemoPlace, RowCount, SinkInfo};
 use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
 use skuflow_platform::{ConsumeArgs, KafkaArgs, TopicArgs};
 use skuflow_samples::{gzip, render_csv, sample_rows};
 use skuflow_schemas::{FileEvent, FileStatus};
-use skuflow_warehouse_loader::LoaderArgs;
+
+use crate::status::Stores;
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct DemoArgs {
@@ -121,24 +127,6 @@ fn generate(
     Ok(files)
 }
 
-/// Rows per country in the datasets' manifests.
-fn parquet_rows(root: &std::path::Path) -> BTreeMap<String, i64> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(cc) = name.strip_prefix("country=") else {
-            continue;
-        };
-        let rows = std::fs::read(e.path().join("_manifest.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|m| m["rows"].as_i64())
-            .unwrap_or(0);
-        out.insert(cc.to_string(), rows);
-    }
-    out
-}
-
 /// What the demo writes on the schemas it makes; it resets only schemas that say so.
 const DEMO_MARK: &str = "skuflow demo data: `skuflow demo` resets it";
 
@@ -188,47 +176,36 @@ async fn reset_schema(pg_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let started_at = chrono::Utc::now();
-    let buckets = args.out.join("buckets");
-    if buckets.exists() {
-        std::fs::remove_dir_all(&buckets)
-            .with_context(|| format!("clearing {}", buckets.display()))?;
+/// Removes `dir`, the demo's own output of an earlier run.
+fn cleared(dir: PathBuf) -> anyhow::Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
-    let datasets = args.out.join("datasets");
-    if datasets.exists() {
-        std::fs::remove_dir_all(&datasets)
-            .with_context(|| format!("clearing {}", datasets.display()))?;
+    Ok(dir)
+}
+
+/// The brokers to run on: those given (their demo topics made), or an in-process mock broker
+/// that lives as long as the returned handle.
+async fn broker(
+    args: &DemoArgs,
+    topics: &TopicArgs,
+) -> anyhow::Result<(String, Option<MockCluster<'static, DefaultProducerContext>>)> {
+    if let Some(b) = &args.brokers {
+        ensure_topics(&KafkaArgs::new(b), &pipeline_topics(topics, 3)).await?;
+        return Ok((b.clone(), None));
     }
-    let expected_files = generate(&buckets, &args.countries, args.rows_per_file)?;
-    let total_files: usize = expected_files.values().sum();
-    reset_schema(args.pg_url.expose()).await?;
+    let cluster = MockCluster::new(1).context("starting the in-process mock broker")?;
+    for t in pipeline_topics(topics, 3) {
+        cluster
+            .create_topic(&t.name, t.partitions, 1)
+            .context("creating a topic")?;
+    }
+    Ok((cluster.bootstrap_servers(), Some(cluster)))
+}
 
-    let topics = TopicArgs::with_suffix(DEMO_SUFFIX);
-    let _mock;
-    let brokers = match &args.brokers {
-        Some(b) => {
-            ensure_topics(&KafkaArgs::new(b), &pipeline_topics(&topics, 3)).await?;
-            b.clone()
-        }
-        None => {
-            let cluster = MockCluster::new(1).context("starting the in-process mock broker")?;
-            for t in pipeline_topics(&topics, 3) {
-                cluster
-                    .create_topic(&t.name, t.partitions, 1)
-                    .context("creating a topic")?;
-            }
-            let b = cluster.bootstrap_servers();
-            _mock = cluster;
-            b
-        }
-    };
-    let kafka = KafkaArgs::new(&brokers);
-    let stop = CancellationToken::new();
-
-    let ingest = IngestArgs {
-        store: StoreArgs::local(&buckets),
+fn ingest_args(buckets: &Path) -> IngestArgs {
+    IngestArgs {
+        store: StoreArgs::local(buckets),
         mode: Mode::All,
         bucket_template: "skus-{country}".into(),
         buckets: Vec::new(),
@@ -248,82 +225,135 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         max_days_ahead: 31,
         max_attempts: 10,
         single_copy_max_bytes: skuflow_ingest::worker::S3_SINGLE_COPY_MAX,
-    };
-    let consume = |sink: &str| ConsumeArgs {
-        group: Some(format!("{DEMO_GROUP}-{sink}")),
-        flush_interval_ms: 500,
-        ..ConsumeArgs::default()
-    };
-    let loader = LoaderArgs {
-        pg_url: args.pg_url.clone(),
-        consume: consume("warehouse-loader"),
-    };
-    let mut tasks = tokio::task::JoinSet::new();
+    }
+}
+
+/// The sinks of the registry that take part in the demo, each started on its own directory
+/// under `out`, and where their rows are counted.
+fn start_sinks(
+    args: &DemoArgs,
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    stop: &CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<(Vec<SinkInfo>, Option<String>)> {
+    let mut started = Vec::new();
+    let mut dataset_root = None;
+    for sink in crate::sinks::SINKS {
+        let info = sink.info;
+        let place = DemoPlace {
+            pg_url: args.pg_url.clone(),
+            dir: cleared(args.out.join(info.label))?,
+            consume: ConsumeArgs {
+                group: Some(format!("{DEMO_GROUP}-{}", info.name)),
+                flush_interval_ms: 500,
+                ..ConsumeArgs::default()
+            },
+        };
+        let Some(running) = (sink.demo)(&place, kafka.clone(), topics.clone(), stop.clone()) else {
+            std::fs::remove_dir(&place.dir).ok();
+            continue;
+        };
+        tasks.spawn(async move { running.await.map(|_| ()).context(info.name) });
+        if info.rows == RowCount::DatasetFiles {
+            dataset_root = Some(place.dir.display().to_string());
+        }
+        started.push(info);
+    }
+    Ok((started, dataset_root))
+}
+
+/// The latest lifecycle event of each upload of this run, updated from the files topic.
+fn follow(files: &BaseConsumer, since: DateTime<Utc>, latest: &mut HashMap<String, FileEvent>) {
+    while let Some(Ok(m)) = files.poll(Duration::from_millis(100)) {
+        let Some(ev) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<FileEvent>(p).ok())
+            .filter(|ev| ev.at >= since)
+        else {
+            continue;
+        };
+        let newer = latest
+            .get(&ev.file_id)
+            .is_none_or(|old| old.status == FileStatus::Accepted);
+        if newer {
+            latest.insert(ev.file_id.clone(), ev);
+        }
+    }
+}
+
+/// Rows per file id in each sink once every file is final and every sink holds exactly the
+/// valid rows of each completed file and none of a failed one; `None` before.
+async fn drained(
+    latest: &HashMap<String, FileEvent>,
+    total_files: usize,
+    sinks: &[SinkInfo],
+    stores: &Stores,
+) -> anyhow::Result<Option<Vec<HashMap<String, u64>>>> {
+    let finals: Vec<&FileEvent> = latest
+        .values()
+        .filter(|e| e.status != FileStatus::Accepted)
+        .collect();
+    if finals.len() < total_files {
+        return Ok(None);
+    }
+    let ids: Vec<String> = finals.iter().map(|e| e.file_id.clone()).collect();
+    let mut counts = Vec::new();
+    for sink in sinks {
+        let held = stores.count(sink, &ids).await?.unwrap_or_default();
+        let exact = finals.iter().all(|e| {
+            let want = match e.status {
+                FileStatus::Completed => e.rows_valid.unwrap_or(0),
+                _ => 0,
+            };
+            held.get(&e.file_id).copied().unwrap_or(0) == want
+        });
+        if !exact {
+            return Ok(None);
+        }
+        counts.push(held);
+    }
+    Ok(Some(counts))
+}
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let buckets = cleared(args.out.join("buckets"))?;
+    let expected_files = generate(&buckets, &args.countries, args.rows_per_file)?;
+    let total_files: usize = expected_files.values().sum();
+    reset_schema(args.pg_url.expose()).await?;
+
+    let topics = TopicArgs::with_suffix(DEMO_SUFFIX);
+    let (brokers, _mock) = broker(&args, &topics).await?;
+    let kafka = KafkaArgs::new(&brokers);
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
     {
-        let (k, t, s) = (kafka.clone(), topics.clone(), stop.clone());
+        let (ingest, k, t, s) = (
+            ingest_args(&buckets),
+            kafka.clone(),
+            topics.clone(),
+            stop.clone(),
+        );
         tasks.spawn(async move {
             skuflow_ingest::run(&ingest, &k, &t, s)
                 .await
                 .context("ingest")
         });
     }
-    {
-        let (k, t, s) = (kafka.clone(), topics.clone(), stop.clone());
-        tasks.spawn(async move {
-            skuflow_warehouse_loader::run(&loader, &k, &t, s)
+    let (sinks, dataset_root) = start_sinks(&args, &kafka, &topics, &stop, &mut tasks)?;
+    let stores = Stores {
+        pg: Some(
+            skuflow_platform::pg::connect(args.pg_url.expose())
                 .await
-                .map(|_| ())
-                .context("warehouse loader")
-        });
-    }
-
-    {
-        let (k, t, s) = (kafka.clone(), topics.clone(), stop.clone());
-        let builder = skuflow_dataset_builder::BuilderArgs {
-            root: datasets.display().to_string(),
-            split: "80/10/10".into(),
-            row_group_rows: 128 * 1024,
-            zstd_level: 3,
-            target_file_bytes: skuflow_dataset_builder::sink::DEFAULT_TARGET_FILE_BYTES,
-            cache_rows: 2_000_000,
-            writer_lease_secs: 60,
-            consume: consume("dataset-builder"),
-        };
-        tasks.spawn(async move {
-            skuflow_dataset_builder::run(&builder, &k, &t, s)
-                .await
-                .map(|_| ())
-                .context("dataset builder")
-        });
-    }
-
-    let report = skuflow_finance_reporter::ReportArgs {
-        out: args.out.join("reports").display().to_string(),
-        reporting_currency: "EUR".into(),
-        rates: None,
-        from: None,
-        to: None,
-        horizon_days: 28,
-        top_stores: 10,
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        es: None,
+        dataset_root,
     };
-    {
-        let (k, t, s) = (kafka.clone(), topics.clone(), stop.clone());
-        let reporter = skuflow_finance_reporter::ReporterArgs {
-            pg_url: args.pg_url.clone(),
-            report_every_secs: 0,
-            report: report.clone(),
-            consume: consume("finance-reporter"),
-        };
-        tasks.spawn(async move {
-            skuflow_finance_reporter::run(&reporter, &k, &t, s)
-                .await
-                .map(|_| ())
-                .context("finance reporter")
-        });
-    }
 
-    // Follow the file lifecycle until every file is final and the warehouse and the datasets
-    // hold every valid row.
+    // Follow the file lifecycle until every file is final and every sink holds its rows.
     let files_consumer: BaseConsumer = kafka
         .consumer_config("skuflow-demo-status")
         .set("enable.auto.commit", "false")
@@ -332,11 +362,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .create()?;
     files_consumer.subscribe(&[&topics.files])?;
     let mut latest: HashMap<String, FileEvent> = HashMap::new();
-    let client = skuflow_platform::pg::connect(args.pg_url.expose())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let per_country = loop {
+    let held = loop {
         if Instant::now() > deadline {
             stop.cancel();
             bail!("the pipeline did not drain within {} s", args.timeout_secs);
@@ -345,51 +372,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             r??;
             bail!("a pipeline task stopped early");
         }
-        while let Some(Ok(m)) = files_consumer.poll(Duration::from_millis(100)) {
-            if let Some(ev) = m
-                .payload()
-                .and_then(|p| serde_json::from_slice::<FileEvent>(p).ok())
-                .filter(|ev| ev.at >= started_at)
-            {
-                let newer = latest
-                    .get(&ev.file_id)
-                    .is_none_or(|old| old.status == FileStatus::Accepted);
-                if newer {
-                    latest.insert(ev.file_id.clone(), ev);
-                }
-            }
-        }
-        let finals: Vec<&FileEvent> = latest
-            .values()
-            .filter(|e| e.status != FileStatus::Accepted)
-            .collect();
-        let want: i64 = finals
-            .iter()
-            .filter_map(|e| e.rows_valid.filter(|_| e.status == FileStatus::Completed))
-            .sum::<u64>() as i64;
-        if finals.len() >= total_files {
-            let rows = client
-                .query(
-                    "SELECT country, count(*) FROM skuflow.sku_facts GROUP BY country",
-                    &[],
-                )
-                .await
-                .unwrap_or_default();
-            let loaded: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            let in_finance: i64 = client
-                .query_one(
-                    "SELECT coalesce(sum(skus), 0)::bigint FROM skuflow_finance.daily",
-                    &[],
-                )
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or(-1);
-            if loaded.values().sum::<i64>() == want
-                && parquet_rows(&datasets) == loaded
-                && in_finance == want
-            {
-                break loaded;
-            }
+        follow(&files_consumer, started_at, &mut latest);
+        if let Some(held) = drained(&latest, total_files, &sinks, &stores).await? {
+            break held;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
@@ -397,6 +382,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
+    let report = ReportArgs::into_dir(
+        &args
+            .out
+            .join(skuflow_finance_reporter::FinanceReporter::INFO.label)
+            .display()
+            .to_string(),
+    );
     let finance = skuflow_finance_reporter::reporting::run(args.pg_url.expose(), &report)
         .await
         .context("writing the finance report")?;
@@ -413,20 +405,45 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "in-process mock"
         }
     );
+    print_uploads(&expected_files, &latest, &sinks, &held);
+    print_finance(&finance);
     println!();
+    println!("where the output is:");
     println!(
-        "{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16} {:>15}",
-        "country",
-        "files",
-        "completed",
-        "failed",
-        "rows accepted",
-        "rows rejected",
-        "rows in postgres",
-        "rows in parquet"
+        "  buckets        {}  (incoming/ -> processed/ | errors/ + <file>.errors.json)",
+        buckets.display()
     );
-    let in_parquet = parquet_rows(&datasets);
-    for bucket in expected_files.keys() {
+    println!(
+        "  kafka topics   {}, {}, {}, {}",
+        topics.uploads, topics.records, topics.rejects, topics.files
+    );
+    println!("  postgresql     skuflow.sku_facts (partitioned by country), views skuflow.latest_stock_price, skuflow.daily_sales");
+    if let Some(root) = &stores.dataset_root {
+        println!(
+            "  parquet        {root}/country=CC/business_date=D/*.parquet, _manifest.json, _dataset_card.md"
+        );
+    }
+    println!("  finance        skuflow_finance.daily in PostgreSQL; report {}/report.html (+ daily.csv, projections.csv, summary.json)", report.out);
+    Ok(())
+}
+
+/// Per country: the uploads, what ingest made of them and the rows each sink holds.
+fn print_uploads(
+    buckets: &BTreeMap<String, usize>,
+    latest: &HashMap<String, FileEvent>,
+    sinks: &[SinkInfo],
+    held: &[HashMap<String, u64>],
+) {
+    println!();
+    print!(
+        "{:<8} {:>6} {:>10} {:>7} {:>14} {:>14}",
+        "country", "files", "completed", "failed", "rows accepted", "rows rejected"
+    );
+    for s in sinks {
+        print!(" {:>16}", format!("rows in {}", s.label));
+    }
+    println!();
+    for bucket in buckets.keys() {
         let evs: Vec<&FileEvent> = latest
             .values()
             .filter(|e| &e.bucket == bucket && e.status != FileStatus::Accepted)
@@ -435,27 +452,23 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .iter()
             .find_map(|e| e.country.clone())
             .unwrap_or_else(|| bucket.trim_start_matches("skus-").to_uppercase());
-        let done = evs
-            .iter()
-            .filter(|e| e.status == FileStatus::Completed)
-            .count();
-        let failed = evs
-            .iter()
-            .filter(|e| e.status == FileStatus::Failed)
-            .count();
+        let with = |s: FileStatus| evs.iter().filter(|e| e.status == s).count();
         let valid: u64 = evs.iter().filter_map(|e| e.rows_valid).sum();
         let rejected: u64 = evs.iter().filter_map(|e| e.rows_rejected).sum();
-        println!(
-            "{:<8} {:>6} {:>10} {:>7} {:>14} {:>14} {:>16} {:>15}",
+        print!(
+            "{:<8} {:>6} {:>10} {:>7} {:>14} {:>14}",
             cc,
             evs.len(),
-            done,
-            failed,
+            with(FileStatus::Completed),
+            with(FileStatus::Failed),
             valid,
             rejected,
-            per_country.get(&cc).copied().unwrap_or(0),
-            in_parquet.get(&cc).copied().unwrap_or(0)
         );
+        for counts in held {
+            let rows: u64 = evs.iter().filter_map(|e| counts.get(&e.file_id)).sum();
+            print!(" {rows:>16}");
+        }
+        println!();
     }
     for e in latest.values().filter(|e| e.status == FileStatus::Failed) {
         println!(
@@ -467,6 +480,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             e.moved_to.as_deref().unwrap_or("-")
         );
     }
+}
+
+/// Per country: revenue, margin and the projection of the report.
+fn print_finance(finance: &skuflow_finance_reporter::reporting::Report) {
     println!();
     println!(
         "{:<8} {:>9} {:>16} {:>16} {:>8}  projection (next 28 days)",
@@ -501,21 +518,4 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             projection
         );
     }
-    println!();
-    println!("where the output is:");
-    println!(
-        "  buckets        {}  (incoming/ -> processed/ | errors/ + <file>.errors.json)",
-        buckets.display()
-    );
-    println!(
-        "  kafka topics   {}, {}, {}, {}",
-        topics.uploads, topics.records, topics.rejects, topics.files
-    );
-    println!("  postgresql     skuflow.sku_facts (partitioned by country), views skuflow.latest_stock_price, skuflow.daily_sales");
-    println!(
-        "  parquet        {}/country=CC/business_date=D/*.parquet, _manifest.json, _dataset_card.md",
-        datasets.display()
-    );
-    println!("  finance        skuflow_finance.daily in PostgreSQL; report {}/report.html (+ daily.csv, projections.csv, summary.json)", report.out);
-    Ok(())
 }

@@ -1,23 +1,24 @@
 //! The registry of sinks: every consumer component the command line knows (`skuflow status`
-//! counts their rows, `skuflow replay --sink` moves their groups). A new sink is one line here.
+//! counts their rows, `skuflow replay --sink` moves their groups, `skuflow demo` runs those that
+//! take part in it). A new sink is one line here.
 
-use skuflow_platform::component::{Component, SinkInfo};
+use skuflow_platform::component::{registered, Registered, SinkInfo};
 
-pub(crate) const SINKS: [SinkInfo; 4] = [
-    skuflow_warehouse_loader::WarehouseLoader::INFO,
-    skuflow_finance_reporter::FinanceReporter::INFO,
-    skuflow_search_indexer::SearchIndexer::INFO,
-    skuflow_dataset_builder::DatasetBuilder::INFO,
+pub(crate) const SINKS: [Registered; 4] = [
+    registered::<skuflow_warehouse_loader::WarehouseLoader>(),
+    registered::<skuflow_finance_reporter::FinanceReporter>(),
+    registered::<skuflow_search_indexer::SearchIndexer>(),
+    registered::<skuflow_dataset_builder::DatasetBuilder>(),
 ];
 
 /// The sink named `name` (as `--sink` takes it: the component's name).
 pub(crate) fn by_name(name: &str) -> Result<SinkInfo, String> {
     SINKS
         .iter()
+        .map(|s| s.info)
         .find(|s| s.name == name)
-        .copied()
         .ok_or_else(|| {
-            let names: Vec<&str> = SINKS.iter().map(|s| s.name).collect();
+            let names: Vec<&str> = SINKS.iter().map(|s| s.info.name).collect();
             format!("unknown sink {name:?}; one of {}", names.join(", "))
         })
 }
@@ -28,8 +29,9 @@ mod tests {
 
     #[test]
     fn names_labels_and_groups_are_unique() {
-        for (i, a) in SINKS.iter().enumerate() {
-            for b in &SINKS[i + 1..] {
+        let infos: Vec<SinkInfo> = SINKS.iter().map(|s| s.info).collect();
+        for (i, a) in infos.iter().enumerate() {
+            for b in &infos[i + 1..] {
                 assert!(a.name != b.name && a.label != b.label && a.group != b.group);
             }
         }

@@ -21,7 +21,7 @@ use futures::TryStreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 use serde::Serialize;
-use skuflow_platform::component::RowCount;
+use skuflow_platform::component::{RowCount, SinkInfo};
 use skuflow_platform::{KafkaArgs, TopicArgs};
 use skuflow_schemas::{FileEvent, FileStatus};
 
@@ -185,6 +185,48 @@ async fn dataset_counts(root: &str) -> anyhow::Result<HashMap<String, u64>> {
     Ok(out)
 }
 
+/// Where the sinks' rows are counted; a sink whose store is not given is not counted.
+#[derive(Default)]
+pub(crate) struct Stores {
+    pub pg: Option<tokio_postgres::Client>,
+    /// Elasticsearch: the transport and the alias (or index pattern) of the documents.
+    pub es: Option<(skuflow_search_indexer::Transport, String)>,
+    pub dataset_root: Option<String>,
+}
+
+impl Stores {
+    /// Rows per file id that `sink` holds for `ids`; `None` when its store is not given (or,
+    /// for a PostgreSQL table, does not exist yet).
+    pub(crate) async fn count(
+        &self,
+        sink: &SinkInfo,
+        ids: &[String],
+    ) -> anyhow::Result<Option<HashMap<String, u64>>> {
+        Ok(match sink.rows {
+            RowCount::PostgresTable { table } => match &self.pg {
+                Some(client) => pg_counts(client, table, ids).await?,
+                None => None,
+            },
+            RowCount::SearchIndex => match &self.es {
+                Some((transport, alias)) => Some(
+                    skuflow_search_indexer::lineage::count_by_file(
+                        transport,
+                        alias,
+                        ids,
+                        Duration::from_secs(60),
+                    )
+                    .await?,
+                ),
+                None => None,
+            },
+            RowCount::DatasetFiles => match &self.dataset_root {
+                Some(root) => Some(dataset_counts(root).await?),
+                None => None,
+            },
+        })
+    }
+}
+
 /// Judges one file from its lifecycle and the sinks' counts.
 pub(crate) fn judge(
     ev: &FileEvent,
@@ -280,42 +322,27 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<bool> {
 
     // Every sink of the registry whose store was given is counted, in the registry's order.
     let mut per_sink: Vec<(&'static str, HashMap<String, u64>)> = Vec::new();
-    let pg = match &args.pg_url {
-        Some(url) => Some(
-            skuflow_platform::pg::connect(url.expose())
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        ),
-        None => None,
+    let stores = Stores {
+        pg: match &args.pg_url {
+            Some(url) => Some(
+                skuflow_platform::pg::connect(url.expose())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            None => None,
+        },
+        es: match &args.es_url {
+            Some(url) => Some((
+                skuflow_search_indexer::transport(url, &args.es_auth)?,
+                args.index_alias.clone(),
+            )),
+            None => None,
+        },
+        dataset_root: args.dataset_root.clone(),
     };
     for sink in crate::sinks::SINKS {
-        let counts = match sink.rows {
-            RowCount::PostgresTable { table } => match &pg {
-                Some(client) => pg_counts(client, table, &ids).await?,
-                None => None,
-            },
-            RowCount::SearchIndex => match &args.es_url {
-                Some(url) => {
-                    let transport = skuflow_search_indexer::transport(url, &args.es_auth)?;
-                    Some(
-                        skuflow_search_indexer::lineage::count_by_file(
-                            &transport,
-                            &args.index_alias,
-                            &ids,
-                            Duration::from_secs(60),
-                        )
-                        .await?,
-                    )
-                }
-                None => None,
-            },
-            RowCount::DatasetFiles => match &args.dataset_root {
-                Some(root) => Some(dataset_counts(root).await?),
-                None => None,
-            },
-        };
-        if let Some(c) = counts {
-            per_sink.push((sink.label, c));
+        if let Some(c) = stores.count(&sink.info, &ids).await? {
+            per_sink.push((sink.info.label, c));
         }
     }
     let now = Utc::now();

@@ -9,6 +9,9 @@
 //! status`, `skuflow replay`) reads the same [`SinkInfo`] through its registry of sinks.
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 
 use async_trait::async_trait;
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
@@ -17,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::consume::{run_sink, ConsumeArgs, RunStats, Sink, SinkError};
 use crate::kafka::{KafkaArgs, TopicArgs};
 use crate::ops::{self, OpsArgs};
+use crate::secret::Secret;
 use crate::telemetry::{self, LogArgs};
 
 /// Where a sink keeps the offsets of what it has made durable.
@@ -74,6 +78,55 @@ pub trait Component {
         group: &str,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<Self::Sink>>;
+
+    /// The flags `skuflow demo` runs the component with, everything it writes under `place`;
+    /// `None` when it needs a service the demo does not start.
+    fn demo_args(place: &DemoPlace) -> Option<Self::Args> {
+        let _ = place;
+        None
+    }
+}
+
+/// What `skuflow demo` gives each component: the demo database, a directory of its own
+/// (`<out>/<label>`, absent at the start) and the consume flags (the demo's own consumer group,
+/// short flushes).
+#[derive(Debug, Clone)]
+pub struct DemoPlace {
+    pub pg_url: Secret,
+    pub dir: PathBuf,
+    pub consume: ConsumeArgs,
+}
+
+/// The consume loop of one component, as the demo runs it.
+pub type Running = Pin<Box<dyn Future<Output = anyhow::Result<RunStats>> + Send>>;
+
+/// A component as the command line's registry holds it: what `status` and `replay` know of it,
+/// and how `demo` starts it.
+#[derive(Debug, Clone, Copy)]
+pub struct Registered {
+    pub info: SinkInfo,
+    /// The component's consume loop with its demo flags (`None`: not part of the demo).
+    pub demo: fn(&DemoPlace, KafkaArgs, TopicArgs, CancellationToken) -> Option<Running>,
+}
+
+/// The registry entry of component `C`.
+pub const fn registered<C: Component + 'static>() -> Registered {
+    Registered {
+        info: C::INFO,
+        demo: demo::<C>,
+    }
+}
+
+fn demo<C: Component + 'static>(
+    place: &DemoPlace,
+    kafka: KafkaArgs,
+    topics: TopicArgs,
+    shutdown: CancellationToken,
+) -> Option<Running> {
+    let args = C::demo_args(place)?;
+    Some(Box::pin(async move {
+        run::<C>(&args, &kafka, &topics, shutdown).await
+    }))
 }
 
 /// What a component's `build` does with its first connection attempt: a fatal error (a wrong

@@ -166,6 +166,19 @@ impl Component for DatasetBuilder {
         tracing::info!(root = %args.root, split = %args.split, "Building datasets.");
         Ok(Some(sink))
     }
+
+    fn demo_args(place: &component::DemoPlace) -> Option<BuilderArgs> {
+        Some(BuilderArgs {
+            root: place.dir.display().to_string(),
+            split: "80/10/10".into(),
+            row_group_rows: 128 * 1024,
+            zstd_level: 3,
+            target_file_bytes: sink::DEFAULT_TARGET_FILE_BYTES,
+            cache_rows: 2_000_000,
+            writer_lease_secs: 60,
+            consume: place.consume.clone(),
+        })
+    }
 }
 
 /// Runs the builder until `shutdown`.

@@ -116,6 +116,16 @@ impl Component for FinanceReporter {
         }
         Ok(Some(sink))
     }
+
+    /// Aggregates only; the demo writes one report once everything is in.
+    fn demo_args(place: &component::DemoPlace) -> Option<ReporterArgs> {
+        Some(ReporterArgs {
+            pg_url: place.pg_url.clone(),
+            report_every_secs: 0,
+            report: ReportArgs::into_dir(&place.dir.display().to_string()),
+            consume: place.consume.clone(),
+        })
+    }
 }
 
 /// Runs the reporter until `shutdown`.

@@ -13,11 +13,12 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
-use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, TransportBuilder};
+use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use skuflow_platform::component::{self, Component, OffsetsHome, RowCount, SinkInfo};
 use skuflow_platform::shutdown::CancellationToken;
 use skuflow_platform::SinkError;
 
+pub use elasticsearch::http::transport::Transport;
 pub use sink::{EsSink, Tuning};
 use skuflow_platform::secret::Secret;
 

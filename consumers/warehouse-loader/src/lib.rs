@@ -60,6 +60,13 @@ impl Component for WarehouseLoader {
         component::fail_fast(sink.connect().await, "PostgreSQL")?;
         Ok(Some(sink))
     }
+
+    fn demo_args(place: &component::DemoPlace) -> Option<LoaderArgs> {
+        Some(LoaderArgs {
+            pg_url: place.pg_url.clone(),
+            consume: place.consume.clone(),
+        })
+    }
 }
 
 /// Runs the loader until `shutdown`.

@@ -57,6 +57,19 @@ pub struct ReportArgs {
 }
 
 impl ReportArgs {
+    /// The flags' defaults, writing to `out`.
+    pub fn into_dir(out: &str) -> ReportArgs {
+        ReportArgs {
+            out: out.to_string(),
+            reporting_currency: "EUR".into(),
+            rates: None,
+            from: None,
+            to: None,
+            horizon_days: 28,
+            top_stores: 10,
+        }
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         let c = &self.reporting_currency;
         anyhow::ensure!(
