@@ -188,6 +188,39 @@ pub fn record_messages(records: &[SkuRecord]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// The test record: key `i` in `country`, version `version` (its `file_id` too), price derived
+/// from both; every optional field empty. Tests change the fields they are about.
+pub fn record(country: &str, i: u64, version: i64) -> SkuRecord {
+    let modified = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    SkuRecord {
+        schema: RECORD_SCHEMA.into(),
+        record_id: format!("{:032x}", (i << 20) ^ version as u64),
+        record_version: version,
+        country: country.into(),
+        store_id: format!("store-{}", i % 17),
+        store_category: StoreCategory::Individual,
+        chain: None,
+        sku: format!("SKU-{i}"),
+        product_name: format!("Product {i}"),
+        category: "grocery".into(),
+        brand: None,
+        unit_price: Decimal::new((i as i64 % 10_000) * 100 + version % 100, 4),
+        unit_cost: None,
+        currency: "EUR".into(),
+        quantity_on_hand: (i % 100) as i32,
+        units_sold: (version % 50) as i32,
+        business_date: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+        barcode: None,
+        file_id: format!("{:032x}", version),
+        source_bucket: "skus-test".into(),
+        source_key: "incoming/individual/x/2026-11-01/a.csv".into(),
+        source_etag: "etag".into(),
+        source_line: 2,
+        source_last_modified: modified,
+        ingested_at: modified,
+    }
+}
+
 /// A synthetic record for benchmarks: key `i` (distinct SKU per `i`), one country, realistic
 /// field lengths, a mix of chains, brands and missing costs.
 pub fn synthetic_record(i: u64) -> SkuRecord {

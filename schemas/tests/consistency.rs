@@ -1,39 +1,18 @@
 //! The message types and every derived sink schema agree with the JSON Schema files.
 
-use chrono::{NaiveDate, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use skuflow_schemas::*;
 
+/// The shared test record with the optional fields a chain store fills.
 fn sample_record() -> SkuRecord {
-    let modified = Utc.with_ymd_and_hms(2026, 11, 2, 8, 30, 0).unwrap();
-    SkuRecord {
-        schema: RECORD_SCHEMA.into(),
-        record_id: "0123456789abcdef0123456789abcdef".into(),
-        record_version: SkuRecord::version_of(modified, 2),
-        country: "DE".into(),
-        store_id: "berlin-001".into(),
-        store_category: StoreCategory::RetailChain,
-        chain: Some("ikea".into()),
-        sku: "KALLAX-4x4".into(),
-        product_name: "Kallax shelf".into(),
-        category: "furniture".into(),
-        brand: None,
-        unit_price: "79.9900".parse::<Decimal>().unwrap(),
-        unit_cost: Some("41.5".parse::<Decimal>().unwrap()),
-        currency: "EUR".into(),
-        quantity_on_hand: 12,
-        units_sold: 3,
-        business_date: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
-        barcode: Some("4006381333931".into()),
-        file_id: "fedcba9876543210fedcba9876543210".into(),
-        source_bucket: "skus-de".into(),
-        source_key: "incoming/retail_chain/ikea/berlin-001/2026-11-01/skus.csv".into(),
-        source_etag: "\"abc\"".into(),
-        source_line: 2,
-        source_last_modified: modified,
-        ingested_at: Utc::now(),
-    }
+    let mut r = skuflow_samples::record("DE", 7, 2);
+    r.store_category = StoreCategory::RetailChain;
+    r.chain = Some("ikea".into());
+    r.unit_cost = Some("41.5".parse::<Decimal>().unwrap());
+    r.barcode = Some("4006381333931".into());
+    r
 }
 
 fn field_names() -> Vec<String> {

@@ -674,18 +674,15 @@ mod tests {
         cost: Option<&str>,
         cat: &str,
     ) -> SkuRecord {
-        let v = serde_json::json!({
-            "schema": skuflow_schemas::RECORD_SCHEMA,
-            "record_id": "0123456789abcdef0123456789abcdef", "record_version": version,
-            "country": "SE", "store_id": store, "store_category": "individual", "chain": null,
-            "sku": sku, "product_name": "p", "category": cat, "brand": null,
-            "unit_price": price, "unit_cost": cost, "currency": "SEK",
-            "quantity_on_hand": 9, "units_sold": 2, "business_date": "2026-11-01",
-            "barcode": null, "file_id": "f", "source_bucket": "b", "source_key": "k",
-            "source_etag": "e", "source_line": 2,
-            "source_last_modified": "2026-11-01T00:00:00Z", "ingested_at": "2026-11-01T00:00:00Z"
-        });
-        serde_json::from_value(v).unwrap()
+        let mut r = skuflow_samples::record("SE", 0, version);
+        r.store_id = store.into();
+        r.sku = sku.into();
+        r.category = cat.into();
+        r.unit_price = price.parse().unwrap();
+        r.unit_cost = cost.map(|c| c.parse().unwrap());
+        r.currency = "SEK".into();
+        (r.quantity_on_hand, r.units_sold) = (9, 2);
+        r
     }
 
     #[test]

@@ -584,18 +584,11 @@ mod tests {
     use crate::columns::Encoding;
 
     fn rec(sku: &str, version: i64) -> SkuRecord {
-        serde_json::from_value(serde_json::json!({
-            "schema": skuflow_schemas::RECORD_SCHEMA,
-            "record_id": "0123456789abcdef0123456789abcdef", "record_version": version,
-            "country": "SE", "store_id": "s1", "store_category": "individual", "chain": null,
-            "sku": sku, "product_name": "p", "category": "c", "brand": null,
-            "unit_price": "2.5000", "unit_cost": null, "currency": "SEK",
-            "quantity_on_hand": 1, "units_sold": 1, "business_date": "2026-11-01",
-            "barcode": null, "file_id": "f", "source_bucket": "b", "source_key": "k",
-            "source_etag": "e", "source_line": 2,
-            "source_last_modified": "2026-11-01T00:00:00Z", "ingested_at": "2026-11-01T00:00:00Z"
-        }))
-        .unwrap()
+        let mut r = skuflow_samples::record("SE", 0, version);
+        r.sku = sku.into();
+        r.category = "c".into();
+        r.currency = "SEK".into();
+        r
     }
 
     #[tokio::test]

@@ -226,19 +226,11 @@ mod tests {
     use super::*;
 
     fn rec(country: &str, sku: &str, version: i64) -> SkuRecord {
-        let v = serde_json::json!({
-            "schema": skuflow_schemas::RECORD_SCHEMA,
-            "record_id": "0123456789abcdef0123456789abcdef",
-            "record_version": version,
-            "country": country, "store_id": "s1", "store_category": "individual", "chain": null,
-            "sku": sku, "product_name": "Milk \"1L\"", "category": "dairy", "brand": null,
-            "unit_price": "1.2500", "unit_cost": null, "currency": "EUR",
-            "quantity_on_hand": 3, "units_sold": 1, "business_date": "2026-11-01",
-            "barcode": null, "file_id": "f", "source_bucket": "b", "source_key": "k",
-            "source_etag": "e", "source_line": 2,
-            "source_last_modified": "2026-11-01T00:00:00Z", "ingested_at": "2026-11-01T00:00:00Z"
-        });
-        serde_json::from_value(v).unwrap()
+        let mut r = skuflow_samples::record(country, 0, version);
+        r.store_id = "s1".into();
+        r.sku = sku.into();
+        r.product_name = "Milk \"1L\"".into();
+        r
     }
 
     #[test]

@@ -12,6 +12,9 @@ use rdkafka::ClientConfig;
 use skuflow_platform::kafka::{ensure_topics, pipeline_topics};
 use skuflow_platform::{KafkaArgs, TopicArgs};
 
+#[allow(unused_imports)]
+pub use skuflow_e2e::record;
+
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the tests with `make test`, which starts the local stack (scripts/stack.sh up) and exports it")
@@ -581,39 +584,6 @@ impl Drop for Pipeline {
             let _ = c.wait();
         }
         // The broker (a field) stops after its clients.
-    }
-}
-
-/// A deterministic record for loader tests: key `i`, version `version`, price derived from both.
-pub fn record(country: &str, i: u64, version: i64) -> skuflow_schemas::SkuRecord {
-    use chrono::{NaiveDate, TimeZone, Utc};
-    let modified = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-    skuflow_schemas::SkuRecord {
-        schema: skuflow_schemas::RECORD_SCHEMA.into(),
-        record_id: format!("{:032x}", (i << 20) ^ version as u64),
-        record_version: version,
-        country: country.into(),
-        store_id: format!("store-{}", i % 17),
-        store_category: skuflow_schemas::StoreCategory::Individual,
-        chain: None,
-        sku: format!("SKU-{i}"),
-        product_name: format!("Product {i}"),
-        category: "grocery".into(),
-        brand: None,
-        unit_price: rust_decimal::Decimal::new((i as i64 % 10_000) * 100 + version % 100, 4),
-        unit_cost: None,
-        currency: "EUR".into(),
-        quantity_on_hand: (i % 100) as i32,
-        units_sold: (version % 50) as i32,
-        business_date: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
-        barcode: None,
-        file_id: format!("{:032x}", version),
-        source_bucket: "skus-test".into(),
-        source_key: "incoming/individual/x/2026-11-01/a.csv".into(),
-        source_etag: "etag".into(),
-        source_line: 2,
-        source_last_modified: modified,
-        ingested_at: modified,
     }
 }
 
