@@ -11,7 +11,7 @@
 //! partitions other than the batch's). Then `country=<CC>/_manifest.json` and `_dataset_card.md`
 //! are rewritten. Only after all of that does the consume loop store the offsets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
@@ -281,6 +281,8 @@ impl DatasetSink {
         Ok(())
     }
 
+    /// One batch: the rows merged into their files, every file whose rows or medians changed
+    /// rewritten, then the manifests with the offsets the batch covers.
     async fn write_inner(
         &mut self,
         topic: &str,
@@ -290,129 +292,145 @@ impl DatasetSink {
         if let Some(lease) = &mut self.lease {
             lease.ensure().await?;
         }
-        // Which partitions and days change.
-        let mut touched: BTreeMap<GroupKey, Vec<&SkuRecord>> = BTreeMap::new();
-        for c in batch {
-            let r = &c.value;
-            touched
-                .entry((r.country.clone(), r.business_date, c.partition))
-                .or_default()
-                .push(r);
-        }
-        let days: std::collections::BTreeSet<(String, NaiveDate)> =
+        let touched = by_partition_and_day(batch);
+        let days: BTreeSet<(String, NaiveDate)> =
             touched.keys().map(|(c, d, _)| (c.clone(), *d)).collect();
         for (country, day) in &days {
             self.load_day(country, *day).await?;
             self.load_manifest(country).await?;
         }
-        let mut changed_shards = std::collections::BTreeSet::new();
-        let rows_per_file = self.rows_per_file();
-        for ((country, day, p), records) in touched {
-            let key = |n: u32| (country.clone(), day, p, n);
-            // This partition's files of the day, in order, taken out of the map for the merge.
-            let mut numbers: Vec<u32> = self
-                .shards
-                .keys()
-                .filter(|(c, d, q, _)| *c == country && *d == day && *q == p)
-                .map(|k| k.3)
-                .collect();
-            numbers.sort_unstable();
-            let mut files: Vec<(u32, FileRows, bool)> = numbers
-                .into_iter()
-                .filter_map(|n| self.shards.remove(&key(n)).map(|s| (n, s, false)))
-                .collect();
-            if files.is_empty() {
-                files.push((0, FileRows::default(), false));
-            }
-            if let Some((_, open, _)) = files.last_mut() {
-                open.reserve(records.len());
-            }
-            // A key stays in the file that has it; a new key goes to the last file until that
-            // holds a target size of rows, then to a new one. Every file is thus replaced on
-            // its own, and no key is ever in two files, not even for a moment.
-            for r in records {
-                let last = files.len() - 1;
-                let i = match files[..last].iter().position(|(_, s, _)| s.holds(r)) {
-                    Some(i) => i,
-                    None if files[last].1.len() >= rows_per_file && !files[last].1.holds(r) => {
-                        files.push((files[last].0 + 1, FileRows::default(), false));
-                        last + 1
-                    }
-                    None => last,
-                };
-                let (_, shard, changed) = &mut files[i];
-                *changed |= shard.upsert(r);
-            }
-            for (n, mut shard, changed) in files {
-                if changed {
-                    shard.settle();
-                    changed_shards.insert(key(n));
-                }
-                if !shard.is_empty() {
-                    self.shards.insert(key(n), shard);
-                }
-            }
+        let mut changed = BTreeSet::new();
+        for (group, records) in touched {
+            changed.extend(self.merge(group, records));
         }
-        // Every file of a changed day whose rows or category medians changed is rewritten: the
-        // medians are over the whole country and day, across its files.
         for (country, day) in &days {
-            // Even a pure replay checks every file of the day: a crash between two files of
-            // a day whose median moved leaves the later ones with the older median.
-            let medians: HashMap<String, rust_decimal::Decimal> = category_medians(
-                self.shards
-                    .iter()
-                    .filter(|((c, d, _, _), _)| c == country && d == day)
-                    .flat_map(|(_, p)| p.rows()),
-            )
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            let keys: Vec<ShardKey> = self
-                .shards
-                .keys()
-                .filter(|(c, d, _, _)| c == country && d == day)
-                .cloned()
-                .collect();
-            for key in keys {
-                let shard = &self.shards[&key];
-                if shard.is_empty() {
-                    continue;
-                }
-                // The file's categories first, so that each is copied once, not once per row.
-                let categories: std::collections::HashSet<&str> =
-                    shard.rows().map(|r| r.category()).collect();
-                let used: HashMap<String, rust_decimal::Decimal> = categories
-                    .into_iter()
-                    .filter_map(|c| medians.get(c).map(|m| (c.to_string(), *m)))
-                    .collect();
-                if !changed_shards.contains(&key) && self.written_medians.get(&key) == Some(&used) {
-                    continue;
-                }
-                let rows = shard.featured_with(|c| medians.get(c).copied(), self.split);
-                let file = columns::encode_with_medians(&rows, self.encoding, &used)?;
-                self.note_file_size(file.len(), rows.len());
-                let path = self
-                    .day_dir(country, *day)
-                    .child(Self::file_name(key.2, key.3));
-                self.put(&path, file)
-                    .await
-                    .with_context(|| format!("writing {path}"))?;
-                self.written_medians.insert(key, used);
-            }
+            self.rewrite_day(country, *day, &changed).await?;
         }
         for (country, day) in &days {
             self.update_manifest(country, *day, topic, offsets);
         }
-        let countries: std::collections::BTreeSet<&String> = days.iter().map(|(c, _)| c).collect();
+        let countries: BTreeSet<&String> = days.iter().map(|(c, _)| c).collect();
         for country in countries {
             self.put_manifest(country).await?;
         }
+        self.trim_cache();
+        Ok(())
+    }
+
+    /// Merges one partition's records of a country and day into its files; returns the files
+    /// whose rows changed.
+    ///
+    /// A key stays in the file that has it; a new key goes to the last file until that holds a
+    /// target size of rows, then to a new one. Every file is thus replaced on its own, and no
+    /// key is ever in two files, not even for a moment.
+    fn merge(&mut self, (country, day, p): GroupKey, records: Vec<&SkuRecord>) -> Vec<ShardKey> {
+        let rows_per_file = self.rows_per_file();
+        let key = |n: u32| (country.clone(), day, p, n);
+        // This partition's files of the day, in order, taken out of the map for the merge.
+        let mut numbers: Vec<u32> = self
+            .shards
+            .keys()
+            .filter(|(c, d, q, _)| *c == country && *d == day && *q == p)
+            .map(|k| k.3)
+            .collect();
+        numbers.sort_unstable();
+        let mut files: Vec<(u32, FileRows, bool)> = numbers
+            .into_iter()
+            .filter_map(|n| self.shards.remove(&key(n)).map(|s| (n, s, false)))
+            .collect();
+        if files.is_empty() {
+            files.push((0, FileRows::default(), false));
+        }
+        if let Some((_, open, _)) = files.last_mut() {
+            open.reserve(records.len());
+        }
+        for r in records {
+            let last = files.len() - 1;
+            let i = match files[..last].iter().position(|(_, s, _)| s.holds(r)) {
+                Some(i) => i,
+                None if files[last].1.len() >= rows_per_file && !files[last].1.holds(r) => {
+                    files.push((files[last].0 + 1, FileRows::default(), false));
+                    last + 1
+                }
+                None => last,
+            };
+            let (_, rows, changed) = &mut files[i];
+            *changed |= rows.upsert(r);
+        }
+        let mut changed_files = Vec::new();
+        for (n, mut rows, changed) in files {
+            if changed {
+                rows.settle();
+                changed_files.push(key(n));
+            }
+            if !rows.is_empty() {
+                self.shards.insert(key(n), rows);
+            }
+        }
+        changed_files
+    }
+
+    /// Rewrites every file of a country and day whose rows changed or whose category medians
+    /// (over the whole day, across its files) are not those it was written with. Even a pure
+    /// replay checks every file of the day: a crash between two files of a day whose median
+    /// moved leaves the later ones with the older median.
+    async fn rewrite_day(
+        &mut self,
+        country: &str,
+        day: NaiveDate,
+        changed: &BTreeSet<ShardKey>,
+    ) -> anyhow::Result<()> {
+        let medians: HashMap<String, rust_decimal::Decimal> = category_medians(
+            self.shards
+                .iter()
+                .filter(|((c, d, _, _), _)| c == country && *d == day)
+                .flat_map(|(_, p)| p.rows()),
+        )
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let keys: Vec<ShardKey> = self
+            .shards
+            .keys()
+            .filter(|(c, d, _, _)| c == country && *d == day)
+            .cloned()
+            .collect();
+        for key in keys {
+            let shard = &self.shards[&key];
+            if shard.is_empty() {
+                continue;
+            }
+            // The file's categories first, so that each is copied once, not once per row.
+            let categories: std::collections::HashSet<&str> =
+                shard.rows().map(|r| r.category()).collect();
+            let used: HashMap<String, rust_decimal::Decimal> = categories
+                .into_iter()
+                .filter_map(|c| medians.get(c).map(|m| (c.to_string(), *m)))
+                .collect();
+            if !changed.contains(&key) && self.written_medians.get(&key) == Some(&used) {
+                continue;
+            }
+            let rows = shard.featured_with(|c| medians.get(c).copied(), self.split);
+            let file = columns::encode_with_medians(&rows, self.encoding, &used)?;
+            self.note_file_size(file.len(), rows.len());
+            let path = self
+                .day_dir(country, day)
+                .child(Self::file_name(key.2, key.3));
+            self.put(&path, file)
+                .await
+                .with_context(|| format!("writing {path}"))?;
+            self.written_medians.insert(key, used);
+        }
+        Ok(())
+    }
+
+    /// Drops the cached rows once they pass `--cache-rows`; files are read again when needed.
+    fn trim_cache(&mut self) {
         let cached: usize = self.shards.values().map(FileRows::len).sum();
         if cached > self.cache_rows {
             self.shards.clear();
             self.written_medians.clear();
         }
-        Ok(())
     }
 
     fn update_manifest(
@@ -576,6 +594,19 @@ impl Sink for DatasetSink {
         self.written_medians.clear();
         Ok(HashMap::new())
     }
+}
+
+/// The batch's records by the file group they go to: country, business date, Kafka partition.
+fn by_partition_and_day(batch: &[Consumed<SkuRecord>]) -> BTreeMap<GroupKey, Vec<&SkuRecord>> {
+    let mut touched: BTreeMap<GroupKey, Vec<&SkuRecord>> = BTreeMap::new();
+    for c in batch {
+        let r = &c.value;
+        touched
+            .entry((r.country.clone(), r.business_date, c.partition))
+            .or_default()
+            .push(r);
+    }
+    touched
 }
 
 #[cfg(test)]
