@@ -225,6 +225,7 @@ fn ingest_args(buckets: &Path) -> IngestArgs {
         max_days_ahead: 31,
         max_attempts: 10,
         single_copy_max_bytes: skuflow_ingest::worker::S3_SINGLE_COPY_MAX,
+        report_max_rows: 1000,
     }
 }
 

@@ -154,6 +154,14 @@ pub struct IngestArgs {
     /// server-side copy (S3 copies at most 5 GiB at once).
     #[arg(long = "single-copy-max-bytes", env = "SKUFLOW_SINGLE_COPY_MAX_BYTES", default_value_t = worker::S3_SINGLE_COPY_MAX, hide = true)]
     pub single_copy_max_bytes: u64,
+    /// Rejected rows listed in an upload's report and its `.rejects.csv`; the report says when
+    /// there were more.
+    #[arg(
+        long = "report-max-rows",
+        env = "SKUFLOW_REPORT_MAX_ROWS",
+        default_value_t = 1000
+    )]
+    pub report_max_rows: usize,
 }
 
 impl IngestArgs {
@@ -224,6 +232,7 @@ impl IngestArgs {
                 zstd_window_log_max: self.max_zstd_window_log,
             },
             single_copy_max_bytes: self.single_copy_max_bytes.min(worker::S3_SINGLE_COPY_MAX),
+            report_cap: self.report_max_rows,
             ..IngestSettings::default()
         };
         settings.limits.max_record_bytes = self.max_record_bytes.max(1024);

@@ -34,6 +34,8 @@ pub struct ScanSummary {
     /// Decompressed bytes read.
     pub bytes: u64,
     pub warnings: Vec<String>,
+    /// The header's column names, as uploaded.
+    pub columns: Vec<String>,
 }
 
 /// Why a pass stopped.
@@ -98,6 +100,7 @@ pub fn scan<R: Read>(
         chrono::Utc::now().date_naive(),
         limits.max_days_ahead,
     );
+    summary.columns = names.clone();
     if !map.extra.is_empty() {
         summary.warnings.push(format!(
             "ignored column(s) not in the contract: {}",

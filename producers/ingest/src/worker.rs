@@ -149,6 +149,9 @@ pub struct ReportRow {
     pub line: u64,
     /// The row as uploaded (empty for a row superseded by a later one: see its reason).
     pub raw: String,
+    /// Set when the row was larger than the copy kept of it: `raw` is its beginning only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw_truncated: bool,
     pub reasons: Vec<RejectReason>,
 }
 
@@ -157,6 +160,67 @@ pub fn report_key(moved_key: &str, status: FileStatus) -> String {
     match status {
         FileStatus::Failed => format!("{moved_key}.errors.json"),
         _ => format!("{moved_key}.report.json"),
+    }
+}
+
+/// The key of the rejected rows' CSV beside an object moved to `moved_key`.
+pub fn rejects_key(moved_key: &str) -> String {
+    format!("{moved_key}.rejects.csv")
+}
+
+/// Extra columns of a rejects file: not in the contract, so ignored when the fixed file is
+/// uploaded again.
+pub const REJECTS_LINE_COLUMN: &str = "skuflow_line";
+pub const REJECTS_ERRORS_COLUMN: &str = "skuflow_errors";
+
+/// `<file>.rejects.csv`: the rejected rows of a report as they were uploaded, under the
+/// upload's header, with the line and the reasons in two extra columns. A store fixes the
+/// values in a spreadsheet and uploads the file again: the extra columns are ignored. Rows a
+/// later row of the same key superseded are left out (the later row was taken); a row too
+/// large to keep keeps only its line and reason. `None` when no row is left.
+pub fn rejects_csv(columns: &[String], rows: &[ReportRow]) -> Option<String> {
+    let mut out = String::new();
+    let mut any = false;
+    for r in rows.iter().filter(|r| !r.raw.is_empty()) {
+        if !any {
+            let header: Vec<String> = columns
+                .iter()
+                .map(|c| csv_field(c))
+                .chain([REJECTS_LINE_COLUMN.into(), REJECTS_ERRORS_COLUMN.into()])
+                .collect();
+            out.push_str(&header.join(","));
+            out.push('\n');
+            any = true;
+        }
+        let why: Vec<String> = r
+            .reasons
+            .iter()
+            .map(|x| match (&x.field, &x.value) {
+                (Some(f), Some(v)) => format!("{f} ({v:?}): {}", x.message),
+                (Some(f), None) => format!("{f}: {}", x.message),
+                _ => x.message.clone(),
+            })
+            .collect();
+        let mut why = why.join("; ");
+        if r.raw_truncated {
+            // The beginning of an oversized row is not a row: only where and why.
+            why.push_str(" (the row is too large to repeat here: fix it in the uploaded file)");
+            out.push_str(&",".repeat(columns.len()));
+        } else {
+            out.push_str(&r.raw);
+            out.push(',');
+        }
+        out.push_str(&format!("{},{}\n", r.line, csv_field(&why)));
+    }
+    any.then_some(out)
+}
+
+/// One CSV field, quoted when it must be.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
     }
 }
 
@@ -567,7 +631,7 @@ impl Ingestor {
         event.moved_to = Some(target.clone());
         event.at = Utc::now();
         if !up.replay {
-            self.write_report(&up.store, &event, &target, report, None)
+            self.write_report(&up.store, &event, &target, report, &summary.columns, None)
                 .await?;
         }
         self.emit_file_event(&event).await?;
@@ -665,12 +729,16 @@ impl Ingestor {
             .run_pass(object, hint, FirstPass::default(), move |ev, st| {
                 match ev {
                     RowEvent::Rejected {
-                        line, raw, reasons, ..
+                        line,
+                        raw,
+                        raw_truncated,
+                        reasons,
                     } => {
                         if st.report.len() < cap {
                             st.report.push(ReportRow {
                                 line,
                                 raw: String::from_utf8_lossy(raw).into_owned(),
+                                raw_truncated,
                                 reasons,
                             });
                         }
@@ -681,6 +749,7 @@ impl Ingestor {
                                 st.report.push(ReportRow {
                                     line: earlier,
                                     raw: String::new(),
+                                    raw_truncated: false,
                                     reasons: vec![dedup::reason(row.sku, row.business_date, line)],
                                 });
                             }
@@ -881,6 +950,7 @@ impl Ingestor {
         event: &FileEvent,
         moved_key: &str,
         rows: &[ReportRow],
+        columns: &[String],
         gave_up_after_attempts: Option<u32>,
     ) -> Result<(), Retry> {
         let body = FileReport {
@@ -908,7 +978,16 @@ impl Ingestor {
             )
             .await
             .map_err(|e| Retry(anyhow::Error::new(e).context("writing the file's report")))?;
-        Ok(())
+        // The rejects file of an earlier version of the same key must not outlive its report.
+        let rejects = retry_path(&rejects_key(moved_key))?;
+        let written = match rejects_csv(columns, rows) {
+            Some(csv) => store.put(&rejects, PutPayload::from(csv)).await.map(|_| ()),
+            None => match store.delete(&rejects).await {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                other => other,
+            },
+        };
+        written.map_err(|e| Retry(anyhow::Error::new(e).context("writing the rejected rows")))
     }
 
     /// Ends a file rejected as a whole: the error report and the object go to `errors/`, and the
@@ -939,7 +1018,8 @@ impl Ingestor {
         event.moved_to = target.clone();
         event.at = Utc::now();
         if let Some(target) = &target {
-            self.write_report(store, &event, target, report, None)
+            let columns = summary.map(|s| s.columns.as_slice()).unwrap_or_default();
+            self.write_report(store, &event, target, report, columns, None)
                 .await?;
         }
         self.emit_file_event(&event).await?;
@@ -993,7 +1073,7 @@ impl Ingestor {
                 &self.settings.errors_prefix,
             );
             if let Err(e) = self
-                .write_report(&store, &event, &target, &[], Some(attempts))
+                .write_report(&store, &event, &target, &[], &[], Some(attempts))
                 .await
             {
                 tracing::warn!(file_id = %fid, bucket = %req.bucket, key = %req.key, cause = %e,
@@ -1174,4 +1254,104 @@ pub fn producers(
     let control = RecordProducer::new(&kafka.producer_config(), counter())
         .context("creating the control producer (check --brokers and -X options)")?;
     Ok((Arc::new(records), Arc::new(control)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csvstream::Limits;
+    use crate::scan::{scan, RowEvent};
+
+    /// Scans `csv`; returns the summary and the rejected rows as a report lists them.
+    fn rejected(csv: &str) -> (ScanSummary, Vec<ReportRow>) {
+        let mut rows = Vec::new();
+        let summary = scan(csv.as_bytes(), Limits::default(), |ev| {
+            if let RowEvent::Rejected {
+                line,
+                raw,
+                raw_truncated,
+                reasons,
+            } = ev
+            {
+                rows.push(ReportRow {
+                    line,
+                    raw: String::from_utf8_lossy(raw).into_owned(),
+                    raw_truncated,
+                    reasons,
+                });
+            }
+            Ok(())
+        })
+        .unwrap();
+        (summary, rows)
+    }
+
+    #[test]
+    fn a_fixed_rejects_file_is_accepted_as_an_upload() {
+        let header = "sku,product_name,category,unit_price,currency,quantity_on_hand,units_sold,business_date";
+        let upload = format!(
+            "{header}\r\n\
+             A1,\"Milk, 1L\",dairy,1.25,EUR,3,1,2026-11-20\r\n\
+             B2,\"Bread \"\"rye\"\"\",bakery,abc,EUR,2,1,2026-11-20\r\n\
+             C3,Tea,drinks,2.00,EUR,-4,1,2026-11-20\r\n"
+        );
+        let (summary, rows) = rejected(&upload);
+        assert_eq!((summary.rows_valid, summary.rows_rejected), (1, 2));
+        let mut superseded = rows[0].clone();
+        superseded.raw.clear();
+        let mut listed = rows.clone();
+        listed.push(superseded);
+        let csv = rejects_csv(&summary.columns, &listed).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3, "header and the two rejected rows: {csv}");
+        assert_eq!(
+            lines[0],
+            format!("{header},{REJECTS_LINE_COLUMN},{REJECTS_ERRORS_COLUMN}")
+        );
+        assert!(lines[1].starts_with("B2,\"Bread \"\"rye\"\"\",bakery,abc,EUR,2,1,2026-11-20,3,\"unit_price (\"\"abc\"\")"), "{}", lines[1]);
+        assert!(
+            lines[2].starts_with("C3,Tea,drinks,2.00,EUR,-4,1,2026-11-20,4,\"quantity_on_hand (\"\"-4\"\")"),
+            "{}",
+            lines[2]
+        );
+
+        // The store fixes the values in a spreadsheet and uploads the file as it is.
+        let fixed = csv.replace(",abc,", ",3.10,").replace(",-4,", ",4,");
+        let (summary, rows) = rejected(&fixed);
+        assert_eq!(
+            (summary.rows_valid, summary.rows_rejected),
+            (2, 0),
+            "{rows:?}"
+        );
+        assert!(
+            summary
+                .warnings
+                .iter()
+                .any(|w| w.contains(REJECTS_ERRORS_COLUMN)),
+            "{:?}",
+            summary.warnings
+        );
+    }
+
+    #[test]
+    fn an_oversized_row_keeps_its_line_and_reason_only() {
+        let rows = [ReportRow {
+            line: 9,
+            raw: "X,\"very long".into(),
+            raw_truncated: true,
+            reasons: vec![RejectReason {
+                field: None,
+                column: None,
+                value: None,
+                rule: "record_too_large".into(),
+                message: "the record is larger than 65536 bytes".into(),
+            }],
+        }];
+        let csv = rejects_csv(&["sku".into(), "product_name".into()], &rows).unwrap();
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            ",,9,the record is larger than 65536 bytes (the row is too large to repeat here: fix it in the uploaded file)"
+        );
+        assert_eq!(rejects_csv(&["sku".into()], &[]), None);
+    }
 }
