@@ -24,8 +24,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use serde::Serialize;
 use skuflow_schemas::{
-    headers, RejectMessage, RejectReason, SkuRecord, RECORD_SCHEMA, REJECT_SCHEMA,
+    headers, FileEvent, RejectMessage, RejectReason, SkuRecord, FILE_SCHEMA, RECORD_SCHEMA,
+    REJECT_SCHEMA,
 };
 
 use crate::health::health;
@@ -61,9 +63,89 @@ pub enum SinkError {
     Fatal(anyhow::Error),
 }
 
-/// A destination for `sku.records.v1`.
+/// A message type the consume loop reads: which topic carries it, how it is decoded, and what
+/// its dead letter says of where it came from.
+pub trait Topic: Serialize + Send + Sync + Sized + 'static {
+    /// Its topic among the pipeline's.
+    fn topic(topics: &TopicArgs) -> &str;
+    /// The message, or why the payload is not one.
+    fn decode(payload: &[u8]) -> Result<Self, String>;
+    /// The upload it belongs to, for its dead letter.
+    fn lineage(&self) -> Lineage;
+}
+
+/// Where a message came from, as its dead letter names it.
+#[derive(Debug, Clone, Default)]
+pub struct Lineage {
+    pub file_id: String,
+    pub bucket: String,
+    pub key: String,
+    pub country: Option<String>,
+    pub line: u64,
+    pub record_id: Option<String>,
+}
+
+impl Topic for SkuRecord {
+    fn topic(topics: &TopicArgs) -> &str {
+        &topics.records
+    }
+
+    fn decode(bytes: &[u8]) -> Result<SkuRecord, String> {
+        let rec: SkuRecord = serde_json::from_slice(bytes)
+            .map_err(|e| format!("not a {RECORD_SCHEMA} record: {e}"))?;
+        if rec.schema != RECORD_SCHEMA {
+            return Err(format!(
+                "schema is {}, expected {RECORD_SCHEMA}",
+                rec.schema
+            ));
+        }
+        Ok(rec)
+    }
+
+    fn lineage(&self) -> Lineage {
+        Lineage {
+            file_id: self.file_id.clone(),
+            bucket: self.source_bucket.clone(),
+            key: self.source_key.clone(),
+            country: Some(self.country.clone()),
+            line: self.source_line.max(1) as u64,
+            record_id: Some(self.record_id.clone()),
+        }
+    }
+}
+
+impl Topic for FileEvent {
+    fn topic(topics: &TopicArgs) -> &str {
+        &topics.files
+    }
+
+    fn decode(bytes: &[u8]) -> Result<FileEvent, String> {
+        let ev: FileEvent =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a {FILE_SCHEMA} event: {e}"))?;
+        if ev.schema != FILE_SCHEMA {
+            return Err(format!("schema is {}, expected {FILE_SCHEMA}", ev.schema));
+        }
+        Ok(ev)
+    }
+
+    fn lineage(&self) -> Lineage {
+        Lineage {
+            file_id: self.file_id.clone(),
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            country: self.country.clone(),
+            line: 1,
+            record_id: None,
+        }
+    }
+}
+
+/// A destination for one topic's messages (`sku.records.v1` for the data sinks).
 #[async_trait]
 pub trait Sink: Send {
+    /// What it consumes.
+    type Message: Topic;
+
     /// Short name, used as the dead-letter stage and in logs.
     fn name(&self) -> &'static str;
 
@@ -73,7 +155,7 @@ pub trait Sink: Send {
     async fn write(
         &mut self,
         topic: &str,
-        batch: &[Consumed<SkuRecord>],
+        batch: &[Consumed<Self::Message>],
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<Refusal>, SinkError>;
 
@@ -161,7 +243,7 @@ pub struct RunStats {
     pub batches: u64,
 }
 
-/// Runs `sink` as consumer group `group` on the records topic until `shutdown` is cancelled.
+/// Runs `sink` as consumer group `group` on its topic until `shutdown` is cancelled.
 ///
 /// The loop: after each rebalance, learn what the sink already holds ([`Consuming::resume`]);
 /// take messages into the pending batch ([`Consuming::take`]); when the batch is full, due or
@@ -183,10 +265,10 @@ pub async fn run_sink<S: Sink>(
         .consumer_config(&group)
         .create_with_context(ObservedContext::new(&group, Some(rebalanced.clone())))
         .context("creating the Kafka consumer")?;
+    let topic = S::Message::topic(topics);
     consumer
-        .subscribe(&[&topics.records])
-        .with_context(|| format!("subscribing to {}", topics.records))?;
-    let topic = topics.records.as_str();
+        .subscribe(&[topic])
+        .with_context(|| format!("subscribing to {topic}"))?;
     tracing::info!(sink = sink.name(), %group, %topic, "Consuming.");
     health().expect("sink");
     let mut run = Consuming {
@@ -278,7 +360,7 @@ struct Consuming<'a, S: Sink> {
 
 impl<S: Sink> Consuming<'_, S> {
     fn topic(&self) -> &str {
-        &self.topics.records
+        S::Message::topic(self.topics)
     }
 
     /// After a rebalance: what the sink holds (waiting for it while it is unavailable), the
@@ -287,7 +369,11 @@ impl<S: Sink> Consuming<'_, S> {
     async fn resume(&mut self, consumer: &StreamConsumer<ObservedContext>) -> anyhow::Result<bool> {
         let mut backoff = Backoff::new(self.args);
         self.durable = loop {
-            match self.sink.durable_offsets(&self.topics.records).await {
+            match self
+                .sink
+                .durable_offsets(S::Message::topic(self.topics))
+                .await
+            {
                 Ok(d) => break d,
                 Err(e) => {
                     if !backoff.wait(e, self.sink.name(), &self.shutdown).await? {
@@ -338,7 +424,7 @@ impl<S: Sink> Consuming<'_, S> {
         let started = Instant::now();
         let name = self.sink.name();
         let m = metrics();
-        let (batch, undecodable) = self.raw.decode();
+        let (batch, undecodable) = self.raw.decode::<S::Message>();
         let undecodable: Vec<RejectMessage> = undecodable
             .into_iter()
             .map(|u| undecodable_dead_letter(name, u.payload, u.partition, u.offset, u.reason))
@@ -420,7 +506,7 @@ impl<S: Sink> Consuming<'_, S> {
             );
             return Ok(false);
         }
-        store_offsets(consumer, &self.topics.records, &self.next_offsets);
+        store_offsets(consumer, S::Message::topic(self.topics), &self.next_offsets);
         let written = (n - refusals.len()) as u64;
         self.stats.written += written;
         self.stats.batches += 1;
@@ -450,14 +536,14 @@ impl<S: Sink> Consuming<'_, S> {
     async fn write_until_durable(
         &mut self,
         consumer: &StreamConsumer<ObservedContext>,
-        batch: &[Consumed<SkuRecord>],
+        batch: &[Consumed<S::Message>],
     ) -> anyhow::Result<Option<Vec<Refusal>>> {
         let mut backoff = Backoff::new(self.args);
         let mut paused = false;
         let write = loop {
             match self
                 .sink
-                .write(&self.topics.records, batch, &self.next_offsets)
+                .write(S::Message::topic(self.topics), batch, &self.next_offsets)
                 .await
             {
                 Ok(r) => break Some(r),
@@ -615,14 +701,17 @@ impl RawBatch {
         e.payload.clone().map(|r| &self.bytes[r])
     }
 
-    /// The records in order, and the messages that are not records with the reason.
-    pub fn decode(&self) -> (Vec<Consumed<SkuRecord>>, Vec<Undecodable<'_>>) {
+    /// The messages in order, and those that do not decode with the reason.
+    pub fn decode<T: Topic>(&self) -> (Vec<Consumed<T>>, Vec<Undecodable<'_>>) {
         let decode = |entries: &[RawEntry]| {
             let mut records = Vec::with_capacity(entries.len());
             let mut bad = Vec::new();
             for e in entries {
                 let payload = self.payload(e);
-                match decode_record(payload) {
+                match payload
+                    .ok_or_else(|| "empty message".to_string())
+                    .and_then(T::decode)
+                {
                     Ok(value) => records.push(Consumed {
                         partition: e.partition,
                         offset: e.offset,
@@ -648,19 +737,6 @@ impl RawBatch {
         }
         (records, bad)
     }
-}
-
-fn decode_record(payload: Option<&[u8]>) -> Result<SkuRecord, String> {
-    let bytes = payload.ok_or("empty message")?;
-    let rec: SkuRecord =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a {RECORD_SCHEMA} record: {e}"))?;
-    if rec.schema != RECORD_SCHEMA {
-        return Err(format!(
-            "schema is {}, expected {RECORD_SCHEMA}",
-            rec.schema
-        ));
-    }
-    Ok(rec)
 }
 
 const RAW_CAP: usize = 4096;
@@ -701,10 +777,10 @@ fn undecodable_dead_letter(
     }
 }
 
-/// The dead letters of the records of `batch` a sink refused.
-pub fn dead_letters(
+/// The dead letters of the messages of `batch` a sink refused.
+pub fn dead_letters<T: Topic>(
     stage: &str,
-    batch: &[Consumed<SkuRecord>],
+    batch: &[Consumed<T>],
     refusals: &[Refusal],
 ) -> Vec<RejectMessage> {
     refusals
@@ -793,21 +869,21 @@ async fn relay_outbox<S: Sink>(
     Ok(true)
 }
 
-fn refusal_dead_letter(stage: &str, c: &Consumed<SkuRecord>, r: &Refusal) -> RejectMessage {
-    let rec = &c.value;
-    let json = serde_json::to_string(rec).unwrap_or_default();
+fn refusal_dead_letter<T: Topic>(stage: &str, c: &Consumed<T>, r: &Refusal) -> RejectMessage {
+    let json = serde_json::to_string(&c.value).unwrap_or_default();
     let (raw, raw_truncated) = capped(&json);
+    let from = c.value.lineage();
     RejectMessage {
         schema: REJECT_SCHEMA.into(),
         stage: stage.into(),
-        file_id: rec.file_id.clone(),
-        bucket: rec.source_bucket.clone(),
-        key: rec.source_key.clone(),
-        country: Some(rec.country.clone()),
-        line: rec.source_line.max(1) as u64,
+        file_id: from.file_id,
+        bucket: from.bucket,
+        key: from.key,
+        country: from.country,
+        line: from.line,
         raw,
         raw_truncated,
-        record_id: Some(rec.record_id.clone()),
+        record_id: from.record_id,
         reasons: vec![RejectReason {
             field: None,
             column: None,
@@ -979,7 +1055,7 @@ mod tests {
             };
             raw.push((offset % 3) as i32, offset, payload.as_deref());
         }
-        let (records, bad) = raw.decode();
+        let (records, bad) = raw.decode::<SkuRecord>();
         let offsets: Vec<i64> = records.iter().map(|c| c.offset).collect();
         let want: Vec<i64> = (0..n).filter(|o| *o != 5 && *o != 8000).collect();
         assert_eq!(
@@ -1004,6 +1080,6 @@ mod tests {
         );
         raw.clear();
         assert!(raw.is_empty());
-        assert!(raw.decode().0.is_empty());
+        assert!(raw.decode::<SkuRecord>().0.is_empty());
     }
 }

@@ -543,6 +543,8 @@ fn is_transient(e: &anyhow::Error) -> bool {
 
 #[async_trait]
 impl Sink for DatasetSink {
+    type Message = SkuRecord;
+
     fn name(&self) -> &'static str {
         "dataset-builder"
     }

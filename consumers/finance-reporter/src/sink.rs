@@ -288,6 +288,8 @@ async fn merge(
 
 #[async_trait]
 impl Sink for FinanceSink {
+    type Message = SkuRecord;
+
     fn name(&self) -> &'static str {
         SINK_NAME
     }

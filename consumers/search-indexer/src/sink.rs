@@ -124,6 +124,8 @@ fn snippet(s: &str) -> String {
 
 #[async_trait]
 impl Sink for EsSink {
+    type Message = SkuRecord;
+
     fn name(&self) -> &'static str {
         "search-indexer"
     }

@@ -246,6 +246,8 @@ impl PgSink {
 
 #[async_trait]
 impl Sink for PgSink {
+    type Message = SkuRecord;
+
     fn name(&self) -> &'static str {
         SINK_NAME
     }

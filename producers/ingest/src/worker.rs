@@ -1310,7 +1310,9 @@ mod tests {
         );
         assert!(lines[1].starts_with("B2,\"Bread \"\"rye\"\"\",bakery,abc,EUR,2,1,2026-11-20,3,\"unit_price (\"\"abc\"\")"), "{}", lines[1]);
         assert!(
-            lines[2].starts_with("C3,Tea,drinks,2.00,EUR,-4,1,2026-11-20,4,\"quantity_on_hand (\"\"-4\"\")"),
+            lines[2].starts_with(
+                "C3,Tea,drinks,2.00,EUR,-4,1,2026-11-20,4,\"quantity_on_hand (\"\"-4\"\")"
+            ),
             "{}",
             lines[2]
         );
