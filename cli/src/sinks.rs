@@ -4,11 +4,12 @@
 
 use skuflow_platform::component::{registered, Registered, SinkInfo};
 
-pub(crate) const SINKS: [Registered; 4] = [
+pub(crate) const SINKS: [Registered; 5] = [
     registered::<skuflow_warehouse_loader::WarehouseLoader>(),
     registered::<skuflow_finance_reporter::FinanceReporter>(),
     registered::<skuflow_search_indexer::SearchIndexer>(),
     registered::<skuflow_dataset_builder::DatasetBuilder>(),
+    registered::<skuflow_notifier::Notifier>(),
 ];
 
 /// The sink named `name` (as `--sink` takes it: the component's name).
@@ -36,8 +37,6 @@ mod tests {
             }
         }
         assert_eq!(by_name("dataset-builder").unwrap().label, "dataset");
-        assert!(by_name("notifier")
-            .unwrap_err()
-            .contains("warehouse-loader"));
+        assert!(by_name("mailer").unwrap_err().contains("notifier"));
     }
 }

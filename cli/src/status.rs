@@ -223,6 +223,7 @@ impl Stores {
                 Some(root) => Some(dataset_counts(root).await?),
                 None => None,
             },
+            RowCount::NotCounted => None,
         })
     }
 }

@@ -43,6 +43,8 @@ pub enum RowCount {
     SearchIndex,
     /// Rows per `file_id` in the Parquet files of the dataset root.
     DatasetFiles,
+    /// The sink holds no rows (it reads the file lifecycle, e.g. the notifier).
+    NotCounted,
 }
 
 /// What the command line knows of a sink without running it.

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub shutdowns: IntCounter,
     /// `skuflow_reports_total{outcome}`: scheduled finance reports, `written` or `failed`.
     pub reports: IntCounterVec,
+    /// `skuflow_notifications_total{channel,outcome}`: notifications of upload outcomes by
+    /// channel (`webhook`) and outcome (`delivered`, `retried`, `dead_lettered`).
+    pub notifications: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -226,6 +229,11 @@ impl Metrics {
                 "reports_total",
                 "Scheduled finance reports, by outcome (written, failed).",
                 &["outcome"],
+            )?,
+            notifications: counter(
+                "notifications_total",
+                "Notifications of upload outcomes, by channel and outcome (delivered, retried, dead_lettered).",
+                &["channel", "outcome"],
             )?,
             registry,
         };

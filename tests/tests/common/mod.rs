@@ -2,7 +2,7 @@
 //! and database per test, the real binaries as child processes, and readers for the topics.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -324,6 +324,24 @@ impl Pipeline {
             .env("SKUFLOW_PG_URL", &self.db_url)
             .args(extra);
         self.spawn(cmd, "loader")
+    }
+
+    /// Starts `skuflow-notifier` with the routing file `routes` and `env` (the routes' secrets).
+    #[allow(dead_code)]
+    pub fn start_notifier(
+        &mut self,
+        routes: &Path,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> usize {
+        let mut cmd = Command::new(bin("skuflow-notifier"));
+        cmd.args(self.topic_args())
+            .arg(format!("--group=skuflow-notifier-{}", self.id))
+            .arg(format!("--routes={}", routes.display()))
+            .arg("--flush-interval-ms=300")
+            .envs(env.iter().copied())
+            .args(extra);
+        self.spawn(cmd, "notifier")
     }
 
     /// Starts `skuflow-search-indexer` against the Elasticsearch at `es_url`.

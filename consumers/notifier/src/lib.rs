@@ -1,0 +1,94 @@
+//! skuflow notifier: tells stores what became of their uploads. It reads the file lifecycle
+//! (`sku.files.v1`) as its own consumer group on the shared consume loop and sends every final
+//! event (`completed`, `failed`) as a signed webhook to the routes of the routing file that
+//! match the upload's country, store category, chain and store id.
+//!
+//! Delivery is at least once: offsets are stored after every delivery of a batch ended, and a
+//! redelivered event carries the same id (`Skuflow-Event-Id`, `Idempotency-Key`). An event a
+//! route could not be told about goes to the dead-letter topic with the reason.
+
+pub mod routes;
+pub mod sink;
+pub mod webhook;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use skuflow_platform::component::{Component, OffsetsHome, RowCount, SinkInfo};
+use skuflow_platform::shutdown::CancellationToken;
+
+pub use sink::NotifySink;
+
+/// Default consumer group.
+pub const GROUP: &str = "skuflow-notifier";
+
+/// Flags of `skuflow-notifier`.
+#[derive(Debug, Clone, Args)]
+pub struct NotifierArgs {
+    /// The routing file (TOML): which uploads go to which webhooks; read again when it changes.
+    /// See docs/notifications.md.
+    #[arg(long = "routes", env = "SKUFLOW_ROUTES")]
+    pub routes: PathBuf,
+    /// Seconds a webhook has to answer one delivery.
+    #[arg(
+        long = "webhook-timeout-secs",
+        env = "SKUFLOW_WEBHOOK_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub webhook_timeout_secs: u64,
+    /// Attempts at one delivery (5xx, 408, 429, timeouts) before it is dead-lettered.
+    #[arg(long = "webhook-attempts", env = "SKUFLOW_WEBHOOK_ATTEMPTS", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub webhook_attempts: u32,
+    /// Milliseconds before the first retry of a delivery; doubled per attempt (with jitter) up
+    /// to 60 s.
+    #[arg(
+        long = "webhook-retry-ms",
+        env = "SKUFLOW_WEBHOOK_RETRY_MS",
+        default_value_t = 1000
+    )]
+    pub webhook_retry_ms: u64,
+    #[command(flatten)]
+    pub consume: skuflow_platform::ConsumeArgs,
+}
+
+/// The notifier as a component of the consume loop.
+pub struct Notifier;
+
+#[async_trait::async_trait]
+impl Component for Notifier {
+    const INFO: SinkInfo = SinkInfo {
+        name: "notifier",
+        label: "notified",
+        group: GROUP,
+        offsets: OffsetsHome::Broker,
+        rows: RowCount::NotCounted,
+    };
+    const ABOUT: &'static str =
+        "Tells stores what became of their uploads: signed webhooks from sku.files.v1";
+    type Args = NotifierArgs;
+    type Sink = NotifySink;
+
+    fn consume_args(args: &NotifierArgs) -> &skuflow_platform::ConsumeArgs {
+        &args.consume
+    }
+
+    async fn build(
+        args: &NotifierArgs,
+        _group: &str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<NotifySink>> {
+        let policy = webhook::Policy {
+            timeout: Duration::from_secs(args.webhook_timeout_secs.max(1)),
+            attempts: args.webhook_attempts,
+            first_pause: Duration::from_millis(args.webhook_retry_ms.max(1)),
+            max_pause: Duration::from_secs(60),
+        };
+        Ok(Some(NotifySink::new(
+            &args.routes,
+            policy,
+            shutdown.clone(),
+        )?))
+    }
+}

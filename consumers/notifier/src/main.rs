@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    skuflow_platform::component::main::<skuflow_notifier::Notifier>()
+}
