@@ -17,6 +17,7 @@ SERVICES = [
     "skuflow-search-indexer",
     "skuflow-dataset-builder",
     "skuflow-finance-reporter",
+    "skuflow-notifier",
 ]
 FLAG = re.compile(r"^\s{2}(?:-(\w), )?\s*--([\w-]+)(?: <([^>]+)>)?\s*$")
 
