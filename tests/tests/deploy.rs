@@ -21,6 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use skuflow_e2e::es_double::EsDouble;
+use skuflow_e2e::webhook_receiver::WebhookReceiver;
 use skuflow_e2e::{render_csv, sample_rows, SampleRow};
 use skuflow_ingest::apikeys::{hash_token, new_token, KeyEntry};
 
@@ -580,6 +581,7 @@ async fn expect_every_sink(
 async fn helm_chart_as_rendered_runs_end_to_end() {
     let mut p = Pipeline::new().await;
     let es = EsDouble::start().await;
+    let hooks = WebhookReceiver::start("chart-hook-secret").await;
     let scratch = tempfile::tempdir().unwrap();
     let id = &p.id;
     let (de, fr) = (format!("d{id}-de"), format!("d{id}-fr"));
@@ -625,6 +627,17 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
                 "reportOut": format!("s3://{reports}/finance"),
                 "reportEverySecs": 5,
             },
+            "notifier": {
+                "enabled": true,
+                "routes": format!(
+                    "[[route]]\nname = \"stores\"\nwebhook = \"{}/ok\"\n\
+                     webhook_secret_env = \"STORES_HOOK_SECRET\"\n",
+                    hooks.url
+                ),
+                // The signing secret from the operator's Secret, as an environment variable.
+                "extraEnv": [{ "name": "STORES_HOOK_SECRET", "valueFrom": {
+                    "secretKeyRef": { "name": "notifier-secrets", "key": "stores" } } }],
+            },
         },
     });
     let docs = render_chart(&values, scratch.path());
@@ -640,6 +653,10 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
         (
             "store-api-keys".to_string(),
             BTreeMap::from([("api-keys.json".to_string(), keys.to_string())]),
+        ),
+        (
+            "notifier-secrets".to_string(),
+            BTreeMap::from([("stores".to_string(), "chart-hook-secret".to_string())]),
         ),
         (
             "ingest-s3".to_string(),
@@ -666,7 +683,7 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
 
     let deployments = chart_workloads(&docs, "Deployment", &existing, scratch.path());
     let names: Vec<&str> = deployments.iter().map(|w| w.name.as_str()).collect();
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 6, "{names:?}");
     let ingest = &deployments
         .iter()
         .find(|w| w.name.ends_with("-ingest-ingest"))
@@ -727,6 +744,13 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
     let report_dir = p.stack.s3_data.join(&reports).join("finance");
     let reported = wait_until(WAIT, || !files_under(&report_dir, ".html").is_empty());
     assert!(reported, "no scheduled finance report; logs:\n{}", p.logs());
+    // The notifier, its routes from the chart's ConfigMap and its secret from the operator's
+    // Secret, told the stores' endpoint about both uploads.
+    let notified = wait_until(WAIT, || {
+        let seen = hooks.seen();
+        seen.len() == 2 && seen.iter().all(|s| s.signature_valid && s.status == 200)
+    });
+    assert!(notified, "webhooks: {:#?}\nlogs:\n{}", hooks.seen(), p.logs());
     stop_all(&mut p, &deployments, &started);
 }
 
