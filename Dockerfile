@@ -5,7 +5,8 @@ COPY . .
 RUN cargo build --release --locked --bins \
  && mkdir /out \
  && cp target/release/skuflow target/release/skuflow-ingest target/release/skuflow-warehouse-loader \
-    target/release/skuflow-search-indexer target/release/skuflow-dataset-builder target/release/skuflow-finance-reporter /out/
+    target/release/skuflow-search-indexer target/release/skuflow-dataset-builder target/release/skuflow-finance-reporter \
+    target/release/skuflow-notifier /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -21,7 +21,7 @@ import sys
 
 import yaml
 
-BINARIES = {"ingest", "warehouse-loader", "search-indexer", "dataset-builder", "finance-reporter"}
+BINARIES = {"ingest", "warehouse-loader", "search-indexer", "dataset-builder", "finance-reporter", "notifier"}
 problems = []
 
 

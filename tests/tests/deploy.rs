@@ -421,8 +421,14 @@ fn compose_workloads(
             let m = m.as_str().unwrap();
             let (volume, at) = m.split_once(':').unwrap();
             let at = at.trim_end_matches(":ro");
-            let dir = scratch.join(format!("volume-{volume}"));
-            std::fs::create_dir_all(&dir).unwrap();
+            let dir = if volume.starts_with("./") {
+                // A bind mount of the project's own files.
+                repo().join(volume)
+            } else {
+                let dir = scratch.join(format!("volume-{volume}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                dir
+            };
             mounts.push((at.to_string(), dir));
         }
         out.push(Workload {
@@ -750,7 +756,12 @@ async fn helm_chart_as_rendered_runs_end_to_end() {
         let seen = hooks.seen();
         seen.len() == 2 && seen.iter().all(|s| s.signature_valid && s.status == 200)
     });
-    assert!(notified, "webhooks: {:#?}\nlogs:\n{}", hooks.seen(), p.logs());
+    assert!(
+        notified,
+        "webhooks: {:#?}\nlogs:\n{}",
+        hooks.seen(),
+        p.logs()
+    );
     stop_all(&mut p, &deployments, &started);
 }
 
@@ -796,6 +807,10 @@ async fn compose_file_as_written_runs_end_to_end() {
     let mut vars = env_file(&example);
     vars.insert("SKUFLOW_GRAFANA_PASSWORD".into(), "unused-here".into());
     vars.insert(
+        "SKUFLOW_WEBHOOK_SECRET".into(),
+        "compose-hook-secret".into(),
+    );
+    vars.insert(
         "SKUFLOW_ALERT_WEBHOOK_URL".into(),
         "http://127.0.0.1:9/alerts".into(),
     );
@@ -830,7 +845,7 @@ async fn compose_file_as_written_runs_end_to_end() {
     assert!(made.iter().all(|n| *n == 6), "topics: {made:?}");
     assert_eq!(partitions(&p.stack.brokers, &["sku.s3events.v1"]), [6]);
 
-    assert_eq!(services.len(), 5);
+    assert_eq!(services.len(), 6);
     let started = start_all(&mut p, &services, &mut ports);
     let (rows_de, valid_de) = upload(81, 90, "EUR");
     p.s3("skus-de")
