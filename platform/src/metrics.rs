@@ -1,7 +1,7 @@
 //! The one set of metric names every skuflow binary exports, defined here and nowhere else.
 //!
 //! Every series carries a `component` label (the binary: `ingest`, `warehouse-loader`,
-//! `search-indexer`, `dataset-builder`), set once by [`init`]. Other labels are bounded: topic
+//! `search-indexer`, `dataset-builder`, `finance-reporter`, `notifier`), set once by [`init`]. Other labels are bounded: topic
 //! names from configuration, sink names, partitions of a topic, fixed outcome/reason words.
 //! `deploy/grafana/skuflow.json` and `deploy/prometheus/alerts.yml` use these names; a test
 //! checks that they name only metrics defined here.
@@ -99,6 +99,7 @@ pub const NAMES: &[&str] = &[
     "skuflow_check_up",
     "skuflow_shutdowns_total",
     "skuflow_reports_total",
+    "skuflow_notifications_total",
     "skuflow_build_info",
 ];
 
@@ -291,6 +292,9 @@ mod tests {
             .set(1_764_000_000);
         m.shutdowns.inc();
         m.reports.with_label_values(&["written"]).inc();
+        m.notifications
+            .with_label_values(&["webhook", "delivered"])
+            .inc();
         let text = m.render();
         let mut exported: Vec<&str> = text
             .lines()
