@@ -1,7 +1,8 @@
 //! A webhook receiver that checks what a store's endpoint should check: the signature over the
 //! timestamp and the raw body (computed here from the documented recipe, not with the
 //! notifier's code), and the event id. `/flaky` answers 500 to the first delivery of each
-//! event and 200 after; `/refuse` always answers 400; anything else answers 200.
+//! event and 200 after; `/refuse` always answers 400; `/slow` answers 200 after 2 s (recorded
+//! only once answered); anything else answers 200.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ pub struct Seen {
 pub struct WebhookReceiver {
     pub url: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// The event id of every request that arrived, answered or not.
+    pub arrived: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -65,18 +68,30 @@ impl WebhookReceiver {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let failed_once: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
-        let (shared, secret) = (seen.clone(), secret.to_string());
+        let arrived: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (shared, secret, count) = (seen.clone(), secret.to_string(), arrived.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (shared, failed_once, secret) =
-                    (shared.clone(), failed_once.clone(), secret.clone());
+                let (shared, failed_once, secret, count) = (
+                    shared.clone(),
+                    failed_once.clone(),
+                    secret.clone(),
+                    count.clone(),
+                );
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (shared, failed_once, secret) =
                             (shared.clone(), failed_once.clone(), secret.clone());
+                        count.lock().unwrap().push(
+                            req.headers()
+                                .get("skuflow-event-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string(),
+                        );
                         async move {
                             let path = req.uri().path().to_string();
                             let header = |n: &str| {
@@ -92,6 +107,9 @@ impl WebhookReceiver {
                                 header("idempotency-key"),
                             );
                             let body = req.into_body().collect().await?.to_bytes();
+                            if path == "/slow" {
+                                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                            }
                             let status = match path.as_str() {
                                 "/refuse" => 400,
                                 "/flaky" => {
@@ -127,7 +145,12 @@ impl WebhookReceiver {
                 });
             }
         });
-        WebhookReceiver { url, seen, task }
+        WebhookReceiver {
+            url,
+            seen,
+            arrived,
+            task,
+        }
     }
 
     pub fn seen(&self) -> Vec<Seen> {

@@ -126,3 +126,92 @@ async fn final_uploads_are_signed_retried_once_delivered_and_refusals_dead_lette
     assert_eq!(letter["reasons"][0]["rule"], "webhook_undelivered");
     assert!(!p.logs().contains(SECRET), "the secret was logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notifier_killed_mid_batch_loses_no_event_and_repeats_the_same_ids() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let hooks = WebhookReceiver::start(SECRET).await;
+    let routes = root.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        format!(
+            "[[route]]\nname = \"all\"\nwebhook = \"{}/slow\"\nwebhook_secret_env = \"TEST_HOOK_SECRET\"\n",
+            hooks.url
+        ),
+    )
+    .unwrap();
+    // Forty final events on the lifecycle topic, as the ingest writes them.
+    let events: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            let mut ev = skuflow_schemas::FileEvent::new(
+                &format!("file-{i:02}"),
+                skuflow_schemas::FileStatus::Completed,
+                "skus-de",
+                &format!("incoming/individual/s{i}/2026-11-21/skus.csv"),
+            );
+            ev.store_id = Some(format!("s{i}"));
+            ev.rows_valid = Some(10);
+            (ev.file_id.clone(), serde_json::to_vec(&ev).unwrap())
+        })
+        .collect();
+    common::produce(&p.stack.brokers, &p.topics.files, &events).await;
+    let secret = [("TEST_HOOK_SECRET", SECRET)];
+    let first = p.start_notifier(&routes, &[], &secret);
+    // Killed while the batch's deliveries wait for their answers: nothing of it is stored.
+    let started = std::time::Instant::now();
+    while hooks.arrived.lock().unwrap().is_empty() && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.kill(first);
+    let before = hooks.seen().len();
+    p.start_notifier(&routes, &[], &secret);
+
+    let delivered = |seen: &[skuflow_e2e::webhook_receiver::Seen]| {
+        let mut ids: Vec<String> = seen
+            .iter()
+            .filter(|s| s.status == 200)
+            .map(|s| s.body["upload"]["file_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    let ok = common::wait_until(WAIT, || delivered(&hooks.seen()) == 40);
+    let seen = hooks.seen();
+    assert!(
+        ok,
+        "{} of 40 events delivered\n{}",
+        delivered(&seen),
+        p.logs()
+    );
+    assert!(
+        before < 40,
+        "the kill came after the whole batch ({before} answered)"
+    );
+    assert!(seen.iter().all(|s| s.signature_valid));
+    // A repeated delivery carries the same id as the first.
+    let mut by_file: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for s in &seen {
+        by_file
+            .entry(s.body["upload"]["file_id"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(s.event_id.clone());
+    }
+    assert!(by_file.values().all(|ids| ids.len() == 1), "{by_file:#?}");
+    // Every request, the ones cut off by the kill included, carried one of those ids.
+    let ids: std::collections::HashSet<&String> = by_file.values().flatten().collect();
+    let arrived = hooks.arrived.lock().unwrap().clone();
+    assert!(arrived.iter().all(|id| ids.contains(id)), "{arrived:?}");
+    assert!(
+        arrived.len() > 40,
+        "no delivery was repeated: {}",
+        arrived.len()
+    );
+    println!(
+        "{} requests for 40 events ({} answered before the kill)",
+        arrived.len(),
+        before
+    );
+}
