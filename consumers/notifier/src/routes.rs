@@ -62,7 +62,7 @@ pub struct Route {
     chain: Option<String>,
     store_id: Option<String>,
     outcomes: Vec<FileStatus>,
-    pub webhook: Option<Webhook>,
+    pub webhook: Webhook,
 }
 
 impl Route {
@@ -152,25 +152,19 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Route>> {
                 .collect::<anyhow::Result<_>>()
                 .with_context(at)?,
         };
-        let webhook = match &e.webhook {
-            None => None,
-            Some(url) => {
-                let parsed = reqwest::Url::parse(url)
-                    .map_err(|err| anyhow::anyhow!("webhook {url:?}: {err}"))
-                    .with_context(at)?;
-                if !matches!(parsed.scheme(), "https" | "http") {
-                    return Err(anyhow::anyhow!("webhook {url:?}: not an http(s) URL"))
-                        .with_context(at);
-                }
-                Some(Webhook {
-                    url: url.clone(),
-                    secret: secret(&e).with_context(at)?,
-                })
-            }
-        };
-        if webhook.is_none() {
+        let Some(url) = &e.webhook else {
             return Err(anyhow::anyhow!("the route has no webhook")).with_context(at);
+        };
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|err| anyhow::anyhow!("webhook {url:?}: {err}"))
+            .with_context(at)?;
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return Err(anyhow::anyhow!("webhook {url:?}: not an http(s) URL")).with_context(at);
         }
+        let webhook = Webhook {
+            url: url.clone(),
+            secret: secret(&e).with_context(at)?,
+        };
         routes.push(Route {
             name: e.name,
             country: e.country,

@@ -53,7 +53,7 @@ impl Sink for NotifySink {
         batch: &[Consumed<FileEvent>],
         _offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<Refusal>, SinkError> {
-        let routes = self.routes.current().to_vec();
+        let routes = self.routes.current();
         let mut jobs = Vec::new();
         for (index, c) in batch.iter().enumerate() {
             let ev = &c.value;
@@ -61,9 +61,7 @@ impl Sink for NotifySink {
                 continue;
             }
             for route in routes.iter().filter(|r| r.matches(ev)) {
-                let Some(hook) = &route.webhook else {
-                    continue;
-                };
+                let hook = &route.webhook;
                 let n = Notification::new(ev, &route.name);
                 let body = serde_json::to_vec(&n).map_err(|e| SinkError::Fatal(e.into()))?;
                 let (client, policy, shutdown) = (&self.client, &self.policy, &self.shutdown);

@@ -151,7 +151,7 @@ pub async fn deliver(
             Err(e) if e.is_timeout() => format!("no answer within {:?}", policy.timeout),
             // The URL is not in the reason: it may carry a token.
             Err(e) if e.is_connect() => "could not connect to the webhook".to_string(),
-            Err(e) => format!("the request failed: {}", without_url(e)),
+            Err(e) => format!("the request failed: {}", e.without_url()),
         };
         if attempt >= policy.attempts {
             return Delivery::Undelivered(format!("{why}, after {attempt} attempts"));
@@ -162,10 +162,6 @@ pub async fn deliver(
             return Delivery::Interrupted;
         }
     }
-}
-
-fn without_url(e: reqwest::Error) -> String {
-    e.without_url().to_string()
 }
 
 #[cfg(test)]
