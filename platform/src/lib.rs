@@ -3,6 +3,7 @@
 //! health endpoints and graceful shutdown.
 
 pub mod backoff;
+pub mod buckets;
 pub mod component;
 pub mod consume;
 pub mod health;

@@ -15,7 +15,7 @@ pub mod produce;
 pub mod reader;
 pub mod record;
 pub mod scan;
-pub mod store;
+pub use skuflow_platform::buckets as store;
 pub mod worker;
 
 use std::time::Duration;

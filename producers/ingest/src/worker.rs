@@ -13,10 +13,12 @@ use object_store::{
     Attribute, GetOptions, GetResult, GetResultPayload, ObjectStore, PutPayload, WriteMultipart,
 };
 use rdkafka::message::{Header, OwnedHeaders};
-use serde::{Deserialize, Serialize};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use skuflow_platform::{telemetry, TopicArgs};
+pub use skuflow_schemas::{
+    rejects_key, report_key, FileReport, ReportRow, REJECTS_ERRORS_COLUMN, REJECTS_LINE_COLUMN,
+};
 use skuflow_schemas::{
     headers, FileEvent, FileStatus, RejectReason, Trigger, UploadRequest, FILE_SCHEMA,
     RECORD_SCHEMA, REJECT_SCHEMA,
@@ -114,64 +116,6 @@ pub struct Ingestor {
 pub fn file_id(bucket: &str, key: &str, etag: &str) -> String {
     short_hash(&[bucket.as_bytes(), key.as_bytes(), etag.as_bytes()])
 }
-
-/// The machine-readable report written beside every final upload: `<key>.report.json` in
-/// `processed/`, `<key>.errors.json` in `errors/`. The one in `processed/` also tells a replay
-/// which version the object is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileReport {
-    pub file_id: String,
-    pub status: FileStatus,
-    pub bucket: String,
-    /// The key the object was uploaded under.
-    pub key: String,
-    pub etag: Option<String>,
-    pub last_modified: Option<DateTime<Utc>>,
-    pub reason: Option<String>,
-    pub rows_total: Option<u64>,
-    pub rows_valid: Option<u64>,
-    pub rows_rejected: Option<u64>,
-    #[serde(default)]
-    pub warnings: Vec<String>,
-    /// Rejected rows, in line order, at most `rejected_rows_cap` of them.
-    pub rejected_rows: Vec<ReportRow>,
-    pub rejected_rows_cap: usize,
-    pub rejected_rows_truncated: bool,
-    /// Set when the ingest gave up on this version after that many attempts: a later request
-    /// for the same version is skipped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gave_up_after_attempts: Option<u32>,
-}
-
-/// One rejected row in a report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReportRow {
-    pub line: u64,
-    /// The row as uploaded (empty for a row superseded by a later one: see its reason).
-    pub raw: String,
-    /// Set when the row was larger than the copy kept of it: `raw` is its beginning only.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub raw_truncated: bool,
-    pub reasons: Vec<RejectReason>,
-}
-
-/// The report key of an object moved to `moved_key`.
-pub fn report_key(moved_key: &str, status: FileStatus) -> String {
-    match status {
-        FileStatus::Failed => format!("{moved_key}.errors.json"),
-        _ => format!("{moved_key}.report.json"),
-    }
-}
-
-/// The key of the rejected rows' CSV beside an object moved to `moved_key`.
-pub fn rejects_key(moved_key: &str) -> String {
-    format!("{moved_key}.rejects.csv")
-}
-
-/// Extra columns of a rejects file: not in the contract, so ignored when the fixed file is
-/// uploaded again.
-pub const REJECTS_LINE_COLUMN: &str = "skuflow_line";
-pub const REJECTS_ERRORS_COLUMN: &str = "skuflow_errors";
 
 /// `<file>.rejects.csv`: the rejected rows of a report as they were uploaded, under the
 /// upload's header, with the line and the reasons in two extra columns. A store fixes the

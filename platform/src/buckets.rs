@@ -1,5 +1,6 @@
-//! Object storage: one bucket per country, on a local directory (the embedded default) or any
-//! S3 API (AWS S3, MinIO, s3s-fs). Both go through `object_store`, so the ingest code is the same.
+//! The stores' buckets: one per country, on a local directory (the embedded default) or any
+//! S3 API (AWS S3, MinIO, s3s-fs). Both go through `object_store`, so the code that reads them
+//! (the ingest, the notifier reading reports) is the same; the flags are the same everywhere.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use clap::{Args, ValueEnum};
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
 
-pub use skuflow_platform::secret::Secret;
+pub use crate::secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -134,7 +135,7 @@ impl Stores {
                 )
             }
             Backend::S3 => {
-                let mut b = skuflow_platform::store::s3_builder(
+                let mut b = crate::store::s3_builder(
                     bucket,
                     self.args.s3_endpoint.as_deref(),
                     "--s3-endpoint",
