@@ -123,7 +123,7 @@ async fn final_uploads_are_signed_retried_once_delivered_and_refusals_dead_lette
         reason.contains("s2-desk") && reason.contains("HTTP 400"),
         "{reason}"
     );
-    assert_eq!(letter["reasons"][0]["rule"], "webhook_undelivered");
+    assert_eq!(letter["reasons"][0]["rule"], "notification_undelivered");
     assert!(!p.logs().contains(SECRET), "the secret was logged");
 }
 

@@ -1,12 +1,15 @@
 //! skuflow notifier: tells stores what became of their uploads. It reads the file lifecycle
 //! (`sku.files.v1`) as its own consumer group on the shared consume loop and sends every final
-//! event (`completed`, `failed`) as a signed webhook to the routes of the routing file that
-//! match the upload's country, store category, chain and store id.
+//! event (`completed`, `failed`) as a signed webhook and as an e-mail to the routes of the
+//! routing file that match the upload's country, store category, chain and store id.
 //!
 //! Delivery is at least once: offsets are stored after every delivery of a batch ended, and a
-//! redelivered event carries the same id (`Skuflow-Event-Id`, `Idempotency-Key`). An event a
+//! redelivered event carries the same id (`Skuflow-Event-Id`, `Idempotency-Key`, the e-mail's
+//! `Message-ID`). An event a
 //! route could not be told about goes to the dead-letter topic with the reason.
 
+pub mod delivery;
+pub mod email;
 pub mod routes;
 pub mod sink;
 pub mod webhook;
@@ -30,14 +33,15 @@ pub struct NotifierArgs {
     /// See docs/notifications.md.
     #[arg(long = "routes", env = "SKUFLOW_ROUTES")]
     pub routes: PathBuf,
-    /// Seconds a webhook has to answer one delivery.
+    /// Seconds a webhook or the SMTP server has to answer one delivery.
     #[arg(
         long = "webhook-timeout-secs",
         env = "SKUFLOW_WEBHOOK_TIMEOUT_SECS",
         default_value_t = 10
     )]
     pub webhook_timeout_secs: u64,
-    /// Attempts at one delivery (5xx, 408, 429, timeouts) before it is dead-lettered.
+    /// Attempts at one delivery (webhook 5xx, 408, 429, SMTP 4xx, timeouts) before it is
+    /// dead-lettered.
     #[arg(long = "webhook-attempts", env = "SKUFLOW_WEBHOOK_ATTEMPTS", default_value_t = 6,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub webhook_attempts: u32,
@@ -49,6 +53,11 @@ pub struct NotifierArgs {
         default_value_t = 1000
     )]
     pub webhook_retry_ms: u64,
+    #[command(flatten)]
+    pub smtp: email::SmtpArgs,
+    /// The buckets, where the e-mails' rejected rows are read from the upload's report.
+    #[command(flatten)]
+    pub buckets: skuflow_platform::buckets::StoreArgs,
     #[command(flatten)]
     pub consume: skuflow_platform::ConsumeArgs,
 }
@@ -66,7 +75,7 @@ impl Component for Notifier {
         rows: RowCount::NotCounted,
     };
     const ABOUT: &'static str =
-        "Tells stores what became of their uploads: signed webhooks from sku.files.v1";
+        "Tells stores what became of their uploads: signed webhooks and e-mail from sku.files.v1";
     type Args = NotifierArgs;
     type Sink = NotifySink;
 
@@ -79,14 +88,17 @@ impl Component for Notifier {
         _group: &str,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<NotifySink>> {
-        let policy = webhook::Policy {
+        let policy = delivery::Policy {
             timeout: Duration::from_secs(args.webhook_timeout_secs.max(1)),
             attempts: args.webhook_attempts,
             first_pause: Duration::from_millis(args.webhook_retry_ms.max(1)),
             max_pause: Duration::from_secs(60),
         };
+        let mailer = email::Mailer::new(&args.smtp, policy.timeout)?;
         Ok(Some(NotifySink::new(
             &args.routes,
+            mailer,
+            skuflow_platform::buckets::Stores::new(args.buckets.clone()),
             policy,
             shutdown.clone(),
         )?))

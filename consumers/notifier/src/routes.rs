@@ -10,10 +10,12 @@
 //! outcomes = ["completed", "failed"]   # the default
 //! webhook = "https://hooks.example.com/skuflow"
 //! webhook_secret_env = "SKUFLOW_SECRET_IKEA"   # or webhook_secret_file = "/secrets/ikea"
+//! email = ["uploads@ikea-berlin.example"]      # needs --smtp-host
 //! ```
 //!
-//! Every route an upload matches is notified. Secrets are read when the file is loaded and
-//! never logged; a route without one is refused (a store must be able to check who signed).
+//! Every route an upload matches is notified, by webhook, e-mail or both (a route names at
+//! least one). Secrets are read when the file is loaded and never logged; a webhook without one
+//! is refused (a store must be able to check who signed).
 //! The file is read again when it changes; a file that no longer parses is reported and the
 //! routes loaded before stay in force.
 
@@ -21,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context};
+use lettre::message::Mailbox;
 use serde::Deserialize;
 use skuflow_platform::secret::Secret;
 use skuflow_schemas::{FileEvent, FileStatus, StoreCategory};
@@ -44,6 +47,7 @@ struct RouteEntry {
     webhook: Option<String>,
     webhook_secret_env: Option<String>,
     webhook_secret_file: Option<PathBuf>,
+    email: Option<Vec<String>>,
 }
 
 /// A webhook endpoint and the secret its deliveries are signed with.
@@ -62,7 +66,9 @@ pub struct Route {
     chain: Option<String>,
     store_id: Option<String>,
     outcomes: Vec<FileStatus>,
-    pub webhook: Webhook,
+    pub webhook: Option<Webhook>,
+    /// Addresses told by e-mail, in one message.
+    pub email: Vec<Mailbox>,
 }
 
 impl Route {
@@ -116,6 +122,18 @@ fn outcome(word: &str) -> anyhow::Result<FileStatus> {
     })
 }
 
+fn webhook(url: &str, e: &RouteEntry) -> anyhow::Result<Webhook> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|err| anyhow::anyhow!("webhook {url:?}: {err}"))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        bail!("webhook {url:?}: not an http(s) URL");
+    }
+    Ok(Webhook {
+        url: url.to_string(),
+        secret: secret(e)?,
+    })
+}
+
 fn secret(entry: &RouteEntry) -> anyhow::Result<Secret> {
     match (&entry.webhook_secret_env, &entry.webhook_secret_file) {
         (Some(var), None) => match std::env::var(var) {
@@ -138,8 +156,9 @@ fn secret(entry: &RouteEntry) -> anyhow::Result<Secret> {
     }
 }
 
-/// Parses a routing file's text; errors name the route.
-pub fn parse(text: &str) -> anyhow::Result<Vec<Route>> {
+/// Parses a routing file's text; errors name the route. `mail` says whether e-mail is on
+/// (`--smtp-host`): without it a route naming addresses is refused.
+pub fn parse(text: &str, mail: bool) -> anyhow::Result<Vec<Route>> {
     let file: RoutesFile = toml::from_str(text)?;
     let mut routes = Vec::with_capacity(file.route.len());
     for (i, e) in file.route.into_iter().enumerate() {
@@ -152,19 +171,35 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Route>> {
                 .collect::<anyhow::Result<_>>()
                 .with_context(at)?,
         };
-        let Some(url) = &e.webhook else {
-            return Err(anyhow::anyhow!("the route has no webhook")).with_context(at);
+        let webhook = match &e.webhook {
+            None if e.webhook_secret_env.is_some() || e.webhook_secret_file.is_some() => {
+                return Err(anyhow::anyhow!("a webhook secret without a webhook")).with_context(at)
+            }
+            None => None,
+            Some(url) => Some(webhook(url, &e).with_context(at)?),
         };
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|err| anyhow::anyhow!("webhook {url:?}: {err}"))
+        let email = e
+            .email
+            .iter()
+            .flatten()
+            .map(|a| {
+                a.parse::<Mailbox>()
+                    .map_err(|err| anyhow::anyhow!("email {a:?} is not an address: {err}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
             .with_context(at)?;
-        if !matches!(parsed.scheme(), "https" | "http") {
-            return Err(anyhow::anyhow!("webhook {url:?}: not an http(s) URL")).with_context(at);
+        if !email.is_empty() && !mail {
+            return Err(anyhow::anyhow!(
+                "the route names e-mail addresses but no SMTP server is set (--smtp-host)"
+            ))
+            .with_context(at);
         }
-        let webhook = Webhook {
-            url: url.clone(),
-            secret: secret(&e).with_context(at)?,
-        };
+        if webhook.is_none() && email.is_empty() {
+            return Err(anyhow::anyhow!(
+                "the route has neither a webhook nor an email"
+            ))
+            .with_context(at);
+        }
         routes.push(Route {
             name: e.name,
             country: e.country,
@@ -173,6 +208,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Route>> {
             store_id: e.store_id,
             outcomes,
             webhook,
+            email,
         });
     }
     Ok(routes)
@@ -182,15 +218,17 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Route>> {
 #[derive(Debug)]
 pub struct RoutesWatch {
     path: PathBuf,
+    mail: bool,
     loaded_at: Option<SystemTime>,
     routes: Vec<Route>,
 }
 
 impl RoutesWatch {
     /// Loads `path`; an error here stops the process (a wrong file at start is a wrong setting).
-    pub fn load(path: &Path) -> anyhow::Result<RoutesWatch> {
+    pub fn load(path: &Path, mail: bool) -> anyhow::Result<RoutesWatch> {
         let mut w = RoutesWatch {
             path: path.to_path_buf(),
+            mail,
             loaded_at: None,
             routes: Vec::new(),
         };
@@ -203,7 +241,7 @@ impl RoutesWatch {
     fn read(&mut self) -> anyhow::Result<()> {
         let modified = std::fs::metadata(&self.path)?.modified()?;
         let text = std::fs::read_to_string(&self.path)?;
-        self.routes = parse(&text)?;
+        self.routes = parse(&text, self.mail)?;
         self.loaded_at = Some(modified);
         Ok(())
     }
@@ -266,7 +304,13 @@ mod tests {
             outcomes = ["failed"]
             webhook = "http://127.0.0.1:9/b"
             webhook_secret_env = "SKUFLOW_TEST_ROUTE_SECRET"
+
+            [[route]]
+            name = "by-mail"
+            store_id = "munich-*"
+            email = ["Desk <desk@munich.example>", "ops@munich.example"]
             "#,
+            true,
         )
         .unwrap();
         let names = |ev: &FileEvent| -> Vec<&str> {
@@ -284,14 +328,19 @@ mod tests {
             names(&event(FileStatus::Failed, "berlin-001")),
             ["berlin", "failures"]
         );
-        assert!(names(&event(FileStatus::Completed, "munich-001")).is_empty());
+        assert_eq!(
+            names(&event(FileStatus::Completed, "munich-001")),
+            ["by-mail"]
+        );
+        assert_eq!(routes[2].email.len(), 2);
+        assert!(routes[2].webhook.is_none());
         assert!(names(&event(FileStatus::Accepted, "berlin-001")).is_empty());
         assert!(glob("a*b*c", "axxbyyc") && !glob("a*b*c", "axxc") && glob("*", ""));
     }
 
     #[test]
     fn bad_routes_say_which_and_why() {
-        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        let err = |text: &str| format!("{:#}", parse(text, false).unwrap_err());
         let e = err("[[route]]\nname = \"x\"\nwebhook = \"https://h/\"\n");
         assert!(e.contains("route 1 (\"x\")") && e.contains("sign"), "{e}");
         let e =
@@ -301,6 +350,22 @@ mod tests {
         assert!(e.contains("unknown outcome"), "{e}");
         let e = err("[[route]]\nname = \"w\"\nshop = \"1\"\n");
         assert!(e.contains("shop"), "{e}");
+        let e = err("[[route]]\nname = \"v\"\n");
+        assert!(e.contains("neither a webhook nor an email"), "{e}");
+        let e = err("[[route]]\nname = \"u\"\nemail = [\"a@b.example\"]\n");
+        assert!(e.contains("--smtp-host"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(
+                "[[route]]\nname = \"t\"\nemail = [\"not an address\"]\n",
+                true
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("route 1 (\"t\")") && e.contains("not an address"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -312,7 +377,7 @@ mod tests {
             format!("[[route]]\nname = \"{name}\"\nwebhook = \"https://h/\"\nwebhook_secret_env = \"SKUFLOW_TEST_ROUTE_SECRET2\"\n")
         };
         std::fs::write(&path, route("one")).unwrap();
-        let mut w = RoutesWatch::load(&path).unwrap();
+        let mut w = RoutesWatch::load(&path, false).unwrap();
         assert_eq!(w.current()[0].name, "one");
         let touch = |text: String, secs: u64| {
             std::fs::write(&path, text).unwrap();

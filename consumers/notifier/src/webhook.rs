@@ -12,15 +12,13 @@
 //! the attempt limit; any other status is not retried. What is not delivered becomes a dead
 //! letter on `sku.rejects.v1` with the reason.
 
-use std::time::Duration;
-
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
-use skuflow_platform::backoff::Backoff;
 use skuflow_platform::shutdown::CancellationToken;
-use skuflow_schemas::{FileEvent, FileStatus};
+use skuflow_schemas::{rejects_key, report_key, FileEvent, FileStatus};
 
+use crate::delivery::{with_retries, Delivery, Failure, Policy};
 use crate::routes::Webhook;
 
 pub const SIGNATURE_HEADER: &str = "Skuflow-Signature";
@@ -45,13 +43,18 @@ pub struct Notification<'a> {
 
 /// The id of an event: its file, outcome and time.
 pub fn event_id(ev: &FileEvent) -> String {
-    use sha2::Digest;
-    let mut h = Sha256::new();
-    for part in [
+    short_digest(&[
         ev.file_id.as_str(),
         &format!("{:?}", ev.status),
         &ev.at.to_rfc3339(),
-    ] {
+    ])
+}
+
+/// 32 hex digits of SHA-256 over `parts`, each ended by a zero byte.
+pub fn short_digest(parts: &[&str]) -> String {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    for part in parts {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
@@ -60,19 +63,19 @@ pub fn event_id(ev: &FileEvent) -> String {
 
 impl<'a> Notification<'a> {
     pub fn new(ev: &'a FileEvent, route: &'a str) -> Notification<'a> {
-        let (kind, report) = match ev.status {
-            FileStatus::Failed => ("upload.failed", "errors.json"),
-            _ => ("upload.completed", "report.json"),
+        let kind = match ev.status {
+            FileStatus::Failed => "upload.failed",
+            _ => "upload.completed",
         };
         let moved = ev.moved_to.as_deref();
         Notification {
             id: event_id(ev),
             kind,
             route,
-            report: moved.map(|m| format!("{}/{m}.{report}", ev.bucket)),
+            report: moved.map(|m| format!("{}/{}", ev.bucket, report_key(m, ev.status))),
             rejects: moved
                 .filter(|_| ev.rows_rejected.unwrap_or(0) > 0)
-                .map(|m| format!("{}/{m}.rejects.csv", ev.bucket)),
+                .map(|m| format!("{}/{}", ev.bucket, rejects_key(m))),
             upload: ev,
         }
     }
@@ -90,78 +93,52 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     )
 }
 
-/// How one delivery ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Delivery {
-    Delivered {
-        attempts: u32,
-    },
-    /// Not delivered, for this reason (a dead letter).
-    Undelivered(String),
-    /// Shutdown came first: the batch is redelivered.
-    Interrupted,
-}
-
-/// Delivery settings.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub timeout: Duration,
-    pub attempts: u32,
-    pub first_pause: Duration,
-    pub max_pause: Duration,
-}
-
 /// Posts `body` to `hook` until it is delivered, refused, or the attempts run out.
 pub async fn deliver(
     client: &reqwest::Client,
     hook: &Webhook,
     id: &str,
-    body: &[u8],
+    body: bytes::Bytes,
     policy: &Policy,
     shutdown: &CancellationToken,
 ) -> Delivery {
-    let retried = skuflow_platform::metrics::metrics()
-        .notifications
-        .with_label_values(&["webhook", "retried"]);
-    let mut backoff = Backoff::new(policy.first_pause, policy.max_pause);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
+    with_retries("webhook", id, policy, shutdown, || {
         let now = chrono::Utc::now().timestamp();
         let sent = client
             .post(&hook.url)
             .timeout(policy.timeout)
             .header("Content-Type", "application/json")
-            .header(SIGNATURE_HEADER, sign(hook.secret.expose(), now, body))
+            .header(SIGNATURE_HEADER, sign(hook.secret.expose(), now, &body))
             .header(EVENT_ID_HEADER, id)
             .header("Idempotency-Key", id)
-            .body(body.to_vec())
-            .send()
-            .await;
-        let why = match sent {
-            Ok(r) if r.status().is_success() => return Delivery::Delivered { attempts: attempt },
-            Ok(r) => {
-                let s = r.status();
-                let why = format!("HTTP {s} from the webhook");
-                if !(s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429) {
-                    return Delivery::Undelivered(format!("{why}: not retried"));
+            .body(body.clone())
+            .send();
+        async move {
+            match sent.await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => {
+                    let s = r.status();
+                    let why = format!("HTTP {s} from the webhook");
+                    if s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429 {
+                        Err(Failure::retry(why))
+                    } else {
+                        Err(Failure::refused(why))
+                    }
                 }
-                why
+                Err(e) if e.is_timeout() => Err(Failure::retry(format!(
+                    "no answer within {:?}",
+                    policy.timeout
+                ))),
+                // The URL is not in the reason: it may carry a token.
+                Err(e) if e.is_connect() => Err(Failure::retry("could not connect to the webhook")),
+                Err(e) => Err(Failure::retry(format!(
+                    "the request failed: {}",
+                    e.without_url()
+                ))),
             }
-            Err(e) if e.is_timeout() => format!("no answer within {:?}", policy.timeout),
-            // The URL is not in the reason: it may carry a token.
-            Err(e) if e.is_connect() => "could not connect to the webhook".to_string(),
-            Err(e) => format!("the request failed: {}", e.without_url()),
-        };
-        if attempt >= policy.attempts {
-            return Delivery::Undelivered(format!("{why}, after {attempt} attempts"));
         }
-        retried.inc();
-        tracing::warn!(event_id = id, attempt, reason = %why, "Webhook not delivered; retrying.");
-        if !Backoff::sleep(backoff.next_pause(), shutdown).await {
-            return Delivery::Interrupted;
-        }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -16,12 +16,12 @@ use rdkafka::message::{Header, OwnedHeaders};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use skuflow_platform::{telemetry, TopicArgs};
-pub use skuflow_schemas::{
-    rejects_key, report_key, FileReport, ReportRow, REJECTS_ERRORS_COLUMN, REJECTS_LINE_COLUMN,
-};
 use skuflow_schemas::{
     headers, FileEvent, FileStatus, RejectReason, Trigger, UploadRequest, FILE_SCHEMA,
     RECORD_SCHEMA, REJECT_SCHEMA,
+};
+pub use skuflow_schemas::{
+    rejects_key, report_key, FileReport, ReportRow, REJECTS_ERRORS_COLUMN, REJECTS_LINE_COLUMN,
 };
 
 use crate::csvstream::Limits;
