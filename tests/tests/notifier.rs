@@ -12,12 +12,10 @@ use skuflow_e2e::webhook_receiver::WebhookReceiver;
 const WAIT: Duration = Duration::from_secs(120);
 const SECRET: &str = "whsec-test-4f1c";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn final_uploads_are_signed_retried_once_delivered_and_refusals_dead_lettered() {
-    let mut p = Pipeline::new().await;
-    let root = tempfile::tempdir().unwrap();
-    let buckets = root.path().join("buckets");
-    // Store s1: a file with one rejected row. Store s2: a file rejected as a whole.
+/// Store s1: a file with one rejected row (line 3, unit_price `abc`). Store s2: a file rejected
+/// as a whole (no unit_price column). Returns the bucket root.
+fn two_uploads(root: &std::path::Path) -> std::path::PathBuf {
+    let buckets = root.join("buckets");
     let put = |key: &str, text: &str| {
         let f = buckets.join("skus-de").join(key);
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
@@ -32,6 +30,14 @@ async fn final_uploads_are_signed_retried_once_delivered_and_refusals_dead_lette
         "incoming/individual/s2/2026-11-21/skus.csv",
         "sku,product_name\nA,Milk\n",
     );
+    buckets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_uploads_are_signed_retried_once_delivered_and_refusals_dead_lettered() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let buckets = two_uploads(root.path());
     let hooks = WebhookReceiver::start(SECRET).await;
     let routes = root.path().join("routes.toml");
     std::fs::write(
@@ -213,5 +219,160 @@ async fn a_notifier_killed_mid_batch_loses_no_event_and_repeats_the_same_ids() {
         "{} requests for 40 events ({} answered before the kill)",
         arrived.len(),
         before
+    );
+}
+
+/// The test's SMTP server (tests/python/smtp_server.py): STARTTLS and AUTH required; "full@"
+/// is deferred once with a 452, "nobody@" refused with a 550.
+struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    out: std::path::PathBuf,
+}
+
+impl SmtpServer {
+    fn start(dir: &std::path::Path, user: &str, password: &str) -> SmtpServer {
+        use std::io::BufRead;
+        common::tls::make_ca(dir, "ca");
+        common::tls::make_cert(dir, "ca", "smtp", "serverAuth");
+        let port = common::free_port();
+        let out = dir.join("mail");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/smtp_server.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir.join("smtp.crt"))
+            .arg(dir.join("smtp.key"))
+            .args([user, password])
+            .arg(&out)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd (scripts/install-stack.sh python)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the SMTP server did not start");
+        SmtpServer { child, port, out }
+    }
+
+    /// The messages accepted so far.
+    fn mails(&self) -> Vec<serde_json::Value> {
+        let mut files: Vec<_> = std::fs::read_dir(&self.out)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|f| f.extension().is_some_and(|x| x == "json"));
+        files.sort();
+        files
+            .iter()
+            .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_are_mailed_over_starttls_with_auth_retried_on_4xx_and_dead_lettered_on_5xx() {
+    const PASSWORD: &str = "smtp-pw-91d2";
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let buckets = two_uploads(root.path());
+    let smtp = SmtpServer::start(root.path(), "notifier", PASSWORD);
+    std::fs::write(root.path().join("smtp-password"), format!("{PASSWORD}\n")).unwrap();
+    let routes = root.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        "[[route]]\nname = \"desk\"\ncountry = \"DE\"\n\
+         email = [\"Store desk <desk@s1.example>\", \"full@s1.example\"]\n\n\
+         [[route]]\nname = \"s2-owner\"\nstore_id = \"s2\"\nemail = [\"nobody@s2.example\"]\n",
+    )
+    .unwrap();
+
+    p.start_ingest(&[format!("--bucket-root={}", buckets.display())]);
+    p.start_notifier(
+        &routes,
+        &[
+            "--smtp-host=127.0.0.1".into(),
+            format!("--smtp-port={}", smtp.port),
+            format!("--smtp-ca-file={}", root.path().join("ca.pem").display()),
+            "--smtp-username=notifier".into(),
+            format!(
+                "--smtp-password-file={}",
+                root.path().join("smtp-password").display()
+            ),
+            "--mail-from=skuflow <uploads@skuflow.example>".into(),
+            format!("--bucket-root={}", buckets.display()),
+            "--webhook-retry-ms=200".into(),
+            "--webhook-attempts=4".into(),
+        ],
+        &[],
+    );
+
+    // Two mails to the desk (s1 completed, s2 failed), the first after a 452; s2's owner: a 550.
+    let dead_letter = || {
+        p.read_topic(&p.topics.rejects)
+            .into_iter()
+            .find(|l| l["stage"] == "notifier")
+    };
+    let ok = common::wait_until(WAIT, || smtp.mails().len() >= 2 && dead_letter().is_some());
+    assert!(ok, "mails: {:#?}\n{}", smtp.mails(), p.logs());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 2, "one mail per event and route: {mails:#?}");
+    for m in &mails {
+        assert_eq!(m["tls"], true, "STARTTLS: {m:#}");
+        assert_eq!(m["authenticated"], true);
+        assert_eq!(m["mail_from"], "uploads@skuflow.example");
+        assert_eq!(
+            m["rcpt_tos"],
+            serde_json::json!(["desk@s1.example", "full@s1.example"])
+        );
+        let id = m["headers"]["skuflow-event-id"].as_str().unwrap();
+        assert!(m["headers"]["message-id"].as_str().unwrap().contains(id));
+    }
+    let by_subject = |s: &str| {
+        mails
+            .iter()
+            .find(|m| m["headers"]["subject"] == s)
+            .unwrap_or_else(|| panic!("no mail {s:?}: {mails:#?}"))
+    };
+    let done =
+        by_subject("skuflow: incoming/individual/s1/2026-11-21/skus.csv accepted, 1 row rejected");
+    let plain = done["plain"].as_str().unwrap();
+    for part in [
+        "Rows: 2 in the file, 1 accepted, 1 rejected",
+        "line 3, column 4, unit_price = \"abc\"",
+        "skus-de/processed/individual/s1/2026-11-21/skus.csv.report.json",
+        "skus-de/processed/individual/s1/2026-11-21/skus.csv.rejects.csv",
+    ] {
+        assert!(plain.contains(part), "{part:?} not in\n{plain}");
+    }
+    let html = done["html"].as_str().unwrap();
+    assert!(
+        html.contains("<td>unit_price</td>") && html.contains("<td>abc</td>"),
+        "{html}"
+    );
+    let failed = by_subject("skuflow: incoming/individual/s2/2026-11-21/skus.csv failed");
+    assert!(failed["plain"].as_str().unwrap().contains("unit_price"));
+
+    let letter = dead_letter().unwrap();
+    let reason = letter["reasons"][0]["message"].as_str().unwrap();
+    assert!(
+        reason.contains("s2-owner") && reason.contains("550") && reason.contains("not retried"),
+        "{reason}"
+    );
+    let logs = p.logs();
+    assert!(!logs.contains(PASSWORD), "the SMTP password was logged");
+    assert_eq!(
+        logs.matches("Not delivered; retrying.").count(),
+        1,
+        "one retry, of the first mail to full@ after its 452:\n{logs}"
     );
 }

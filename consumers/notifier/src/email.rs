@@ -41,43 +41,43 @@ pub enum SmtpTls {
 pub struct SmtpArgs {
     /// SMTP server that sends the notification e-mails; unset: e-mail is off.
     #[arg(long = "smtp-host", env = "SKUFLOW_SMTP_HOST")]
-    pub host: Option<String>,
+    pub smtp_host: Option<String>,
     /// SMTP port (default: 587 with STARTTLS, 465 with TLS, 25 without).
     #[arg(long = "smtp-port", env = "SKUFLOW_SMTP_PORT")]
-    pub port: Option<u16>,
+    pub smtp_port: Option<u16>,
     /// How the SMTP connection is secured.
     #[arg(long = "smtp-tls", env = "SKUFLOW_SMTP_TLS", value_enum, default_value_t = SmtpTls::Starttls)]
-    pub tls: SmtpTls,
+    pub smtp_tls: SmtpTls,
     /// A PEM file of CA certificates the SMTP server's certificate may chain to, besides the
     /// Mozilla roots (a private CA).
     #[arg(long = "smtp-ca-file", env = "SKUFLOW_SMTP_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
+    pub smtp_ca_file: Option<PathBuf>,
     /// SMTP AUTH user name.
     #[arg(
         long = "smtp-username",
         env = "SKUFLOW_SMTP_USERNAME",
-        requires = "host"
+        requires = "smtp_host"
     )]
-    pub username: Option<String>,
+    pub smtp_username: Option<String>,
     /// SMTP AUTH password (never logged); prefer --smtp-password-file.
     #[arg(
         long = "smtp-password",
         env = "SKUFLOW_SMTP_PASSWORD",
         hide_env_values = true,
-        requires = "username",
-        conflicts_with = "password_file"
+        requires = "smtp_username",
+        conflicts_with = "smtp_password_file"
     )]
-    pub password: Option<Secret>,
+    pub smtp_password: Option<Secret>,
     /// A file holding the SMTP AUTH password (e.g. a mounted Kubernetes Secret).
     #[arg(long = "smtp-password-file", env = "SKUFLOW_SMTP_PASSWORD_FILE",
-          value_parser = skuflow_platform::secret::from_file, requires = "username")]
-    pub password_file: Option<Secret>,
+          value_parser = skuflow_platform::secret::from_file, requires = "smtp_username")]
+    pub smtp_password_file: Option<Secret>,
     /// The sender of the e-mails, e.g. `skuflow <uploads@example.com>`.
-    #[arg(long = "mail-from", env = "SKUFLOW_MAIL_FROM", requires = "host")]
-    pub from: Option<String>,
+    #[arg(long = "mail-from", env = "SKUFLOW_MAIL_FROM", requires = "smtp_host")]
+    pub mail_from: Option<String>,
     /// Rejected rows listed in an e-mail; the rest are in the report and the rejects file.
     #[arg(long = "mail-rows", env = "SKUFLOW_MAIL_ROWS", default_value_t = 10)]
-    pub rows: usize,
+    pub mail_rows: usize,
 }
 
 /// The e-mail channel.
@@ -90,10 +90,10 @@ pub struct Mailer {
 impl Mailer {
     /// The mailer of `args`; `None` when no SMTP server is configured.
     pub fn new(args: &SmtpArgs, timeout: std::time::Duration) -> anyhow::Result<Option<Mailer>> {
-        let Some(host) = &args.host else {
+        let Some(host) = &args.smtp_host else {
             return Ok(None);
         };
-        let Some(from) = &args.from else {
+        let Some(from) = &args.mail_from else {
             bail!("--smtp-host needs --mail-from (the sender of the e-mails)");
         };
         let from: Mailbox = from
@@ -101,7 +101,7 @@ impl Mailer {
             .with_context(|| format!("--mail-from {from:?} is not an address"))?;
         let tls = || -> anyhow::Result<TlsParameters> {
             let mut b = TlsParameters::builder(host.clone());
-            if let Some(path) = &args.ca_file {
+            if let Some(path) = &args.smtp_ca_file {
                 let pem = std::fs::read(path)
                     .with_context(|| format!("--smtp-ca-file {}", path.display()))?;
                 let cert = Certificate::from_pem(&pem)
@@ -110,7 +110,7 @@ impl Mailer {
             }
             Ok(b.build_rustls()?)
         };
-        let (tls, port) = match args.tls {
+        let (tls, port) = match args.smtp_tls {
             SmtpTls::Starttls => (Tls::Required(tls()?), 587),
             SmtpTls::Tls => (Tls::Wrapper(tls()?), 465),
             SmtpTls::None => {
@@ -122,11 +122,15 @@ impl Mailer {
             }
         };
         let mut t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(args.port.unwrap_or(port))
+            .port(args.smtp_port.unwrap_or(port))
             .tls(tls)
             .timeout(Some(timeout));
-        if let Some(user) = &args.username {
-            let Some(password) = args.password.as_ref().or(args.password_file.as_ref()) else {
+        if let Some(user) = &args.smtp_username {
+            let Some(password) = args
+                .smtp_password
+                .as_ref()
+                .or(args.smtp_password_file.as_ref())
+            else {
                 bail!("--smtp-username needs --smtp-password-file or SKUFLOW_SMTP_PASSWORD");
             };
             t = t.credentials(Credentials::new(
@@ -137,7 +141,7 @@ impl Mailer {
         Ok(Some(Mailer {
             transport: t.build(),
             from,
-            rows: args.rows,
+            rows: args.mail_rows,
         }))
     }
 

@@ -104,3 +104,12 @@ impl Component for Notifier {
         )?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_flags_are_one_consistent_command() {
+        use clap::Args as _;
+        super::NotifierArgs::augment_args(clap::Command::new("skuflow-notifier")).debug_assert();
+    }
+}
