@@ -36,6 +36,9 @@ refuse --set components.datasetBuilder.replicas=2
 refuse --set components.datasetBuilder.keda.enabled=true
 refuse --set elasticsearch.url=https://user:pw@es.example:9200
 refuse --set ops.port=0
+refuse -f "$chart/ci/full-values.yaml" --set components.notifier.smtp.from=
+refuse -f "$chart/ci/full-values.yaml" --set components.notifier.smtp.passwordFile=
+refuse -f "$chart/ci/full-values.yaml" --set components.notifier.smtp.tls=ssl
 
 log "Kubernetes schemas (strict)"
 for v in 1.29.0 1.37.0; do

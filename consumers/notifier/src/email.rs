@@ -90,10 +90,12 @@ pub struct Mailer {
 impl Mailer {
     /// The mailer of `args`; `None` when no SMTP server is configured.
     pub fn new(args: &SmtpArgs, timeout: std::time::Duration) -> anyhow::Result<Option<Mailer>> {
-        let Some(host) = &args.smtp_host else {
+        // An empty value is an unset one (compose passes `${SKUFLOW_SMTP_HOST:-}` through).
+        let set = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        let Some(host) = set(&args.smtp_host) else {
             return Ok(None);
         };
-        let Some(from) = &args.mail_from else {
+        let Some(from) = set(&args.mail_from) else {
             bail!("--smtp-host needs --mail-from (the sender of the e-mails)");
         };
         let from: Mailbox = from
@@ -115,28 +117,26 @@ impl Mailer {
             SmtpTls::Tls => (Tls::Wrapper(tls()?), 465),
             SmtpTls::None => {
                 tracing::warn!(
-                    host,
+                    host = host.as_str(),
                     "--smtp-tls=none: e-mails and the SMTP password cross the network unencrypted."
                 );
                 (Tls::None, 25)
             }
         };
-        let mut t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        let mut t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
             .port(args.smtp_port.unwrap_or(port))
             .tls(tls)
             .timeout(Some(timeout));
-        if let Some(user) = &args.smtp_username {
+        if let Some(user) = set(&args.smtp_username) {
             let Some(password) = args
                 .smtp_password
                 .as_ref()
                 .or(args.smtp_password_file.as_ref())
+                .filter(|p| !p.expose().is_empty())
             else {
                 bail!("--smtp-username needs --smtp-password-file or SKUFLOW_SMTP_PASSWORD");
             };
-            t = t.credentials(Credentials::new(
-                user.clone(),
-                password.expose().to_string(),
-            ));
+            t = t.credentials(Credentials::new(user, password.expose().to_string()));
         }
         Ok(Some(Mailer {
             transport: t.build(),
