@@ -270,7 +270,7 @@ fn follow(files: &BaseConsumer, since: DateTime<Utc>, latest: &mut HashMap<Strin
         let Some(ev) = m
             .payload()
             .and_then(|p| serde_json::from_slice::<FileEvent>(p).ok())
-            .filter(|ev| ev.at >= since)
+            .filter(|ev| ev.at >= since && ev.status != FileStatus::Late)
         else {
             continue;
         };

@@ -129,6 +129,7 @@ pub(crate) fn read_files(
         if let Some(ev) = m
             .payload()
             .and_then(|b| serde_json::from_slice::<FileEvent>(b).ok())
+            .filter(|ev| ev.status != FileStatus::Late)
         {
             latest.insert(ev.file_id.clone(), ev);
         }
@@ -242,7 +243,8 @@ pub(crate) fn judge(
     let young = (now - ev.at).to_std().unwrap_or_default() < grace;
     let mut superseded = 0;
     let status = match ev.status {
-        FileStatus::Accepted => "in_flight",
+        // Late notices are skipped when the topic is read.
+        FileStatus::Accepted | FileStatus::Late => "in_flight",
         FileStatus::Failed => {
             for (s, n) in &sinks {
                 if *n > 0 {

@@ -81,6 +81,18 @@ pub trait Component {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<Self::Sink>>;
 
+    /// Work the component does besides its sink, spawned before the sink is built and ended by
+    /// `shutdown` (the notifier's watch on late uploads). An error here stops the process.
+    fn spawn_tasks(
+        args: &Self::Args,
+        kafka: &KafkaArgs,
+        topics: &TopicArgs,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let _ = (args, kafka, topics, shutdown);
+        Ok(())
+    }
+
     /// The flags `skuflow demo` runs the component with, everything it writes under `place`;
     /// `None` when it needs a service the demo does not start.
     fn demo_args(place: &DemoPlace) -> Option<Self::Args> {
@@ -154,6 +166,7 @@ pub async fn run<C: Component>(
 ) -> anyhow::Result<RunStats> {
     let consume = C::consume_args(args);
     let group = consume.group.as_deref().unwrap_or(C::INFO.group);
+    C::spawn_tasks(args, kafka, topics, &shutdown)?;
     let Some(sink) = C::build(args, group, &shutdown).await? else {
         return Ok(RunStats::default());
     };

@@ -311,6 +311,26 @@ impl KafkaArgs {
     }
 }
 
+/// The headers of a message about one file: its schema and file id, and the trace context of
+/// the work that produced it when traces are exported.
+pub fn message_headers(
+    schema: &str,
+    file_id: &str,
+    trace: &[(String, String)],
+) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::Header;
+    let h = rdkafka::message::OwnedHeaders::new_with_capacity(2 + trace.len())
+        .insert(Header {
+            key: skuflow_schemas::headers::SCHEMA,
+            value: Some(schema),
+        })
+        .insert(Header {
+            key: skuflow_schemas::headers::FILE_ID,
+            value: Some(file_id),
+        });
+    crate::telemetry::with_trace_headers(h, trace)
+}
+
 /// A consumer context that exports each assigned partition's lag from librdkafka's statistics
 /// (`skuflow_consumer_lag`) and, when given a flag, raises it on every rebalance.
 pub struct ObservedContext {

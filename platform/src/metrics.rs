@@ -69,6 +69,11 @@ pub struct Metrics {
     /// `skuflow_notifications_total{channel,outcome}`: notifications of upload outcomes by
     /// channel (`webhook`) and outcome (`delivered`, `retried`, `dead_lettered`).
     pub notifications: IntCounterVec,
+    /// `skuflow_store_upload_late{country,store_id}`: 1 while a store that uploads daily is past
+    /// its usual upload time and the grace (the notifier's late-upload watch), else 0.
+    pub store_upload_late: IntGaugeVec,
+    /// `skuflow_late_uploads_total`: late-upload notices put on the file lifecycle topic.
+    pub late_uploads: IntCounter,
 }
 
 /// The process-wide metrics.
@@ -100,6 +105,8 @@ pub const NAMES: &[&str] = &[
     "skuflow_shutdowns_total",
     "skuflow_reports_total",
     "skuflow_notifications_total",
+    "skuflow_store_upload_late",
+    "skuflow_late_uploads_total",
     "skuflow_build_info",
 ];
 
@@ -236,6 +243,23 @@ impl Metrics {
                 "Notifications of upload outcomes, by channel and outcome (delivered, retried, dead_lettered).",
                 &["channel", "outcome"],
             )?,
+            store_upload_late: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "store_upload_late",
+                        "1 while a daily uploading store is past its usual upload time and the grace.",
+                    ),
+                    &["country", "store_id"],
+                )?,
+            )?,
+            late_uploads: reg(
+                &registry,
+                IntCounter::new(
+                    "late_uploads_total",
+                    "Late-upload notices put on the file lifecycle topic.",
+                )?,
+            )?,
             registry,
         };
         let info = IntGaugeVec::new(
@@ -295,6 +319,8 @@ mod tests {
         m.notifications
             .with_label_values(&["webhook", "delivered"])
             .inc();
+        m.store_upload_late.with_label_values(&["DE", "s1"]).set(1);
+        m.late_uploads.inc();
         let text = m.render();
         let mut exported: Vec<&str> = text
             .lines()

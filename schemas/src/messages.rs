@@ -186,6 +186,11 @@ pub enum FileStatus {
     Accepted,
     Completed,
     Failed,
+    /// Not an upload: a store that uploads daily has not uploaded by its usual time and the
+    /// grace after it (the notifier's late-upload watch). `file_id` names the store and the day
+    /// (`late-…`), `key` the store's last upload, `last_modified` when that was, `reason` when
+    /// the next one was expected. Readers of uploads skip these.
+    Late,
 }
 
 /// `sku-file/v1`: a file lifecycle event.

@@ -376,3 +376,129 @@ async fn stores_are_mailed_over_starttls_with_auth_retried_on_4xx_and_dead_lette
         "one retry, of the first mail to full@ after its 452:\n{logs}"
     );
 }
+
+/// The completed-upload events of a store that uploaded at `times`.
+fn history(store: &str, times: &[chrono::DateTime<chrono::Utc>]) -> Vec<(String, Vec<u8>)> {
+    use skuflow_schemas::{FileEvent, FileStatus};
+    times
+        .iter()
+        .map(|t| {
+            let day = t.date_naive();
+            let id = format!("{store}-{}", t.timestamp());
+            let key = format!("incoming/individual/{store}/{day}/skus.csv");
+            let mut ev = FileEvent::new(&id, FileStatus::Completed, "skus-de", &key);
+            ev.country = Some("DE".into());
+            ev.store_id = Some(store.into());
+            ev.business_date = Some(day);
+            ev.last_modified = Some(*t);
+            ev.rows_total = Some(10);
+            ev.rows_valid = Some(10);
+            ev.rows_rejected = Some(0);
+            ev.at = *t + chrono::Duration::seconds(5);
+            (id, serde_json::to_vec(&ev).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_skipped_its_daily_upload_is_reported_late_once_and_one_that_uploaded_is_not()
+{
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let hooks = WebhookReceiver::start(SECRET).await;
+    let routes = root.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        format!(
+            "[[route]]\nname = \"late-desk\"\ncountry = \"DE\"\noutcomes = [\"late\"]\n\
+             webhook = \"{}/late\"\nwebhook_secret_env = \"TEST_HOOK_SECRET\"\n",
+            hooks.url
+        ),
+    )
+    .unwrap();
+    // Six days of uploads, each about three hours before this time of day: both stores upload
+    // daily and their next upload was due three hours ago. bremen-2 uploaded ten minutes ago.
+    let now = chrono::Utc::now();
+    let days: Vec<_> = (1..=6)
+        .map(|d| now - chrono::Duration::days(d) - chrono::Duration::hours(3))
+        .collect();
+    let mut events = history("hamburg-1", &days);
+    let mut bremen = days.clone();
+    bremen.push(now - chrono::Duration::minutes(10));
+    events.extend(history("bremen-2", &bremen));
+    common::produce(&p.stack.brokers, &p.topics.files, &events).await;
+
+    let args = [
+        "--late-grace-minutes=60".to_string(),
+        "--late-check-secs=1".into(),
+    ];
+    let first = p.start_notifier(&routes, &args, &[("TEST_HOOK_SECRET", SECRET)]);
+    let late_deliveries = |hooks: &WebhookReceiver| -> Vec<serde_json::Value> {
+        hooks
+            .seen()
+            .into_iter()
+            .filter(|s| s.path == "/late")
+            .map(|s| s.body)
+            .collect()
+    };
+    let ok = common::wait_until(WAIT, || !late_deliveries(&hooks).is_empty());
+    assert!(ok, "no late notice: {:#?}\n{}", hooks.seen(), p.logs());
+    // Several more looks: no second notice, none for the store that uploaded.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seen = late_deliveries(&hooks);
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    let notice = &seen[0];
+    assert_eq!(notice["type"], "upload.late");
+    assert_eq!(notice["upload"]["status"], "late");
+    assert_eq!(notice["upload"]["store_id"], "hamburg-1");
+    let reason = notice["upload"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("uploads daily") && reason.contains("60 minutes of grace"),
+        "{reason}"
+    );
+    let lates = |p: &Pipeline| -> Vec<serde_json::Value> {
+        p.read_topic(&p.topics.files)
+            .into_iter()
+            .filter(|e| e["status"] == "late")
+            .collect()
+    };
+    let on_topic = lates(&p);
+    assert_eq!(on_topic.len(), 1, "{on_topic:#?}");
+    assert_eq!(on_topic[0]["file_id"], notice["upload"]["file_id"]);
+
+    let (_, metrics) = p.ops_get(first, "/metrics");
+    let late = |store| {
+        common::metric(
+            &metrics,
+            "skuflow_store_upload_late",
+            &[("store_id", store)],
+        )
+    };
+    assert_eq!(late("hamburg-1"), Some(1.0), "{metrics}");
+    assert_eq!(late("bremen-2"), Some(0.0), "{metrics}");
+    assert_eq!(
+        common::metric(&metrics, "skuflow_late_uploads_total", &[]),
+        Some(1.0)
+    );
+
+    // Killed and started again, the watch reads its own notice back and sends no second one.
+    p.kill(first);
+    let second = p.start_notifier(&routes, &args, &[("TEST_HOOK_SECRET", SECRET)]);
+    let watched = common::wait_until(WAIT, || {
+        let (_, m) = p.ops_get(second, "/metrics");
+        common::metric(
+            &m,
+            "skuflow_store_upload_late",
+            &[("store_id", "hamburg-1")],
+        ) == Some(1.0)
+    });
+    assert!(watched, "{}", p.logs());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, metrics) = p.ops_get(second, "/metrics");
+    assert_eq!(
+        common::metric(&metrics, "skuflow_late_uploads_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(lates(&p).len(), 1);
+    assert_eq!(late_deliveries(&hooks).len(), 1, "{:#?}", hooks.seen());
+}

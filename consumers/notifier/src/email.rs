@@ -235,12 +235,24 @@ pub fn compose(n: &Notification<'_>, report: &Result<FileReport, String>, rows: 
     let rejected = ev.rows_rejected.unwrap_or(0);
     let outcome = match (ev.status, rejected) {
         (FileStatus::Failed, _) => "failed".to_string(),
+        (FileStatus::Late, _) => "late: no upload by the usual time".to_string(),
         (_, 0) => "accepted".to_string(),
         (_, 1) => "accepted, 1 row rejected".to_string(),
         (_, r) => format!("accepted, {r} rows rejected"),
     };
-    let subject = format!("skuflow: {} {outcome}", ev.key);
-    let mut facts: Vec<(&str, String)> = vec![("File", file.clone()), ("Outcome", outcome)];
+    let subject = match (ev.status, &ev.store_id) {
+        (FileStatus::Late, Some(store)) => match ev.last_modified {
+            Some(last) => format!(
+                "skuflow: no upload from {store} since {}",
+                last.format("%Y-%m-%d %H:%M UTC")
+            ),
+            None => format!("skuflow: no upload from {store}"),
+        },
+        _ => format!("skuflow: {} {outcome}", ev.key),
+    };
+    let late = ev.status == FileStatus::Late;
+    let file_label = if late { "Last upload" } else { "File" };
+    let mut facts: Vec<(&str, String)> = vec![(file_label, file.clone()), ("Outcome", outcome)];
     if let Some(store) = &ev.store_id {
         facts.push(("Store", store.clone()));
     }
@@ -265,7 +277,9 @@ pub fn compose(n: &Notification<'_>, report: &Result<FileReport, String>, rows: 
     if let Some(r) = &n.rejects {
         facts.push(("Rows to fix and upload again", r.clone()));
     }
-    facts.push(("File id", ev.file_id.clone()));
+    if !late {
+        facts.push(("File id", ev.file_id.clone()));
+    }
     facts.push(("Event id", n.id.clone()));
 
     // The first rejected rows, one line per reason.

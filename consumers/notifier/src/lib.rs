@@ -10,6 +10,7 @@
 
 pub mod delivery;
 pub mod email;
+pub mod late;
 pub mod routes;
 pub mod sink;
 pub mod webhook;
@@ -55,6 +56,8 @@ pub struct NotifierArgs {
     pub webhook_retry_ms: u64,
     #[command(flatten)]
     pub smtp: email::SmtpArgs,
+    #[command(flatten)]
+    pub late: late::LateArgs,
     /// The buckets, where the e-mails' rejected rows are read from the upload's report.
     #[command(flatten)]
     pub buckets: skuflow_platform::buckets::StoreArgs,
@@ -81,6 +84,36 @@ impl Component for Notifier {
 
     fn consume_args(args: &NotifierArgs) -> &skuflow_platform::ConsumeArgs {
         &args.consume
+    }
+
+    /// The late-upload watch, beside the sink that tells the routes about its events.
+    fn spawn_tasks(
+        args: &NotifierArgs,
+        kafka: &skuflow_platform::KafkaArgs,
+        topics: &skuflow_platform::TopicArgs,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        if args.late.no_late_watch {
+            return Ok(());
+        }
+        let (late, kafka, topic) = (args.late.clone(), kafka.clone(), topics.files.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // Started again, from the topic's beginning, after a failure (a broker away at start).
+            while let Err(e) =
+                late::watch(late.clone(), kafka.clone(), topic.clone(), shutdown.clone()).await
+            {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "The late-upload watch failed; starting it again in 30 s."
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+            }
+        });
+        Ok(())
     }
 
     async fn build(

@@ -7,7 +7,7 @@
 //! store_category = "retail_chain"  # characters, the comparison ignores case
 //! chain = "ikea"
 //! store_id = "berlin-*"
-//! outcomes = ["completed", "failed"]   # the default
+//! outcomes = ["completed", "failed", "late"]   # the default
 //! webhook = "https://hooks.example.com/skuflow"
 //! webhook_secret_env = "SKUFLOW_SECRET_IKEA"   # or webhook_secret_file = "/secrets/ikea"
 //! email = ["uploads@ikea-berlin.example"]      # needs --smtp-host
@@ -118,7 +118,8 @@ fn outcome(word: &str) -> anyhow::Result<FileStatus> {
     Ok(match word {
         "completed" => FileStatus::Completed,
         "failed" => FileStatus::Failed,
-        other => bail!("unknown outcome {other:?} (completed, failed)"),
+        "late" => FileStatus::Late,
+        other => bail!("unknown outcome {other:?} (completed, failed, late)"),
     })
 }
 
@@ -164,7 +165,7 @@ pub fn parse(text: &str, mail: bool) -> anyhow::Result<Vec<Route>> {
     for (i, e) in file.route.into_iter().enumerate() {
         let at = || format!("route {} ({:?})", i + 1, e.name);
         let outcomes = match &e.outcomes {
-            None => vec![FileStatus::Completed, FileStatus::Failed],
+            None => vec![FileStatus::Completed, FileStatus::Failed, FileStatus::Late],
             Some(words) => words
                 .iter()
                 .map(|w| outcome(w))
@@ -346,7 +347,7 @@ mod tests {
         let e =
             err("[[route]]\nname = \"y\"\nwebhook = \"ftp://h/\"\nwebhook_secret_env = \"PATH\"\n");
         assert!(e.contains("not an http(s) URL"), "{e}");
-        let e = err("[[route]]\nname = \"z\"\noutcomes = [\"late\"]\nwebhook = \"https://h/\"\nwebhook_secret_env = \"PATH\"\n");
+        let e = err("[[route]]\nname = \"z\"\noutcomes = [\"accepted\"]\nwebhook = \"https://h/\"\nwebhook_secret_env = \"PATH\"\n");
         assert!(e.contains("unknown outcome"), "{e}");
         let e = err("[[route]]\nname = \"w\"\nshop = \"1\"\n");
         assert!(e.contains("shop"), "{e}");

@@ -65,6 +65,7 @@ impl<'a> Notification<'a> {
     pub fn new(ev: &'a FileEvent, route: &'a str) -> Notification<'a> {
         let kind = match ev.status {
             FileStatus::Failed => "upload.failed",
+            FileStatus::Late => "upload.late",
             _ => "upload.completed",
         };
         let moved = ev.moved_to.as_deref();

@@ -303,6 +303,8 @@ async fn tail_files(
             Ok(m) => {
                 let Some(payload) = m.payload() else { continue };
                 match serde_json::from_slice::<FileEvent>(payload) {
+                    // A late-upload notice is not an upload.
+                    Ok(e) if e.status == skuflow_schemas::FileStatus::Late => {}
                     Ok(e) => {
                         if let Ok(mut k) = known.lock() {
                             k.queued.remove(&e.file_id);

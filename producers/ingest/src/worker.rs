@@ -12,16 +12,15 @@ use object_store::path::Path;
 use object_store::{
     Attribute, GetOptions, GetResult, GetResultPayload, ObjectStore, PutPayload, WriteMultipart,
 };
-use rdkafka::message::{Header, OwnedHeaders};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use skuflow_platform::{telemetry, TopicArgs};
-use skuflow_schemas::{
-    headers, FileEvent, FileStatus, RejectReason, Trigger, UploadRequest, FILE_SCHEMA,
-    RECORD_SCHEMA, REJECT_SCHEMA,
-};
 pub use skuflow_schemas::{
     rejects_key, report_key, FileReport, ReportRow, REJECTS_ERRORS_COLUMN, REJECTS_LINE_COLUMN,
+};
+use skuflow_schemas::{
+    FileEvent, FileStatus, RejectReason, Trigger, UploadRequest, FILE_SCHEMA, RECORD_SCHEMA,
+    REJECT_SCHEMA,
 };
 
 use crate::csvstream::Limits;
@@ -173,20 +172,6 @@ fn moved_key(key: &str, incoming: &str, prefix: &str) -> String {
     format!("{prefix}{}", key.strip_prefix(incoming).unwrap_or(key))
 }
 
-/// Schema and file id, and the trace context of the file's ingest when traces are exported.
-fn file_headers(schema: &str, file_id: &str, trace: &[(String, String)]) -> OwnedHeaders {
-    let h = OwnedHeaders::new_with_capacity(2 + trace.len())
-        .insert(Header {
-            key: headers::SCHEMA,
-            value: Some(schema),
-        })
-        .insert(Header {
-            key: headers::FILE_ID,
-            value: Some(file_id),
-        });
-    telemetry::with_trace_headers(h, trace)
-}
-
 /// What reading an object through once came to.
 enum Pass<S> {
     /// Read to the end: the counts and what the row callback gathered.
@@ -283,7 +268,11 @@ impl Ingestor {
             &self.topics.files,
             ev.file_id.as_bytes(),
             payload,
-            file_headers(FILE_SCHEMA, &ev.file_id, &telemetry::trace_headers()),
+            skuflow_platform::kafka::message_headers(
+                FILE_SCHEMA,
+                &ev.file_id,
+                &telemetry::trace_headers(),
+            ),
             Duration::from_secs(300),
         )
         .await
@@ -752,7 +741,7 @@ impl Ingestor {
                 &topics.rejects,
                 c.file_id.as_bytes(),
                 buf,
-                file_headers(REJECT_SCHEMA, &c.file_id, &t),
+                skuflow_platform::kafka::message_headers(REJECT_SCHEMA, &c.file_id, &t),
             )?;
             Ok(())
         };
@@ -782,7 +771,11 @@ impl Ingestor {
                             &topics.records,
                             &key,
                             &buf,
-                            file_headers(RECORD_SCHEMA, &file_id, &trace),
+                            skuflow_platform::kafka::message_headers(
+                                RECORD_SCHEMA,
+                                &file_id,
+                                &trace,
+                            ),
                         )?;
                     }
                     RowEvent::Rejected {
