@@ -140,6 +140,32 @@ impl Topic for FileEvent {
     }
 }
 
+impl Topic for RejectMessage {
+    fn topic(topics: &TopicArgs) -> &str {
+        &topics.rejects
+    }
+
+    fn decode(bytes: &[u8]) -> Result<RejectMessage, String> {
+        let m: RejectMessage = serde_json::from_slice(bytes)
+            .map_err(|e| format!("not a {REJECT_SCHEMA} message: {e}"))?;
+        if m.schema != REJECT_SCHEMA {
+            return Err(format!("schema is {}, expected {REJECT_SCHEMA}", m.schema));
+        }
+        Ok(m)
+    }
+
+    fn lineage(&self) -> Lineage {
+        Lineage {
+            file_id: self.file_id.clone(),
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            country: self.country.clone(),
+            line: self.line.max(1),
+            record_id: self.record_id.clone(),
+        }
+    }
+}
+
 /// A destination for one topic's messages (`sku.records.v1` for the data sinks).
 #[async_trait]
 pub trait Sink: Send {

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 
 const WAIT: Duration = Duration::from_secs(180);
 const LOADER_OFFSETS: &str =
-    "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets WHERE topic LIKE 'sku.records.%'";
 const FINANCE_OFFSETS: &str =
     "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow_finance.consumer_offsets";
 

@@ -80,7 +80,7 @@ async fn sigkill_and_rebalances_lose_and_duplicate_nothing() {
         "-Xsession.timeout.ms=6000".to_string(),
         "-Xmax.poll.interval.ms=15000".to_string(),
     ];
-    let progress = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    let progress = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets WHERE topic LIKE 'sku.records.%'";
     let mut x: u64 = 0x9e3779b97f4a7c15;
     let mut kills = 0;
     let mut seen = 0i64;
@@ -129,7 +129,7 @@ async fn sigkill_and_rebalances_lose_and_duplicate_nothing() {
         }
     }
     let total = (msgs.len() + more.len() - more.len() / 2) as i64;
-    let sql = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    let sql = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets WHERE topic LIKE 'sku.records.%'";
     // Drain. Should tansu leave the last member without partitions (no progress for STALL),
     // replace it: one more member change, which the loader must survive too.
     let mut got = -1;
@@ -179,7 +179,7 @@ async fn refused_rows_are_dead_lettered_and_the_rest_loads() {
         .wait_for_count("SELECT count(*) FROM skuflow.sku_facts", 200, WAIT)
         .await;
     assert_eq!(got, 200, "logs:\n{}", p.logs());
-    let sql = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    let sql = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets WHERE topic LIKE 'sku.records.%'";
     assert_eq!(p.wait_for_count(sql, 202, WAIT).await, 202);
     let letters = p.read_topic(&p.topics.rejects);
     assert_eq!(letters.len(), 2, "{letters:?}");
@@ -224,7 +224,7 @@ async fn postgres_outage_pauses_then_resumes_without_loss_or_duplicates() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     pg.restart();
     let total = msgs.len() as i64;
-    let offsets = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    let offsets = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets WHERE topic LIKE 'sku.records.%'";
     assert_eq!(
         p.wait_for_count(offsets, total, WAIT).await,
         total,
@@ -306,7 +306,7 @@ async fn loader_role_writes_only_its_own_tables_and_analysts_only_read() {
     }
     produce(&p.stack.brokers, &p.topics.records, &msgs).await;
     p.start_loader(&[]);
-    let sql = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets";
+    let sql = "SELECT coalesce(sum(next_offset), 0)::bigint FROM skuflow.consumer_offsets WHERE topic LIKE 'sku.records.%'";
     assert_eq!(
         p.wait_for_count(sql, 100, WAIT).await,
         100,
@@ -340,6 +340,12 @@ async fn loader_role_writes_only_its_own_tables_and_analysts_only_read() {
             "SELECT coalesce(sum(skus), 0)::bigint FROM skuflow.daily_sales",
             100,
         ),
+        // The upload history and rejected rows (nothing was uploaded here: records only).
+        ("SELECT count(*) FROM skuflow.files", 0),
+        ("SELECT count(*) FROM skuflow.rejects", 0),
+        ("SELECT count(*) FROM skuflow.late_uploads", 0),
+        ("SELECT count(*) FROM skuflow.upload_quality", 0),
+        ("SELECT count(*) FROM skuflow.reject_rules", 0),
     ] {
         let got: i64 = as_analyst.query_one(q, &[]).await.unwrap().get(0);
         assert_eq!(got, want, "{q}");
@@ -351,6 +357,7 @@ async fn loader_role_writes_only_its_own_tables_and_analysts_only_read() {
         "DELETE FROM skuflow.sku_facts",
         "TRUNCATE skuflow.sku_facts",
         "UPDATE skuflow.consumer_offsets SET next_offset = 0",
+        "DELETE FROM skuflow.rejects",
         "CREATE TABLE skuflow.scratch (a int)",
         "SELECT * FROM public.payroll",
     ] {
@@ -366,4 +373,148 @@ async fn loader_role_writes_only_its_own_tables_and_analysts_only_read() {
 fn pg_password(p: &Pipeline) -> String {
     let (userinfo, _) = p.stack.pg_url.split_once('@').unwrap();
     userinfo.rsplit_once(':').unwrap().1.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_history_and_rejected_rows_load_once_and_answer_the_quality_questions() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let buckets = root.path().join("buckets");
+    let put = |key: &str, text: &str| {
+        let f = buckets.join("skus-de").join(key);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, text).unwrap();
+    };
+    // s1: two rows rejected (line 3 unit_price, line 4 currency and quantity); s2: refused as a
+    // whole (no unit_price column).
+    put(
+        "incoming/individual/s1/2026-11-21/skus.csv",
+        "sku,product_name,category,unit_price,currency,quantity_on_hand,units_sold,business_date\n\
+         A,Milk,dairy,1.25,EUR,3,1,2026-11-21\nB,Tea,drinks,abc,EUR,3,1,2026-11-21\n\
+         C,Jam,food,2.00,EURO,-1,1,2026-11-21\nD,Oil,food,3.10,EUR,8,2,2026-11-21\n",
+    );
+    put(
+        "incoming/individual/s2/2026-11-21/skus.csv",
+        "sku,product_name\nA,Milk\n",
+    );
+    p.start_ingest(&[format!("--bucket-root={}", buckets.display())]);
+    let loader = p.start_loader(&[]);
+    let finals = "SELECT count(*) FROM skuflow.files WHERE status <> 'accepted'";
+    assert_eq!(p.wait_for_count(finals, 2, WAIT).await, 2, "{}", p.logs());
+    p.expect_count("SELECT count(*) FROM skuflow.rejects", 2, WAIT)
+        .await;
+
+    let db = p.db().await;
+    let s1 = db
+        .query_one(
+            "SELECT status, rows_total, rows_valid, rows_rejected, accepted_at IS NOT NULL, \
+             finished_at >= accepted_at, store_category, business_date::text \
+             FROM skuflow.files WHERE store_id = 's1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s1.get::<_, String>(0), "completed");
+    assert_eq!(
+        (
+            s1.get::<_, i64>(1),
+            s1.get::<_, i64>(2),
+            s1.get::<_, i64>(3)
+        ),
+        (4, 2, 2)
+    );
+    assert!(s1.get::<_, bool>(4) && s1.get::<_, bool>(5));
+    assert_eq!(s1.get::<_, String>(6), "individual");
+    assert_eq!(s1.get::<_, String>(7), "2026-11-21");
+    let s2 = db
+        .query_one(
+            "SELECT status, reason FROM skuflow.files WHERE store_id = 's2'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s2.get::<_, String>(0), "failed");
+    assert!(s2.get::<_, String>(1).contains("unit_price"));
+
+    let line3 = db
+        .query_one(
+            "SELECT country, stage, field, rule, raw FROM skuflow.rejects WHERE line = 3",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(line3.get::<_, String>(0), "DE");
+    assert_eq!(line3.get::<_, String>(1), "ingest");
+    assert_eq!(
+        line3.get::<_, Option<String>>(2).as_deref(),
+        Some("unit_price")
+    );
+    assert!(line3.get::<_, String>(4).contains("abc"), "the raw row");
+
+    // The views answer the review's first questions.
+    let q = db
+        .query_one(
+            "SELECT sum(uploads)::bigint, sum(failed)::bigint, sum(rows_rejected)::bigint \
+             FROM skuflow.upload_quality WHERE country = 'DE'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (q.get::<_, i64>(0), q.get::<_, i64>(1), q.get::<_, i64>(2)),
+        (2, 1, 2)
+    );
+    let rules: i64 = db
+        .query_one(
+            "SELECT sum(rows)::bigint FROM skuflow.reject_rules WHERE country = 'DE'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        rules >= 3,
+        "every reason of every rejected row counts: {rules}"
+    );
+
+    // A late-upload notice lands in its own table, not among the uploads.
+    let mut late = skuflow_schemas::FileEvent::new(
+        "late-0123",
+        skuflow_schemas::FileStatus::Late,
+        "skus-de",
+        "incoming/individual/s1/2026-11-21/skus.csv",
+    );
+    late.country = Some("DE".into());
+    late.store_id = Some("s1".into());
+    late.business_date = chrono::NaiveDate::from_ymd_opt(2026, 11, 22);
+    late.reason = Some("no upload since …".into());
+    produce(
+        &p.stack.brokers,
+        &p.topics.files,
+        &[(late.file_id.clone(), serde_json::to_vec(&late).unwrap())],
+    )
+    .await;
+    p.expect_count(
+        "SELECT count(*) FROM skuflow.late_uploads WHERE store_id = 's1' AND missed_day = '2026-11-22'",
+        1,
+        WAIT,
+    )
+    .await;
+
+    // Killed and started again over the same topics: nothing twice.
+    p.kill(loader);
+    p.start_loader(&[]);
+    let group = format!("skuflow-warehouse-loader-{}-rejects", p.id);
+    let committed =
+        format!("SELECT count(*) FROM skuflow.consumer_offsets WHERE consumer_group = '{group}'");
+    assert!(p.wait_for_count(&committed, 1, WAIT).await >= 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (sql, want) in [
+        ("SELECT count(*) FROM skuflow.files", 2),
+        ("SELECT count(*) FROM skuflow.rejects", 2),
+        ("SELECT count(*) FROM skuflow.late_uploads", 1),
+    ] {
+        let got: i64 = db.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(got, want, "{sql}");
+    }
 }

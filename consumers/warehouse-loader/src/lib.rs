@@ -2,6 +2,7 @@
 //! exactly once per natural key (country, store_id, sku, business_date).
 
 pub mod migrations;
+pub mod quality;
 pub mod sink;
 
 use clap::Args;
@@ -23,6 +24,17 @@ pub struct LoaderArgs {
     /// roots). Never logged.
     #[arg(long = "pg-url", env = "SKUFLOW_PG_URL", hide_env_values = true)]
     pub pg_url: Secret,
+    /// Days rejected rows stay in `skuflow.rejects` (0: for ever); older ones are deleted hourly.
+    #[arg(
+        long = "rejects-retention-days",
+        env = "SKUFLOW_REJECTS_RETENTION_DAYS",
+        default_value_t = 90
+    )]
+    pub rejects_retention_days: u32,
+    /// Only the facts: no `skuflow.files` and `skuflow.rejects` (their consumer groups
+    /// `<group>-files` and `<group>-rejects` do not run).
+    #[arg(long = "no-quality-tables", env = "SKUFLOW_NO_QUALITY_TABLES")]
+    pub no_quality_tables: bool,
     #[command(flatten)]
     pub consume: skuflow_platform::ConsumeArgs,
 }
@@ -51,6 +63,40 @@ impl Component for WarehouseLoader {
         &args.consume
     }
 
+    /// The upload history and the rejected rows, each its own consumer group beside the facts'.
+    fn spawn_tasks(
+        args: &LoaderArgs,
+        kafka: &skuflow_platform::KafkaArgs,
+        topics: &skuflow_platform::TopicArgs,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        if args.no_quality_tables {
+            return Ok(());
+        }
+        let group = args.consume.group.as_deref().unwrap_or(GROUP);
+        let (files, rejects) = (format!("{group}-files"), format!("{group}-rejects"));
+        let (url, days) = (args.pg_url.clone(), args.rejects_retention_days);
+        let g = files.clone();
+        spawn_loop(
+            move || quality::FilesSink::new(url.expose(), &g),
+            files,
+            args,
+            kafka,
+            topics,
+            shutdown,
+        );
+        let (url, g) = (args.pg_url.clone(), rejects.clone());
+        spawn_loop(
+            move || quality::RejectsSink::new(url.expose(), &g, days),
+            rejects,
+            args,
+            kafka,
+            topics,
+            shutdown,
+        );
+        Ok(())
+    }
+
     async fn build(
         args: &LoaderArgs,
         group: &str,
@@ -64,9 +110,38 @@ impl Component for WarehouseLoader {
     fn demo_args(place: &component::DemoPlace) -> Option<LoaderArgs> {
         Some(LoaderArgs {
             pg_url: place.pg_url.clone(),
+            rejects_retention_days: 90,
+            no_quality_tables: false,
             consume: place.consume.clone(),
         })
     }
+}
+
+/// Runs the sink `make` makes as consumer group `group` until `shutdown`; a new one 30 s after
+/// a failure (the facts' loop goes on meanwhile).
+fn spawn_loop<S: skuflow_platform::Sink + Send + 'static>(
+    make: impl Fn() -> S + Send + 'static,
+    group: String,
+    args: &LoaderArgs,
+    kafka: &skuflow_platform::KafkaArgs,
+    topics: &skuflow_platform::TopicArgs,
+    shutdown: &CancellationToken,
+) {
+    let mut consume = args.consume.clone();
+    consume.group = Some(group.clone());
+    let (kafka, topics, shutdown) = (kafka.clone(), topics.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        while let Err(e) =
+            skuflow_platform::run_sink(&kafka, &topics, &consume, &group, make(), shutdown.clone())
+                .await
+        {
+            tracing::error!(error = format!("{e:#}"), %group, "A warehouse consumer group failed; starting it again in 30 s.");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            }
+        }
+    });
 }
 
 /// Runs the loader until `shutdown`.

@@ -14,6 +14,12 @@ pub const FACT_TABLE: &str = "skuflow.sku_facts";
 pub const OFFSETS_TABLE: &str = "skuflow.consumer_offsets";
 /// Dead letters of refused records, until they are acknowledged on the dead-letter topic.
 pub const OUTBOX_TABLE: &str = "skuflow.dead_letter_outbox";
+/// One row per upload: its latest lifecycle state (`sku.files.v1`).
+pub const FILES_TABLE: &str = "skuflow.files";
+/// One row per late-upload notice of the notifier (`sku.files.v1`, status `late`).
+pub const LATE_TABLE: &str = "skuflow.late_uploads";
+/// One row per rejected row or refused record (`sku.rejects.v1`), one LIST partition per country.
+pub const REJECTS_TABLE: &str = "skuflow.rejects";
 
 /// Every migration, in order. The fact table's columns come from the schema crate.
 pub fn migrations() -> Vec<Migration> {
@@ -92,6 +98,92 @@ pub fn migrations() -> Vec<Migration> {
             version: 5,
             name: "dead-letter outbox",
             sql: dead_letter_outbox_ddl(OUTBOX_TABLE),
+        },
+        Migration {
+            version: 6,
+            name: "upload history, rejected rows and late uploads for analysts",
+            sql: "CREATE TABLE skuflow.files (\n\
+                      file_id text PRIMARY KEY,\n\
+                      status text NOT NULL,\n\
+                      bucket text NOT NULL,\n\
+                      key text NOT NULL,\n\
+                      etag text,\n\
+                      size bigint,\n\
+                      country text,\n\
+                      store_id text,\n\
+                      store_category text,\n\
+                      chain text,\n\
+                      business_date date,\n\
+                      last_modified timestamptz,\n\
+                      rows_total bigint,\n\
+                      rows_valid bigint,\n\
+                      rows_rejected bigint,\n\
+                      bytes bigint,\n\
+                      duration_ms bigint,\n\
+                      reason text,\n\
+                      warnings text[] NOT NULL DEFAULT '{}',\n\
+                      moved_to text,\n\
+                      accepted_at timestamptz,\n\
+                      finished_at timestamptz,\n\
+                      updated_at timestamptz NOT NULL\n\
+                  );\n\
+                  CREATE INDEX files_store_idx ON skuflow.files (country, store_id, last_modified);\n\
+                  CREATE TABLE skuflow.late_uploads (\n\
+                      event_id text PRIMARY KEY,\n\
+                      country text,\n\
+                      store_id text,\n\
+                      store_category text,\n\
+                      chain text,\n\
+                      missed_day date,\n\
+                      last_upload timestamptz,\n\
+                      late_at timestamptz NOT NULL,\n\
+                      reason text\n\
+                  );\n\
+                  CREATE TABLE skuflow.rejects (\n\
+                      country text NOT NULL,\n\
+                      file_id text NOT NULL,\n\
+                      stage text NOT NULL,\n\
+                      line bigint NOT NULL,\n\
+                      reasons_digest text NOT NULL,\n\
+                      bucket text NOT NULL,\n\
+                      key text NOT NULL,\n\
+                      record_id text,\n\
+                      field text,\n\
+                      rule text NOT NULL,\n\
+                      message text NOT NULL,\n\
+                      reasons jsonb NOT NULL,\n\
+                      raw text NOT NULL,\n\
+                      raw_truncated boolean NOT NULL,\n\
+                      rejected_at timestamptz NOT NULL,\n\
+                      PRIMARY KEY (country, file_id, stage, line, reasons_digest)\n\
+                  ) PARTITION BY LIST (country);\n\
+                  CREATE TABLE skuflow.rejects_unknown PARTITION OF skuflow.rejects FOR VALUES IN ('--');\n\
+                  CREATE INDEX rejects_time_idx ON skuflow.rejects (rejected_at);\n\
+                  CREATE VIEW skuflow.upload_quality AS\n\
+                  SELECT country, store_id,\n\
+                      (coalesce(last_modified, accepted_at, updated_at) AT TIME ZONE 'UTC')::date AS upload_day,\n\
+                      count(*) AS uploads,\n\
+                      count(*) FILTER (WHERE status = 'failed') AS failed,\n\
+                      count(*) FILTER (WHERE status = 'accepted') AS in_flight,\n\
+                      coalesce(sum(rows_total), 0) AS rows_total,\n\
+                      coalesce(sum(rows_valid), 0) AS rows_valid,\n\
+                      coalesce(sum(rows_rejected), 0) AS rows_rejected,\n\
+                      round(sum(rows_rejected)::numeric / nullif(sum(rows_total), 0), 4) AS rejected_share\n\
+                  FROM skuflow.files\n\
+                  GROUP BY 1, 2, 3;\n\
+                  CREATE VIEW skuflow.reject_rules AS\n\
+                  SELECT r.country, r.stage, reason->>'rule' AS rule, reason->>'field' AS field,\n\
+                      count(*) AS rows, count(DISTINCT r.file_id) AS files, max(r.rejected_at) AS last_seen\n\
+                  FROM skuflow.rejects r CROSS JOIN LATERAL jsonb_array_elements(r.reasons) AS reason\n\
+                  GROUP BY 1, 2, 3, 4;\n\
+                  DO $$\n\
+                  BEGIN\n\
+                      IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'skuflow_analyst') THEN\n\
+                          GRANT SELECT ON ALL TABLES IN SCHEMA skuflow TO skuflow_analyst;\n\
+                      END IF;\n\
+                  END $$;\n\
+                  REVOKE ALL ON ALL TABLES IN SCHEMA skuflow FROM PUBLIC"
+                .to_string(),
         },
     ]
 }

@@ -69,6 +69,39 @@ fn pg_wire_type(t: FieldType) -> Type {
     }
 }
 
+/// Creates the LIST partition `<table>_<cc>` of each country in `countries` (each checked by
+/// [`pg::valid_country`]) that does not exist yet, under the partition lock.
+pub(crate) async fn ensure_country_partitions(
+    client: &mut Client,
+    table: &str,
+    countries: &[&str],
+) -> Result<(), SinkError> {
+    for cc in countries {
+        if !pg::valid_country(cc) {
+            continue;
+        }
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| classify(e, "creating a partition"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+            .await
+            .map_err(|e| classify(e, "creating a partition"))?;
+        // `cc` is [A-Z]{2}, checked above: safe to format into the statement.
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {table}_{} PARTITION OF {table} FOR VALUES IN ('{cc}')",
+            cc.to_ascii_lowercase()
+        ))
+        .await
+        .map_err(|e| classify(e, "creating a partition"))?;
+        tx.commit()
+            .await
+            .map_err(|e| classify(e, "creating a partition"))?;
+        tracing::info!(country = %cc, %table, "Partition ready.");
+    }
+    Ok(())
+}
+
 /// The warehouse loader's sink.
 pub struct PgSink {
     conn: pg::SinkConnection,
@@ -131,36 +164,18 @@ impl PgSink {
     }
 
     async fn ensure_partitions(&mut self, countries: &HashSet<&str>) -> Result<(), SinkError> {
-        let missing: Vec<String> = countries
+        let missing: Vec<&str> = countries
             .iter()
-            .filter(|c| !self.partitions.contains(**c))
-            .map(|c| c.to_string())
+            .copied()
+            .filter(|c| !self.partitions.contains(*c))
             .collect();
         if missing.is_empty() {
             return Ok(());
         }
         let client = self.connect().await?;
-        for cc in &missing {
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|e| classify(e, "creating a partition"))?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
-                .await
-                .map_err(|e| classify(e, "creating a partition"))?;
-            // `cc` is [A-Z]{2}, checked before: safe to format into the statement.
-            tx.batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {FACT_TABLE}_{} PARTITION OF {FACT_TABLE} FOR VALUES IN ('{cc}')",
-                cc.to_ascii_lowercase()
-            ))
-            .await
-            .map_err(|e| classify(e, "creating a partition"))?;
-            tx.commit()
-                .await
-                .map_err(|e| classify(e, "creating a partition"))?;
-            tracing::info!(country = %cc, "Partition ready.");
-        }
-        self.partitions.extend(missing);
+        ensure_country_partitions(client, FACT_TABLE, &missing).await?;
+        self.partitions
+            .extend(missing.iter().map(|c| c.to_string()));
         Ok(())
     }
 
