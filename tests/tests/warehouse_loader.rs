@@ -477,6 +477,56 @@ async fn upload_history_and_rejected_rows_load_once_and_answer_the_quality_quest
         "every reason of every rejected row counts: {rules}"
     );
 
+    // The README's data-quality queries, with the answers this load must give.
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let block = readme
+        .split("```sql\n")
+        .find(|b| b.starts_with("-- Stores whose uploads failed"))
+        .and_then(|b| b.split("```").next())
+        .expect("the README's data-quality queries");
+    let queries: Vec<&str> = block
+        .split(';')
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .collect();
+    assert_eq!(queries.len(), 3, "{block}");
+    let stores = db.query(queries[0], &[]).await.unwrap();
+    let got: Vec<(String, i64, i64)> = stores
+        .iter()
+        .map(|r| {
+            let n = |i| r.get::<_, rust_decimal::Decimal>(i).try_into().unwrap();
+            (r.get(1), n(3), n(4))
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("s2".to_string(), 1, 0), ("s1".to_string(), 0, 2)],
+        "failed first, then rows rejected"
+    );
+    let top = db.query(queries[1], &[]).await.unwrap();
+    let total: i64 = top
+        .iter()
+        .map(|r| i64::try_from(r.get::<_, rust_decimal::Decimal>(2)).unwrap())
+        .sum();
+    assert_eq!(total as i64, rules, "{top:?}");
+    let s1_id: String = db
+        .query_one(
+            "SELECT file_id FROM skuflow.files WHERE store_id = 's1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let fix = db
+        .query(&queries[2].replace(":'file_id'", "$1"), &[&s1_id])
+        .await
+        .unwrap();
+    let lines: Vec<i64> = fix.iter().map(|r| r.get(0)).collect();
+    assert_eq!(lines, [3, 4]);
+
     // A late-upload notice lands in its own table, not among the uploads.
     let mut late = skuflow_schemas::FileEvent::new(
         "late-0123",
