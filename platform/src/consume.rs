@@ -85,21 +85,27 @@ pub struct Lineage {
     pub record_id: Option<String>,
 }
 
+/// A JSON message whose `schema` field must be `schema`, or why the payload is not one.
+fn decode_envelope<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    schema: &str,
+    what: &str,
+    schema_of: impl Fn(&T) -> &String,
+) -> Result<T, String> {
+    let m: T = serde_json::from_slice(bytes).map_err(|e| format!("not a {schema} {what}: {e}"))?;
+    if schema_of(&m) != schema {
+        return Err(format!("schema is {}, expected {schema}", schema_of(&m)));
+    }
+    Ok(m)
+}
+
 impl Topic for SkuRecord {
     fn topic(topics: &TopicArgs) -> &str {
         &topics.records
     }
 
     fn decode(bytes: &[u8]) -> Result<SkuRecord, String> {
-        let rec: SkuRecord = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a {RECORD_SCHEMA} record: {e}"))?;
-        if rec.schema != RECORD_SCHEMA {
-            return Err(format!(
-                "schema is {}, expected {RECORD_SCHEMA}",
-                rec.schema
-            ));
-        }
-        Ok(rec)
+        decode_envelope(bytes, RECORD_SCHEMA, "record", |r: &SkuRecord| &r.schema)
     }
 
     fn lineage(&self) -> Lineage {
@@ -120,12 +126,7 @@ impl Topic for FileEvent {
     }
 
     fn decode(bytes: &[u8]) -> Result<FileEvent, String> {
-        let ev: FileEvent =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a {FILE_SCHEMA} event: {e}"))?;
-        if ev.schema != FILE_SCHEMA {
-            return Err(format!("schema is {}, expected {FILE_SCHEMA}", ev.schema));
-        }
-        Ok(ev)
+        decode_envelope(bytes, FILE_SCHEMA, "event", |e: &FileEvent| &e.schema)
     }
 
     fn lineage(&self) -> Lineage {
@@ -146,12 +147,9 @@ impl Topic for RejectMessage {
     }
 
     fn decode(bytes: &[u8]) -> Result<RejectMessage, String> {
-        let m: RejectMessage = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a {REJECT_SCHEMA} message: {e}"))?;
-        if m.schema != REJECT_SCHEMA {
-            return Err(format!("schema is {}, expected {REJECT_SCHEMA}", m.schema));
-        }
-        Ok(m)
+        decode_envelope(bytes, REJECT_SCHEMA, "message", |m: &RejectMessage| {
+            &m.schema
+        })
     }
 
     fn lineage(&self) -> Lineage {

@@ -212,20 +212,7 @@ pub struct Mail {
     pub html: String,
 }
 
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use skuflow_platform::text::html_escape as esc;
 
 /// The e-mail of `n`: what became of the upload, and its first `rows` rejected rows when the
 /// report could be read (`report` is the reason when not).

@@ -4,7 +4,7 @@
 //! its own consumer group on the shared consume loop, run by the warehouse loader beside its fact
 //! sink, with its offsets in the same transaction as its rows: loaded exactly once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -275,15 +275,8 @@ impl Sink for FilesSink {
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<Refusal>, SinkError> {
         self.connect().await?;
-        match self.write_tx(topic, batch, offsets).await {
-            Ok(()) => Ok(Vec::new()),
-            Err(e) => {
-                if pg::is_retriable(&e) {
-                    self.conn.reset();
-                }
-                Err(classify(e, "loading file events"))
-            }
-        }
+        let written = self.write_tx(topic, batch, offsets).await;
+        failed(&mut self.conn, written, "loading file events").map(|()| Vec::new())
     }
 
     async fn ping(&mut self) -> Result<(), SinkError> {
@@ -291,15 +284,25 @@ impl Sink for FilesSink {
         self.conn.ping().await
     }
 
-    async fn durable_offsets(
-        &mut self,
-        topic: &str,
-    ) -> Result<std::collections::HashMap<i32, i64>, SinkError> {
+    async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
         self.connect().await?;
-        self.conn
-            .durable_offsets(OFFSETS_TABLE, &self.group, topic)
-            .await
+        let group = &self.group;
+        self.conn.durable_offsets(OFFSETS_TABLE, group, topic).await
     }
+}
+
+/// `Err` classified, after dropping a connection a retriable error may have left broken.
+fn failed(
+    conn: &mut pg::SinkConnection,
+    result: Result<(), tokio_postgres::Error>,
+    what: &str,
+) -> Result<(), SinkError> {
+    result.map_err(|e| {
+        if pg::is_retriable(&e) {
+            conn.reset();
+        }
+        classify(e, what)
+    })
 }
 
 /// `skuflow.rejects` from the dead-letter topic. It refuses nothing (a refusal would be a dead
@@ -494,18 +497,10 @@ impl Sink for RejectsSink {
                 .extend(missing.iter().map(|c| c.to_string()));
         }
         self.connect().await?;
-        match self.write_tx(topic, batch, offsets).await {
-            Ok(()) => {
-                self.purge().await;
-                Ok(Vec::new())
-            }
-            Err(e) => {
-                if pg::is_retriable(&e) {
-                    self.conn.reset();
-                }
-                Err(classify(e, "loading rejected rows"))
-            }
-        }
+        let written = self.write_tx(topic, batch, offsets).await;
+        failed(&mut self.conn, written, "loading rejected rows")?;
+        self.purge().await;
+        Ok(Vec::new())
     }
 
     async fn ping(&mut self) -> Result<(), SinkError> {
@@ -513,14 +508,10 @@ impl Sink for RejectsSink {
         self.conn.ping().await
     }
 
-    async fn durable_offsets(
-        &mut self,
-        topic: &str,
-    ) -> Result<std::collections::HashMap<i32, i64>, SinkError> {
+    async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
         self.connect().await?;
-        self.conn
-            .durable_offsets(OFFSETS_TABLE, &self.group, topic)
-            .await
+        let group = &self.group;
+        self.conn.durable_offsets(OFFSETS_TABLE, group, topic).await
     }
 }
 

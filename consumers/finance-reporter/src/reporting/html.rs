@@ -10,20 +10,7 @@ use rust_decimal::Decimal;
 use super::model::{Converted, ProjectionEntry, Report};
 
 /// Text escaped for HTML content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use skuflow_platform::text::html_escape as esc;
 
 fn money(x: Decimal) -> String {
     let s = x.round_dp(2).to_string();
