@@ -157,6 +157,34 @@ pub fn fail_fast<T>(first: Result<T, SinkError>, service: &str) -> anyhow::Resul
     }
 }
 
+/// Runs the sink `make` makes as its own consumer group `group` (with `consume`'s other flags)
+/// until `shutdown`, beside the component's main sink: a component that keeps more than one
+/// topic (the loader's and the indexer's upload history and rejected rows). After a failure a new
+/// sink starts 30 s later; the main sink's loop goes on meanwhile.
+pub fn spawn_group<S: Sink + 'static>(
+    make: impl Fn() -> S + Send + 'static,
+    group: String,
+    consume: &ConsumeArgs,
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    shutdown: &CancellationToken,
+) {
+    let mut consume = consume.clone();
+    consume.group = Some(group.clone());
+    let (kafka, topics, shutdown) = (kafka.clone(), topics.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        while let Err(e) =
+            run_sink(&kafka, &topics, &consume, &group, make(), shutdown.clone()).await
+        {
+            tracing::error!(error = format!("{e:#}"), %group, "A consumer group failed; starting it again in 30 s.");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            }
+        }
+    });
+}
+
 /// Runs component `C` until `shutdown`: builds its sink, then the consume loop.
 pub async fn run<C: Component>(
     args: &C::Args,

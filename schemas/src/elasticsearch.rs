@@ -1,4 +1,5 @@
-//! The Elasticsearch index template derived from the record fields.
+//! The Elasticsearch index templates: the records' derived from the record fields, and those of
+//! the upload history and the rejected rows.
 
 use serde_json::{json, Map, Value};
 
@@ -46,6 +47,86 @@ pub fn index_template(prefix: &str, alias: &str) -> Value {
         },
         "_meta": { "schema": crate::RECORD_SCHEMA, "managed_by": "skuflow" }
     })
+}
+
+/// Priority of the upload-history and rejected-row templates: above the records' template, so
+/// that an index prefix shared with the records (`--index-prefix=skuflow`) never lets the records'
+/// mapping take these indices.
+pub const QUALITY_PRIORITY: u32 = 210;
+
+fn keyword() -> Value {
+    json!({ "type": "keyword" })
+}
+
+fn long() -> Value {
+    json!({ "type": "long" })
+}
+
+fn timestamp() -> Value {
+    field_mapping(FieldType::Timestamp)
+}
+
+fn quality_template(pattern: String, alias: &str, schema: &str, properties: Value) -> Value {
+    json!({
+        "index_patterns": [pattern],
+        "priority": QUALITY_PRIORITY,
+        "template": {
+            "settings": { "number_of_shards": 1 },
+            "aliases": { alias: {} },
+            "mappings": { "dynamic": "strict", "properties": properties }
+        },
+        "_meta": { "schema": schema, "managed_by": "skuflow" }
+    })
+}
+
+/// The index of the upload history (`sku.files.v1`): one document per upload with its latest
+/// lifecycle state, and one per late-upload notice (`status: late`).
+pub fn files_index(prefix: &str) -> String {
+    format!("{prefix}-files")
+}
+
+/// The template of [`files_index`], with alias `alias`.
+pub fn files_template(prefix: &str, alias: &str) -> Value {
+    let text = field_mapping(FieldType::Text);
+    quality_template(
+        files_index(prefix),
+        alias,
+        crate::FILE_SCHEMA,
+        json!({
+            "file_id": keyword(), "status": keyword(), "bucket": keyword(), "key": keyword(),
+            "etag": keyword(), "size": long(), "country": keyword(), "store_id": keyword(),
+            "store_category": keyword(), "chain": keyword(),
+            "business_date": field_mapping(FieldType::Date), "last_modified": timestamp(),
+            "rows_total": long(), "rows_valid": long(), "rows_rejected": long(), "bytes": long(),
+            "duration_ms": long(), "reason": text, "warnings": keyword(), "moved_to": keyword(),
+            "at": timestamp()
+        }),
+    )
+}
+
+/// The monthly index of the rejected rows (`sku.rejects.v1`) rejected in `month` (`YYYY.MM`).
+pub fn rejects_index(prefix: &str, month: &str) -> String {
+    format!("{prefix}-rejects-{month}")
+}
+
+/// The template of the monthly [`rejects_index`] indices, with alias `alias`.
+pub fn rejects_template(prefix: &str, alias: &str) -> Value {
+    quality_template(
+        rejects_index(prefix, "*"),
+        alias,
+        crate::REJECT_SCHEMA,
+        json!({
+            "country": keyword(), "file_id": keyword(), "stage": keyword(), "bucket": keyword(),
+            "key": keyword(), "line": long(), "record_id": keyword(),
+            "field": keyword(), "column": { "type": "integer" },
+            "value": { "type": "keyword", "ignore_above": 256 },
+            "rule": keyword(), "message": field_mapping(FieldType::Text),
+            "rules": keyword(), "fields": keyword(),
+            "reasons": { "type": "object", "enabled": false },
+            "raw": { "type": "text", "index": false }, "raw_truncated": { "type": "boolean" },
+            "rejected_at": timestamp()
+        }),
+    )
 }
 
 #[cfg(test)]

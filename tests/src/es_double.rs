@@ -22,6 +22,10 @@
 //! template's alias, or a `prefix*` pattern; comma-separated). Anything else is answered 400 as
 //! Elasticsearch answers a request it cannot parse, and recorded as a violation. An unknown
 //! target is 404 `index_not_found_exception` unless `ignore_unavailable=true`.
+//!
+//! Templates apply to a new index as in Elasticsearch: of those whose patterns match, the one
+//! of highest `priority`. `GET /_cat/indices/<pattern>?format=json` lists the indices holding
+//! documents and `DELETE /<index>` deletes one (recorded in [`State::deleted_indices`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -69,6 +73,22 @@ pub struct State {
     /// When set, every request must carry exactly this `Authorization` header.
     pub required_auth: Option<String>,
     pub auth_failures: u64,
+    /// Indices deleted, in order.
+    pub deleted_indices: Vec<String>,
+}
+
+impl State {
+    /// The documents of the records' indices (`skus-<cc>`), without the upload history's and
+    /// the rejected rows' (`skuflow-files`, `skuflow-rejects-*`).
+    pub fn records(&self) -> impl Iterator<Item = (&(String, String), &Stored)> {
+        self.docs
+            .iter()
+            .filter(|((i, _), _)| i.starts_with("skus-"))
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.records().count()
+    }
 }
 
 /// A running double on 127.0.0.1.
@@ -245,6 +265,45 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Answer {
             answer(StatusCode::OK, json!({"acknowledged": true}))
         }
         ("POST" | "PUT", "/_bulk") => bulk(state, &parts.headers, &body).await,
+        ("GET", p) if p.starts_with("/_cat/indices/") => {
+            let pattern = p.trim_start_matches("/_cat/indices/");
+            let query = parts.uri.query().unwrap_or("");
+            if !query.split('&').any(|kv| kv == "format=json") {
+                return violation(&state, "_cat/indices without format=json".into());
+            }
+            let s = state.lock().unwrap();
+            let mut names: Vec<&String> = s
+                .docs
+                .keys()
+                .map(|(i, _)| i)
+                .filter(|i| pattern_matches(pattern, i))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            names.sort();
+            answer(
+                StatusCode::OK,
+                Value::Array(names.into_iter().map(|i| json!({"index": i})).collect()),
+            )
+        }
+        ("DELETE", p) if p.len() > 1 && !p[1..].contains('/') => {
+            let index = &p[1..];
+            if index.contains(['*', ',']) || index.starts_with('_') {
+                return violation(&state, format!("DELETE of {index:?}: not one index"));
+            }
+            let mut s = state.lock().unwrap();
+            let before = s.docs.len();
+            s.docs.retain(|(i, _), _| i != index);
+            if s.docs.len() == before {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "index_not_found_exception",
+                    &format!("no such index [{index}]"),
+                );
+            }
+            s.deleted_indices.push(index.to_string());
+            answer(StatusCode::OK, json!({"acknowledged": true}))
+        }
         ("POST" | "GET", p) if p.ends_with("/_search") && p.len() > "/_search".len() + 1 => {
             let target = &p[1..p.len() - "/_search".len()];
             search(&state, target, parts.uri.query().unwrap_or(""), &body)
@@ -462,17 +521,39 @@ fn check_action(line: &str) -> Result<(String, String, i64), String> {
     Ok((index.to_string(), id.to_string(), version))
 }
 
+/// The mapping of the template that applies to a new index `index`: among those whose patterns
+/// match, the one of highest `priority`, as Elasticsearch picks.
 fn mapping_for(templates: &HashMap<String, Value>, index: &str) -> Option<Value> {
-    templates.values().find_map(|t| {
-        let matches = t["index_patterns"].as_array()?.iter().any(|p| {
-            p.as_str().is_some_and(|p| match p.strip_suffix('*') {
-                Some(prefix) => index.starts_with(prefix),
-                None => index == p,
+    templates
+        .values()
+        .filter(|t| {
+            t["index_patterns"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .filter_map(Value::as_str)
+                    .any(|p| pattern_matches(p, index))
             })
-        });
-        matches.then(|| t["template"]["mappings"].clone())
-    })
+        })
+        .max_by_key(|t| t["priority"].as_u64().unwrap_or(0))
+        .map(|t| t["template"]["mappings"].clone())
 }
+
+fn pattern_matches(pattern: &str, index: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => index.starts_with(prefix),
+        None => index == pattern,
+    }
+}
+
+/// The field types the double checks values of.
+const KNOWN_TYPES: &[&str] = &[
+    "keyword",
+    "text",
+    "integer",
+    "long",
+    "scaled_float",
+    "boolean",
+    "date",
+];
 
 /// The strict mapping's verdict on a source: `Err` carries the item error object.
 fn check_source(mapping: &Value, source: &Value) -> Result<(), Value> {
@@ -489,7 +570,17 @@ fn check_source(mapping: &Value, source: &Value) -> Result<(), Value> {
         if value.is_null() {
             continue;
         }
-        let ok = match m["type"].as_str().unwrap_or("") {
+        let kind = m["type"].as_str().unwrap_or("");
+        if kind == "object" && m["enabled"] == false {
+            // Kept in _source only, never parsed.
+            continue;
+        }
+        // Any field may hold an array of values of its type.
+        let values: Vec<&Value> = match value {
+            Value::Array(a) => a.iter().filter(|v| !v.is_null()).collect(),
+            v => vec![v],
+        };
+        let ok = values.into_iter().all(|value| match kind {
             "keyword" | "text" => value.is_string(),
             "integer" => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
             "long" => value.is_i64(),
@@ -499,6 +590,7 @@ fn check_source(mapping: &Value, source: &Value) -> Result<(), Value> {
                         .as_str()
                         .is_some_and(|s| s.parse::<f64>().is_ok_and(f64::is_finite))
             }
+            "boolean" => value.is_boolean(),
             "date" => value.as_str().is_some_and(|s| {
                 if m["format"] == "strict_date" {
                     chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() && s.len() == 10
@@ -507,11 +599,12 @@ fn check_source(mapping: &Value, source: &Value) -> Result<(), Value> {
                         || chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
                 }
             }),
-            other => {
-                return Err(json!({"type": "mapper_parsing_exception",
-                    "reason": format!("the double does not know field type [{other}]")}))
-            }
-        };
+            _ => false,
+        });
+        if !KNOWN_TYPES.contains(&kind) {
+            return Err(json!({"type": "mapper_parsing_exception",
+                "reason": format!("the double does not know field type [{kind}]")}));
+        }
         if !ok {
             return Err(json!({"type": "document_parsing_exception",
                 "reason": format!("[1:2] failed to parse field [{field}] of type [{}] in document", m["type"].as_str().unwrap_or(""))}));
@@ -533,10 +626,7 @@ fn resolve(s: &State, target: &str) -> Option<HashSet<String>> {
                     && t["index_patterns"].as_array().is_some_and(|ps| {
                         ps.iter()
                             .filter_map(Value::as_str)
-                            .any(|p| match p.strip_suffix('*') {
-                                Some(prefix) => index.starts_with(prefix),
-                                None => *index == p,
-                            })
+                            .any(|p| pattern_matches(p, index))
                     })
             });
             let hit = match part.strip_suffix('*') {

@@ -227,11 +227,14 @@ async fn chaos_nothing_lost_nothing_doubled() {
 
     let (es_docs, es_distinct, violations) = c.es.with(|s| {
         let ids: std::collections::HashSet<&str> = s
-            .docs
-            .values()
-            .filter_map(|d| d.source["record_id"].as_str())
+            .records()
+            .filter_map(|(_, d)| d.source["record_id"].as_str())
             .collect();
-        (s.docs.len() as u64, ids.len() as u64, s.violations.clone())
+        (
+            s.record_count() as u64,
+            ids.len() as u64,
+            s.violations.clone(),
+        )
     });
     assert!(violations.is_empty(), "{violations:?}");
     let sinks = [

@@ -565,11 +565,11 @@ async fn expect_every_sink(
         WAIT,
     )
     .await;
-    let indexed = wait_until(WAIT, || es.with(|s| s.docs.len()) == want);
+    let indexed = wait_until(WAIT, || es.with(|s| s.record_count()) == want);
     assert!(
         indexed,
         "{} of {want} documents indexed; logs:\n{}",
-        es.with(|s| s.docs.len()),
+        es.with(|s| s.record_count()),
         p.logs()
     );
     for (country, n) in per_country {

@@ -90,8 +90,7 @@ async fn every_document_is_indexed_or_dead_lettered_once_through_faults() {
     loop {
         let committed = p.committed(&group, &p.topics.records, 3);
         let docs = es.with(|s| {
-            s.docs
-                .iter()
+            s.records()
                 .map(|(k, v)| (k.clone(), v.version))
                 .collect::<HashMap<_, _>>()
         });
@@ -113,7 +112,7 @@ async fn every_document_is_indexed_or_dead_lettered_once_through_faults() {
         if checks == 1 {
             // Let the item-level faults play out on the first batches, then break whole
             // requests halfway through.
-            while es.with(|s| s.docs.len() < 1500) && start.elapsed() < WAIT {
+            while es.with(|s| s.record_count() < 1500) && start.elapsed() < WAIT {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             es.with(|s| {
@@ -148,7 +147,9 @@ async fn every_document_is_indexed_or_dead_lettered_once_through_faults() {
     }
     let (docs, state) = es.with(|s| {
         (
-            s.docs.clone(),
+            s.records()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>(),
             (
                 s.violations.clone(),
                 s.faults.clone(),
@@ -306,7 +307,8 @@ async fn the_indexer_verifies_the_clusters_certificate_and_sends_its_api_key_onl
         &[("SKUFLOW_ES_API_KEY", "skf-id:skf-key-8c1d")],
     );
     assert!(
-        common::wait_until(Duration::from_secs(120), || es.with(|s| s.docs.len()) == 40),
+        common::wait_until(Duration::from_secs(120), || es.with(|s| s.record_count())
+            == 40),
         "{}",
         p.logs()
     );
@@ -316,4 +318,188 @@ async fn the_indexer_verifies_the_clusters_certificate_and_sends_its_api_key_onl
         !logs.contains("skf-key-8c1d") && !logs.contains("c2tmLWlkOnNrZi1rZXktOGMxZA"),
         "the API key reached a log line"
     );
+}
+
+/// The upload history and the rejected rows beside the facts: real uploads through the ingest,
+/// one document per upload with its final state in `skuflow-files` under `skus-files`, one per
+/// rejected row in the month's `skuflow-rejects-YYYY.MM` under `skus-rejects`; a redelivered dead
+/// letter changes nothing, and a month past the retention is deleted whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_history_and_rejected_rows_are_indexed_once_beside_the_facts() {
+    let mut p = Pipeline::new().await;
+    let es = EsDouble::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let buckets = root.path().join("buckets");
+    let put = |key: &str, text: &str| {
+        let f = buckets.join("skus-de").join(key);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, text).unwrap();
+    };
+    // s1: line 3 rejected (unit_price), a column the contract does not know (a warning);
+    // s2: refused as a whole (no unit_price column).
+    put(
+        "incoming/individual/s1/2026-11-21/skus.csv",
+        "sku,product_name,category,unit_price,currency,quantity_on_hand,units_sold,business_date,shelf\n\
+         A,Milk,dairy,1.25,EUR,3,1,2026-11-21,x\nB,Tea,drinks,abc,EUR,3,1,2026-11-21,y\n\
+         D,Oil,food,3.10,EUR,8,2,2026-11-21,z\n",
+    );
+    put(
+        "incoming/individual/s2/2026-11-21/skus.csv",
+        "sku,product_name\nA,Milk\n",
+    );
+    // Two dead letters from elsewhere: one of yesterday with a row longer than is kept, sent
+    // twice; one from long ago (its month is past the 90-day retention).
+    let reject = |line: u64, raw: String, at: chrono::DateTime<chrono::Utc>| {
+        let m = skuflow_schemas::RejectMessage {
+            schema: skuflow_schemas::REJECT_SCHEMA.into(),
+            stage: "ingest".into(),
+            file_id: format!("f-{line}"),
+            bucket: "skus-de".into(),
+            key: "incoming/individual/s9/2025-01-10/skus.csv".into(),
+            country: Some("DE".into()),
+            line,
+            raw,
+            raw_truncated: false,
+            record_id: None,
+            reasons: vec![skuflow_schemas::RejectReason {
+                field: Some("sku".into()),
+                column: Some(1),
+                value: Some("Z".into()),
+                rule: "gtin_check_digit".into(),
+                message: "not a GTIN".into(),
+            }],
+            rejected_at: at,
+        };
+        (m.file_id.clone(), serde_json::to_vec(&m).unwrap())
+    };
+    let recent = reject(
+        7,
+        "Z,".repeat(6000),
+        chrono::Utc::now() - chrono::Duration::days(1),
+    );
+    let old = reject(8, "Z,".into(), "2025-01-10T08:00:00Z".parse().unwrap());
+    produce(
+        &p.stack.brokers,
+        &p.topics.rejects,
+        &[recent.clone(), recent, old],
+    )
+    .await;
+
+    p.start_ingest(&[format!("--bucket-root={}", buckets.display())]);
+    p.start_indexer(&es.url, &[], &[]);
+    let files = |s: &skuflow_e2e::es_double::State| -> Vec<serde_json::Value> {
+        s.docs
+            .iter()
+            .filter(|((i, _), _)| i == "skuflow-files")
+            .map(|(_, d)| d.source.clone())
+            .collect()
+    };
+    let finals = common::wait_until(WAIT, || {
+        es.with(|s| {
+            files(s)
+                .iter()
+                .filter(|d| d["status"] != "accepted")
+                .count()
+        }) == 2
+    });
+    assert!(finals, "{}", p.logs());
+    let rejected = common::wait_until(WAIT, || {
+        es.with(|s| {
+            s.docs
+                .keys()
+                .filter(|(i, _)| i.starts_with("skuflow-rejects-"))
+                .count()
+        }) == 2
+            && es.with(|s| s.deleted_indices.clone()) == ["skuflow-rejects-2025.01"]
+    });
+    assert!(
+        rejected,
+        "{:?} {}",
+        es.with(|s| s.docs.keys().cloned().collect::<Vec<_>>()),
+        p.logs()
+    );
+    assert!(common::wait_until(WAIT, || es.with(|s| s.record_count()) == 2));
+
+    let (docs, violations, templates) =
+        es.with(|s| (s.docs.clone(), s.violations.clone(), s.templates.clone()));
+    assert!(violations.is_empty(), "contract broken: {violations:?}");
+    for (name, alias) in [
+        ("skuflow-files", "skus-files"),
+        ("skuflow-rejects", "skus-rejects"),
+    ] {
+        let t = &templates[name];
+        assert!(t["template"]["aliases"].get(alias).is_some(), "{t}");
+        assert_eq!(t["template"]["mappings"]["dynamic"], "strict");
+    }
+    let by_store = |store: &str| {
+        docs.iter()
+            .find(|((i, _), d)| i == "skuflow-files" && d.source["store_id"] == store)
+            .map(|(_, d)| d.source.clone())
+            .unwrap()
+    };
+    let s1 = by_store("s1");
+    assert_eq!(s1["status"], "completed");
+    assert_eq!(
+        (&s1["rows_total"], &s1["rows_valid"], &s1["rows_rejected"]),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!(2),
+            &serde_json::json!(1)
+        )
+    );
+    assert_eq!(
+        (&s1["country"], &s1["store_category"]),
+        (&"DE".into(), &"individual".into())
+    );
+    assert!(s1["warnings"].to_string().contains("shelf"), "{s1}");
+    assert!(s1.get("schema").is_none());
+    let s2 = by_store("s2");
+    assert_eq!(s2["status"], "failed");
+    assert!(
+        s2["reason"].as_str().unwrap().contains("unit_price"),
+        "{s2}"
+    );
+
+    let rejected = |line: u64| {
+        docs.iter()
+            .find(|((i, _), d)| i.starts_with("skuflow-rejects-") && d.source["line"] == line)
+            .map(|((i, _), d)| (i.clone(), d.source.clone()))
+            .unwrap()
+    };
+    let (index, line3) = rejected(3);
+    let month = chrono::DateTime::parse_from_rfc3339(line3["rejected_at"].as_str().unwrap())
+        .unwrap()
+        .format("%Y.%m")
+        .to_string();
+    assert_eq!(index, format!("skuflow-rejects-{month}"));
+    assert_eq!(line3["line"], 3);
+    assert_eq!(line3["file_id"], s1["file_id"]);
+    assert_eq!(
+        (&line3["field"], &line3["stage"]),
+        (&"unit_price".into(), &"ingest".into())
+    );
+    assert!(line3["raw"].as_str().unwrap().contains("abc"), "{line3}");
+    assert_eq!(line3["rules"].as_array().unwrap().len(), 1);
+
+    // The long row: one document for the two deliveries, its raw text cut to what is kept.
+    let (_, line7) = rejected(7);
+    assert_eq!(line7["raw_truncated"], true);
+    assert_eq!(line7["raw"].as_str().unwrap().len(), 8 * 1024);
+    assert_eq!(line7["reasons"][0]["column"], 1);
+
+    // The consumer groups of the two topics committed everything they read.
+    let group = format!("skuflow-search-indexer-{}", p.id);
+    let committed = |g: &str, topic: &str| {
+        p.committed(g, topic, 3)
+            .iter()
+            .map(|o| o.max(&0))
+            .sum::<i64>()
+    };
+    let rejects_group = format!("{group}-rejects");
+    assert!(
+        common::wait_until(WAIT, || committed(&rejects_group, &p.topics.rejects) == 4),
+        "{:?}",
+        p.committed(&rejects_group, &p.topics.rejects, 3)
+    );
+    assert!(committed(&format!("{group}-files"), &p.topics.files) >= 4);
 }

@@ -127,8 +127,7 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
     // And the search indexes lose 4 documents of it.
     let dropped = es.with(|s| {
         let ids: Vec<_> = s
-            .docs
-            .iter()
+            .records()
             .filter(|(_, d)| d.source["file_id"] == file_b.as_str())
             .map(|(k, _)| k.clone())
             .take(4)

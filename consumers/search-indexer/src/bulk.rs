@@ -41,8 +41,13 @@ pub struct BulkRequest {
     pub items: Vec<usize>,
 }
 
-/// Appends the action and source lines of `r` to `out`.
-pub fn encode_one(layout: &Layout, r: &SkuRecord, out: &mut Vec<u8>) -> serde_json::Result<()> {
+/// Appends an `index` action line for `_id` `id` in `index` at external version `version`.
+pub fn encode_action(
+    index: &str,
+    id: &str,
+    version: i64,
+    out: &mut Vec<u8>,
+) -> serde_json::Result<()> {
     #[derive(serde::Serialize)]
     struct Meta<'a> {
         _index: &'a str,
@@ -54,20 +59,29 @@ pub fn encode_one(layout: &Layout, r: &SkuRecord, out: &mut Vec<u8>) -> serde_js
     struct Action<'a> {
         index: Meta<'a>,
     }
-    let index = layout.index_of(&r.country);
-    let id = document_id(r);
     serde_json::to_writer(
         &mut *out,
         &Action {
             index: Meta {
-                _index: &index,
-                _id: &id,
-                version: r.record_version,
+                _index: index,
+                _id: id,
+                version,
                 version_type: "external",
             },
         },
     )?;
     out.push(b'\n');
+    Ok(())
+}
+
+/// Appends the action and source lines of `r` to `out`.
+pub fn encode_one(layout: &Layout, r: &SkuRecord, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    encode_action(
+        &layout.index_of(&r.country),
+        &document_id(r),
+        r.record_version,
+        out,
+    )?;
     // The source is the record without its envelope field `schema` (the index mapping is
     // strict and holds the record fields only). Serde writes fields in declaration order, so
     // the record's JSON starts with exactly `{"schema":<string>,`.
@@ -97,18 +111,30 @@ pub fn encode(
     which: &[usize],
     bounds: Bounds,
 ) -> serde_json::Result<Vec<BulkRequest>> {
+    encode_with(batch, which, bounds, |r, out| encode_one(layout, r, out))
+}
+
+/// Encodes the items at `which` (indices into `batch`), each by `one` (its action and source
+/// lines), into requests within `bounds`. A single document larger than `max_bytes` travels
+/// alone.
+pub fn encode_with<T>(
+    batch: &[T],
+    which: &[usize],
+    bounds: Bounds,
+    one: impl Fn(&T, &mut Vec<u8>) -> serde_json::Result<()>,
+) -> serde_json::Result<Vec<BulkRequest>> {
     let mut out = Vec::new();
     let mut cur = BulkRequest::default();
-    let mut one = Vec::with_capacity(1024);
+    let mut buf = Vec::with_capacity(1024);
     for &i in which {
-        one.clear();
-        encode_one(layout, batch[i], &mut one)?;
+        buf.clear();
+        one(&batch[i], &mut buf)?;
         let full = cur.items.len() >= bounds.max_docs.max(1)
-            || (!cur.items.is_empty() && cur.body.len() + one.len() > bounds.max_bytes);
+            || (!cur.items.is_empty() && cur.body.len() + buf.len() > bounds.max_bytes);
         if full {
             out.push(std::mem::take(&mut cur));
         }
-        cur.body.extend_from_slice(&one);
+        cur.body.extend_from_slice(&buf);
         cur.items.push(i);
     }
     if !cur.items.is_empty() {

@@ -4,6 +4,7 @@
 
 pub mod bulk;
 pub mod lineage;
+pub mod quality;
 pub mod sink;
 
 use std::path::PathBuf;
@@ -114,6 +115,40 @@ pub struct IndexerArgs {
         default_value = "skus"
     )]
     pub alias: String,
+    /// Prefix of the upload history's and rejected rows' indices: `<prefix>-files` and the
+    /// monthly `<prefix>-rejects-YYYY.MM`.
+    #[arg(
+        long = "quality-index-prefix",
+        env = "SKUFLOW_QUALITY_INDEX_PREFIX",
+        default_value = "skuflow"
+    )]
+    pub quality_index_prefix: String,
+    /// Alias of the upload history's index.
+    #[arg(
+        long = "files-alias",
+        env = "SKUFLOW_FILES_ALIAS",
+        default_value = "skus-files"
+    )]
+    pub files_alias: String,
+    /// Alias over the rejected rows' monthly indices.
+    #[arg(
+        long = "rejects-alias",
+        env = "SKUFLOW_REJECTS_ALIAS",
+        default_value = "skus-rejects"
+    )]
+    pub rejects_alias: String,
+    /// Days rejected rows stay searchable (0: for ever): a month's index is deleted once the
+    /// month ended this many days ago (checked hourly).
+    #[arg(
+        long = "rejects-retention-days",
+        env = "SKUFLOW_REJECTS_RETENTION_DAYS",
+        default_value_t = 90
+    )]
+    pub rejects_retention_days: u32,
+    /// Only the records: no upload history and rejected rows (their consumer groups
+    /// `<group>-files` and `<group>-rejects` do not run).
+    #[arg(long = "no-quality-indices", env = "SKUFLOW_NO_QUALITY_INDICES")]
+    pub no_quality_indices: bool,
     /// Most documents per `_bulk` request.
     #[arg(
         long = "bulk-max-docs",
@@ -170,6 +205,15 @@ impl IndexerArgs {
     pub fn transport(&self) -> anyhow::Result<Transport> {
         transport(&self.es_url, &self.auth)
     }
+
+    /// Where the upload history and the rejected rows go.
+    pub fn quality_layout(&self) -> quality::QualityLayout {
+        quality::QualityLayout {
+            prefix: self.quality_index_prefix.clone(),
+            files_alias: self.files_alias.clone(),
+            rejects_alias: self.rejects_alias.clone(),
+        }
+    }
 }
 
 /// The search indexer as a component of the consume loop.
@@ -190,6 +234,51 @@ impl Component for SearchIndexer {
 
     fn consume_args(args: &IndexerArgs) -> &skuflow_platform::ConsumeArgs {
         &args.consume
+    }
+
+    /// The upload history and the rejected rows, each its own consumer group beside the records'.
+    fn spawn_tasks(
+        args: &IndexerArgs,
+        kafka: &skuflow_platform::KafkaArgs,
+        topics: &skuflow_platform::TopicArgs,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        if args.no_quality_indices {
+            return Ok(());
+        }
+        let group = args.consume.group.as_deref().unwrap_or(GROUP);
+        let (transport, tuning, layout) = (args.transport()?, args.tuning(), args.quality_layout());
+        let (t, l) = (transport.clone(), layout.clone());
+        component::spawn_group(
+            move || {
+                quality::QualitySink::<skuflow_schemas::FileEvent>::new(
+                    sink::Bulk::new(t.clone(), tuning, "search-files"),
+                    l.clone(),
+                    0,
+                )
+            },
+            format!("{group}-files"),
+            &args.consume,
+            kafka,
+            topics,
+            shutdown,
+        );
+        let days = args.rejects_retention_days;
+        component::spawn_group(
+            move || {
+                quality::QualitySink::<skuflow_schemas::RejectMessage>::new(
+                    sink::Bulk::new(transport.clone(), tuning, "search-rejects"),
+                    layout.clone(),
+                    days,
+                )
+            },
+            format!("{group}-rejects"),
+            &args.consume,
+            kafka,
+            topics,
+            shutdown,
+        );
+        Ok(())
     }
 
     async fn build(

@@ -30,18 +30,17 @@ pub struct Tuning {
     pub request_timeout: Duration,
 }
 
+/// The records' sink: one index per country.
 pub struct EsSink {
-    transport: Transport,
+    bulk: Bulk,
     layout: Layout,
-    tuning: Tuning,
 }
 
 impl EsSink {
     pub fn new(transport: Transport, layout: Layout, tuning: Tuning) -> Self {
         EsSink {
-            transport,
+            bulk: Bulk::new(transport, tuning, "search-indexer"),
             layout,
-            tuning,
         }
     }
 
@@ -49,34 +48,128 @@ impl EsSink {
     /// every country's index.
     pub async fn put_template(&self, alias: &str) -> Result<(), SinkError> {
         let template = skuflow_schemas::elasticsearch::index_template(&self.layout.prefix, alias);
-        let path = format!("/_index_template/{}", self.layout.prefix);
-        let body = serde_json::to_vec(&template).map_err(|e| SinkError::Fatal(e.into()))?;
+        self.bulk.put_template(&self.layout.prefix, &template).await
+    }
+}
+
+/// A `_bulk` client: bounded requests, a bounded number in flight, every item's outcome read.
+pub struct Bulk {
+    transport: Transport,
+    tuning: Tuning,
+    /// The sink's name, in metrics and logs.
+    name: &'static str,
+}
+
+impl Bulk {
+    pub fn new(transport: Transport, tuning: Tuning, name: &'static str) -> Self {
+        Bulk {
+            transport,
+            tuning,
+            name,
+        }
+    }
+
+    /// One request answered 2xx, its body read: 429, 5xx and transport errors are retriable,
+    /// other answers fatal. `what` names it in errors.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&[(&str, &str)]>,
+        body: Option<Vec<u8>>,
+        what: &str,
+    ) -> Result<Vec<u8>, SinkError> {
+        let mut headers = HeaderMap::new();
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
         let resp = self
             .transport
             .send(
-                Method::Put,
-                &path,
-                HeaderMap::new(),
-                None::<&()>,
-                Some(body),
+                method,
+                path,
+                headers,
+                query,
+                body,
                 Some(self.tuning.request_timeout),
             )
             .await
-            .map_err(|e| SinkError::Retriable(anyhow!("putting the index template: {e}")))?;
+            .map_err(|e| SinkError::Retriable(anyhow!("{what}: {e}")))?;
         let status = resp.status_code().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| SinkError::Retriable(anyhow!("{what}: reading the answer: {e}")))?;
         if (200..300).contains(&status) {
-            return Ok(());
+            return Ok(bytes.to_vec());
         }
-        let text = resp.text().await.unwrap_or_default();
         let err = anyhow!(
-            "putting the index template {path}: HTTP {status}: {}",
-            snippet(&text)
+            "{what}: {path} answered HTTP {status}: {}",
+            snippet(&String::from_utf8_lossy(&bytes))
         );
         Err(if status == 429 || status >= 500 {
             SinkError::Retriable(err)
         } else {
             SinkError::Fatal(err)
         })
+    }
+
+    /// Puts index template `name` (idempotent).
+    pub async fn put_template(
+        &self,
+        name: &str,
+        template: &serde_json::Value,
+    ) -> Result<(), SinkError> {
+        let path = format!("/_index_template/{name}");
+        let body = serde_json::to_vec(template).map_err(|e| SinkError::Fatal(e.into()))?;
+        self.call(
+            Method::Put,
+            &path,
+            None,
+            Some(body),
+            "putting the index template",
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The names of the indices matching `pattern` (none is no error).
+    pub async fn list_indices(&self, pattern: &str) -> Result<Vec<String>, SinkError> {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            index: String,
+        }
+        let body = self
+            .call(
+                Method::Get,
+                &format!("/_cat/indices/{pattern}"),
+                Some(&[("format", "json"), ("h", "index")]),
+                None,
+                "listing indices",
+            )
+            .await?;
+        let rows: Vec<Row> = serde_json::from_slice(&body).map_err(|e| {
+            SinkError::Retriable(anyhow!("listing indices: unreadable answer: {e}"))
+        })?;
+        Ok(rows.into_iter().map(|r| r.index).collect())
+    }
+
+    /// Deletes index `index` (one name, never a pattern).
+    pub async fn delete_index(&self, index: &str) -> Result<(), SinkError> {
+        if index.contains(['*', ',', '?']) || index.starts_with('_') {
+            return Err(SinkError::Fatal(anyhow!(
+                "refusing to delete {index:?}: not one index name"
+            )));
+        }
+        self.call(
+            Method::Delete,
+            &format!("/{index}"),
+            None,
+            None,
+            "deleting an index",
+        )
+        .await
+        .map(drop)
     }
 
     async fn send(&self, req: BulkRequest) -> Result<(Vec<usize>, Vec<Outcome>), SinkError> {
@@ -116,21 +209,9 @@ impl EsSink {
             ))),
         }
     }
-}
 
-fn snippet(s: &str) -> String {
-    skuflow_platform::text::truncate_chars(s.trim(), 300)
-}
-
-#[async_trait]
-impl Sink for EsSink {
-    type Message = SkuRecord;
-
-    fn name(&self) -> &'static str {
-        "search-indexer"
-    }
-
-    async fn ping(&mut self) -> Result<(), SinkError> {
+    /// A round trip to the cluster.
+    pub async fn ping(&self) -> Result<(), SinkError> {
         let resp = self
             .transport
             .send(
@@ -151,21 +232,21 @@ impl Sink for EsSink {
         }
     }
 
-    async fn write(
-        &mut self,
-        _topic: &str,
-        batch: &[Consumed<SkuRecord>],
-        _offsets: &BTreeMap<i32, i64>,
+    /// Indexes every item of `batch`, each encoded by `one`: items Elasticsearch asks to retry
+    /// are retried alone, up to the tuning's rounds; those it refuses for good come back.
+    pub async fn index<T>(
+        &self,
+        batch: &[T],
+        one: impl Fn(&T, &mut Vec<u8>) -> serde_json::Result<()>,
     ) -> Result<Vec<Refusal>, SinkError> {
-        let records: Vec<&SkuRecord> = batch.iter().map(|c| &c.value).collect();
-        let mut todo: Vec<usize> = (0..records.len()).collect();
+        let mut todo: Vec<usize> = (0..batch.len()).collect();
         let mut refusals = Vec::new();
         let mut round = 0u32;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            let requests = bulk::encode(&self.layout, &records, &todo, self.tuning.bounds)
+            let requests = bulk::encode_with(batch, &todo, self.tuning.bounds, &one)
                 .map_err(|e| SinkError::Fatal(e.into()))?;
-            let this = &*self;
+            let this = self;
             let results: Vec<_> = futures::stream::iter(requests.into_iter().map(|r| this.send(r)))
                 .buffer_unordered(self.tuning.max_in_flight.max(1))
                 .collect()
@@ -208,7 +289,7 @@ impl Sink for EsSink {
             // Counted as retries of the sink: Elasticsearch was unavailable for these documents.
             skuflow_platform::metrics::metrics()
                 .sink_retries
-                .with_label_values(&[self.name()])
+                .with_label_values(&[self.name])
                 .inc();
             let pause = backoff.next_pause();
             tracing::warn!(
@@ -222,5 +303,34 @@ impl Sink for EsSink {
             retry.sort_unstable();
             todo = retry;
         }
+    }
+}
+
+fn snippet(s: &str) -> String {
+    skuflow_platform::text::truncate_chars(s.trim(), 300)
+}
+
+#[async_trait]
+impl Sink for EsSink {
+    type Message = SkuRecord;
+
+    fn name(&self) -> &'static str {
+        self.bulk.name
+    }
+
+    async fn ping(&mut self) -> Result<(), SinkError> {
+        self.bulk.ping().await
+    }
+
+    async fn write(
+        &mut self,
+        _topic: &str,
+        batch: &[Consumed<SkuRecord>],
+        _offsets: &BTreeMap<i32, i64>,
+    ) -> Result<Vec<Refusal>, SinkError> {
+        let layout = &self.layout;
+        self.bulk
+            .index(batch, |c, out| bulk::encode_one(layout, &c.value, out))
+            .await
     }
 }

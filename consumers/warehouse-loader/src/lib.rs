@@ -77,19 +77,19 @@ impl Component for WarehouseLoader {
         let (files, rejects) = (format!("{group}-files"), format!("{group}-rejects"));
         let (url, days) = (args.pg_url.clone(), args.rejects_retention_days);
         let g = files.clone();
-        spawn_loop(
+        component::spawn_group(
             move || quality::FilesSink::new(url.expose(), &g),
             files,
-            args,
+            &args.consume,
             kafka,
             topics,
             shutdown,
         );
         let (url, g) = (args.pg_url.clone(), rejects.clone());
-        spawn_loop(
+        component::spawn_group(
             move || quality::RejectsSink::new(url.expose(), &g, days),
             rejects,
-            args,
+            &args.consume,
             kafka,
             topics,
             shutdown,
@@ -115,33 +115,6 @@ impl Component for WarehouseLoader {
             consume: place.consume.clone(),
         })
     }
-}
-
-/// Runs the sink `make` makes as consumer group `group` until `shutdown`; a new one 30 s after
-/// a failure (the facts' loop goes on meanwhile).
-fn spawn_loop<S: skuflow_platform::Sink + Send + 'static>(
-    make: impl Fn() -> S + Send + 'static,
-    group: String,
-    args: &LoaderArgs,
-    kafka: &skuflow_platform::KafkaArgs,
-    topics: &skuflow_platform::TopicArgs,
-    shutdown: &CancellationToken,
-) {
-    let mut consume = args.consume.clone();
-    consume.group = Some(group.clone());
-    let (kafka, topics, shutdown) = (kafka.clone(), topics.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        while let Err(e) =
-            skuflow_platform::run_sink(&kafka, &topics, &consume, &group, make(), shutdown.clone())
-                .await
-        {
-            tracing::error!(error = format!("{e:#}"), %group, "A warehouse consumer group failed; starting it again in 30 s.");
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
-            }
-        }
-    });
 }
 
 /// Runs the loader until `shutdown`.
