@@ -1,5 +1,5 @@
 //! `skuflow status`: for each upload, what ingest accepted and rejected (from the file lifecycle
-//! topic) and how many rows each sink holds for it, read from the sinks themselves: the
+//! topic, or with `--from=table` from the loader's upload history `skuflow.files`) and how many rows each sink holds for it, read from the sinks themselves: the
 //! warehouse (`skuflow.sku_facts`), the finance lines (`skuflow_finance.lines`), the search
 //! indexes (documents per `file_id`, when `--es-url` is given) and the Parquet dataset (its
 //! `file_id` lineage column).
@@ -62,6 +62,19 @@ pub(crate) struct StatusArgs {
     /// JSON output.
     #[arg(long = "json")]
     json: bool,
+    /// Where the list of uploads comes from: `topic` reads `sku.files.v1` from its start;
+    /// `table` reads the warehouse loader's upload history `skuflow.files` (needs `--pg-url`),
+    /// much faster over a long history and as fresh as the loader's `<group>-files` consumer
+    /// group.
+    #[arg(long = "from", value_enum, default_value_t = Source::Topic)]
+    from: Source,
+}
+
+/// Where `skuflow status` reads the uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Source {
+    Topic,
+    Table,
 }
 
 /// One upload's lineage.
@@ -135,6 +148,68 @@ pub(crate) fn read_files(
         }
     }
     Ok(latest)
+}
+
+/// The latest state of every upload in the loader's upload history, as the events it was
+/// loaded from.
+pub(crate) async fn read_files_table(
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<HashMap<String, FileEvent>> {
+    let table = skuflow_warehouse_loader::migrations::FILES_TABLE;
+    let exists: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&table])
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        exists.is_some(),
+        "{table} does not exist: the warehouse loader has not loaded the upload history (run it without --no-quality-tables, or use --from=topic)"
+    );
+    let rows = client
+        .query(
+            &format!(
+                "SELECT file_id, status, bucket, key, etag, size, country, store_id, store_category, \
+                 chain, business_date, last_modified, rows_total, rows_valid, rows_rejected, bytes, \
+                 duration_ms, reason, warnings, moved_to, updated_at FROM {table}"
+            ),
+            &[],
+        )
+        .await
+        .with_context(|| format!("reading {table}"))?;
+    let count = |v: Option<i64>| v.and_then(|n| u64::try_from(n).ok());
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let status: String = r.get(1);
+        let file_id: String = r.get(0);
+        let mut ev = FileEvent::new(
+            &file_id,
+            serde_json::from_value(serde_json::Value::String(status.clone()))
+                .with_context(|| format!("{table}: upload {file_id} has status {status:?}"))?,
+            &r.get::<_, String>(2),
+            &r.get::<_, String>(3),
+        );
+        ev.etag = r.get(4);
+        ev.size = count(r.get(5));
+        ev.country = r.get(6);
+        ev.store_id = r.get(7);
+        ev.store_category = r
+            .get::<_, Option<String>>(8)
+            .as_deref()
+            .and_then(skuflow_schemas::StoreCategory::parse);
+        ev.chain = r.get(9);
+        ev.business_date = r.get(10);
+        ev.last_modified = r.get(11);
+        ev.rows_total = count(r.get(12));
+        ev.rows_valid = count(r.get(13));
+        ev.rows_rejected = count(r.get(14));
+        ev.bytes = count(r.get(15));
+        ev.duration_ms = count(r.get(16));
+        ev.reason = r.get(17);
+        ev.warnings = r.get::<_, Option<Vec<String>>>(18).unwrap_or_default();
+        ev.moved_to = r.get(19);
+        ev.at = r.get(20);
+        out.insert(file_id, ev);
+    }
+    Ok(out)
 }
 
 /// Rows per file id in a PostgreSQL table (none when the table does not exist).
@@ -309,7 +384,19 @@ pub(crate) fn judge(
 
 /// Runs the command; returns whether every file is consistent.
 pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<bool> {
-    let events = read_files(&args.kafka, &args.topics.files)?;
+    let pg = match &args.pg_url {
+        Some(url) => Some(
+            skuflow_platform::pg::connect(url.expose())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
+    let events = match (args.from, &pg) {
+        (Source::Topic, _) => read_files(&args.kafka, &args.topics.files)?,
+        (Source::Table, Some(client)) => read_files_table(client).await?,
+        (Source::Table, None) => anyhow::bail!("--from=table needs --pg-url (or SKUFLOW_PG_URL)"),
+    };
     let mut selected: Vec<&FileEvent> = events
         .values()
         .filter(|e| {
@@ -326,14 +413,7 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<bool> {
     // Every sink of the registry whose store was given is counted, in the registry's order.
     let mut per_sink: Vec<(&'static str, HashMap<String, u64>)> = Vec::new();
     let stores = Stores {
-        pg: match &args.pg_url {
-            Some(url) => Some(
-                skuflow_platform::pg::connect(url.expose())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?,
-            ),
-            None => None,
-        },
+        pg,
         es: match &args.es_url {
             Some(url) => Some((
                 skuflow_search_indexer::transport(url, &args.es_auth)?,

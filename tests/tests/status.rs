@@ -102,6 +102,34 @@ async fn status_follows_each_upload_into_every_sink_and_flags_lost_rows() {
     }
     assert_eq!(b["superseded"], 0);
 
+    // The same answer from the loader's upload history instead of the topic (its times are
+    // PostgreSQL's, to the microsecond).
+    let without_time = |v: &Value| {
+        let mut v = v.clone();
+        for f in v.as_array_mut().unwrap() {
+            f.as_object_mut().unwrap().remove("at");
+        }
+        v
+    };
+    let mut from_table = (0, Value::Null, String::new());
+    let same = common::wait_until(Duration::from_secs(60), || {
+        from_table = p.status_json(&datasets, &[&es_arg, "--from=table"]);
+        from_table.0 == 0 && without_time(&from_table.1) == without_time(&last.1)
+    });
+    assert!(
+        same,
+        "--from=table differs:\n{}\ntopic:\n{}",
+        from_table.2, last.2
+    );
+    for (t, k) in from_table.1.as_array().unwrap().iter().zip(files) {
+        let at =
+            |f: &Value| chrono::DateTime::parse_from_rfc3339(f["at"].as_str().unwrap()).unwrap();
+        assert!(
+            (at(t) - at(k)).num_microseconds().unwrap().abs() < 1,
+            "{t} {k}"
+        );
+    }
+
     // One file only.
     let (code, one, text) = p.status_json(
         &datasets,
