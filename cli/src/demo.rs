@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -43,9 +43,13 @@ pub(crate) struct DemoArgs {
     /// Countries, one bucket each.
     #[arg(long = "countries", value_delimiter = ',', default_value = "DE,FR,US")]
     countries: Vec<String>,
-    /// Rows per generated file.
-    #[arg(long = "rows-per-file", default_value_t = 2000)]
+    /// Rows (SKUs) per store and day (the corner shop has half as many).
+    #[arg(long = "rows-per-file", default_value_t = 200)]
     rows_per_file: u64,
+    /// Days of daily history per store before the featured day (yesterday), with a weekly
+    /// pattern and a trend, so the finance report has projections to show (0: none).
+    #[arg(long = "history-days", default_value_t = 70)]
+    history_days: u32,
     /// Give up after this many seconds.
     #[arg(long = "timeout-secs", default_value_t = 300)]
     timeout_secs: u64,
@@ -68,63 +72,131 @@ fn put(root: &Path, bucket: &str, key: &str, bytes: &[u8]) -> anyhow::Result<()>
     std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes the sample uploads; returns the number of files per bucket.
+/// Units sold on `day` relative to a plain day: a weekly pattern (weekends sell more), a trend
+/// of +0.5 % a day from `first`, and ±12 % of noise fixed by the day and the row.
+fn demand(day: NaiveDate, first: NaiveDate, row: u64) -> f64 {
+    const WEEK: [f64; 7] = [0.85, 0.9, 0.95, 1.0, 1.2, 1.45, 0.7];
+    let weekday = WEEK[day.weekday().num_days_from_monday() as usize];
+    let trend = 1.0 + 0.005 * (day - first).num_days() as f64;
+    let mut x = (day.num_days_from_ce() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ row;
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 32;
+    let noise = 0.88 + 0.24 * ((x % 1000) as f64 / 1000.0);
+    weekday * trend * noise
+}
+
+/// The demo's stores of country number `n`: (key prefix under `incoming/`, seed).
+fn stores(cc: &str, n: usize) -> [(String, u64); 3] {
+    let (cc, seed) = (cc.to_lowercase(), 100 * (n as u64 + 1));
+    let chain = if n % 2 == 0 { "walmart" } else { "ikea" };
+    [
+        (format!("retail_chain/{chain}/{cc}-001"), seed),
+        (format!("retail_chain/{chain}/{cc}-002"), seed + 1),
+        (format!("individual/corner-{cc}"), seed + 2),
+    ]
+}
+
+/// Writes the sample uploads: a daily upload per store from `history_days` days before
+/// `featured` (yesterday) to it, with a weekly pattern and a trend in units sold. The uploads of
+/// the featured day show what skuflow does with bad input: rows that break the contract in each
+/// store's file (a BOM and CRLF in one, gzip in another) and, in the first country, a file
+/// refused as a whole. Returns the number of files per bucket.
 fn generate(
     root: &Path,
-    countries: &[String],
-    rows: u64,
+    args: &DemoArgs,
+    featured: NaiveDate,
 ) -> anyhow::Result<BTreeMap<String, usize>> {
-    let date = "2026-11-20";
+    let first = featured - chrono::Days::new(args.history_days.into());
     let mut files = BTreeMap::new();
-    for (n, cc) in countries.iter().enumerate() {
+    for (n, cc) in args.countries.iter().enumerate() {
         let bucket = format!("skus-{}", cc.to_ascii_lowercase());
         let cur = currency(cc);
-        let seed = 100 * (n as u64 + 1);
-        let chain = if n % 2 == 0 { "walmart" } else { "ikea" };
-        put(
-            root,
-            &bucket,
-            &format!(
-                "incoming/retail_chain/{chain}/{}-001/{date}/skus.csv",
-                cc.to_lowercase()
-            ),
-            render_csv(&sample_rows(seed, rows, 25, cur, date), true, true).as_bytes(),
-        )?;
-        put(
-            root,
-            &bucket,
-            &format!(
-                "incoming/retail_chain/{chain}/{}-002/{date}/skus.csv",
-                cc.to_lowercase()
-            ),
-            render_csv(&sample_rows(seed + 1, rows, 40, cur, date), false, false).as_bytes(),
-        )?;
-        put(
-            root,
-            &bucket,
-            &format!(
-                "incoming/individual/corner-{}/{date}/skus.csv.gz",
-                cc.to_lowercase()
-            ),
-            &gzip(
-                render_csv(
-                    &sample_rows(seed + 2, rows / 2, 30, cur, date),
-                    false,
-                    false,
-                )
-                .as_bytes(),
-            ),
-        )?;
-        let mut count = 3;
+        let mut count = 0;
+        for day in first.iter_days().take_while(|d| *d <= featured) {
+            let date = day.to_string();
+            let last = day == featured;
+            // (store, seed, rows, every n-th row invalid on the featured day)
+            let [(chain1, seed), (chain2, _), (corner, _)] = stores(cc, n);
+            let plan = [
+                (chain1, seed, args.rows_per_file, 25),
+                (chain2, seed + 1, args.rows_per_file, 40),
+                (corner, seed + 2, args.rows_per_file / 2, 30),
+            ];
+            for (i, (store, seed, rows, invalid)) in plan.into_iter().enumerate() {
+                let mut rows = sample_rows(seed, rows, if last { invalid } else { 0 }, cur, &date);
+                for (r, row) in rows.iter_mut().enumerate() {
+                    if let Ok(base) = row.units_sold.parse::<f64>() {
+                        row.units_sold =
+                            ((base * demand(day, first, r as u64)).round() as u64).to_string();
+                    }
+                }
+                let (crlf, bom) = (last && i == 0, last && i == 0);
+                let csv = render_csv(&rows, crlf, bom);
+                if last && i == 2 {
+                    put(
+                        root,
+                        &bucket,
+                        &format!("incoming/{store}/{date}/skus.csv.gz"),
+                        &gzip(csv.as_bytes()),
+                    )?;
+                } else {
+                    put(
+                        root,
+                        &bucket,
+                        &format!("incoming/{store}/{date}/skus.csv"),
+                        csv.as_bytes(),
+                    )?;
+                }
+                count += 1;
+            }
+        }
         if n == 0 {
             // A file rejected as a whole: the unit_price column is missing.
-            put(root, &bucket, &format!("incoming/individual/kiosk-1/{date}/skus.csv"),
-                b"sku,product_name,category,currency,quantity_on_hand,units_sold,business_date\nK1,Gum,snacks,EUR,3,1,2026-11-20\n")?;
+            put(
+                root,
+                &bucket,
+                &format!("incoming/individual/kiosk-1/{featured}/skus.csv"),
+                format!(
+                    "sku,product_name,category,currency,quantity_on_hand,units_sold,business_date\nK1,Gum,snacks,{cur},3,1,{featured}\n"
+                )
+                .as_bytes(),
+            )?;
             count += 1;
         }
         files.insert(bucket, count);
     }
     Ok(files)
+}
+
+/// A rate file for the report: every day from `first` to `last`, every currency of the demo's
+/// countries into EUR (a slow drift, so the conversion visibly uses each day's rate).
+fn write_rates(
+    path: &Path,
+    countries: &[String],
+    first: NaiveDate,
+    last: NaiveDate,
+) -> anyhow::Result<()> {
+    let mut currencies: Vec<&str> = countries.iter().map(|c| currency(c)).collect();
+    currencies.sort_unstable();
+    currencies.dedup();
+    let mut out = String::from("date,currency,reporting_currency,rate\n");
+    for (i, day) in first.iter_days().take_while(|d| *d <= last).enumerate() {
+        for cur in &currencies {
+            let base = match *cur {
+                "EUR" => continue,
+                "USD" => 9_200i64,
+                "GBP" => 11_600,
+                "CHF" => 10_500,
+                "SEK" => 870,
+                "JPY" => 61,
+                _ => 10_000,
+            };
+            let rate = rust_decimal::Decimal::new(base * 100 + (i as i64 % 9) * 7, 6);
+            out.push_str(&format!("{day},{cur},EUR,{rate}\n"));
+        }
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
 /// What the demo writes on the schemas it makes; it resets only schemas that say so.
@@ -321,7 +393,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_at = chrono::Utc::now();
     let buckets = cleared(args.out.join("buckets"))?;
-    let expected_files = generate(&buckets, &args.countries, args.rows_per_file)?;
+    let featured = Utc::now().date_naive() - chrono::Days::new(1);
+    let expected_files = generate(&buckets, &args, featured)?;
     let total_files: usize = expected_files.values().sum();
     reset_schema(args.pg_url.expose()).await?;
 
@@ -385,13 +458,21 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let report = ReportArgs::into_dir(
+    let mut report = ReportArgs::into_dir(
         &args
             .out
             .join(skuflow_finance_reporter::FinanceReporter::INFO.label)
             .display()
             .to_string(),
     );
+    let rates = args.out.join("rates.csv");
+    write_rates(
+        &rates,
+        &args.countries,
+        featured - chrono::Days::new(args.history_days.into()),
+        featured,
+    )?;
+    report.rates = Some(rates);
     let finance = skuflow_finance_reporter::reporting::run(args.pg_url.expose(), &report)
         .await
         .context("writing the finance report")?;
