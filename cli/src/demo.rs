@@ -512,6 +512,21 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!("  finance        skuflow_finance.daily in PostgreSQL; report {}/report.html (+ daily.csv, projections.csv, summary.json)", report.out);
+    println!();
+    println!("where to look next:");
+    println!("  the report     chromium {}/report.html", report.out);
+    println!(
+        "  SQL            psql \"$SKUFLOW_DEMO_PG_URL\" -c 'SELECT * FROM skuflow.upload_quality WHERE failed > 0 OR rows_rejected > 0'"
+    );
+    if let Some(root) = &stores.dataset_root {
+        println!(
+            "  Parquet        python3 -c \"import duckdb; duckdb.sql(\\\"SELECT business_date, sum(units_sold) FROM read_parquet('{root}/country=DE/business_date=*/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY 1\\\").show()\""
+        );
+        println!(
+            "  every upload   cargo run -q -p skuflow-cli -- status --from=table --pg-url \"$SKUFLOW_DEMO_PG_URL\" --dataset-root {root}"
+        );
+    }
+    println!("  (`eval \"$(scripts/stack.sh env)\"` sets SKUFLOW_DEMO_PG_URL)");
     Ok(())
 }
 
