@@ -345,6 +345,41 @@ async fn finance_report_equals_an_independent_decimal_computation_and_renders_in
     );
     assert!(dom.contains("data-mark=\"band\""));
     assert!(dom.contains("No projection: too little history: 5 days"));
+    // Readable charts: a legend, round amounts on the y axis (k/M, never a raw 8-digit number),
+    // dates on the x axis; nothing wider than the window.
+    assert!(dom.contains("data-mark=\"legend\""));
+    let ticks = |mark: &str| -> Vec<String> {
+        dom.split(&format!("data-mark=\"{mark}\""))
+            .skip(1)
+            .filter_map(|t| t.split_once('>').and_then(|(_, rest)| rest.split_once('<')))
+            .map(|(text, _)| text.to_string())
+            .collect()
+    };
+    let (y, x) = (ticks("ytick"), ticks("xtick"));
+    assert!(y.len() >= 3 && y.iter().all(|t| t.len() <= 5), "{y:?}");
+    assert!(x.iter().any(|t| !t.is_empty()), "no date on the x axis");
+    assert!(
+        x.iter()
+            .filter(|t| !t.is_empty())
+            .all(|t| chrono::NaiveDate::parse_from_str(&format!("{t} 2026"), "%b %d %Y").is_ok()),
+        "{x:?}"
+    );
+    assert!(
+        dom.contains("data-overflow=\"no\""),
+        "the page is wider than the window"
+    );
+    // And as a person sees it: a screenshot of the window's width, not blank.
+    let png = chromium_screenshot(&out.join("report.html"));
+    let (w, h) = (
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        u32::from_be_bytes(png[20..24].try_into().unwrap()),
+    );
+    assert_eq!((&png[1..4], w, h), (&b"PNG"[..], 800, 1600));
+    assert!(
+        png.len() > 40_000,
+        "a near-empty screenshot: {} bytes",
+        png.len()
+    );
 
     // On a schedule, too.
     assert!(
@@ -359,7 +394,9 @@ async fn finance_report_equals_an_independent_decimal_computation_and_renders_in
 }
 
 /// The DOM of `page` after Chromium loaded it and ran its scripts.
-fn chromium_dom(page: &Path) -> String {
+/// Headless Chromium on `page` in an 800 px wide window, with `what` (`--dump-dom` or
+/// `--screenshot=<file>`); its standard output.
+fn chromium(page: &Path, what: &str) -> Vec<u8> {
     let browser = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|b| {
@@ -377,9 +414,11 @@ fn chromium_dom(page: &Path) -> String {
             "--disable-gpu",
             "--disable-dev-shm-usage",
             "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=800,1600",
             &format!("--user-data-dir={}", profile.path().display()),
             "--virtual-time-budget=5000",
-            "--dump-dom",
+            what,
         ])
         .arg(format!("file://{}", page.display()))
         .output()
@@ -389,7 +428,19 @@ fn chromium_dom(page: &Path) -> String {
         "chromium failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out.stdout
+}
+
+fn chromium_dom(page: &Path) -> String {
+    String::from_utf8_lossy(&chromium(page, "--dump-dom")).into_owned()
+}
+
+/// A PNG screenshot of `page`.
+fn chromium_screenshot(page: &Path) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.png");
+    chromium(page, &format!("--screenshot={}", file.display()));
+    std::fs::read(&file).expect("Chromium wrote no screenshot")
 }
 
 /// Sums per (country, store) computed here from the produced records: the newest version of

@@ -1,9 +1,12 @@
 //! The HTML report: one self-contained page (inline CSS, inline SVG charts, no script or font
 //! from elsewhere) that works offline. A small inline script marks the page once every chart
-//! has drawn, which is what the headless-browser test reads.
+//! has drawn and whether the page is wider than the window, which is what the headless-browser
+//! test reads. Revenue charts have round gridlines labelled in k/M, weekly date ticks, a line
+//! where the projection starts and a legend.
 
 use std::fmt::Write as _;
 
+use chrono::Datelike;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
@@ -34,6 +37,32 @@ fn coord(x: Decimal) -> f64 {
 const W: f64 = 760.0;
 const H: f64 = 260.0;
 const PAD: f64 = 48.0;
+
+/// A round step for about five gridlines up to `hi`, and the top gridline.
+fn nice_scale(hi: f64) -> (f64, f64) {
+    let raw = (hi / 5.0).max(1e-9);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * magnitude);
+    (step, (hi / step).ceil() * step)
+}
+
+/// An axis label: `950`, `12k`, `1.5M`, `2B`.
+fn si(v: f64) -> String {
+    let (div, unit) = match v.abs() {
+        a if a >= 1e9 => (1e9, "B"),
+        a if a >= 1e6 => (1e6, "M"),
+        a if a >= 1e3 => (1e3, "k"),
+        _ => (1.0, ""),
+    };
+    let x = v / div;
+    let text = format!("{x:.1}");
+    let text = text.strip_suffix(".0").unwrap_or(&text);
+    format!("{text}{unit}")
+}
 
 /// Revenue over time with the projection and its 95 % band.
 fn revenue_chart(p: &ProjectionEntry, id: &str) -> String {
@@ -67,12 +96,29 @@ fn revenue_chart(p: &ProjectionEntry, id: &str) -> String {
     if hi <= lo {
         hi = lo + 1.0;
     }
+    let (step, top) = nice_scale(hi);
+    hi = hi.max(top);
     let x = |d: chrono::NaiveDate| PAD + (d - first).num_days() as f64 / days * (W - 2.0 * PAD);
     let y = |v: f64| H - PAD - (v - lo) / (hi - lo) * (H - 2.0 * PAD);
     let mut svg = format!(
         "<svg data-chart=\"{id}\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\" aria-label=\"Revenue of {} with projection\">",
         esc(&p.country)
     );
+    // Amounts: gridlines at round steps, labelled in thousands (k) or millions (M).
+    let mut v = 0.0;
+    while v <= hi + step / 2.0 {
+        let at = y(v);
+        let _ = write!(
+            svg,
+            "<line x1=\"{PAD}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" class=\"grid\"/><text x=\"{}\" y=\"{:.1}\" class=\"tick\" data-mark=\"ytick\" text-anchor=\"end\">{}</text>",
+            W - PAD,
+            PAD - 6.0,
+            at + 4.0,
+            si(v),
+            y = at,
+        );
+        v += step;
+    }
     let _ = write!(
         svg,
         "<line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" class=\"axis\"/>",
@@ -80,21 +126,62 @@ fn revenue_chart(p: &ProjectionEntry, id: &str) -> String {
         W - PAD,
         H - PAD
     );
+    // Dates: a tick every week (or every day for a short history), Mondays when weekly.
+    let every = if days > 21.0 { 7 } else { 1 };
+    let mut d = first;
+    if every == 7 {
+        while d.weekday() != chrono::Weekday::Mon {
+            d += chrono::Duration::days(1);
+        }
+    }
+    let mut n = 0;
+    while d <= last {
+        let label = if n % 2 == 0 || every == 1 && days <= 10.0 {
+            d.format("%b %-d").to_string()
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            svg,
+            "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{}\" class=\"axis\"/><text x=\"{x:.1}\" y=\"{}\" class=\"tick\" data-mark=\"xtick\" text-anchor=\"middle\">{label}</text>",
+            H - PAD,
+            H - PAD + 4.0,
+            H - PAD + 16.0,
+            x = x(d),
+        );
+        d += chrono::Duration::days(every);
+        n += 1;
+    }
+    if let (Some(end), false) = (hist.last().map(|h| h.0), points.is_empty()) {
+        let _ = write!(
+            svg,
+            "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{}\" class=\"today\"/><text x=\"{:.1}\" y=\"{}\" class=\"tick\">projection</text>",
+            PAD / 2.0,
+            H - PAD,
+            x(end) + 4.0,
+            PAD / 2.0 + 8.0,
+            x = x(end),
+        );
+    }
+    // The legend, above the plot.
     let _ = write!(
         svg,
-        "<text x=\"4\" y=\"{}\" class=\"tick\">{}</text><text x=\"4\" y=\"{}\" class=\"tick\">{}</text>",
-        y(hi) + 4.0,
-        hi.round(),
-        y(lo) + 4.0,
-        lo.round()
+        "<g data-mark=\"legend\" class=\"legend\"><line x1=\"{PAD}\" y1=\"12\" x2=\"{}\" y2=\"12\" class=\"history\"/><text x=\"{}\" y=\"16\" class=\"tick\">revenue</text>",
+        PAD + 22.0,
+        PAD + 28.0
     );
-    let _ = write!(
-        svg,
-        "<text x=\"{PAD}\" y=\"{}\" class=\"tick\">{first}</text><text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"end\">{last}</text>",
-        H - PAD + 16.0,
-        W - PAD,
-        H - PAD + 16.0
-    );
+    if !points.is_empty() {
+        let _ = write!(
+            svg,
+            "<line x1=\"{}\" y1=\"12\" x2=\"{}\" y2=\"12\" class=\"projection\"/><text x=\"{}\" y=\"16\" class=\"tick\">projection</text><rect x=\"{}\" y=\"6\" width=\"22\" height=\"12\" class=\"band\"/><text x=\"{}\" y=\"16\" class=\"tick\">95 % interval</text>",
+            PAD + 100.0,
+            PAD + 122.0,
+            PAD + 128.0,
+            PAD + 210.0,
+            PAD + 238.0
+        );
+    }
+    svg.push_str("</g>");
     if !points.is_empty() {
         let upper: Vec<String> = points
             .iter()
@@ -200,17 +287,20 @@ fn store_label(s: &Converted) -> String {
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#1d2430;max-width:900px}\
+svg{max-width:100%;height:auto}.wide{overflow-x:auto}td{white-space:nowrap}\
 h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem}table{border-collapse:collapse;margin:.5rem 0}\
 td,th{border-bottom:1px solid #d8dde6;padding:.25rem .6rem;text-align:right}td:first-child,th:first-child{text-align:left}\
 .axis{stroke:#8893a5}.tick,.label,.value{font-size:11px;fill:#394150}.history{fill:none;stroke:#1f5fbf;stroke-width:1.5}\
 .projection{fill:none;stroke:#d9480f;stroke-width:1.5;stroke-dasharray:4 3}.band{fill:#fd7e14;opacity:.18}\
+.grid{stroke:#e3e7ee}.today{stroke:#8893a5;stroke-dasharray:2 3}\
 .bar{fill:#2f9e44}.bar.neg{fill:#c92a2a}.warn{color:#a61e4d}.note{color:#5c677d;font-size:.9rem}";
 
 const SCRIPT: &str = "document.addEventListener('DOMContentLoaded',function(){\
 var c=document.querySelectorAll('svg[data-chart]'),ok=0;\
 c.forEach(function(s){var b=s.getBBox();if(b.width>0&&b.height>0&&s.querySelectorAll('[data-mark]').length>0){ok++;}});\
 document.body.setAttribute('data-charts',String(c.length));\
-document.body.setAttribute('data-charts-rendered',String(ok));});";
+document.body.setAttribute('data-charts-rendered',String(ok));\
+var d=document.documentElement;document.body.setAttribute('data-overflow',d.scrollWidth>d.clientWidth?'yes':'no');});";
 
 /// The whole page.
 pub fn render(r: &Report) -> String {
@@ -226,7 +316,7 @@ pub fn render(r: &Report) -> String {
         r.to.map_or("last".into(), |d| d.to_string()),
         r.rows
     );
-    h.push_str("<h2>Totals per country</h2><table><tr><th>Country</th><th>Currency</th><th>Revenue</th><th>Cost</th><th>Gross margin</th><th>Margin</th><th>Units</th><th>Revenue in ");
+    h.push_str("<h2>Totals per country</h2><div class=\"wide\"><table><tr><th>Country</th><th>Currency</th><th>Revenue</th><th>Cost</th><th>Gross margin</th><th>Margin</th><th>Units</th><th>Revenue in ");
     h.push_str(&cur);
     h.push_str("</th></tr>");
     for t in &r.totals {
@@ -253,13 +343,13 @@ pub fn render(r: &Report) -> String {
     }
     let _ = write!(
         h,
-        "</table><p>All converted: revenue {} {cur}, gross margin {} {cur} ({}).</p>",
+        "</table></div><p>All converted: revenue {} {cur}, gross margin {} {cur} ({}).</p>",
         money(r.grand_total.revenue),
         money(r.grand_total.gross_margin),
         pct(r.grand_total.margin_pct())
     );
     if !r.missing_rates.is_empty() {
-        h.push_str("<h2 class=\"warn\">Missing rates</h2><p>These days are left out of every converted figure; add the rates and run the report again.</p><table><tr><th>Date</th><th>Currency</th><th>Rows</th><th>Revenue</th></tr>");
+        h.push_str("<h2 class=\"warn\">Missing rates</h2><p>These days are left out of every converted figure; add the rates and run the report again.</p><div class=\"wide\"><table><tr><th>Date</th><th>Currency</th><th>Rows</th><th>Revenue</th></tr>");
         for m in &r.missing_rates {
             let _ = write!(
                 h,
@@ -270,7 +360,7 @@ pub fn render(r: &Report) -> String {
                 money(m.revenue)
             );
         }
-        h.push_str("</table>");
+        h.push_str("</table></div>");
     }
     h.push_str("<h2>Revenue and projection</h2>");
     for (i, p) in r.projections.iter().enumerate() {
@@ -354,5 +444,17 @@ mod tests {
         );
         assert_eq!(money("-12".parse().unwrap()), "-12.00");
         assert_eq!(money("999.99".parse().unwrap()), "999.99");
+    }
+
+    #[test]
+    fn axes_are_round_and_short() {
+        assert_eq!(nice_scale(3_069_536.0), (1_000_000.0, 4_000_000.0));
+        assert_eq!(nice_scale(930.0), (200.0, 1000.0));
+        assert_eq!(nice_scale(12.0), (2.5, 12.5));
+        assert_eq!(si(0.0), "0");
+        assert_eq!(si(1_500_000.0), "1.5M");
+        assert_eq!(si(250_000.0), "250k");
+        assert_eq!(si(2_000_000_000.0), "2B");
+        assert_eq!(si(950.0), "950");
     }
 }
