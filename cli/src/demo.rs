@@ -89,7 +89,11 @@ fn demand(day: NaiveDate, first: NaiveDate, row: u64) -> f64 {
 /// The demo's stores of country number `n`: (key prefix under `incoming/`, seed).
 fn stores(cc: &str, n: usize) -> [(String, u64); 3] {
     let (cc, seed) = (cc.to_lowercase(), 100 * (n as u64 + 1));
-    let chain = if n % 2 == 0 { "walmart" } else { "ikea" };
+    let chain = if n.is_multiple_of(2) {
+        "walmart"
+    } else {
+        "ikea"
+    };
     [
         (format!("retail_chain/{chain}/{cc}-001"), seed),
         (format!("retail_chain/{chain}/{cc}-002"), seed + 1),
