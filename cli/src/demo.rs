@@ -87,7 +87,7 @@ fn demand(day: NaiveDate, first: NaiveDate, row: u64) -> f64 {
 }
 
 /// The demo's stores of country number `n`: (key prefix under `incoming/`, seed).
-fn stores(cc: &str, n: usize) -> [(String, u64); 3] {
+fn stores_of(cc: &str, n: usize) -> [(String, u64); 3] {
     let (cc, seed) = (cc.to_lowercase(), 100 * (n as u64 + 1));
     let chain = if n.is_multiple_of(2) {
         "walmart"
@@ -121,7 +121,7 @@ fn generate(
             let date = day.to_string();
             let last = day == featured;
             // (store, seed, rows, every n-th row invalid on the featured day)
-            let [(chain1, seed), (chain2, _), (corner, _)] = stores(cc, n);
+            let [(chain1, seed), (chain2, _), (corner, _)] = stores_of(cc, n);
             let plan = [
                 (chain1, seed, args.rows_per_file, 25),
                 (chain2, seed + 1, args.rows_per_file, 40),
@@ -458,6 +458,30 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
+    let story = if args.countries.is_empty() || args.rows_per_file < 25 {
+        None
+    } else {
+        Some(
+            walkthrough(
+                &args,
+                &buckets,
+                featured,
+                (&kafka, &topics, &files_consumer),
+                &mut latest,
+                (&sinks, &stores),
+                deadline,
+            )
+            .await?,
+        )
+    };
+    // The counts after the walkthrough's correction (5 rows of the first upload superseded).
+    let held = match story {
+        Some(_) => {
+            let ids: Vec<String> = latest.keys().cloned().collect();
+            held_by(&sinks, &stores, &ids).await?
+        }
+        None => held,
+    };
     stop.cancel();
     while let Some(r) = tasks.join_next().await {
         r??;
@@ -494,6 +518,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     );
     print_uploads(&expected_files, &latest, &sinks, &held);
+    if let Some(story) = &story {
+        println!("{story}");
+    }
     if let Some(pg) = &stores.pg {
         print_quality(pg).await?;
     }
@@ -532,6 +559,196 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("  (`eval \"$(scripts/stack.sh env)\"` sets SKUFLOW_DEMO_PG_URL)");
     Ok(())
+}
+
+/// Rows each sink holds per file id of `ids`, in the order of `sinks`.
+async fn held_by(
+    sinks: &[SinkInfo],
+    stores: &Stores,
+    ids: &[String],
+) -> anyhow::Result<Vec<HashMap<String, u64>>> {
+    let mut out = Vec::new();
+    for sink in sinks {
+        out.push(stores.count(sink, ids).await?.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// What sets skuflow apart, played on the drained pipeline and told step by step: the rejects
+/// file of a store's upload, fixed and uploaded again with a few corrected rows, winning in every
+/// sink; a replay of the country's last day that changes no count; every upload complete.
+async fn walkthrough(
+    args: &DemoArgs,
+    buckets: &Path,
+    featured: NaiveDate,
+    (kafka, topics, files): (&KafkaArgs, &TopicArgs, &BaseConsumer),
+    latest: &mut HashMap<String, FileEvent>,
+    (sinks, stores): (&[SinkInfo], &Stores),
+    deadline: Instant,
+) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::from("\nwhat skuflow did with the bad input and the fixes:\n");
+    let cc = &args.countries[0];
+    let bucket = format!("skus-{}", cc.to_ascii_lowercase());
+    let [(store, seed), ..] = stores_of(cc, 0);
+    let key = format!("incoming/{store}/{featured}/skus.csv");
+    let original = latest
+        .values()
+        .find(|e| e.bucket == bucket && e.key == key && e.status == FileStatus::Completed)
+        .cloned()
+        .context("the featured upload did not complete")?;
+    let moved = original.moved_to.clone().unwrap_or_default();
+    let rejects = buckets.join(&bucket).join(format!("{moved}.rejects.csv"));
+    let text = std::fs::read_to_string(&rejects)
+        .with_context(|| format!("reading {}", rejects.display()))?;
+    let _ = writeln!(
+        out,
+        "  1. {bucket}/{key}: {} rows loaded, {} rejected; the store gets {bucket}/{moved}.rejects.csv, e.g.\n     {}",
+        original.rows_valid.unwrap_or(0),
+        original.rows_rejected.unwrap_or(0),
+        text.lines().nth(1).unwrap_or("")
+    );
+
+    // The store fixes the rejected rows and corrects units sold of five others: one upload.
+    let date = featured.to_string();
+    let cur = currency(cc);
+    let as_sent = sample_rows(seed, args.rows_per_file, 25, cur, &date);
+    let fixed = sample_rows(seed, args.rows_per_file, 0, cur, &date);
+    let mut rows: Vec<_> = as_sent
+        .iter()
+        .zip(&fixed)
+        .filter(|(sent, _)| !sent.valid)
+        .map(|(_, f)| f.clone())
+        .collect();
+    let repaired = rows.len() as u64;
+    rows.extend(skuflow_samples::corrected_rows(&as_sent, 5, "0"));
+    let fix_key = format!("incoming/{store}/{featured}/skus-fixed.csv");
+    put(
+        buckets,
+        &bucket,
+        &fix_key,
+        render_csv(&rows, false, false).as_bytes(),
+    )?;
+    let want = rows.len() as u64;
+    let kept = original.rows_valid.unwrap_or(0) - 5;
+    let held = loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the correction was not loaded in time"
+        );
+        follow(files, Utc::now() - chrono::Duration::hours(1), latest);
+        if let Some(fix) = latest
+            .values()
+            .find(|e| e.key == fix_key && e.status == FileStatus::Completed)
+        {
+            let ids = [fix.file_id.clone(), original.file_id.clone()];
+            let held = held_by(sinks, stores, &ids).await?;
+            if held
+                .iter()
+                .all(|h| h.get(&ids[0]) == Some(&want) && h.get(&ids[1]) == Some(&kept))
+            {
+                break held;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let _ = writeln!(
+        out,
+        "  2. {bucket}/{fix_key}: the {repaired} fixed rows and 5 rows with units sold corrected; every sink \
+         ({}) holds {want} rows from it and {kept} from the first upload: the newer upload wins",
+        sinks.iter().map(|s| s.label).collect::<Vec<_>>().join(", ")
+    );
+    drop(held);
+
+    // A replay of the country's last day: every upload again, no count changes.
+    let ids: Vec<String> = latest.keys().cloned().collect();
+    let before = held_by(sinks, stores, &ids).await?;
+    let chosen = crate::replay::choose(
+        latest,
+        std::slice::from_ref(cc),
+        Some(featured),
+        Some(featured),
+        "processed/",
+    );
+    let producer: rdkafka::producer::FutureProducer = kafka.producer_config().create()?;
+    let since = Utc::now();
+    for c in &chosen {
+        let (k, payload, headers) = skuflow_ingest::discovery::upload_message(&c.request)?;
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&topics.uploads)
+                    .key(&k)
+                    .payload(&payload)
+                    .headers(headers),
+                Duration::from_secs(15),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("queueing a replay: {e}"))?;
+    }
+    let mut replayed = std::collections::HashSet::new();
+    while replayed.len() < chosen.len() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the replay did not finish in time"
+        );
+        while let Some(Ok(m)) = files.poll(Duration::from_millis(100)) {
+            if let Some(ev) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<FileEvent>(p).ok())
+                .filter(|e| e.at >= since && e.status == FileStatus::Completed)
+            {
+                replayed.insert(ev.file_id);
+            }
+        }
+    }
+    let after = loop {
+        // Sinks write asynchronously: wait until they are done, then compare.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = held_by(sinks, stores, &ids).await?;
+        if after == before || Instant::now() > deadline {
+            break after;
+        }
+    };
+    let total = |h: &[HashMap<String, u64>]| {
+        h.iter()
+            .map(|m| m.values().sum::<u64>())
+            .collect::<Vec<_>>()
+    };
+    anyhow::ensure!(
+        after == before,
+        "the replay changed the sinks' rows: {:?} before, {:?} after",
+        total(&before),
+        total(&after)
+    );
+    let _ = writeln!(
+        out,
+        "  3. skuflow replay --country {cc} --from {featured} --until {featured}: {} uploads ingested again; \
+         rows per sink unchanged ({}): nothing duplicated",
+        chosen.len(),
+        total(&after).iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+    );
+
+    // Every upload, as `skuflow status` judges it.
+    let now = Utc::now();
+    let (mut complete, mut failed, mut other) = (0, 0, 0);
+    for e in latest.values() {
+        let counts = sinks
+            .iter()
+            .zip(&after)
+            .map(|(s, h)| (s.label, h.get(&e.file_id).copied().unwrap_or(0)))
+            .collect();
+        match crate::status::judge(e, counts, now, Duration::ZERO).status {
+            "complete" => complete += 1,
+            "failed" => failed += 1,
+            _ => other += 1,
+        }
+    }
+    let _ = write!(
+        out,
+        "  4. skuflow status: {} uploads, {complete} complete, {failed} failed (refused as a whole), {other} otherwise",
+        latest.len()
+    );
+    Ok(out)
 }
 
 /// Whether the warehouse holds the upload history and the rejected rows of every final upload

@@ -61,3 +61,50 @@ async fn the_demo_refuses_a_database_holding_skuflow_data_it_did_not_create() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+/// The demo as a new user runs it (smaller): history enough for projections in every country, the
+/// walkthrough (rejects file, the fix winning in every sink, a replay that duplicates nothing,
+/// every upload complete) and where to look next, on the in-process broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_tells_the_whole_story_with_projections_for_every_country() {
+    let p = Pipeline::new().await;
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(bin("skuflow"))
+        .args([
+            "demo",
+            "--countries=DE,US",
+            "--rows-per-file=50",
+            "--history-days=35",
+        ])
+        .arg(format!("--out={}", out.path().display()))
+        .env("SKUFLOW_DEMO_PG_URL", &p.db_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for want in [
+        "rejects.csv, e.g.",
+        "the newer upload wins",
+        "nothing duplicated",
+        "1 failed (refused as a whole), 0 otherwise",
+        "where to look next:",
+        "status --from=table",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
+    }
+    for cc in ["DE", "US"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(cc) && l.contains("backtest sMAPE"))
+            .unwrap_or_else(|| panic!("no projection for {cc}:\n{stdout}"));
+        assert!(!line.contains("too little history"), "{line}");
+    }
+    // US is converted with the generated rates: no day without a rate.
+    let html = std::fs::read_to_string(out.path().join("finance/report.html")).unwrap();
+    assert!(!html.contains("Missing rates"), "a day without a rate");
+}
