@@ -5,6 +5,29 @@ use std::time::Duration;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+/// Lets periodic upkeep (deleting what is past its retention) run at most once per `period`:
+/// the first call is due, then one per period.
+#[derive(Debug, Clone)]
+pub struct AtMostEvery {
+    period: Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl AtMostEvery {
+    pub fn new(period: Duration) -> Self {
+        AtMostEvery { period, last: None }
+    }
+
+    /// Whether it is time; if so, the period starts again now.
+    pub fn due(&mut self) -> bool {
+        if self.last.is_some_and(|t| t.elapsed() < self.period) {
+            return false;
+        }
+        self.last = Some(std::time::Instant::now());
+        true
+    }
+}
+
 /// Doubling pauses from `initial` up to `max`, each drawn in 50–100 % of its nominal length so
 /// that many clients retrying at once spread out.
 #[derive(Debug, Clone)]
@@ -48,6 +71,15 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upkeep_is_due_once_per_period() {
+        let mut hourly = AtMostEvery::new(Duration::from_secs(3600));
+        assert!(hourly.due(), "the first call is due");
+        assert!(!hourly.due() && !hourly.due());
+        let mut always = AtMostEvery::new(Duration::ZERO);
+        assert!(always.due() && always.due());
+    }
 
     #[test]
     fn pauses_double_up_to_the_cap_with_jitter() {

@@ -16,11 +16,7 @@ const SECRET: &str = "whsec-test-4f1c";
 /// as a whole (no unit_price column). Returns the bucket root.
 fn two_uploads(root: &std::path::Path) -> std::path::PathBuf {
     let buckets = root.join("buckets");
-    let put = |key: &str, text: &str| {
-        let f = buckets.join("skus-de").join(key);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, text).unwrap();
-    };
+    let put = |key: &str, text: &str| common::put_local(&buckets, "skus-de", key, text);
     put(
         "incoming/individual/s1/2026-11-21/skus.csv",
         "sku,product_name,category,unit_price,currency,quantity_on_hand,units_sold,business_date\n\

@@ -330,11 +330,7 @@ async fn upload_history_and_rejected_rows_are_indexed_once_beside_the_facts() {
     let es = EsDouble::start().await;
     let root = tempfile::tempdir().unwrap();
     let buckets = root.path().join("buckets");
-    let put = |key: &str, text: &str| {
-        let f = buckets.join("skus-de").join(key);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, text).unwrap();
-    };
+    let put = |key: &str, text: &str| common::put_local(&buckets, "skus-de", key, text);
     // s1: line 3 rejected (unit_price), a column the contract does not know (a warning);
     // s2: refused as a whole (no unit_price column).
     put(

@@ -380,11 +380,7 @@ async fn upload_history_and_rejected_rows_load_once_and_answer_the_quality_quest
     let mut p = Pipeline::new().await;
     let root = tempfile::tempdir().unwrap();
     let buckets = root.path().join("buckets");
-    let put = |key: &str, text: &str| {
-        let f = buckets.join("skus-de").join(key);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, text).unwrap();
-    };
+    let put = |key: &str, text: &str| common::put_local(&buckets, "skus-de", key, text);
     // s1: two rows rejected (line 3 unit_price, line 4 currency and quantity); s2: refused as a
     // whole (no unit_price column).
     put(

@@ -7,11 +7,12 @@
 //! and changes nothing.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::{json, Value};
+use skuflow_platform::backoff::AtMostEvery;
 use skuflow_platform::consume::{Consumed, Refusal, Sink, SinkError, Topic};
 use skuflow_schemas::elasticsearch as es;
 use skuflow_schemas::{FileEvent, RejectMessage};
@@ -179,7 +180,7 @@ pub struct QualitySink<M> {
     /// Rejected rows: monthly indices whose month ended more than this many days ago are
     /// deleted (0 keeps them).
     retention_days: u32,
-    last_purge: Option<Instant>,
+    purges: AtMostEvery,
     _message: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -190,7 +191,7 @@ impl<M: QualityDoc> QualitySink<M> {
             layout,
             template_put: false,
             retention_days,
-            last_purge: None,
+            purges: AtMostEvery::new(Duration::from_secs(3600)),
             _message: std::marker::PhantomData,
         }
     }
@@ -209,14 +210,9 @@ impl<M: QualityDoc> QualitySink<M> {
         let Some(pattern) = M::monthly(&self.layout) else {
             return;
         };
-        if self.retention_days == 0
-            || self
-                .last_purge
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(3600))
-        {
+        if self.retention_days == 0 || !self.purges.due() {
             return;
         }
-        self.last_purge = Some(Instant::now());
         let cut = Utc::now().date_naive() - chrono::Days::new(self.retention_days.into());
         match self.expired(&pattern, cut).await {
             Ok(expired) => {

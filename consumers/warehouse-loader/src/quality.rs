@@ -5,12 +5,13 @@
 //! sink, with its offsets in the same transaction as its rows: loaded exactly once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::Client;
 
+use skuflow_platform::backoff::AtMostEvery;
 use skuflow_platform::pg::{self, classify, valid_country};
 use skuflow_platform::{Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::{FileEvent, FileStatus, RejectMessage, StoreCategory};
@@ -314,7 +315,7 @@ pub struct RejectsSink {
     partitions: HashSet<String>,
     insert: String,
     retention_days: u32,
-    last_purge: Option<Instant>,
+    purges: AtMostEvery,
 }
 
 impl RejectsSink {
@@ -331,7 +332,7 @@ impl RejectsSink {
                  ON CONFLICT DO NOTHING"
             ),
             retention_days,
-            last_purge: None,
+            purges: AtMostEvery::new(Duration::from_secs(3600)),
         }
     }
 
@@ -345,14 +346,9 @@ impl RejectsSink {
 
     /// Deletes the rows older than the retention, at most once an hour.
     async fn purge(&mut self) {
-        if self.retention_days == 0
-            || self
-                .last_purge
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(3600))
-        {
+        if self.retention_days == 0 || !self.purges.due() {
             return;
         }
-        self.last_purge = Some(Instant::now());
         let sql = format!(
             "DELETE FROM {REJECTS_TABLE} WHERE rejected_at < now() - make_interval(days => $1)"
         );

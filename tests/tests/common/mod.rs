@@ -967,3 +967,11 @@ pub fn http_as(
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// Writes `text` as object `key` of `bucket` under a local bucket root (`--bucket-root`).
+#[allow(dead_code)]
+pub fn put_local(root: &std::path::Path, bucket: &str, key: &str, text: &str) {
+    let f = root.join(bucket).join(key);
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(f, text).unwrap();
+}
