@@ -18,6 +18,7 @@ for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && br
 python3 "$here/tansu-index.py" "$dir/tansu.db"
 export SKUFLOW_TEST_BROKERS="127.0.0.1:$port"
 cargo bench -p skuflow-warehouse-loader --bench loader
+cargo bench -p skuflow-finance-reporter --bench reporter
 cargo bench -p skuflow-search-indexer --bench encode
 cargo bench -p skuflow-dataset-builder --bench build
 cargo bench -p skuflow-ingest --bench ingest

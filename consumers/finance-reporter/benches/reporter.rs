@@ -1,0 +1,257 @@
+//! Finance reporter throughput, measured against baselines in the same run on the local stack
+//! (`make bench`). Prints every figure and ratio:
+//!   (a) what a user would write instead: the daily aggregates recomputed with one
+//!       `INSERT … SELECT … GROUP BY` from the facts the warehouse loader holds
+//!   (b) the reporter's write path alone: decoded records → lines and aggregates, offsets, no
+//!       broker, with 10 % of the keys sent again as corrections after the first load
+//!   (c) the reporter end to end from the topic
+//! Targets: (b) ≥ 1 × (a) records per second; a batch costs the same whatever the tables already
+//! hold: the last tenth of (b)'s first-load batches against its first tenth, ≤ 1.5 ×.
+//! Records: SKUFLOW_BENCH_RECORDS (default 1,000,000).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rust_decimal::Decimal;
+use skuflow_e2e::bench::{load_records_topic, rate};
+use skuflow_finance_reporter::FinanceSink;
+use skuflow_platform::{ConsumeArgs, Consumed, KafkaArgs, Sink, TopicArgs};
+use skuflow_schemas::SkuRecord;
+use skuflow_warehouse_loader::PgSink;
+use tokio_util::sync::CancellationToken;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `make bench`"))
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+/// Record `i` spread over 28 business days (the synthetic records share one).
+fn record(i: u64) -> SkuRecord {
+    let mut r = skuflow_e2e::synthetic_record(i);
+    r.business_date = r.business_date + chrono::Days::new(i % 28);
+    r
+}
+
+/// A correction of `r`: a newer version with other units sold and price.
+fn corrected(r: &SkuRecord) -> SkuRecord {
+    let mut c = r.clone();
+    c.record_version += 1_000_000_000;
+    c.units_sold = (c.units_sold + 7) % 40;
+    c.unit_price += Decimal::new(10, 2);
+    c
+}
+
+fn consumed(records: &[SkuRecord], first_offset: i64) -> Vec<Consumed<SkuRecord>> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Consumed {
+            partition: 0,
+            offset: first_offset + i as i64,
+            value: r.clone(),
+        })
+        .collect()
+}
+
+/// Writes `batch` through `sink` in consume-loop batches; the time of each.
+async fn write_all(sink: &mut FinanceSink, batch: &[Consumed<SkuRecord>]) -> Vec<Duration> {
+    let size = ConsumeArgs::default().batch_size as usize;
+    let mut times = Vec::new();
+    for chunk in batch.chunks(size) {
+        let offsets = BTreeMap::from([(0, chunk.last().unwrap().offset + 1)]);
+        let t = Instant::now();
+        let refused = sink.write("bench", chunk, &offsets).await.unwrap();
+        assert!(refused.is_empty(), "the reporter refused bench records");
+        times.push(t.elapsed());
+    }
+    times
+}
+
+/// The daily table's totals, to check that every way of computing it agrees.
+async fn totals(c: &tokio_postgres::Client, table: &str) -> (i64, i64, Decimal) {
+    let r = c
+        .query_one(
+            &format!("SELECT count(*), sum(units)::bigint, sum(revenue) FROM {table}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: u64 = std::env::var("SKUFLOW_BENCH_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let brokers = env("SKUFLOW_TEST_BROKERS");
+    let admin_url = env("SKUFLOW_TEST_PG_URL");
+    let id = format!("{:x}", Utc::now().timestamp_micros());
+    let admin = connect(&admin_url).await;
+    let db_url = |db: &str| format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
+    for db in ["a", "b", "c"] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE bench_fin_{db}_{id}"))
+            .await
+            .unwrap();
+    }
+    println!("generating {n} records and {} corrections", n / 10);
+    let records: Vec<SkuRecord> = (0..n).map(record).collect();
+    let corrections: Vec<SkuRecord> = records.iter().step_by(10).map(corrected).collect();
+    // The newest version of every key: what every way must end up with.
+    let mut newest = records.clone();
+    for (i, c) in (0..n as usize).step_by(10).zip(&corrections) {
+        newest[i] = c.clone();
+    }
+
+    // (a) the facts in the warehouse (not timed), then one INSERT … SELECT … GROUP BY.
+    let url_a = db_url(&format!("bench_fin_a_{id}"));
+    let mut loader = PgSink::new(&url_a, "bench");
+    loader.connect().await.unwrap();
+    let facts = consumed(&newest, 0);
+    for chunk in facts.chunks(ConsumeArgs::default().batch_size as usize) {
+        let offsets = BTreeMap::from([(0, chunk.last().unwrap().offset + 1)]);
+        loader.write("bench", chunk, &offsets).await.unwrap();
+    }
+    let mut finance_a = FinanceSink::new(&url_a, "bench");
+    finance_a.connect().await.unwrap();
+    let ca = connect(&url_a).await;
+    let t = Instant::now();
+    ca.batch_execute(
+        "INSERT INTO skuflow_finance.daily (business_date, country, store_id, store_category, chain, \
+           category, currency, skus, skus_with_cost, units, revenue, revenue_with_cost, cost, \
+           stock_value_retail, stock_value_cost) \
+         SELECT business_date, country, store_id, store_category, coalesce(chain, ''), category, currency, \
+           count(*), count(unit_cost), sum(units_sold), sum(unit_price * units_sold), \
+           sum(CASE WHEN unit_cost IS NULL THEN 0 ELSE unit_price * units_sold END), \
+           coalesce(sum(unit_cost * units_sold), 0), sum(unit_price * quantity_on_hand), \
+           coalesce(sum(unit_cost * quantity_on_hand), 0) \
+         FROM skuflow.sku_facts GROUP BY 1, 2, 3, 4, 5, 6, 7",
+    )
+    .await
+    .unwrap();
+    let a = t.elapsed();
+
+    // (b) the reporter's write path: the first load, then the corrections.
+    let url_b = db_url(&format!("bench_fin_b_{id}"));
+    let mut sink_b = FinanceSink::new(&url_b, "bench");
+    sink_b.connect().await.unwrap();
+    let first = consumed(&records, 0);
+    let again = consumed(&corrections, n as i64);
+    let t = Instant::now();
+    let load_times = write_all(&mut sink_b, &first).await;
+    write_all(&mut sink_b, &again).await;
+    let b = t.elapsed();
+    let cb = connect(&url_b).await;
+    let (want, got) = (
+        totals(&ca, "skuflow_finance.daily").await,
+        totals(&cb, "skuflow_finance.daily").await,
+    );
+    assert_eq!(
+        got, want,
+        "the write path's aggregates differ from the GROUP BY's"
+    );
+    let tenth = (load_times.len() / 10).max(1);
+    let mean = |d: &[Duration]| d.iter().sum::<Duration>().as_secs_f64() / d.len() as f64;
+    let (early, late) = (
+        mean(&load_times[..tenth]),
+        mean(&load_times[load_times.len() - tenth..]),
+    );
+
+    // (c) end to end from the topic.
+    let topics = TopicArgs::with_suffix(&format!(".benchfin{id}"));
+    let kafka = KafkaArgs::new(&brokers);
+    let mut all = records.clone();
+    all.extend(corrections.iter().cloned());
+    let took = load_records_topic(&kafka, &topics, &all).await;
+    println!("loaded the topic in {:.1} s", took.as_secs_f64());
+    let url_c = db_url(&format!("bench_fin_c_{id}"));
+    let sink_c = FinanceSink::new(&url_c, "bench-reporter");
+    let stop = CancellationToken::new();
+    let args = ConsumeArgs {
+        group: Some(format!("bench-reporter-{id}")),
+        ..ConsumeArgs::default()
+    };
+    let t = Instant::now();
+    let (k, tp, s) = (kafka.clone(), topics.clone(), stop.clone());
+    let task =
+        tokio::spawn(
+            async move { skuflow_platform::run_sink(&k, &tp, &args, "x", sink_c, s).await },
+        );
+    let cc = connect(&url_c).await;
+    let total = all.len() as u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let row = cc
+            .query_one(
+                "SELECT coalesce(sum(next_offset),0)::bigint FROM skuflow_finance.consumer_offsets",
+                &[],
+            )
+            .await;
+        if row.is_ok_and(|r| r.get::<_, i64>(0) as u64 >= total) {
+            break;
+        }
+    }
+    let c = t.elapsed();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        totals(&cc, "skuflow_finance.daily").await,
+        want,
+        "end to end the aggregates differ"
+    );
+
+    let (ra, rb, rc) = (rate(n, a), rate(total, b), rate(total, c));
+    println!();
+    println!(
+        "finance reporter, {n} records and {} corrections over 28 days",
+        corrections.len()
+    );
+    println!(
+        "  (a) INSERT … SELECT … GROUP BY from the facts  {:>8.2} s  {:>10.0} records/s",
+        a.as_secs_f64(),
+        ra
+    );
+    println!(
+        "  (b) reporter write path (no broker)           {:>8.2} s  {:>10.0} records/s",
+        b.as_secs_f64(),
+        rb
+    );
+    println!(
+        "  (c) reporter end to end from the topic        {:>8.2} s  {:>10.0} records/s",
+        c.as_secs_f64(),
+        rc
+    );
+    println!(
+        "  ratio (b)/(a)                         = {:.2}  (target ≥ 1.00) {}",
+        rb / ra,
+        if rb / ra >= 1.0 { "ok" } else { "MISSED" }
+    );
+    println!(
+        "  batch cost, last tenth / first tenth  = {:.2}  ({:.0} ms / {:.0} ms; target ≤ 1.50) {}",
+        late / early,
+        late * 1e3,
+        early * 1e3,
+        if late / early <= 1.5 { "ok" } else { "MISSED" }
+    );
+    println!("  ratio (c)/(b)                         = {:.2}", rc / rb);
+    for db in ["a", "b", "c"] {
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS bench_fin_{db}_{id} WITH (FORCE)"
+            ))
+            .await;
+    }
+}
