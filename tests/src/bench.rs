@@ -1,5 +1,6 @@
-//! Pieces the consumer benchmarks share: a records topic loaded with synthetic records, and the
-//! bare-consumer baseline (the broker's own limit here).
+//! Pieces the consumer benchmarks share: their size and settings, fresh databases, a records
+//! topic loaded with synthetic records, the bare-consumer baseline (the broker's own limit here)
+//! and a sink run from the topic until it has stored every offset.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,82 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use skuflow_platform::kafka::{ensure_topics, TopicSpec};
 use skuflow_platform::{KafkaArgs, TopicArgs};
 use skuflow_schemas::SkuRecord;
+
+/// Records per consumer benchmark: `SKUFLOW_BENCH_RECORDS`, 1,000,000 by default.
+pub fn records_wanted() -> u64 {
+    std::env::var("SKUFLOW_BENCH_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// A setting `make bench` gives the benchmarks.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `make bench`"))
+}
+
+/// A client of `url`, its connection driven in the background.
+pub async fn pg(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+/// Creates a fresh database `<prefix>_<name>` per name on the server of `admin_url`, through
+/// `admin`; their URLs in the same order.
+pub async fn fresh_databases(
+    admin: &tokio_postgres::Client,
+    admin_url: &str,
+    prefix: &str,
+    names: &[&str],
+) -> Vec<String> {
+    let server = admin_url.rsplit_once('/').unwrap().0;
+    let mut urls = Vec::new();
+    for name in names {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {prefix}_{name}"))
+            .await
+            .unwrap();
+        urls.push(format!("{server}/{prefix}_{name}"));
+    }
+    urls
+}
+
+/// Runs `sink` as consumer group `group` on the records topic of `topics` until the offsets it
+/// keeps in `offsets_table` of `db_url` add up to `n`; how long that took. The sink stops after.
+pub async fn consume_until_stored<S: skuflow_platform::Sink + 'static>(
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    group: &str,
+    sink: S,
+    (db_url, offsets_table): (&str, &str),
+    n: u64,
+) -> Duration {
+    let stop = skuflow_platform::shutdown::CancellationToken::new();
+    let args = skuflow_platform::ConsumeArgs {
+        group: Some(group.to_string()),
+        ..skuflow_platform::ConsumeArgs::default()
+    };
+    let t = Instant::now();
+    let (k, tp, s) = (kafka.clone(), topics.clone(), stop.clone());
+    let task =
+        tokio::spawn(async move { skuflow_platform::run_sink(&k, &tp, &args, "x", sink, s).await });
+    let db = pg(db_url).await;
+    let stored = format!("SELECT coalesce(sum(next_offset),0)::bigint FROM {offsets_table}");
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let row = db.query_one(stored.as_str(), &[]).await;
+        if row.is_ok_and(|r| r.get::<_, i64>(0) as u64 >= n) {
+            break;
+        }
+    }
+    let took = t.elapsed();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    took
+}
 
 /// Creates the records (3 partitions) and rejects topics of `topics` and produces `records` to
 /// the records topic; returns how long producing took.

@@ -14,24 +14,14 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rust_decimal::Decimal;
-use skuflow_e2e::bench::{load_records_topic, rate};
+use skuflow_e2e::bench::{
+    consume_until_stored, fresh_databases, load_records_topic, pg, rate, records_wanted,
+    required_env,
+};
 use skuflow_finance_reporter::FinanceSink;
 use skuflow_platform::{ConsumeArgs, Consumed, KafkaArgs, Sink, TopicArgs};
 use skuflow_schemas::SkuRecord;
 use skuflow_warehouse_loader::PgSink;
-use tokio_util::sync::CancellationToken;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `make bench`"))
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c
-}
 
 /// Record `i` spread over 28 business days (the synthetic records share one).
 fn record(i: u64) -> SkuRecord {
@@ -92,21 +82,17 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: u64 = std::env::var("SKUFLOW_BENCH_RECORDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let brokers = env("SKUFLOW_TEST_BROKERS");
-    let admin_url = env("SKUFLOW_TEST_PG_URL");
+    let n = records_wanted();
+    let brokers = required_env("SKUFLOW_TEST_BROKERS");
+    let admin_url = required_env("SKUFLOW_TEST_PG_URL");
     let id = format!("{:x}", Utc::now().timestamp_micros());
-    let admin = connect(&admin_url).await;
-    let db_url = |db: &str| format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
-    for db in ["a", "b", "c"] {
-        admin
-            .batch_execute(&format!("CREATE DATABASE bench_fin_{db}_{id}"))
+    let admin = pg(&admin_url).await;
+    let prefix = format!("bench_fin_{id}");
+    let [url_a, url_b, url_c]: [String; 3] =
+        fresh_databases(&admin, &admin_url, &prefix, &["a", "b", "c"])
             .await
+            .try_into()
             .unwrap();
-    }
     println!("generating {n} records and {} corrections", n / 10);
     let records: Vec<SkuRecord> = (0..n).map(record).collect();
     let corrections: Vec<SkuRecord> = records.iter().step_by(10).map(corrected).collect();
@@ -117,7 +103,6 @@ async fn main() {
     }
 
     // (a) the facts in the warehouse (not timed), then one INSERT … SELECT … GROUP BY.
-    let url_a = db_url(&format!("bench_fin_a_{id}"));
     let mut loader = PgSink::new(&url_a, "bench");
     loader.connect().await.unwrap();
     let facts = consumed(&newest, 0);
@@ -127,7 +112,7 @@ async fn main() {
     }
     let mut finance_a = FinanceSink::new(&url_a, "bench");
     finance_a.connect().await.unwrap();
-    let ca = connect(&url_a).await;
+    let ca = pg(&url_a).await;
     let t = Instant::now();
     ca.batch_execute(
         "INSERT INTO skuflow_finance.daily (business_date, country, store_id, store_category, chain, \
@@ -145,7 +130,6 @@ async fn main() {
     let a = t.elapsed();
 
     // (b) the reporter's write path: the first load, then the corrections.
-    let url_b = db_url(&format!("bench_fin_b_{id}"));
     let mut sink_b = FinanceSink::new(&url_b, "bench");
     sink_b.connect().await.unwrap();
     let first = consumed(&records, 0);
@@ -154,7 +138,7 @@ async fn main() {
     let load_times = write_all(&mut sink_b, &first).await;
     write_all(&mut sink_b, &again).await;
     let b = t.elapsed();
-    let cb = connect(&url_b).await;
+    let cb = pg(&url_b).await;
     let (want, got) = (
         totals(&ca, "skuflow_finance.daily").await,
         totals(&cb, "skuflow_finance.daily").await,
@@ -177,36 +161,17 @@ async fn main() {
     all.extend(corrections.iter().cloned());
     let took = load_records_topic(&kafka, &topics, &all).await;
     println!("loaded the topic in {:.1} s", took.as_secs_f64());
-    let url_c = db_url(&format!("bench_fin_c_{id}"));
-    let sink_c = FinanceSink::new(&url_c, "bench-reporter");
-    let stop = CancellationToken::new();
-    let args = ConsumeArgs {
-        group: Some(format!("bench-reporter-{id}")),
-        ..ConsumeArgs::default()
-    };
-    let t = Instant::now();
-    let (k, tp, s) = (kafka.clone(), topics.clone(), stop.clone());
-    let task =
-        tokio::spawn(
-            async move { skuflow_platform::run_sink(&k, &tp, &args, "x", sink_c, s).await },
-        );
-    let cc = connect(&url_c).await;
     let total = all.len() as u64;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let row = cc
-            .query_one(
-                "SELECT coalesce(sum(next_offset),0)::bigint FROM skuflow_finance.consumer_offsets",
-                &[],
-            )
-            .await;
-        if row.is_ok_and(|r| r.get::<_, i64>(0) as u64 >= total) {
-            break;
-        }
-    }
-    let c = t.elapsed();
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    let c = consume_until_stored(
+        &kafka,
+        &topics,
+        &format!("bench-reporter-{id}"),
+        FinanceSink::new(&url_c, "bench-reporter"),
+        (&url_c, "skuflow_finance.consumer_offsets"),
+        total,
+    )
+    .await;
+    let cc = pg(&url_c).await;
     assert_eq!(
         totals(&cc, "skuflow_finance.daily").await,
         want,
@@ -250,7 +215,7 @@ async fn main() {
     for db in ["a", "b", "c"] {
         let _ = admin
             .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS bench_fin_{db}_{id} WITH (FORCE)"
+                "DROP DATABASE IF EXISTS {prefix}_{db} WITH (FORCE)"
             ))
             .await;
     }

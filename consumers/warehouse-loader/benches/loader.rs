@@ -9,18 +9,16 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::Utc;
-use skuflow_e2e::bench::{drain_bare, load_records_topic, rate};
+use skuflow_e2e::bench::{
+    consume_until_stored, drain_bare, fresh_databases, load_records_topic, pg, rate,
+    records_wanted, required_env,
+};
 use skuflow_platform::{ConsumeArgs, Consumed, KafkaArgs, Sink, TopicArgs};
 use skuflow_schemas::SkuRecord;
 use skuflow_warehouse_loader::PgSink;
-use tokio_util::sync::CancellationToken;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `make bench`"))
-}
 
 use skuflow_e2e::synthetic_record as record;
 
@@ -33,42 +31,28 @@ fn csv_value(rec: &SkuRecord, name: &str) -> String {
     }
 }
 
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c
-}
-
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: u64 = std::env::var("SKUFLOW_BENCH_RECORDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let brokers = env("SKUFLOW_TEST_BROKERS");
-    let admin_url = env("SKUFLOW_TEST_PG_URL");
+    let n = records_wanted();
+    let brokers = required_env("SKUFLOW_TEST_BROKERS");
+    let admin_url = required_env("SKUFLOW_TEST_PG_URL");
     let id = format!("{:x}", Utc::now().timestamp_micros());
-    let admin = connect(&admin_url).await;
-    let db_url = |db: &str| format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
-    for db in ["a", "b", "d"] {
-        admin
-            .batch_execute(&format!("CREATE DATABASE bench_{db}_{id}"))
+    let admin = pg(&admin_url).await;
+    let [url_a, url_b, url_d]: [String; 3] =
+        fresh_databases(&admin, &admin_url, &format!("bench_{id}"), &["a", "b", "d"])
             .await
+            .try_into()
             .unwrap();
-    }
     println!("generating {n} records");
     let records: Vec<SkuRecord> = (0..n).map(record).collect();
 
     // (a) psql \copy into an identical partitioned table with the same primary key.
-    let url_a = db_url(&format!("bench_a_{id}"));
     let mut sink_a = PgSink::new(&url_a, "bench");
     sink_a.connect().await.unwrap();
-    let ca = connect(&url_a).await;
+    let ca = pg(&url_a).await;
     ca.batch_execute(
         "CREATE TABLE skuflow.copy_target (LIKE skuflow.sku_facts INCLUDING ALL) PARTITION BY LIST (country);
          CREATE TABLE skuflow.copy_target_de PARTITION OF skuflow.copy_target FOR VALUES IN ('DE');",
@@ -99,7 +83,6 @@ async fn main() {
     let a = t.elapsed();
 
     // (b) the loader's write path alone.
-    let url_b = db_url(&format!("bench_b_{id}"));
     let mut sink_b = PgSink::new(&url_b, "bench");
     sink_b.connect().await.unwrap();
     let consumed: Vec<Consumed<SkuRecord>> = records
@@ -126,35 +109,16 @@ async fn main() {
     println!("loaded the topic in {:.1} s", took.as_secs_f64());
     let (c, bytes) = drain_bare(&kafka, &format!("bench-bare-{id}"), &topics.records, n);
 
-    let url_d = db_url(&format!("bench_d_{id}"));
-    let sink_d = PgSink::new(&url_d, "bench-loader");
-    let stop = CancellationToken::new();
-    let args = ConsumeArgs {
-        group: Some(format!("bench-loader-{id}")),
-        ..ConsumeArgs::default()
-    };
-    let t = Instant::now();
-    let (k, tp, s) = (kafka.clone(), topics.clone(), stop.clone());
-    let task =
-        tokio::spawn(
-            async move { skuflow_platform::run_sink(&k, &tp, &args, "x", sink_d, s).await },
-        );
-    let cd = connect(&url_d).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let row = cd
-            .query_one(
-                "SELECT coalesce(sum(next_offset),0)::bigint FROM skuflow.consumer_offsets",
-                &[],
-            )
-            .await;
-        if row.is_ok_and(|r| r.get::<_, i64>(0) as u64 >= n) {
-            break;
-        }
-    }
-    let d = t.elapsed();
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    let d = consume_until_stored(
+        &kafka,
+        &topics,
+        &format!("bench-loader-{id}"),
+        PgSink::new(&url_d, "bench-loader"),
+        (&url_d, "skuflow.consumer_offsets"),
+        n,
+    )
+    .await;
+    let cd = pg(&url_d).await;
     let loaded: i64 = cd
         .query_one("SELECT count(*) FROM skuflow.sku_facts", &[])
         .await
