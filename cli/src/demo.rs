@@ -294,6 +294,8 @@ fn ingest_args(buckets: &Path) -> IngestArgs {
         http_listen: None,
         api_keys_file: None,
         scan_interval_secs: 1,
+        requeue_after_secs: skuflow_ingest::discovery::REQUEUE_AFTER.as_secs(),
+        concurrency: None,
         group: format!("{DEMO_GROUP}-ingest"),
         max_reject_ratio: 0.5,
         max_object_bytes: 4 << 30,

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub store_upload_late: IntGaugeVec,
     /// `skuflow_late_uploads_total`: late-upload notices put on the file lifecycle topic.
     pub late_uploads: IntCounter,
+    /// `skuflow_uploads_in_flight`: uploads this ingest worker is ingesting now (at most its
+    /// `--concurrency`).
+    pub uploads_in_flight: IntGauge,
 }
 
 /// The process-wide metrics.
@@ -258,6 +261,13 @@ impl Metrics {
                 IntCounter::new(
                     "late_uploads_total",
                     "Late-upload notices put on the file lifecycle topic.",
+                )?,
+            )?,
+            uploads_in_flight: reg(
+                &registry,
+                IntGauge::new(
+                    "uploads_in_flight",
+                    "Uploads this ingest worker is ingesting now.",
                 )?,
             )?,
             registry,

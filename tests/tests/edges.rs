@@ -660,3 +660,113 @@ async fn extreme_money_and_dates_never_stop_the_scheduled_finance_report() {
         p.logs()
     );
 }
+
+/// A worker ingests several uploads at once: small uploads that arrive while two large ones are
+/// being ingested finish first. The scan does not queue a large upload again while it is being
+/// ingested (its request is still open on the work queue), a second request for it waits for
+/// the first and then finds it moved, nothing is produced twice, every request is committed,
+/// and the worker's peak RSS stays within the memory its concurrency was sized for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_uploads_do_not_wait_behind_large_ones_and_nothing_is_queued_twice() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let buckets = root.path().join("buckets");
+    let (rows_large, rows_small) = (120_000u64, 20u64);
+    let large: Vec<String> = (1..=2)
+        .map(|i| format!("incoming/individual/big-{i}/2026-11-24/skus.csv.zst"))
+        .collect();
+    for (i, key) in large.iter().enumerate() {
+        let rows = sample_rows(100 + i as u64, rows_large, 0, "EUR", "2026-11-24");
+        let csv = render_csv(&rows, false, false);
+        let file = buckets.join("skus-at").join(key);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, zstd::encode_all(csv.as_bytes(), 3).unwrap()).unwrap();
+    }
+    let (concurrency, max_rows) = (3u64, 200_000u64);
+    let group = format!("skuflow-ingest-{}", p.id);
+    let ingest = p.start_ingest(&[
+        format!("--bucket-root={}", buckets.display()),
+        format!("--concurrency={concurrency}"),
+        format!("--max-rows-per-file={max_rows}"),
+        "--requeue-after-secs=2".into(),
+    ]);
+    let pid = p.children[ingest].id();
+    for key in &large {
+        wait_event(&p, key, "accepted");
+    }
+    let small: Vec<String> = (1..=4)
+        .map(|i| format!("incoming/individual/small-{i}/2026-11-24/skus.csv"))
+        .collect();
+    for (i, key) in small.iter().enumerate() {
+        let rows = sample_rows(500 + i as u64, rows_small, 0, "EUR", "2026-11-24");
+        upload_local(&buckets, "skus-at", key, &rows);
+    }
+    // A second request for the first large upload while it is being ingested.
+    let (k, payload, _) = skuflow_ingest::discovery::upload_message(&UploadRequest::new(
+        "skus-at",
+        &large[0],
+        None,
+        None,
+        Trigger::Api,
+    ))
+    .unwrap();
+    produce(&p.stack.brokers, &p.topics.uploads, &[(k, payload)]).await;
+    for key in &small {
+        wait_event(&p, key, "completed");
+    }
+    for key in &large {
+        assert!(
+            !events_of(&p, key)
+                .iter()
+                .any(|e| e["status"] == "completed"),
+            "{key} was done before the small uploads: they waited behind it (or it was too small \
+             to show anything)"
+        );
+    }
+    let mut elapsed = Vec::new();
+    for key in &large {
+        elapsed.push(wait_event(&p, key, "completed")["duration_ms"].clone());
+    }
+    eprintln!("large uploads took {elapsed:?} ms each");
+    // Scans every second, and 2 s before an object may be queued again: had a scan queued a
+    // large upload again while it was ingested, its request would be on the queue.
+    std::thread::sleep(Duration::from_secs(3));
+    let requests = p.read_topic(&p.topics.uploads);
+    for (i, key) in large.iter().enumerate() {
+        let queued = requests.iter().filter(|r| r["key"] == *key).count();
+        assert_eq!(queued, 1 + usize::from(i == 0), "requests for {key}");
+        let accepted = events_of(&p, key)
+            .iter()
+            .filter(|e| e["status"] == "accepted")
+            .count();
+        assert_eq!(accepted, 1, "{key} was ingested more than once");
+    }
+    assert_eq!(
+        topic_end(&p, &p.topics.records),
+        (2 * rows_large + small.len() as u64 * rows_small) as i64,
+        "records produced"
+    );
+    let end = topic_end(&p, &p.topics.uploads);
+    let committed = wait_until(WAIT, || {
+        p.committed(&group, &p.topics.uploads, 3)
+            .iter()
+            .map(|&o| o.max(0))
+            .sum::<i64>()
+            == end
+    });
+    assert!(
+        committed,
+        "not every upload request was committed\n{}",
+        p.logs()
+    );
+    let mut settings = skuflow_ingest::worker::IngestSettings::default();
+    settings.limits.max_rows = max_rows;
+    let budget = (96 << 20) + concurrency * skuflow_ingest::work::memory_per_upload(&settings);
+    let rss = peak_rss_kib(pid) * 1024;
+    eprintln!(
+        "ingest peak RSS {} MiB, sized for {} MiB",
+        rss >> 20,
+        budget >> 20
+    );
+    assert!(rss > 0 && rss <= budget, "peak RSS {rss} above {budget}");
+}

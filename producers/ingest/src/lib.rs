@@ -16,25 +16,20 @@ pub mod reader;
 pub mod record;
 pub mod scan;
 pub use skuflow_platform::buckets as store;
+pub mod work;
 pub mod worker;
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
-use skuflow_platform::kafka::ObservedContext;
 use skuflow_platform::{KafkaArgs, TopicArgs};
-use skuflow_schemas::UploadRequest;
 
 use crate::metadata::{BucketCountries, KeyTemplate};
 use crate::store::{StoreArgs, Stores};
-use crate::worker::{IngestSettings, Ingestor, Outcome};
+use crate::worker::{IngestSettings, Ingestor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -97,6 +92,17 @@ pub struct IngestArgs {
         default_value_t = 10
     )]
     pub scan_interval_secs: u64,
+    /// Uploads one worker ingests at once, so a large upload does not hold back the small ones
+    /// queued behind it. Default: two per core, no more than the container's memory limit holds
+    /// at the worst case per upload (about 113 MiB with the default limits: the zstd window and
+    /// 48 bytes per row of --max-rows-per-file), at most 8.
+    #[arg(long = "concurrency", env = "SKUFLOW_INGEST_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Seconds before the scan queues an object again that is still in the incoming prefix; it
+    /// does only when the object's request is final on the work queue (never while the request
+    /// waits or its upload is being ingested).
+    #[arg(long = "requeue-after-secs", env = "SKUFLOW_REQUEUE_AFTER_SECS", default_value_t = discovery::REQUEUE_AFTER.as_secs())]
+    pub requeue_after_secs: u64,
     /// Consumer group of the ingest workers.
     #[arg(
         long = "group",
@@ -268,7 +274,12 @@ pub async fn run(
     if matches!(args.mode, Mode::All | Mode::Scan) {
         let (i, s, b) = (ingestor.clone(), shutdown.clone(), buckets.clone());
         let every = Duration::from_secs(args.scan_interval_secs.max(1));
-        tasks.spawn(async move { discovery::scan_loop(&i, &b, every, s).await });
+        let seen = discovery::Seen::new(
+            Some((kafka, &args.group)),
+            &ingestor.topics.uploads,
+            Duration::from_secs(args.requeue_after_secs.max(1)),
+        )?;
+        tasks.spawn(async move { discovery::scan_loop(&i, &b, every, seen, s).await });
     }
     if let Some(topic) = args.events_topic.clone() {
         let (i, s, k, g) = (
@@ -295,7 +306,8 @@ pub async fn run(
             args.group.clone(),
         );
         let attempts = args.max_attempts;
-        tasks.spawn(async move { work_loop(&i, &k, &g, attempts, s).await });
+        let concurrency = work::concurrency(args.concurrency, &ingestor.settings);
+        tasks.spawn(async move { work::work_loop(i, &k, &g, attempts, concurrency, s).await });
     }
     let mut result = Ok(());
     while let Some(r) = tasks.join_next().await {
@@ -308,162 +320,4 @@ pub async fn run(
         }
     }
     result
-}
-
-/// Exports a file's final outcome: `skuflow_files_total`, its rows read and rejected, its bytes
-/// (its acknowledged messages are counted as they are acknowledged).
-fn count_outcome(ev: &skuflow_schemas::FileEvent, outcome: &str, started: std::time::Instant) {
-    let m = skuflow_platform::metrics::metrics();
-    m.files.with_label_values(&[outcome]).inc();
-    m.file_duration
-        .with_label_values(&[outcome])
-        .observe(started.elapsed().as_secs_f64());
-    m.records_received
-        .with_label_values(&["uploads"])
-        .inc_by(ev.rows_total.unwrap_or(0));
-    m.records_failed
-        .with_label_values(&["rejected"])
-        .inc_by(ev.rows_rejected.unwrap_or(0));
-    m.bytes
-        .with_label_values(&["in"])
-        .inc_by(ev.bytes.or(ev.size).unwrap_or(0));
-    // A store was heard from (whatever became of its file); a replayed older file does not
-    // move the time back.
-    if let (Some(country), Some(store)) = (&ev.country, &ev.store_id) {
-        let at = ev.last_modified.unwrap_or(ev.at).timestamp();
-        let gauge = m.store_last_upload.with_label_values(&[country, store]);
-        if at > gauge.get() {
-            gauge.set(at);
-        }
-    }
-}
-
-/// Counts a refused request (`skuflow_files_total{outcome="refused"}`).
-fn count_refused() {
-    skuflow_platform::metrics::metrics()
-        .files
-        .with_label_values(&["refused"])
-        .inc();
-}
-
-/// Consumes upload requests and ingests them one at a time; the request's offset is committed
-/// only once the file's outcome is final, or once the file has been given up on after
-/// `max_attempts` attempts.
-pub async fn work_loop(
-    ingestor: &Ingestor,
-    kafka: &KafkaArgs,
-    group: &str,
-    max_attempts: u32,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    // A large file can take a while between polls.
-    let cfg = kafka.with_defaults(
-        kafka.consumer_config(group),
-        &[("max.poll.interval.ms", "3600000")],
-    );
-    let consumer: StreamConsumer<ObservedContext> = cfg
-        .create_with_context(ObservedContext::new(group, None))
-        .context("creating the upload consumer")?;
-    consumer
-        .subscribe(&[&ingestor.topics.uploads])
-        .context("subscribing to uploads")?;
-    tracing::info!(topic = %ingestor.topics.uploads, %group, "Ingest worker waiting for uploads.");
-    let mut watch = skuflow_platform::kafka::StallWatch::new(
-        &ingestor.topics.uploads,
-        kafka
-            .rejoin_stalled_secs
-            .unwrap_or(skuflow_platform::kafka::INGEST_REJOIN_STALLED_SECS),
-    );
-    loop {
-        let Some(msg) =
-            skuflow_platform::kafka::next_message(&consumer, &shutdown, &mut watch).await
-        else {
-            break;
-        };
-        let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
-        let req: Option<UploadRequest> = match msg
-            .payload()
-            .map(serde_json::from_slice::<UploadRequest>)
-        {
-            Some(Ok(r)) => Some(r),
-            Some(Err(e)) => {
-                tracing::error!(partition, offset, error = %e, "Upload request is not sku-upload/v1; skipping it.");
-                None
-            }
-            None => None,
-        };
-        if let Some(req) = req {
-            // The file's ingest, in the trace its request started.
-            let span = tracing::info_span!(
-                "ingest.file",
-                bucket = %req.bucket,
-                key = %req.key,
-                partition,
-                offset,
-                outcome = tracing::field::Empty,
-                file_id = tracing::field::Empty
-            );
-            skuflow_platform::telemetry::set_parent(
-                &span,
-                skuflow_platform::telemetry::traceparent(&msg).as_deref(),
-            );
-            let mut backoff = skuflow_platform::backoff::Backoff::new(
-                Duration::from_millis(500),
-                Duration::from_secs(30),
-            );
-            let started = std::time::Instant::now();
-            loop {
-                match ingestor.ingest(&req).instrument(span.clone()).await {
-                    Ok(Outcome::Skipped(why)) => {
-                        tracing::debug!(bucket = %req.bucket, key = %req.key, %why, "Skipped upload request.");
-                        break;
-                    }
-                    Ok(Outcome::Refused(why)) => {
-                        tracing::warn!(bucket = %req.bucket, key = %req.key, trigger = ?req.trigger, %why, "Upload request refused.");
-                        count_refused();
-                        break;
-                    }
-                    Ok(Outcome::Completed(ev)) => {
-                        span.record("outcome", "completed")
-                            .record("file_id", &ev.file_id);
-                        count_outcome(&ev, "completed", started);
-                        break;
-                    }
-                    Ok(Outcome::Failed(ev)) => {
-                        span.record("outcome", "failed")
-                            .record("file_id", &ev.file_id);
-                        count_outcome(&ev, "failed", started);
-                        break;
-                    }
-                    Err(e) => {
-                        let attempts = backoff.attempts() + 1;
-                        if attempts >= max_attempts {
-                            match ingestor.abandon(&req, attempts, &e.to_string()).await {
-                                Ok(ev) => {
-                                    count_outcome(&ev, "abandoned", started);
-                                    break;
-                                }
-                                Err(a) => {
-                                    tracing::warn!(bucket = %req.bucket, key = %req.key, cause = %a,
-                                    "Could not record giving up on the file; retrying it.")
-                                }
-                            }
-                        }
-                        let pause = backoff.next_pause();
-                        tracing::warn!(bucket = %req.bucket, key = %req.key, cause = %e, attempt = attempts, max_attempts,
-                            retry_in_ms = pause.as_millis() as u64, "Ingest interrupted; retrying the file.");
-                        if !skuflow_platform::backoff::Backoff::sleep(pause, &shutdown).await {
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1))?;
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-            tracing::warn!(error = %e, "Committing the upload offset failed; the request may be redelivered (harmless).");
-        }
-    }
-    Ok(())
 }

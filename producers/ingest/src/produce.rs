@@ -20,6 +20,8 @@ pub struct FileProgress {
     acked: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// Partition and offset of the last message acknowledged.
+    last_position: Mutex<Option<(i32, i64)>>,
 }
 
 impl FileProgress {
@@ -63,6 +65,10 @@ impl ProducerContext for DeliveryCounter {
     fn delivery(&self, result: &DeliveryResult<'_>, progress: Arc<FileProgress>) {
         match result {
             Ok(msg) => {
+                *progress
+                    .last_position
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some((msg.partition(), msg.offset()));
                 progress.acked.fetch_add(1, Ordering::AcqRel);
                 let topic = msg.topic();
                 if topic == self.records_topic {
@@ -180,7 +186,7 @@ pub fn send(
 }
 
 /// Sends one message and waits for the broker's acknowledgement (file lifecycle events, upload
-/// requests, on the control producer).
+/// requests, on the control producer); where the broker put it (partition, offset).
 pub async fn send_acknowledged(
     producer: &Arc<RecordProducer>,
     topic: &str,
@@ -188,12 +194,17 @@ pub async fn send_acknowledged(
     payload: Vec<u8>,
     headers: OwnedHeaders,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(i32, i64)> {
     let (producer, topic, key) = (producer.clone(), topic.to_string(), key.to_vec());
     tokio::task::spawn_blocking(move || {
         let progress = Arc::new(FileProgress::default());
         send(&producer, &progress, &topic, &key, &payload, headers)?;
-        wait_settled(&progress, timeout).map_err(anyhow::Error::msg)
+        wait_settled(&progress, timeout).map_err(anyhow::Error::msg)?;
+        let position = *progress
+            .last_position
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        position.ok_or_else(|| anyhow::anyhow!("acknowledged without a position"))
     })
     .await?
 }

@@ -276,6 +276,7 @@ impl Ingestor {
             Duration::from_secs(300),
         )
         .await
+        .map(|_| ())
         .map_err(|e| Retry(e.context("file event not acknowledged")))
     }
 
