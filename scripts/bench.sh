@@ -17,8 +17,12 @@ trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 python3 "$here/tansu-index.py" "$dir/tansu.db"
 export SKUFLOW_TEST_BROKERS="127.0.0.1:$port"
+# The latency bench runs the shipped binaries as processes: build them as they ship.
+cargo build --release --workspace --bins
 cargo bench -p skuflow-warehouse-loader --bench loader
 cargo bench -p skuflow-finance-reporter --bench reporter
 cargo bench -p skuflow-search-indexer --bench encode
 cargo bench -p skuflow-dataset-builder --bench build
 cargo bench -p skuflow-ingest --bench ingest
+# Upload-to-sink latency: the whole pipeline on a broker of its own (not the one above).
+cargo bench -p skuflow-e2e --bench latency

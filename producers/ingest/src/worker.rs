@@ -204,6 +204,16 @@ struct ReplayOf {
     last_modified: DateTime<Utc>,
 }
 
+/// When each step of a completed ingest ended, in milliseconds from its start: accepted (its
+/// event acknowledged), validated (first pass), produced (every message acknowledged); the
+/// rest is the report, the completed event and the move.
+#[derive(Debug, Clone, Copy)]
+struct Steps {
+    accepted_ms: u64,
+    validated_ms: u64,
+    produced_ms: u64,
+}
+
 /// A step of the ingest either goes on with its result or ends the request with an outcome.
 /// (One per step of a file: its size does not matter.)
 #[allow(clippy::large_enum_variant)]
@@ -310,6 +320,7 @@ impl Ingestor {
             Step::Go(accepted) => accepted,
             Step::Done(outcome) => return Ok(outcome),
         };
+        let accepted_ms = started.elapsed().as_millis() as u64;
         let (summary, report, superseded) = match self.validate(first, hint).await? {
             Pass::Read(summary, (report, superseded)) => (summary, report, superseded),
             Pass::Unreadable(reason) => {
@@ -334,10 +345,17 @@ impl Ingestor {
                     .await
             }
         };
+        let validated_ms = started.elapsed().as_millis() as u64;
         let second = self.open(&up, "reopening the object").await?;
         self.produce(second, hint, &ctx, superseded, summary.rows_total)
             .await?;
-        self.complete(&up, event, &summary, &report, started).await
+        let steps = Steps {
+            accepted_ms,
+            validated_ms,
+            produced_ms: started.elapsed().as_millis() as u64,
+        };
+        self.complete(&up, event, &summary, &report, started, steps)
+            .await
     }
 
     /// Which object version the request means and who it is, or why there is nothing to do.
@@ -554,6 +572,7 @@ impl Ingestor {
         summary: &ScanSummary,
         report: &[ReportRow],
         started: Instant,
+        steps: Steps,
     ) -> Result<Outcome, Retry> {
         let target = moved_key(
             &up.source_key,
@@ -587,7 +606,8 @@ impl Ingestor {
                 "Object replaced during the ingest; left in place for its own ingest.");
         }
         tracing::info!(file_id = %up.fid, bucket = %up.bucket, key = %up.key, replay = up.replay, rows_valid = summary.rows_valid,
-            rows_rejected = summary.rows_rejected, elapsed_ms = started.elapsed().as_millis() as u64, "Ingested file.");
+            rows_rejected = summary.rows_rejected, accepted_ms = steps.accepted_ms, validated_ms = steps.validated_ms,
+            produced_ms = steps.produced_ms, elapsed_ms = started.elapsed().as_millis() as u64, "Ingested file.");
         Ok(Outcome::Completed(event))
     }
 

@@ -293,7 +293,7 @@ impl Pipeline {
         }
     }
 
-    fn topic_args(&self) -> Vec<String> {
+    pub fn topic_args(&self) -> Vec<String> {
         vec![
             format!("--uploads-topic={}", self.topics.uploads),
             format!("--records-topic={}", self.topics.records),
