@@ -197,12 +197,15 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(i32, i64, Seen)> {
             .unwrap();
     }
     c.assign(&tpl).unwrap();
-    let total: i64 = ends.iter().sum();
-    let mut out = Vec::with_capacity(total as usize);
-    let (mut read, start) = (0i64, Instant::now());
-    while read < total && start.elapsed() < Duration::from_secs(1800) {
+    let mut out = Vec::with_capacity(ends.iter().sum::<i64>() as usize);
+    // Each partition is done when a message at or past its end offset - 1 has been read (the
+    // log may have gaps in its offsets, so counting messages would wait for ones that are not
+    // there).
+    let mut next = vec![0i64; PARTITIONS as usize];
+    let start = Instant::now();
+    while next.iter().zip(&ends).any(|(n, e)| n < e) && start.elapsed() < Duration::from_secs(1800) {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(500)) {
-            read += 1;
+            next[m.partition() as usize] = m.offset() + 1;
             if let Some(v) = m.payload().and_then(|b| serde_json::from_slice(b).ok()) {
                 out.push((m.partition(), m.offset(), v));
             }

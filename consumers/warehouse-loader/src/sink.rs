@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use futures::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use skuflow_platform::consume::dead_letters;
@@ -17,6 +18,30 @@ use skuflow_schemas::postgres::{column_names, NATURAL_KEY};
 use skuflow_schemas::{record_fields, FieldType, RejectMessage, SkuRecord, StoreCategory};
 
 use crate::migrations::{self, FACT_TABLE, OFFSETS_TABLE, OUTBOX_TABLE, PARTITION_LOCK};
+
+/// Batches written through the staging table after a direct COPY met a stored key.
+const MERGE_ONLY_AFTER_CONFLICT: u32 = 16;
+
+/// COPYs `rows` (binary) with `sql` in `tx`.
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    types: &[Type],
+    columns: &[&'static str],
+    rows: &[&SkuRecord],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(sql).await?;
+    let writer = BinaryCopyInWriter::new(sink, types);
+    pin_mut!(writer);
+    let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(columns.len());
+    for rec in rows {
+        values.clear();
+        values.extend(columns.iter().map(|c| column_value(rec, c)));
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
 
 /// The sink's name: its dead letters' stage.
 const SINK_NAME: &str = "warehouse-loader";
@@ -110,6 +135,12 @@ pub struct PgSink {
     insert_sql: String,
     merge_sql: String,
     copy_sql: String,
+    /// COPY straight into the fact table: a batch of keys not stored yet (a first load) needs
+    /// no staging table and no merge.
+    direct_copy_sql: String,
+    /// Batches to write through the staging table before trying a direct COPY again, after one
+    /// met stored keys (corrections or a replay tend to come in runs).
+    merge_only: u32,
     types: Vec<Type>,
     columns: Vec<&'static str>,
 }
@@ -130,10 +161,14 @@ impl PgSink {
         );
         let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
         PgSink {
+            // A commit need not wait for its WAL flush: the offsets are in the same transaction
+            // as the rows, so a server crash that loses the last commits loses their offsets
+            // with them and the loader reads those records again from Kafka (at most
+            // wal_writer_delay, 200 ms by default, of commits). Writes ~30 % faster in the bench.
             conn: pg::SinkConnection::new(
                 url,
                 migrations::all(),
-                format!("CREATE TEMP TABLE IF NOT EXISTS sku_staging (LIKE {FACT_TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"),
+                format!("SET synchronous_commit = off; CREATE TEMP TABLE IF NOT EXISTS sku_staging (LIKE {FACT_TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"),
             ),
             group: group.to_string(),
             partitions: HashSet::new(),
@@ -145,6 +180,8 @@ impl PgSink {
                 "INSERT INTO {FACT_TABLE} ({cols}) SELECT {cols} FROM sku_staging {conflict}"
             ),
             copy_sql: format!("COPY sku_staging ({cols}) FROM STDIN (FORMAT binary)"),
+            direct_copy_sql: format!("COPY {FACT_TABLE} ({cols}) FROM STDIN (FORMAT binary)"),
+            merge_only: 0,
             types: record_fields()
                 .iter()
                 .map(|f| pg_wire_type(f.field_type))
@@ -179,7 +216,10 @@ impl PgSink {
         Ok(())
     }
 
-    /// The whole batch in one COPY + merge, with the offsets and the dead letters of `refused`.
+    /// The whole batch in one transaction with the offsets and the dead letters of `refused`:
+    /// first a COPY straight into the fact table under a savepoint; when a key is stored already
+    /// (unique violation), back to the savepoint and a COPY into the staging table and a merge in
+    /// which only a newer version replaces the stored one.
     async fn write_bulk(
         &mut self,
         topic: &str,
@@ -187,26 +227,37 @@ impl PgSink {
         offsets: &BTreeMap<i32, i64>,
         letters: &[RejectMessage],
     ) -> Result<(), tokio_postgres::Error> {
-        let (copy_sql, merge_sql, types, columns, group) = (
+        let try_direct = self.merge_only == 0;
+        self.merge_only = self.merge_only.saturating_sub(1);
+        let (copy_sql, direct_copy_sql, merge_sql, types, columns, group) = (
             &self.copy_sql,
+            &self.direct_copy_sql,
             &self.merge_sql,
             &self.types,
             &self.columns,
             &self.group,
         );
         let client = self.conn.client();
-        let tx = client.transaction().await?;
-        let sink = tx.copy_in(copy_sql.as_str()).await?;
-        let writer = BinaryCopyInWriter::new(sink, types);
-        pin_mut!(writer);
-        let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(columns.len());
-        for rec in rows {
-            values.clear();
-            values.extend(columns.iter().map(|c| column_value(rec, c)));
-            writer.as_mut().write(&values).await?;
+        let mut tx = client.transaction().await?;
+        let mut merge = true;
+        if try_direct {
+            let direct = tx.savepoint("direct").await?;
+            match copy_rows(&direct, direct_copy_sql, types, columns, rows).await {
+                Ok(()) => {
+                    direct.commit().await?;
+                    merge = false;
+                }
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    direct.rollback().await?;
+                    self.merge_only = MERGE_ONLY_AFTER_CONFLICT;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        writer.finish().await?;
-        tx.execute(merge_sql.as_str(), &[]).await?;
+        if merge {
+            copy_rows(&tx, copy_sql, types, columns, rows).await?;
+            tx.execute(merge_sql.as_str(), &[]).await?;
+        }
         pg::store_offsets(&tx, OFFSETS_TABLE, group, topic, offsets).await?;
         pg::store_dead_letters(&tx, OUTBOX_TABLE, group, letters).await?;
         tx.commit().await

@@ -93,9 +93,10 @@ pub struct IngestArgs {
     )]
     pub scan_interval_secs: u64,
     /// Uploads one worker ingests at once, so a large upload does not hold back the small ones
-    /// queued behind it. Default: two per core, no more than the container's memory limit holds
-    /// at the worst case per upload (about 113 MiB with the default limits: the zstd window and
-    /// 48 bytes per row of --max-rows-per-file), at most 8.
+    /// queued behind it. Default: four per core (an upload mostly waits for the broker), no more
+    /// than the container's memory limit holds at the worst case per upload (about 113 MiB with
+    /// the default limits: the zstd window and 48 bytes per row of --max-rows-per-file), at most
+    /// 16.
     #[arg(long = "concurrency", env = "SKUFLOW_INGEST_CONCURRENCY")]
     pub concurrency: Option<usize>,
     /// Seconds before the scan queues an object again that is still in the incoming prefix; it

@@ -28,7 +28,13 @@ use crate::worker::{IngestSettings, Ingestor, Outcome};
 const BASE_MEMORY: u64 = 96 << 20;
 
 /// Most uploads one worker ingests at once when the flag does not say.
-const MAX_AUTO_CONCURRENCY: usize = 8;
+const MAX_AUTO_CONCURRENCY: usize = 16;
+
+/// Uploads per core when the flag does not say: an upload spends most of its time waiting for
+/// the broker's acknowledgements (a 100-row file: 30 ms alone, 1-4 s while a large upload keeps
+/// the broker busy), so slots are cheap in CPU; the latency bench queued small files for up to
+/// 30 s behind four slots.
+const UPLOADS_PER_CORE: usize = 4;
 
 /// The most memory one upload in flight can hold with these settings: the zstd window, the
 /// first pass's key tracker (16 bytes per distinct key in a table at most half full, which holds
@@ -55,11 +61,10 @@ fn memory_limit() -> Option<u64> {
     .find(|&n| n < 1 << 60)
 }
 
-/// How many uploads to ingest at once: two per core (an upload alternates between decoding on
-/// a core and waiting for the broker), no more than `memory` holds at the worst case of
-/// [`memory_per_upload`] each, at least one.
+/// How many uploads to ingest at once: [`UPLOADS_PER_CORE`] per core, no more than `memory`
+/// holds at the worst case of [`memory_per_upload`] each, at least one.
 pub fn auto_concurrency(cores: usize, memory: Option<u64>, settings: &IngestSettings) -> usize {
-    let by_cores = (2 * cores).clamp(1, MAX_AUTO_CONCURRENCY);
+    let by_cores = (UPLOADS_PER_CORE * cores).clamp(1, MAX_AUTO_CONCURRENCY);
     let by_memory = memory.map_or(usize::MAX, |m| {
         (m.saturating_sub(BASE_MEMORY) / memory_per_upload(settings)) as usize
     });
@@ -419,11 +424,12 @@ mod tests {
         let per = memory_per_upload(&s);
         // At the defaults an upload may hold about 113 MiB (16 MiB zstd window, 2M rows' keys).
         assert!((100 << 20..130 << 20).contains(&per), "{per}");
-        assert_eq!(auto_concurrency(2, None, &s), 4);
+        assert_eq!(auto_concurrency(2, None, &s), 8);
         assert_eq!(auto_concurrency(64, None, &s), MAX_AUTO_CONCURRENCY);
         // 256 MiB holds one worst-case upload besides the base, 512 MiB (the chart's) three.
         assert_eq!(auto_concurrency(2, Some(256 << 20), &s), 1);
         assert_eq!(auto_concurrency(4, Some(512 << 20), &s), 3);
+        assert_eq!(auto_concurrency(8, Some(4 << 30), &s), MAX_AUTO_CONCURRENCY);
         assert_eq!(auto_concurrency(1, Some(64 << 20), &s), 1);
     }
 }
