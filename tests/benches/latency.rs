@@ -203,7 +203,8 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(i32, i64, Seen)> {
     // there).
     let mut next = vec![0i64; PARTITIONS as usize];
     let start = Instant::now();
-    while next.iter().zip(&ends).any(|(n, e)| n < e) && start.elapsed() < Duration::from_secs(1800) {
+    while next.iter().zip(&ends).any(|(n, e)| n < e) && start.elapsed() < Duration::from_secs(1800)
+    {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(500)) {
             next[m.partition() as usize] = m.offset() + 1;
             if let Some(v) = m.payload().and_then(|b| serde_json::from_slice(b).ok()) {
