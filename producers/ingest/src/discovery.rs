@@ -61,6 +61,25 @@ impl Seen {
         })
     }
 
+    /// Queues `req` for the object `id` and notes where its request landed.
+    async fn queue(
+        &mut self,
+        ingestor: &Ingestor,
+        id: (String, String, String),
+        req: &UploadRequest,
+    ) -> anyhow::Result<()> {
+        let (partition, offset) = request_upload(ingestor, req).await?;
+        self.queued.insert(
+            id,
+            Queued {
+                at: Instant::now(),
+                partition,
+                offset,
+            },
+        );
+        Ok(())
+    }
+
     /// The ingest group's committed offsets on `partitions`; `None` when they cannot be read.
     fn committed(&self, partitions: &[i32]) -> Option<HashMap<i32, i64>> {
         use rdkafka::consumer::Consumer as _;
@@ -179,15 +198,7 @@ pub async fn scan_once(
                     continue;
                 }
             }
-            let (partition, offset) = request_upload(ingestor, &req).await?;
-            seen.queued.insert(
-                id,
-                Queued {
-                    at: Instant::now(),
-                    partition,
-                    offset,
-                },
-            );
+            seen.queue(ingestor, id, &req).await?;
             queued += 1;
         }
     }
@@ -207,15 +218,7 @@ pub async fn scan_once(
                     "Object still queued or being ingested; not queued again.");
                 continue;
             }
-            let (partition, offset) = request_upload(ingestor, &req).await?;
-            seen.queued.insert(
-                id,
-                Queued {
-                    at: Instant::now(),
-                    partition,
-                    offset,
-                },
-            );
+            seen.queue(ingestor, id, &req).await?;
             queued += 1;
         }
     }
