@@ -110,6 +110,7 @@ pub const NAMES: &[&str] = &[
     "skuflow_notifications_total",
     "skuflow_store_upload_late",
     "skuflow_late_uploads_total",
+    "skuflow_uploads_in_flight",
     "skuflow_build_info",
 ];
 
