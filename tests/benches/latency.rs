@@ -21,7 +21,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -319,7 +319,9 @@ async fn main() {
             watch.poll();
             if last_check.elapsed() >= Duration::from_secs(2) {
                 last_check = Instant::now();
-                if walk(&buckets.join("skus-de/incoming")).is_empty() && drained(&p, &watch) {
+                if common::files_under(&buckets.join("skus-de/incoming")).is_empty()
+                    && drained(&p, &watch)
+                {
                     break;
                 }
             }
@@ -461,23 +463,6 @@ async fn main() {
             .display()
     );
     drop(root);
-}
-
-/// Files under `dir` (the incoming prefix).
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// Whether every stage has committed the records topic's end.

@@ -555,7 +555,7 @@ async fn ingest_sigkilled_mid_file_loses_and_duplicates_nothing() {
     let start = std::time::Instant::now();
     let incoming = buckets.join("skus-nl/incoming/individual");
     let left = || {
-        walk_files(&incoming)
+        common::files_under(&incoming)
             .into_iter()
             .filter(|f| f.extension().is_some_and(|e| e == "csv"))
             .count()
@@ -574,17 +574,4 @@ async fn ingest_sigkilled_mid_file_loses_and_duplicates_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(dup, 0);
-}
-
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

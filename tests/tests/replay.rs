@@ -270,7 +270,7 @@ async fn reingest_from_processed_restores_lost_rows_and_keeps_corrections() {
     // The objects stay in processed/; nothing new in incoming/ or errors/.
     assert!(processed_a.exists());
     for gone in ["skus-de/incoming", "skus-de/errors", "skus-fr/errors"] {
-        let files: Vec<_> = walk(&buckets.join(gone));
+        let files: Vec<_> = common::files_under(&buckets.join(gone));
         assert!(files.is_empty(), "{gone}: {files:?}");
     }
     let replays: Vec<_> = p
@@ -279,18 +279,6 @@ async fn reingest_from_processed_restores_lost_rows_and_keeps_corrections() {
         .filter(|e| e["status"] == "completed" && e["key"].as_str().unwrap().contains("2026-11-21"))
         .collect();
     assert_eq!(replays.len(), 1, "b.csv (another day) was not replayed");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 /// The recovery drill of docs/operations.md: every sink loses everything (the PostgreSQL schemas

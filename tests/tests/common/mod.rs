@@ -975,3 +975,17 @@ pub fn put_local(root: &std::path::Path, bucket: &str, key: &str, text: &str) {
     std::fs::create_dir_all(f.parent().unwrap()).unwrap();
     std::fs::write(f, text).unwrap();
 }
+
+/// Every file under `dir`, at any depth (none when it does not exist).
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
