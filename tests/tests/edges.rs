@@ -173,7 +173,17 @@ async fn dead_letters_refused_by_the_loader_survive_a_dead_letter_topic_failure(
         &mut p.topics.rejects,
         format!("sku.rejects.missing.t{}", p.id),
     );
-    let first = p.start_loader(&["-Xmessage.timeout.ms=2000".into()]);
+    // A short session lets the group drop the killed loader quickly; the replacement starts
+    // after that session has run out, as a restarted pod would, and rejoins if tansu still hands
+    // it no partition (docs/tansu.md, "Groups left without a consumer").
+    let group = [
+        "-Xsession.timeout.ms=6000".to_string(),
+        "-Xmax.poll.interval.ms=15000".to_string(),
+        "--rejoin-stalled-secs=20".to_string(),
+    ];
+    let mut flags = group.to_vec();
+    flags.push("-Xmessage.timeout.ms=2000".into());
+    let first = p.start_loader(&flags);
     p.topics.rejects = rejects;
     p.expect_count("SELECT count(*) FROM skuflow.sku_facts", 1, WAIT)
         .await;
@@ -196,7 +206,8 @@ async fn dead_letters_refused_by_the_loader_survive_a_dead_letter_topic_failure(
         &record_messages(&[common::record("DE", 3, 5)]),
     )
     .await;
-    p.start_loader(&[]);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    p.start_loader(&group);
     p.expect_count("SELECT count(*) FROM skuflow.sku_facts", 2, WAIT)
         .await;
     let mut rules = Vec::new();
