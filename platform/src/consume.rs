@@ -183,8 +183,13 @@ pub trait Sink: Send {
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<Refusal>, SinkError>;
 
-    /// Next offsets per partition that the sink already holds durably, if it stores them.
-    async fn durable_offsets(&mut self, _topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+    /// Next offsets per partition (of `partitions`, those this member is assigned) that the
+    /// sink already holds durably, if it stores them.
+    async fn durable_offsets(
+        &mut self,
+        _topic: &str,
+        _partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, SinkError> {
         Ok(HashMap::new())
     }
 
@@ -392,10 +397,19 @@ impl<S: Sink> Consuming<'_, S> {
     /// `false`: shutdown came first.
     async fn resume(&mut self, consumer: &StreamConsumer<ObservedContext>) -> anyhow::Result<bool> {
         let mut backoff = Backoff::new(self.args);
+        let partitions: Vec<i32> = consumer
+            .assignment()
+            .map(|a| {
+                a.elements_for_topic(self.topic())
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            })
+            .unwrap_or_default();
         self.durable = loop {
             match self
                 .sink
-                .durable_offsets(S::Message::topic(self.topics))
+                .durable_offsets(S::Message::topic(self.topics), &partitions)
                 .await
             {
                 Ok(d) => break d,
@@ -410,6 +424,15 @@ impl<S: Sink> Consuming<'_, S> {
         health().report("sink", Ok(()));
         self.last_contact = Instant::now();
         seek_past_done(consumer, self.topic(), &self.durable, &self.next_offsets);
+        // The group's committed offsets catch up with what the sink holds, even when nothing
+        // is left to consume (lag is measured on them).
+        let held: BTreeMap<i32, i64> = partitions
+            .iter()
+            .filter_map(|p| self.durable.get(p).map(|o| (*p, *o)))
+            .collect();
+        if !held.is_empty() {
+            store_offsets(consumer, self.topic(), &held);
+        }
         relay_outbox(
             &mut self.sink,
             &self.dlq,

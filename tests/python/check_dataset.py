@@ -1,8 +1,11 @@
-"""Reads a skuflow dataset root with real clients (pyarrow, DuckDB) and checks it against the
-expected newest records (JSON lines written by the Rust test): declared schema and types, exactly
-one row per natural key, exact values, features recomputed here with `decimal`, manifests.
+"""Reads a skuflow dataset (a Delta Lake table) with real clients (the deltalake package, pyarrow,
+polars, DuckDB) and checks it against the expected newest records (JSON lines written by the Rust
+test): declared schema and types, exactly one row per natural key, exact values, features
+recomputed here with `decimal`, manifests.
 
-Usage: python3 check_dataset.py <dataset root> <expected.jsonl>
+Usage: python3 check_dataset.py <dataset root> <expected.jsonl> [<table version>]
+With a version, that version is read (time travel) and the manifests, which describe the latest
+version, are not checked.
 """
 import collections
 import decimal
@@ -11,13 +14,19 @@ import json
 import pathlib
 import sys
 
+import deltalake
 import duckdb
+import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 D = decimal.Decimal
 root = pathlib.Path(sys.argv[1])
 expected = [json.loads(l) for l in open(sys.argv[2], encoding="utf-8")]
+version = int(sys.argv[3]) if len(sys.argv) > 3 else None
+dt = deltalake.DeltaTable(str(root), version=version)
+# The documented path for pyarrow and DuckDB: the files the table's version names.
+files = dt.file_uris()
 want = {(r["country"], r["store_id"], r["sku"], r["business_date"]): r for r in expected}
 problems = []
 
@@ -31,11 +40,12 @@ countries = sorted({r["country"] for r in expected})
 check(sorted(p.name for p in root.glob("country=*")) == [f"country={c}" for c in countries],
       f"country directories {sorted(p.name for p in root.glob('country=*'))}")
 
+check(dt.metadata().partition_columns == ["country", "business_date"],
+      f"partition columns {dt.metadata().partition_columns}")
+everything = ds.dataset(files, format="parquet").to_table()
 for country in countries:
     base = root / f"country={country}"
-    # pyarrow, Hive partitioning with the declared partition types.
-    part = ds.partitioning(pa.schema([("business_date", pa.date32())]), flavor="hive")
-    table = ds.dataset(str(base), format="parquet", partitioning=part).to_table()
+    table = everything.filter(ds.field("country") == country)
     schema = table.schema
     types = {f.name: f.type for f in schema}
     check(types["unit_price"] == pa.decimal128(18, 4), f"unit_price is {types['unit_price']}")
@@ -94,37 +104,55 @@ for country in countries:
         split = "train" if h < 8000 else "validation" if h < 9000 else "test"
         check(r["split"] == split, f"{k} split {r['split']} != {split}")
         splits[split] += 1
+    if version is not None:
+        continue
     manifest = json.loads((base / "_manifest.json").read_text())
+    # A country's manifest is written by every version that changes the country's files.
+    check(0 < manifest["table_version"] <= dt.version(),
+          f"{country} manifest describes version {manifest['table_version']}, the table is at {dt.version()}")
+    at = deltalake.DeltaTable(str(root), version=manifest["table_version"])
+    check(sorted(f for f in at.file_uris() if f"/country={country}/" in f)
+          == sorted(f for f in files if f"/country={country}/" in f),
+          f"{country}: the files of the manifest's version are not the latest version's")
     check(manifest["rows"] == len(mine), f"{country} manifest rows {manifest['rows']} != {len(mine)}")
     check(manifest["splits"] == dict(splits), f"{country} manifest splits {manifest['splits']} != {dict(splits)}")
     by_day = collections.Counter(k[3] for k in mine)
     check({d: p["rows"] for d, p in manifest["partitions"].items()} == dict(by_day),
           f"{country} manifest partitions {manifest['partitions']}")
     for d, entry in manifest["partitions"].items():
-        listed = sorted(f.name for f in (base / f"business_date={d}").glob("*.parquet"))
-        check(sorted(entry["files"]) == listed, f"{country} {d}: manifest files {entry['files']}, directory {listed}")
+        listed = sorted(f.rsplit("/", 1)[1] for f in files if f"/country={country}/business_date={d}/" in f)
+        check(sorted(entry["files"]) == listed, f"{country} {d}: manifest files {entry['files']}, table {listed}")
     check((base / "_dataset_card.md").read_text().count("| `") >= len(schema), f"{country} card lacks columns")
     check(not list(base.rglob("*.tmp")) and not list(base.rglob(".*")), f"{country}: temporary files left")
 
-# DuckDB over the whole root.
+# DuckDB over the version's files.
 con = duckdb.connect()
-glob = str(root / "country=*" / "business_date=*" / "*.parquet")
-n = con.execute(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true)").fetchone()[0]
+src = "read_parquet($files)"
+n = con.execute(f"SELECT count(*) FROM {src}", {"files": files}).fetchone()[0]
 check(n == len(want), f"duckdb sees {n} rows, want {len(want)}")
-desc = dict((r[0], r[1]) for r in con.execute(
-    f"DESCRIBE SELECT * FROM read_parquet('{glob}', hive_partitioning = true)").fetchall())
+desc = dict((r[0], r[1]) for r in con.execute(f"DESCRIBE SELECT * FROM {src}", {"files": files}).fetchall())
 check(desc.get("unit_price") == "DECIMAL(18,4)", f"duckdb unit_price {desc.get('unit_price')}")
 check(desc.get("business_date") == "DATE", f"duckdb business_date {desc.get('business_date')}")
 dups = con.execute(f"""SELECT count(*) FROM (SELECT country, store_id, sku, business_date, count(*) c
-    FROM read_parquet('{glob}', hive_partitioning = true) GROUP BY ALL HAVING c > 1)""").fetchone()[0]
+    FROM {src} GROUP BY ALL HAVING c > 1)""", {"files": files}).fetchone()[0]
 check(dups == 0, f"duckdb finds {dups} duplicated keys")
-total = con.execute(f"SELECT sum(unit_price * units_sold) FROM read_parquet('{glob}', hive_partitioning = true)").fetchone()[0]
+total = con.execute(f"SELECT sum(unit_price * units_sold) FROM {src}", {"files": files}).fetchone()[0]
 want_total = sum(D(r["unit_price"]) * r["units_sold"] for r in expected)
 check(D(total) == want_total, f"duckdb revenue {total} != {want_total}")
+
+# polars reads the same version through the Delta log.
+frame = pl.read_delta(str(root), version=version)
+check(frame.height == len(want), f"polars sees {frame.height} rows, want {len(want)}")
+got_versions = {(r["country"], r["store_id"], r["sku"], r["business_date"].isoformat()): r["record_version"]
+                for r in frame.select("country", "store_id", "sku", "business_date", "record_version").to_dicts()}
+want_versions = {k: r["record_version"] for k, r in want.items()}
+check(got_versions == want_versions, "polars: the natural keys or their versions differ")
+check(frame["unit_price"].dtype == pl.Decimal(18, 4), f"polars unit_price is {frame['unit_price'].dtype}")
 
 if problems:
     print(f"{len(problems)} problems:")
     for p in problems[:40]:
         print(" -", p)
     sys.exit(1)
-print(f"ok: {len(want)} rows in {len(countries)} countries, read by pyarrow {pa.__version__} and duckdb {duckdb.__version__}")
+print(f"ok: {len(want)} rows in {len(countries)} countries at version {dt.version()}, read by deltalake "
+      f"{deltalake.__version__}, pyarrow {pa.__version__}, polars {pl.__version__} and duckdb {duckdb.__version__}")

@@ -58,6 +58,11 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// This builder as a holder of the lease (group, host, instance).
+    pub fn me(&self) -> &Holder {
+        &self.me
+    }
+
     pub fn new(store: Arc<dyn ObjectStore>, root: &Path, group: &str, ttl: Duration) -> Self {
         let host = std::env::var("HOSTNAME")
             .ok()

@@ -7,13 +7,11 @@ pub mod columns;
 pub mod lease;
 pub mod rows;
 pub mod sink;
-
-use std::sync::Arc;
+pub mod table;
 
 use anyhow::bail;
 use clap::Args;
 use object_store::path::Path;
-use object_store::ObjectStore;
 use skuflow_platform::component::{self, Component, OffsetsHome, RowCount, SinkInfo};
 use skuflow_platform::shutdown::CancellationToken;
 
@@ -66,30 +64,15 @@ pub struct BuilderArgs {
 }
 
 impl BuilderArgs {
-    /// The object store, the prefix inside it, and the directory when the root is local.
-    pub fn store(
-        &self,
-    ) -> anyhow::Result<(Arc<dyn ObjectStore>, Path, Option<std::path::PathBuf>)> {
-        let root = skuflow_platform::store::open_root(&self.root, "--dataset-root")?;
-        Ok((root.store, root.prefix, root.local_dir))
-    }
-
     pub fn sink(&self) -> anyhow::Result<DatasetSink> {
         let split = rows::Split::parse(&self.split).map_err(anyhow::Error::msg)?;
         if !(1..=22).contains(&self.zstd_level) {
             bail!("--zstd-level {} is outside 1..=22", self.zstd_level);
         }
-        let (store, root, local_dir) = self.store()?;
+        let location = table::Location::parse(&self.root, "--dataset-root")?;
         let group = self.consume.group.as_deref().unwrap_or(GROUP);
-        let lease = lease::Lease::new(
-            store.clone(),
-            &root,
-            group,
-            std::time::Duration::from_secs(self.writer_lease_secs),
-        );
         let sink = DatasetSink::new(
-            store,
-            root,
+            location,
             split,
             columns::Encoding {
                 row_group_rows: self.row_group_rows.max(1),
@@ -97,13 +80,15 @@ impl BuilderArgs {
             },
             self.cache_rows,
         );
-        let sink = sink
+        let lease = lease::Lease::new(
+            sink.store(),
+            &Path::default(),
+            group,
+            std::time::Duration::from_secs(self.writer_lease_secs),
+        );
+        Ok(sink
             .with_lease(lease)
-            .with_target_file_bytes(self.target_file_bytes);
-        Ok(match local_dir {
-            Some(dir) => sink.with_local_dir(dir),
-            None => sink,
-        })
+            .with_target_file_bytes(self.target_file_bytes))
     }
 }
 

@@ -1,15 +1,18 @@
-//! The dataset sink: Hive-partitioned Parquet under a root (local directory or S3 prefix).
+//! The dataset sink: one Delta Lake table under a root (local directory or S3 prefix),
+//! Hive-partitioned Parquet files named by the table's log ([`crate::table`]).
 //!
-//! Layout: `country=<CC>/business_date=<YYYY-MM-DD>/part-p<kafka partition>.parquet`, then
-//! `part-p<kafka partition>-<n>.parquet` once a file reaches the target size. Records are keyed by
-//! (country, store, SKU), so every natural key lives in exactly one Kafka partition, and a key
-//! stays in the file of that partition and day it first went to: exactly one file of its day. A
-//! batch merges into each file it touches (the newest version per (store_id, sku) wins); every file
-//! of that day whose rows or category medians changed is rewritten with one atomic put: readers see
-//! the old file or the new one, never a part. One builder writes a dataset root (the group runs one
-//! member; the day's medians span every file of the day, so the builder rewrites files of
-//! partitions other than the batch's). Then `country=<CC>/_manifest.json` and `_dataset_card.md`
-//! are rewritten. Only after all of that does the consume loop store the offsets.
+//! Layout: `country=<CC>/business_date=<YYYY-MM-DD>/part-p<kafka partition>-<n>-<id>.parquet`:
+//! shard `n` of a Kafka partition's keys of that day (a new shard is started once the last one
+//! reaches the target size), `<id>` new on every write. Records are keyed by (country, store,
+//! SKU), so every natural key lives in exactly one Kafka partition, and a key stays in the shard
+//! of that partition and day it first went to: exactly one file of its day in every version. A
+//! batch merges into each shard it touches (the newest version per (store_id, sku) wins); every
+//! shard of that day whose rows or category medians changed is written as a new file, and one
+//! commit adds the new files, removes the ones they replace and records the batch's offsets:
+//! readers see the version before the batch or the one after it, never a part. One builder writes
+//! a dataset root (the group runs one member; the day's medians span every file of the day, so
+//! the builder rewrites files of partitions other than the batch's). Then
+//! `country=<CC>/_manifest.json` and `_dataset_card.md` describe the committed version.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,7 +20,6 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context as _};
 use async_trait::async_trait;
 use chrono::{NaiveDate, Utc};
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,7 @@ use skuflow_schemas::SkuRecord;
 
 use crate::columns::{self, Encoding};
 use crate::rows::{category_medians, FileRows, Split};
+use crate::table::{self, DataFile, Location};
 
 /// Default size a file grows to before the next file of its partition and day is started.
 pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;
@@ -59,6 +62,9 @@ pub struct Manifest {
     pub partitions: BTreeMap<String, DayEntry>,
     /// Next offsets per Kafka partition of the records topic covered by these files.
     pub last_offsets: BTreeMap<String, i64>,
+    /// The version of the Delta table this manifest describes.
+    #[serde(default)]
+    pub table_version: i64,
     pub built_at: String,
 }
 
@@ -71,6 +77,8 @@ pub struct ManifestColumn {
 }
 
 pub struct DatasetSink {
+    location: Location,
+    /// The table's directory as the root of a store: data files, manifests, cards, the lease.
     store: Arc<dyn ObjectStore>,
     /// The directory behind `store` when the root is local: files are then written by
     /// [`write_local_atomically`] (hidden temporary name, fsync, rename, fsync of the directory).
@@ -92,20 +100,33 @@ pub struct DatasetSink {
     row_bytes: Option<f64>,
     /// The one-writer lease on the root (none in unit tests and benchmarks).
     lease: Option<crate::lease::Lease>,
+    /// The table at the last version this builder read or committed (none until the first
+    /// batch, and again after a failed one: it is then read afresh).
+    table: Option<deltalake_core::DeltaTable>,
+    /// The data files of that version by country and day.
+    files: HashMap<(String, NaiveDate), Vec<DataFile>>,
+    /// The file each loaded shard is in at that version.
+    shard_files: HashMap<ShardKey, DataFile>,
+    /// The adds and removes of the batch being written.
+    pending: Vec<deltalake_core::kernel::Action>,
 }
 
 impl DatasetSink {
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        root: Path,
-        split: Split,
-        encoding: Encoding,
-        cache_rows: usize,
-    ) -> Self {
+    /// The sink of the table at `location` (created by the first batch when missing).
+    pub fn new(location: Location, split: Split, encoding: Encoding, cache_rows: usize) -> Self {
+        let store: Arc<dyn ObjectStore> = match location.log_store() {
+            Ok(l) => l.object_store(None),
+            // Only a URL without a path fails here; `Location::parse` never makes one.
+            Err(_) => location.root_store.clone(),
+        };
+        let local_dir = (location.url.scheme() == "file")
+            .then(|| location.url.to_file_path().ok())
+            .flatten();
         DatasetSink {
+            location,
             store,
-            local_dir: None,
-            root,
+            local_dir,
+            root: Path::default(),
             split,
             encoding,
             shards: HashMap::new(),
@@ -115,7 +136,16 @@ impl DatasetSink {
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
             row_bytes: None,
             lease: None,
+            table: None,
+            files: HashMap::new(),
+            shard_files: HashMap::new(),
+            pending: Vec::new(),
         }
+    }
+
+    /// The table's directory as the root of a store (what the lease is kept in).
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
     }
 
     /// The size a file grows to before the next file of its Kafka partition and day is started.
@@ -139,12 +169,6 @@ impl DatasetSink {
     /// Writes only while holding the root's one-writer lease.
     pub fn with_lease(mut self, lease: crate::lease::Lease) -> Self {
         self.lease = Some(lease);
-        self
-    }
-
-    /// Marks the root as the local directory `dir` (the one `store` is opened on).
-    pub fn with_local_dir(mut self, dir: std::path::PathBuf) -> Self {
-        self.local_dir = Some(dir);
         self
     }
 
@@ -172,26 +196,48 @@ impl DatasetSink {
             .child(format!("business_date={day}"))
     }
 
-    /// `part-p<partition>.parquet` for a partition's first file of a day, then
-    /// `part-p<partition>-<n>.parquet`.
+    /// `part-p<partition>-<n>-<id>.parquet`: shard `n` of a Kafka partition's keys of a day,
+    /// `id` new for every file written.
     fn file_name(partition: i32, n: u32) -> String {
-        match n {
-            0 => format!("part-p{partition}.parquet"),
-            n => format!("part-p{partition}-{n}.parquet"),
-        }
+        format!(
+            "part-p{partition}-{n}-{}.parquet",
+            uuid::Uuid::new_v4().simple()
+        )
     }
 
-    /// The partition and file number of a name made by [`DatasetSink::file_name`].
+    /// The partition and shard number of a name made by [`DatasetSink::file_name`].
     fn parse_file_name(name: &str) -> Option<(i32, u32)> {
         let stem = name.strip_prefix("part-p")?.strip_suffix(".parquet")?;
-        match stem.split_once('-') {
-            None => Some((stem.parse().ok()?, 0)),
-            Some((p, n)) => {
-                let n: u32 = n.parse().ok()?;
-                (n > 0).then_some(())?;
-                Some((p.parse().ok()?, n))
-            }
+        let mut parts = stem.splitn(3, '-');
+        let (p, n, id) = (parts.next()?, parts.next()?, parts.next()?);
+        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
+        Some((p.parse().ok()?, n.parse().ok()?))
+    }
+
+    /// The table at its latest version, with its files by day (read once, then kept up to date
+    /// by this builder's own commits).
+    async fn ensure_table(&mut self) -> anyhow::Result<()> {
+        if self.table.is_some() {
+            return Ok(());
         }
+        let table = self
+            .location
+            .open_or_create(&columns::dataset_schema(), "skuflow_training_set")
+            .await?;
+        self.files = table::files_by_day(&table).await?;
+        self.table = Some(table);
+        Ok(())
+    }
+
+    /// Forgets what it read: the next batch reads the table afresh.
+    fn forget(&mut self) {
+        self.shards.clear();
+        self.manifests.clear();
+        self.written_medians.clear();
+        self.shard_files.clear();
+        self.files.clear();
+        self.pending.clear();
+        self.table = None;
     }
 
     /// Removes the temporary files a killed writer left in `dir` (hidden, so object-store
@@ -213,35 +259,33 @@ impl DatasetSink {
         }
     }
 
-    /// Loads every shard file of a day that is not in memory yet.
+    /// Loads every shard of a day (the files the table's version names) not in memory yet.
     async fn load_day(&mut self, country: &str, day: NaiveDate) -> anyhow::Result<()> {
-        let dir = self.day_dir(country, day);
-        self.remove_local_leftovers(&dir);
-        let listed: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
-        for meta in listed {
-            let Some(name) = meta.location.filename() else {
-                continue;
-            };
-            if name.starts_with('.') || name.contains('#') {
-                // A temporary file a killed writer left behind: never a dataset file.
-                if let Err(e) = self.store.delete(&meta.location).await {
-                    tracing::warn!(file = %meta.location, error = %e, "Could not remove a stale temporary file.");
-                }
-                continue;
-            }
+        self.remove_local_leftovers(&self.day_dir(country, day));
+        let files = self
+            .files
+            .get(&(country.to_string(), day))
+            .cloned()
+            .unwrap_or_default();
+        for file in files {
+            let name = file.path.rsplit('/').next().unwrap_or(&file.path);
             let Some((p, n)) = Self::parse_file_name(name) else {
-                continue;
+                anyhow::bail!(
+                    "{}: not a file name this builder writes (part-p<partition>-<shard>-<id>.parquet)",
+                    file.path
+                );
             };
             let key = (country.to_string(), day, p, n);
             if self.shards.contains_key(&key) {
                 continue;
             }
-            let bytes = self.store.get(&meta.location).await?.bytes().await?;
+            let location = Path::parse(&file.path)
+                .with_context(|| format!("the table names a file {:?}", file.path))?;
+            let bytes = self.store.get(&location).await?.bytes().await?;
             let size = bytes.len();
             let (decoded, medians) = columns::decode_with_medians(bytes)
-                .with_context(|| format!("reading {}", meta.location))?;
-            // What medians the file was written with: a file a crash left with an older
-            // median of its day is rewritten at the next batch of the day, replay or not.
+                .with_context(|| format!("reading {location}"))?;
+            // The medians the file was written with: it is rewritten when its day's move.
             match medians {
                 Some(m) => {
                     self.written_medians.insert(key.clone(), m);
@@ -256,7 +300,8 @@ impl DatasetSink {
             }
             part.settle();
             self.note_file_size(size, part.len());
-            self.shards.insert(key, part);
+            self.shards.insert(key.clone(), part);
+            self.shard_files.insert(key, file);
         }
         Ok(())
     }
@@ -292,6 +337,8 @@ impl DatasetSink {
         if let Some(lease) = &mut self.lease {
             lease.ensure().await?;
         }
+        self.ensure_table().await?;
+        self.pending.clear();
         let touched = by_partition_and_day(batch);
         let days: BTreeSet<(String, NaiveDate)> =
             touched.keys().map(|(c, d, _)| (c.clone(), *d)).collect();
@@ -306,8 +353,9 @@ impl DatasetSink {
         for (country, day) in &days {
             self.rewrite_day(country, *day, &changed).await?;
         }
+        let version = self.commit(topic, batch.len(), offsets).await?;
         for (country, day) in &days {
-            self.update_manifest(country, *day, topic, offsets);
+            self.update_manifest(country, *day, topic, offsets, version);
         }
         let countries: BTreeSet<&String> = days.iter().map(|(c, _)| c).collect();
         for country in countries {
@@ -412,16 +460,70 @@ impl DatasetSink {
             }
             let rows = shard.featured_with(|c| medians.get(c).copied(), self.split);
             let file = columns::encode_with_medians(&rows, self.encoding, &used)?;
-            self.note_file_size(file.len(), rows.len());
+            let (size, count) = (file.len(), rows.len());
+            self.note_file_size(size, count);
             let path = self
                 .day_dir(country, day)
                 .child(Self::file_name(key.2, key.3));
             self.put(&path, file)
                 .await
                 .with_context(|| format!("writing {path}"))?;
+            let new = DataFile {
+                path: path.to_string(),
+                size: size as i64,
+                rows: Some(count as u64),
+            };
+            self.pending
+                .push(table::add(new.path.clone(), country, day, size, count));
+            if let Some(old) = self.shard_files.insert(key.clone(), new) {
+                self.pending.push(table::remove(&old, country, day));
+            }
             self.written_medians.insert(key, used);
         }
         Ok(())
+    }
+
+    /// Commits the batch's new and replaced files with its offsets as one table version, and
+    /// notes the files of the days it changed. A batch that changed no file (a replay) still
+    /// commits its offsets.
+    async fn commit(
+        &mut self,
+        topic: &str,
+        records: usize,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> anyhow::Result<i64> {
+        let actions = std::mem::take(&mut self.pending);
+        let added = actions
+            .iter()
+            .filter(|a| matches!(a, deltalake_core::kernel::Action::Add(_)))
+            .count();
+        let info = HashMap::from([
+            ("skuflow.records".to_string(), serde_json::json!(records)),
+            (
+                "skuflow.files_written".to_string(),
+                serde_json::json!(added),
+            ),
+            ("skuflow.topic".to_string(), serde_json::json!(topic)),
+        ]);
+        let mut info = info;
+        if let Some(lease) = &self.lease {
+            let me = lease.me();
+            info.insert(
+                "skuflow.writer".to_string(),
+                serde_json::json!({"group": me.group, "host": me.host, "instance": me.instance}),
+            );
+        }
+        let table = self.table.as_mut().ok_or_else(|| anyhow!("no table"))?;
+        let version = table::commit(table, actions, topic, offsets, info).await?;
+        // The files of the days this version changed, from the shards in memory.
+        let mut days: HashMap<(String, NaiveDate), Vec<DataFile>> = HashMap::new();
+        for ((c, d, _, _), f) in &self.shard_files {
+            days.entry((c.clone(), *d)).or_default().push(f.clone());
+        }
+        for (day, files) in days {
+            self.files.insert(day, files);
+        }
+        Ok(version)
     }
 
     /// Drops the cached rows once they pass `--cache-rows`; files are read again when needed.
@@ -430,6 +532,7 @@ impl DatasetSink {
         if cached > self.cache_rows {
             self.shards.clear();
             self.written_medians.clear();
+            self.shard_files.clear();
         }
     }
 
@@ -439,20 +542,24 @@ impl DatasetSink {
         day: NaiveDate,
         topic: &str,
         offsets: &BTreeMap<i32, i64>,
+        version: i64,
     ) {
         let mut entry = DayEntry::default();
-        let mut files: Vec<((i32, u32), &FileRows)> = self
+        let mut files: Vec<(&ShardKey, &FileRows)> = self
             .shards
             .iter()
             .filter(|((c, d, _, _), _)| c == country && *d == day)
-            .map(|((_, _, p, n), part)| ((*p, *n), part))
             .collect();
-        files.sort_by_key(|(f, _)| *f);
-        for ((p, n), part) in files {
+        files.sort_by_key(|(k, _)| (k.2, k.3));
+        for (key, part) in files {
             if part.is_empty() {
                 continue;
             }
-            entry.files.push(Self::file_name(p, n));
+            if let Some(f) = self.shard_files.get(key) {
+                entry
+                    .files
+                    .push(f.path.rsplit('/').next().unwrap_or(&f.path).to_string());
+            }
             entry.rows += part.len() as u64;
             for r in part.rows() {
                 *entry
@@ -462,6 +569,7 @@ impl DatasetSink {
             }
         }
         let m = self.manifests.entry(country.to_string()).or_default();
+        m.table_version = version;
         m.partitions.insert(day.to_string(), entry);
         for (p, o) in offsets {
             m.last_offsets.insert(format!("{topic}/{p}"), *o);
@@ -559,9 +667,7 @@ impl Sink for DatasetSink {
             Ok(()) => Ok(Vec::new()),
             Err(e) => {
                 // What is in memory may be ahead of what is stored: start over from storage.
-                self.shards.clear();
-                self.manifests.clear();
-                self.written_medians.clear();
+                self.forget();
                 if is_transient(&e) {
                     Err(SinkError::Retriable(e))
                 } else {
@@ -589,12 +695,19 @@ impl Sink for DatasetSink {
         }
     }
 
-    async fn durable_offsets(&mut self, _topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
-        // Called after every rebalance: another builder may have written our files meanwhile.
-        self.shards.clear();
-        self.manifests.clear();
-        self.written_medians.clear();
-        Ok(HashMap::new())
+    async fn durable_offsets(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, SinkError> {
+        // Called after every rebalance: another builder may have committed meanwhile.
+        self.forget();
+        let read = async {
+            self.ensure_table().await?;
+            let table = self.table.as_ref().ok_or_else(|| anyhow!("no table"))?;
+            table::offsets(table, topic, partitions.iter().copied()).await
+        };
+        read.await.map_err(SinkError::Retriable)
     }
 }
 
@@ -624,73 +737,6 @@ mod tests {
         r
     }
 
-    #[tokio::test]
-    async fn leftovers_of_a_killed_writer_are_removed_and_files_replace_whole() {
-        let root = tempfile::tempdir().unwrap();
-        let day = root.path().join("country=SE/business_date=2026-11-01");
-        std::fs::create_dir_all(&day).unwrap();
-        // What a SIGKILL mid-write can leave: our hidden temporary file, an object-store
-        // staging file, and an interrupted older layout.
-        std::fs::write(day.join(".part-p0.parquet.tmp-42"), b"PAR1 half").unwrap();
-        std::fs::write(day.join("part-p0.parquet#1"), b"").unwrap();
-        let store =
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(root.path()).unwrap());
-        let mut sink = DatasetSink::new(
-            store,
-            Path::default(),
-            Split::default(),
-            Encoding {
-                row_group_rows: 100,
-                zstd_level: 3,
-            },
-            1_000_000,
-        )
-        .with_local_dir(root.path().to_path_buf());
-        let batch: Vec<Consumed<SkuRecord>> = [rec("A", 1), rec("B", 1)]
-            .into_iter()
-            .enumerate()
-            .map(|(i, value)| Consumed {
-                partition: 0,
-                offset: i as i64,
-                value,
-            })
-            .collect();
-        let offsets = BTreeMap::from([(0, 2)]);
-        assert!(sink.write("t", &batch, &offsets).await.unwrap().is_empty());
-        let mut names: Vec<String> = std::fs::read_dir(&day)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-            .collect();
-        names.sort();
-        assert_eq!(names, vec!["part-p0.parquet".to_string()]);
-        // A correction replaces the file: still one file, one row per key, the newer value.
-        let mut newer = rec("A", 2);
-        newer.unit_price = rust_decimal::Decimal::new(30000, 4);
-        let batch = vec![Consumed {
-            partition: 0,
-            offset: 2,
-            value: newer,
-        }];
-        sink.write("t", &batch, &BTreeMap::from([(0, 3)]))
-            .await
-            .unwrap();
-        let bytes = std::fs::read(day.join("part-p0.parquet")).unwrap();
-        let rows = columns::decode(bytes::Bytes::from(bytes)).unwrap();
-        assert_eq!(rows.len(), 2);
-        let a = rows.iter().find(|r| r.sku == "A").unwrap();
-        assert_eq!(
-            (a.record_version, a.unit_price.to_string().as_str()),
-            (2, "3.0000")
-        );
-        let manifest: Manifest = serde_json::from_slice(
-            &std::fs::read(root.path().join("country=SE/_manifest.json")).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(manifest.rows, 2);
-        assert_eq!(manifest.last_offsets["t/0"], 3);
-        assert_eq!(std::fs::read_dir(&day).unwrap().count(), 1);
-    }
-
     fn priced(sku: &str, version: i64, cents: i64) -> SkuRecord {
         let mut r = rec(sku, version);
         r.unit_price = rust_decimal::Decimal::new(cents, 2);
@@ -698,10 +744,8 @@ mod tests {
     }
 
     fn fresh_sink(root: &std::path::Path) -> DatasetSink {
-        let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(root).unwrap());
         DatasetSink::new(
-            store,
-            Path::default(),
+            Location::parse(root.to_str().unwrap(), "--dataset-root").unwrap(),
             Split::default(),
             Encoding {
                 row_group_rows: 100,
@@ -709,7 +753,6 @@ mod tests {
             },
             1_000_000,
         )
-        .with_local_dir(root.to_path_buf())
     }
 
     fn at(partition: i32, offset: i64, value: SkuRecord) -> Consumed<SkuRecord> {
@@ -720,33 +763,42 @@ mod tests {
         }
     }
 
-    #[test]
-    fn file_names_round_trip() {
-        for (p, n) in [(0, 0), (0, 1), (11, 0), (11, 27)] {
-            let name = DatasetSink::file_name(p, n);
-            assert_eq!(DatasetSink::parse_file_name(&name), Some((p, n)), "{name}");
+    const DAY: &str = "2026-11-01";
+
+    /// The files of SE's day `DAY` at `version` (the latest without one), relative to the root.
+    async fn files_at(root: &std::path::Path, version: Option<i64>) -> Vec<String> {
+        let location = Location::parse(root.to_str().unwrap(), "--dataset-root").unwrap();
+        let mut t = location.table().unwrap();
+        match version {
+            Some(v) => t.load_version(v).await.unwrap(),
+            None => t.load().await.unwrap(),
         }
-        assert_eq!(DatasetSink::file_name(2, 0), "part-p2.parquet");
-        for bad in [
-            "part-p2-0.parquet",
-            "part-px.parquet",
-            "part-p2-.parquet",
-            "part-p2.parquet.tmp",
-            "_manifest.json",
-        ] {
-            assert_eq!(DatasetSink::parse_file_name(bad), None, "{bad}");
-        }
+        let day = DAY.parse().unwrap();
+        let mut files: Vec<String> = table::files_by_day(&t)
+            .await
+            .unwrap()
+            .remove(&("SE".to_string(), day))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        files.sort();
+        files
     }
 
-    /// Every key of a day directory, with the file it is in; panics on a key in two files.
-    fn keys_by_file(day: &std::path::Path) -> BTreeMap<String, (String, SkuRecord)> {
+    /// Every key of SE's day at `version`, with the shard it is in; panics on a key in two files.
+    async fn keys_by_shard(
+        root: &std::path::Path,
+        version: Option<i64>,
+    ) -> BTreeMap<String, ((i32, u32), SkuRecord)> {
         let mut out = BTreeMap::new();
-        for e in std::fs::read_dir(day).unwrap() {
-            let name = e.unwrap().file_name().to_string_lossy().to_string();
-            let bytes = std::fs::read(day.join(&name)).unwrap();
+        for path in files_at(root, version).await {
+            let name = path.rsplit('/').next().unwrap();
+            let shard = DatasetSink::parse_file_name(name).unwrap();
+            let bytes = std::fs::read(root.join(&path)).unwrap();
             for r in columns::decode(bytes::Bytes::from(bytes)).unwrap() {
                 let sku = r.sku.clone();
-                let again = out.insert(sku.clone(), (name.clone(), r));
+                let again = out.insert(sku.clone(), (shard, r));
                 assert!(again.is_none(), "{sku} is in two files");
             }
         }
@@ -754,9 +806,76 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn files_grow_to_the_target_size_and_keys_never_move_between_them() {
+    async fn every_batch_is_one_version_and_earlier_versions_stay_readable() {
         let root = tempfile::tempdir().unwrap();
-        let day = root.path().join("country=SE/business_date=2026-11-01");
+        let day = root.path().join(format!("country=SE/business_date={DAY}"));
+        std::fs::create_dir_all(&day).unwrap();
+        // What a SIGKILL mid-write can leave: our hidden temporary file.
+        std::fs::write(day.join(".part-p0-0-x.parquet.tmp-42"), b"PAR1 half").unwrap();
+        let mut sink = fresh_sink(root.path());
+        let batch = vec![at(0, 0, rec("A", 1)), at(0, 1, rec("B", 1))];
+        assert!(sink
+            .write("t", &batch, &BTreeMap::from([(0, 2)]))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(!day.join(".part-p0-0-x.parquet.tmp-42").exists());
+        let first = files_at(root.path(), None).await;
+        assert_eq!(first.len(), 1, "{first:?}");
+        // A correction replaces the file in a new version: one file, the newer value.
+        let mut newer = rec("A", 2);
+        newer.unit_price = rust_decimal::Decimal::new(30000, 4);
+        sink.write("t", &[at(0, 2, newer)], &BTreeMap::from([(0, 3)]))
+            .await
+            .unwrap();
+        let now = keys_by_shard(root.path(), None).await;
+        assert_eq!(now.len(), 2);
+        let a = &now["A"].1;
+        assert_eq!(
+            (a.record_version, a.unit_price.to_string().as_str()),
+            (2, "3.0000")
+        );
+        assert_ne!(files_at(root.path(), None).await, first);
+        // Version 0 created the table; version 1 still shows what it held.
+        assert_eq!(files_at(root.path(), Some(1)).await, first);
+        let then = keys_by_shard(root.path(), Some(1)).await;
+        assert_eq!(then["A"].1.record_version, 1);
+        assert_eq!(then["A"].1.unit_price, rec("A", 1).unit_price);
+        // The offsets are in the table: a restarted builder resumes after them.
+        let mut restarted = fresh_sink(root.path());
+        let held = restarted.durable_offsets("t", &[0, 1]).await.unwrap();
+        assert_eq!(held, HashMap::from([(0, 3)]));
+        let manifest: Manifest = serde_json::from_slice(
+            &std::fs::read(root.path().join("country=SE/_manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest.rows, 2);
+        assert_eq!(manifest.table_version, 2);
+        assert_eq!(manifest.last_offsets["t/0"], 3);
+    }
+
+    #[test]
+    fn file_names_round_trip() {
+        for (p, n) in [(0, 0), (0, 1), (11, 0), (11, 27)] {
+            let name = DatasetSink::file_name(p, n);
+            assert_eq!(DatasetSink::parse_file_name(&name), Some((p, n)), "{name}");
+            assert_ne!(name, DatasetSink::file_name(p, n), "a new name every time");
+        }
+        for bad in [
+            "part-p2.parquet",
+            "part-p2-0.parquet",
+            "part-px-0-0123456789abcdef0123456789abcdef.parquet",
+            "part-p2-0-xyz.parquet",
+            "part-p2-0-0123456789abcdef0123456789abcdef.parquet.tmp",
+            "_manifest.json",
+        ] {
+            assert_eq!(DatasetSink::parse_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn files_grow_to_the_target_size_and_keys_never_move_between_shards() {
+        let root = tempfile::tempdir().unwrap();
         let sized = |root: &std::path::Path| fresh_sink(root).with_target_file_bytes(20_000);
         let mut sink = sized(root.path());
         let mut offset = 0;
@@ -777,15 +896,15 @@ mod tests {
             let (b, o) = batch(start..start + 300, 1, 100);
             sink.write("t", &b, &o).await.unwrap();
         }
-        let first = keys_by_file(&day);
+        let first = keys_by_shard(root.path(), None).await;
         assert_eq!(first.len(), 1200);
-        let files: std::collections::BTreeSet<&String> = first.values().map(|(f, _)| f).collect();
+        let files = files_at(root.path(), None).await;
         assert!(files.len() >= 3, "{files:?}");
         for f in &files {
-            let size = std::fs::metadata(day.join(f)).unwrap().len();
+            let size = std::fs::metadata(root.path().join(f)).unwrap().len();
             assert!(size < 60_000, "{f} is {size} bytes, target 20,000");
         }
-        // A correction of every tenth key, from a restarted builder: each stays in its file.
+        // A correction of every tenth key, from a restarted builder: each stays in its shard.
         let mut restarted = sized(root.path());
         let fix: Vec<Consumed<SkuRecord>> = (0..1200u32)
             .step_by(10)
@@ -795,10 +914,10 @@ mod tests {
             .write("t", &fix, &BTreeMap::from([(0, 7000)]))
             .await
             .unwrap();
-        let second = keys_by_file(&day);
+        let second = keys_by_shard(root.path(), None).await;
         assert_eq!(second.len(), 1200);
-        for (sku, (file, r)) in &second {
-            assert_eq!(file, &first[sku].0, "{sku} moved");
+        for (sku, (shard, r)) in &second {
+            assert_eq!(shard, &first[sku].0, "{sku} moved");
             let i: u32 = sku[4..].parse().unwrap();
             let want = if i.is_multiple_of(10) {
                 (2, 1)
@@ -816,15 +935,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(manifest.rows, 1200);
-        let listed: std::collections::BTreeSet<&String> =
-            manifest.partitions["2026-11-01"].files.iter().collect();
-        assert_eq!(listed, files);
+        let listed: std::collections::BTreeSet<String> =
+            manifest.partitions[DAY].files.iter().cloned().collect();
+        let now: std::collections::BTreeSet<String> = files_at(root.path(), None)
+            .await
+            .iter()
+            .map(|f| f.rsplit('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(listed, now);
     }
 
     #[tokio::test]
-    async fn a_file_left_with_an_older_median_by_a_crash_is_rewritten_on_replay() {
+    async fn a_batch_killed_before_its_commit_leaves_nothing_a_reader_sees_and_is_written_once_on_replay(
+    ) {
         let root = tempfile::tempdir().unwrap();
-        let day = root.path().join("country=SE/business_date=2026-11-01");
         let d = |s: &str| s.parse::<rust_decimal::Decimal>().unwrap();
         // Prices 10 (p0), 20 and 30 (p1): the category median is 20.
         let first = vec![
@@ -836,36 +960,51 @@ mod tests {
         sink.write("t", &first, &BTreeMap::from([(0, 1), (1, 2)]))
             .await
             .unwrap();
-        let p1 = || bytes::Bytes::from(std::fs::read(day.join("part-p1.parquet")).unwrap());
-        assert_eq!(
-            columns::medians_of(&p1()).unwrap(),
-            Some(HashMap::from([("c".to_string(), d("20"))]))
-        );
-        // A correction of A to 40 moves the median to 30. The builder writes p0 and is killed
-        // before it rewrites p1 and the manifest: p0 as it would have written it.
+        let before = files_at(root.path(), None).await;
+        // A correction of A to 40 moves the median to 30. The builder writes the new p0 file and
+        // is killed before the commit: the file is there, but no version names it.
         let a2 = priced("A", 2, 4000);
         let medians = HashMap::from([("c".to_string(), d("30"))]);
         let mut part = FileRows::default();
         part.upsert(&a2);
         let rows = part.featured_with(|c| medians.get(c).copied(), Split::default());
-        let file = columns::encode_with_medians(
-            &rows,
-            Encoding {
-                row_group_rows: 100,
-                zstd_level: 3,
-            },
-            &medians,
+        let enc = Encoding {
+            row_group_rows: 100,
+            zstd_level: 3,
+        };
+        let orphan = format!(
+            "country=SE/business_date={DAY}/{}",
+            DatasetSink::file_name(0, 0)
+        );
+        std::fs::write(
+            root.path().join(&orphan),
+            columns::encode_with_medians(&rows, enc, &medians).unwrap(),
         )
         .unwrap();
-        std::fs::write(day.join("part-p0.parquet"), file).unwrap();
-        // The restarted builder gets the correction again (its offset was not stored).
+        assert_eq!(files_at(root.path(), None).await, before);
+        // The restarted builder resumes at the table's offsets and gets the correction again.
         let mut restarted = fresh_sink(root.path());
+        assert_eq!(
+            restarted.durable_offsets("t", &[0, 1]).await.unwrap(),
+            HashMap::from([(0, 1), (1, 2)])
+        );
         restarted
             .write("t", &[at(0, 1, a2)], &BTreeMap::from([(0, 2)]))
             .await
             .unwrap();
-        assert_eq!(columns::medians_of(&p1()).unwrap(), Some(medians));
-        let b = columns::decode(p1()).unwrap();
-        assert_eq!(b.len(), 2);
+        let now = files_at(root.path(), None).await;
+        assert!(!now.contains(&orphan), "{now:?}");
+        assert_eq!(now.len(), 2, "{now:?}");
+        let keys = keys_by_shard(root.path(), None).await;
+        assert_eq!(keys["A"].1.record_version, 2);
+        // Both files carry the new median: the p1 file was rewritten in the same version.
+        for f in &now {
+            let bytes = bytes::Bytes::from(std::fs::read(root.path().join(f)).unwrap());
+            assert_eq!(
+                columns::medians_of(&bytes).unwrap(),
+                Some(medians.clone()),
+                "{f}"
+            );
+        }
     }
 }

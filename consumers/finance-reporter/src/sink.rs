@@ -328,7 +328,11 @@ impl Sink for FinanceSink {
         self.conn.ping().await
     }
 
-    async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+    async fn durable_offsets(
+        &mut self,
+        topic: &str,
+        _partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, SinkError> {
         self.conn
             .durable_offsets(OFFSETS_TABLE, &self.group, topic)
             .await

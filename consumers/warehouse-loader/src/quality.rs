@@ -285,7 +285,11 @@ impl Sink for FilesSink {
         self.conn.ping().await
     }
 
-    async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+    async fn durable_offsets(
+        &mut self,
+        topic: &str,
+        _partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, SinkError> {
         self.connect().await?;
         let group = &self.group;
         self.conn.durable_offsets(OFFSETS_TABLE, group, topic).await
@@ -504,7 +508,11 @@ impl Sink for RejectsSink {
         self.conn.ping().await
     }
 
-    async fn durable_offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+    async fn durable_offsets(
+        &mut self,
+        topic: &str,
+        _partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, SinkError> {
         self.connect().await?;
         let group = &self.group;
         self.conn.durable_offsets(OFFSETS_TABLE, group, topic).await

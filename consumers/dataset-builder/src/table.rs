@@ -1,0 +1,370 @@
+//! The dataset as one Delta Lake table at the dataset root, partitioned by `country` and
+//! `business_date`: every batch the builder writes is one table version. A version names the
+//! files that make up the dataset then; files are never changed, a rewritten file is a new file
+//! (an `add`) and the old one a `remove`, so every earlier version stays readable until VACUUM
+//! deletes what no kept version names.
+//!
+//! The consumed Kafka offsets travel in the same commit as the files, as Delta transaction
+//! identifiers (`txn`: app id `skuflow:<topic>:<partition>`, version = the next offset), so the
+//! table itself says which records it holds: a restarted builder resumes there, and a commit
+//! whose offsets another writer committed first fails instead of writing a batch twice.
+//! Commits are atomic by the store's put-if-absent of the log entry (the local file system's
+//! hard link, S3's `If-None-Match: *`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, NaiveDate, Utc};
+use delta_kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake_core::kernel::{Action, Add, Remove, StructType, Transaction};
+use deltalake_core::logstore::{
+    default_logstore, logstore_factories, object_store_factories, LogStore, LogStoreFactory,
+    LogStoreRef, ObjectStoreFactory, ObjectStoreRef, StorageConfig,
+};
+use deltalake_core::operations::create::CreateBuilder;
+use deltalake_core::protocol::{DeltaOperation, SaveMode};
+use deltalake_core::{DeltaTable, DeltaTableConfig, DeltaTableError};
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::ObjectStore;
+use url::Url;
+
+/// The table's partition columns, in path order.
+pub const PARTITION_COLUMNS: [&str; 2] = ["country", "business_date"];
+
+/// Where the table lives: the store with "/" at the root of the bucket (or file system), the
+/// table's URL, and the same store with the table's directory as its root.
+#[derive(Clone)]
+pub struct Location {
+    pub root_store: Arc<dyn ObjectStore>,
+    pub url: Url,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.url.as_str())
+    }
+}
+
+/// Opens `s3://` URLs for delta-rs (which knows only `file://` and `memory://` by itself): the
+/// store from the standard AWS_* variables, commits by put-if-absent (`If-None-Match: *`).
+struct S3Stores;
+
+impl ObjectStoreFactory for S3Stores {
+    fn parse_url_opts(
+        &self,
+        url: &Url,
+        _config: &StorageConfig,
+    ) -> deltalake_core::DeltaResult<(ObjectStoreRef, Path)> {
+        let bucket = url.host_str().unwrap_or_default();
+        let s3 = skuflow_platform::store::s3_builder(bucket, None, "--dataset-root")
+            .build()
+            .map_err(|e| DeltaTableError::GenericError {
+                source: Box::new(e),
+            })?;
+        let prefix = Path::from_url_path(url.path())?;
+        Ok((Arc::new(s3), prefix))
+    }
+}
+
+impl LogStoreFactory for S3Stores {
+    fn with_options(
+        &self,
+        prefixed_store: ObjectStoreRef,
+        root_store: ObjectStoreRef,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> deltalake_core::DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+/// Registers [`S3Stores`] once per process.
+fn register_s3() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let scheme = Url::parse("s3://").expect("a valid scheme");
+        object_store_factories().insert(scheme.clone(), Arc::new(S3Stores));
+        logstore_factories().insert(scheme, Arc::new(S3Stores));
+    });
+}
+
+impl Location {
+    /// `root` as given to `--dataset-root`: a local directory (created when missing) or
+    /// `s3://bucket/prefix` (credentials and endpoint from the standard AWS_* variables).
+    pub fn parse(root: &str, flag: &str) -> anyhow::Result<Location> {
+        if let Some(rest) = root.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                bail!("{flag} {root}: no bucket");
+            }
+            let s3 = skuflow_platform::store::s3_builder(bucket, None, flag)
+                .build()
+                .with_context(|| format!("configuring S3 for {flag}"))?;
+            let prefix = prefix.trim_matches('/');
+            let url = Url::parse(&format!("s3://{bucket}/{prefix}"))
+                .with_context(|| format!("{flag} {root}: not a valid S3 URL"))?;
+            return Ok(Location {
+                root_store: Arc::new(s3),
+                url,
+            });
+        }
+        std::fs::create_dir_all(root).with_context(|| format!("creating {flag} {root}"))?;
+        let dir =
+            std::fs::canonicalize(root).with_context(|| format!("resolving {flag} {root}"))?;
+        let url = Url::from_directory_path(&dir)
+            .map_err(|()| anyhow::anyhow!("{flag} {root}: not an absolute directory"))?;
+        Ok(Location {
+            root_store: Arc::new(LocalFileSystem::new()),
+            url,
+        })
+    }
+
+    /// The log store of the table (its commits are put-if-absent on `root_store`).
+    pub fn log_store(&self) -> anyhow::Result<LogStoreRef> {
+        register_s3();
+        let prefix = Path::from_url_path(self.url.path())
+            .with_context(|| format!("the path of {}", self.url))?;
+        let prefixed: Arc<dyn ObjectStore> =
+            Arc::new(PrefixStore::new(self.root_store.clone(), prefix));
+        Ok(default_logstore(
+            prefixed,
+            self.root_store.clone(),
+            &self.url,
+            &StorageConfig::default(),
+        ))
+    }
+
+    /// The table, not loaded.
+    pub fn table(&self) -> anyhow::Result<DeltaTable> {
+        Ok(DeltaTable::new(
+            self.log_store()?,
+            DeltaTableConfig::default(),
+        ))
+    }
+
+    /// The latest version of the table; `None` when there is no table here yet.
+    pub async fn load(&self) -> anyhow::Result<Option<DeltaTable>> {
+        let mut table = self.table()?;
+        match table.load().await {
+            Ok(()) => Ok(Some(table)),
+            Err(DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading the Delta log of {}", self.url)),
+        }
+    }
+
+    /// The latest version of the table, created with `schema` when there is none.
+    pub async fn open_or_create(
+        &self,
+        schema: &arrow_schema::Schema,
+        name: &str,
+    ) -> anyhow::Result<DeltaTable> {
+        if let Some(t) = self.load().await? {
+            return Ok(t);
+        }
+        let columns = StructType::try_from_arrow(schema).context("the dataset schema in Delta")?;
+        let created = CreateBuilder::new()
+            .with_log_store(self.log_store()?)
+            .with_table_name(name)
+            .with_comment("skuflow training set: one row per (country, store_id, sku, business_date), newest version")
+            .with_columns(columns.fields().cloned())
+            .with_partition_columns(PARTITION_COLUMNS)
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        match created {
+            Ok(t) => Ok(t),
+            // Another builder created it in the same instant.
+            Err(_) if self.load().await?.is_some() => Ok(self.load().await?.expect("loaded")),
+            Err(e) => Err(e).with_context(|| format!("creating the Delta table at {}", self.url)),
+        }
+    }
+}
+
+/// The app id of the offsets of one partition of the records topic.
+pub fn offsets_app_id(topic: &str, partition: i32) -> String {
+    format!("skuflow:{topic}:{partition}")
+}
+
+/// The partition values of a country and day, as the log stores them.
+pub fn partition_values(country: &str, day: NaiveDate) -> HashMap<String, Option<String>> {
+    HashMap::from([
+        ("country".to_string(), Some(country.to_string())),
+        ("business_date".to_string(), Some(day.to_string())),
+    ])
+}
+
+/// A data file of the current version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataFile {
+    /// Relative to the table root, e.g. `country=SE/business_date=2026-11-21/part-p0-0-….parquet`.
+    pub path: String,
+    pub size: i64,
+    pub rows: Option<u64>,
+}
+
+/// The data files of the table's loaded version by (country, business day).
+pub async fn files_by_day(
+    table: &DeltaTable,
+) -> anyhow::Result<HashMap<(String, NaiveDate), Vec<DataFile>>> {
+    let snapshot = table.snapshot()?;
+    let adds: Vec<Add> = snapshot
+        .file_actions_iter(table.log_store().as_ref())
+        .try_collect()
+        .await?;
+    let mut out: HashMap<(String, NaiveDate), Vec<DataFile>> = HashMap::new();
+    for add in adds {
+        let value = |k: &str| add.partition_values.get(k).cloned().flatten();
+        let (Some(country), Some(day)) = (value("country"), value("business_date")) else {
+            bail!(
+                "{}: a data file without its country or business date",
+                add.path
+            );
+        };
+        let day: NaiveDate = day
+            .parse()
+            .with_context(|| format!("{}: business_date {day:?}", add.path))?;
+        let rows = add
+            .stats
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .and_then(|v| v["numRecords"].as_u64());
+        out.entry((country, day)).or_default().push(DataFile {
+            path: add.path.clone(),
+            size: add.size,
+            rows,
+        });
+    }
+    Ok(out)
+}
+
+/// The next offsets per partition of `topic` that the loaded version holds.
+pub async fn offsets(
+    table: &DeltaTable,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let snapshot = table.snapshot()?;
+    let mut out = HashMap::new();
+    for p in partitions {
+        if let Some(v) = snapshot
+            .transaction_version(table.log_store().as_ref(), offsets_app_id(topic, p))
+            .await?
+        {
+            out.insert(p, v);
+        }
+    }
+    Ok(out)
+}
+
+/// The `add` of a new data file.
+pub fn add(path: String, country: &str, day: NaiveDate, size: usize, rows: usize) -> Action {
+    Action::Add(Add {
+        path,
+        partition_values: partition_values(country, day),
+        size: size as i64,
+        modification_time: Utc::now().timestamp_millis(),
+        data_change: true,
+        stats: Some(format!("{{\"numRecords\":{rows}}}")),
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+        clustering_provider: None,
+    })
+}
+
+/// The `remove` of a data file the new version no longer holds.
+pub fn remove(file: &DataFile, country: &str, day: NaiveDate) -> Action {
+    Action::Remove(Remove {
+        path: file.path.clone(),
+        data_change: true,
+        deletion_timestamp: Some(Utc::now().timestamp_millis()),
+        extended_file_metadata: Some(true),
+        partition_values: Some(partition_values(country, day)),
+        size: Some(file.size),
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+    })
+}
+
+/// Commits `actions` and the offsets of `topic` as one version; returns it. A batch that
+/// only adds files is an append, one that also replaces files an update.
+pub async fn commit(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    topic: &str,
+    offsets: &std::collections::BTreeMap<i32, i64>,
+    info: HashMap<String, serde_json::Value>,
+) -> anyhow::Result<i64> {
+    let replaces = actions.iter().any(|a| matches!(a, Action::Remove(_)));
+    let operation = if replaces {
+        DeltaOperation::Update { predicate: None }
+    } else {
+        DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(PARTITION_COLUMNS.iter().map(|c| c.to_string()).collect()),
+            predicate: None,
+        }
+    };
+    let now = Utc::now().timestamp_millis();
+    let txns: Vec<Transaction> = offsets
+        .iter()
+        .map(|(p, o)| Transaction {
+            app_id: offsets_app_id(topic, *p),
+            version: *o,
+            last_updated: Some(now),
+        })
+        .collect();
+    let properties = CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata(info);
+    let version = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .await
+        .context("committing a version of the dataset table")?
+        .version();
+    table
+        .update_incremental(None)
+        .await
+        .context("reading back the committed version")?;
+    Ok(version)
+}
+
+/// One entry of the table's history.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VersionInfo {
+    pub version: i64,
+    pub timestamp: Option<DateTime<Utc>>,
+    pub operation: String,
+    /// Rows the version's new files hold, per the commit's own metadata.
+    pub info: HashMap<String, serde_json::Value>,
+}
+
+/// The table's history, newest first (at most `limit` entries).
+pub async fn history(table: &DeltaTable, limit: Option<usize>) -> anyhow::Result<Vec<VersionInfo>> {
+    let latest = table.version().unwrap_or(-1);
+    let commits = table.history(limit).await?;
+    Ok(commits
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| VersionInfo {
+            // Newest first, one commit info per version (every writer of this table writes one).
+            version: latest - i as i64,
+            timestamp: c.timestamp.and_then(DateTime::from_timestamp_millis),
+            operation: c.operation.unwrap_or_default(),
+            info: c.info,
+        })
+        .collect())
+}
