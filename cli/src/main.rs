@@ -6,9 +6,11 @@
 //!   local PostgreSQL) over generated uploads, with a summary at the end.
 //! - `skuflow status`: per-upload lineage across the sinks.
 //! - `skuflow replay`: move a sink's consumer group back to rebuild it.
+//! - `skuflow dataset`: the training-set table's versions, and one exported for a training run.
 //! - `skuflow report`: a finance report (CSV, JSON, HTML with projections) from the finance
 //!   reporter's aggregates, on demand.
 
+mod dataset;
 mod demo;
 mod replay;
 mod sinks;
@@ -47,6 +49,8 @@ enum Command {
     /// Move one sink's consumer group back (earliest, a time, or offsets) to rebuild it; sinks
     /// keep one row per natural key, so nothing is duplicated.
     Replay(replay::ReplayArgs),
+    /// The training-set table: its versions, and one exported for a training run.
+    Dataset(dataset::DatasetArgs),
     /// Keys of the ingest HTTP API.
     ApiKey {
         #[command(subcommand)]
@@ -210,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Dataset(args) => dataset::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Status(args) => {
             if status::run(args).await? {

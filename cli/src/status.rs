@@ -17,7 +17,6 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use futures::TryStreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 use serde::Serialize;
@@ -241,21 +240,25 @@ async fn pg_counts(
     ))
 }
 
-/// Rows per file id over every Parquet file under the dataset root.
+/// Rows per file id over the data files of the dataset table's latest version.
 async fn dataset_counts(root: &str) -> anyhow::Result<HashMap<String, u64>> {
-    let root = skuflow_platform::store::open_root(root, "--dataset-root")?;
-    let prefix = (!root.prefix.as_ref().is_empty()).then_some(&root.prefix);
-    let objects: Vec<_> = root.store.list(prefix).try_collect().await?;
+    use skuflow_dataset_builder::table;
+    let location = table::Location::parse(root, "--dataset-root")?;
     let mut out: HashMap<String, u64> = HashMap::new();
-    for o in objects {
-        if !o.location.as_ref().ends_with(".parquet") {
-            continue;
-        }
-        let bytes = root.store.get(&o.location).await?.bytes().await?;
-        let counts = skuflow_dataset_builder::columns::rows_per_file(bytes)
-            .with_context(|| format!("reading {}", o.location))?;
-        for (k, v) in counts {
-            *out.entry(k).or_default() += v;
+    let Some(t) = location.load().await? else {
+        return Ok(out);
+    };
+    let store = t.log_store().object_store(None);
+    for files in table::files_by_day(&t).await?.into_values() {
+        for f in files {
+            let path = object_store::path::Path::parse(&f.path)
+                .with_context(|| format!("the table names a file {:?}", f.path))?;
+            let bytes = store.get(&path).await?.bytes().await?;
+            let counts = skuflow_dataset_builder::columns::rows_per_file(bytes)
+                .with_context(|| format!("reading {}", f.path))?;
+            for (k, v) in counts {
+                *out.entry(k).or_default() += v;
+            }
         }
     }
     Ok(out)

@@ -283,6 +283,52 @@ async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
     // Time travel: the version of the first load still reads as it was, corrections or not.
     assert!(latest_version(root.path()) > loaded_at);
     check_version_with_python(&p, root.path(), &newest(&first_load), Some(loaded_at));
+    // What a data scientist runs: the versions, then the first load exported for a training run.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::bin("skuflow"))
+            .arg("dataset")
+            .arg(format!("--dataset-root={}", root.path().display()))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let listed: Vec<serde_json::Value> = cli(&["versions", "--json", "--limit=1000"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = listed
+        .iter()
+        .find(|v| v["version"] == loaded_at)
+        .expect("the first load's version is listed");
+    assert_eq!(at["info"]["skuflow.writer"]["group"], first_group.as_str());
+    let export = tempfile::tempdir().unwrap();
+    let to = export.path().join("run-1");
+    let said = cli(&[
+        "export",
+        &format!("--version={loaded_at}"),
+        &format!("--to={}", to.display()),
+    ]);
+    assert!(
+        said.contains(&format!("Exported version {loaded_at} ")),
+        "{said}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(to.join("_export.json")).unwrap()).unwrap();
+    let rows: u64 = manifest["rows"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|d| d.as_object().unwrap().values())
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, newest(&first_load).len() as u64);
 }
 
 /// The consumer groups of the builders that committed versions of the table at `root`.

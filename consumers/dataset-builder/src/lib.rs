@@ -7,6 +7,7 @@ pub mod columns;
 pub mod lease;
 pub mod rows;
 pub mod sink;
+pub mod snapshot;
 pub mod table;
 
 use anyhow::bail;
