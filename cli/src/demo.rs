@@ -545,7 +545,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("                 uploads and rejected rows: skuflow.files, skuflow.rejects, views skuflow.upload_quality, skuflow.reject_rules");
     if let Some(root) = &stores.dataset_root {
         println!(
-            "  parquet        {root}/country=CC/business_date=D/*.parquet, _manifest.json, _dataset_card.md"
+            "  datasets       {root}: a Delta Lake table (country=CC/business_date=D/), _manifest.json, _dataset_card.md"
         );
     }
     println!("  finance        skuflow_finance.daily in PostgreSQL; report {}/report.html (+ daily.csv, projections.csv, summary.json)", report.out);
@@ -557,7 +557,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     if let Some(root) = &stores.dataset_root {
         println!(
-            "  Parquet        python3 -c \"import duckdb; duckdb.sql(\\\"SELECT business_date, sum(units_sold) FROM read_parquet('{root}/country=DE/business_date=*/*.parquet', hive_partitioning = true) GROUP BY ALL ORDER BY 1\\\").show()\""
+            "  datasets       python3 -c \"import polars as pl; print(pl.read_delta('{root}').filter(pl.col('country') == 'DE').group_by('business_date').agg(pl.col('units_sold').sum()).sort('business_date'))\""
+        );
+        println!(
+            "  its versions   cargo run -q -p skuflow-cli -- dataset versions --dataset-root {root}"
         );
         println!(
             "  every upload   cargo run -q -p skuflow-cli -- status --from=table --pg-url \"$SKUFLOW_DEMO_PG_URL\" --dataset-root {root}"

@@ -8,8 +8,8 @@
 //! * `--sink/--to`: moves one sink's consumer group back (to the earliest offsets, a time, or
 //!   given offsets) so that it rebuilds from `sku.records.v1`. For the sinks that keep their
 //!   offsets next to their data (the warehouse loader and the finance reporter), the offsets in
-//!   PostgreSQL move too; the dataset builder resumes from the offsets in its manifests, so a
-//!   dataset is rebuilt by deleting it first.
+//!   PostgreSQL move too; the dataset builder resumes from the offsets its Delta table holds, so
+//!   a dataset is rebuilt into a new dataset root.
 //!
 //! Nothing is duplicated either way: every sink keeps one row per natural key and applies a
 //! version only when it is newer than the one it holds.

@@ -43,9 +43,11 @@ pub fn dataset_card(country: &str, split: Split) -> String {
     let _ = writeln!(
         s,
         "One row per (store_id, sku, business_date): the latest uploaded version, never a \
-         duplicate. Files: `business_date=<YYYY-MM-DD>/part-p<k>.parquet` (zstd; one file per \
-         Kafka partition of the records topic, each natural key in exactly one). Row counts per \
-         day and split, the offsets covered and the build time are in `_manifest.json`.\n"
+         duplicate. The dataset is a Delta Lake table at the dataset root (partitioned by country \
+         and business_date): every batch is one version, earlier versions stay readable. Files: \
+         `business_date=<YYYY-MM-DD>/part-p<k>-<n>-<id>.parquet` (zstd; each natural key in \
+         exactly one file of a version). Row counts per day and split, the offsets covered and \
+         the table version described are in `_manifest.json`.\n"
     );
     let _ = writeln!(
         s,
@@ -77,9 +79,11 @@ pub fn dataset_card(country: &str, split: Split) -> String {
         s,
         "\n`price_rel_category_median` uses the median over every row of the country and day, \
          across the day's files; when new rows move a median, every file of the day is \
-         rewritten.\n\nRead it with pandas/pyarrow: \
-         `pyarrow.dataset.dataset(root, partitioning=\"hive\")`, or DuckDB: \
-         `SELECT * FROM read_parquet('root/country=*/business_date=*/*.parquet', hive_partitioning = true)`."
+         rewritten.\n\nRead it through the table, never with a `*.parquet` glob (the directory \
+         also holds files of older versions): `deltalake.DeltaTable(root, version=N)`, \
+         `polars.read_delta(root, version=N)`, pyarrow `dataset(DeltaTable(root).file_uris())`, \
+         DuckDB `read_parquet($files)` with those files. `skuflow dataset versions` lists the \
+         versions, `skuflow dataset export --version N --to DIR` copies one for a training run."
     );
     s
 }

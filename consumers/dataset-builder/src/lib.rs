@@ -131,7 +131,7 @@ impl Component for DatasetBuilder {
         label: "dataset",
         group: GROUP,
         offsets: OffsetsHome::WithData {
-            reset: "delete the dataset (or a country's _manifest.json) to rebuild it",
+            reset: "its table holds them; give it a new --dataset-root to rebuild into a fresh table (the old one keeps its versions)",
         },
         rows: RowCount::DatasetFiles,
     };
