@@ -118,6 +118,8 @@ async fn main() {
         target_file_bytes: skuflow_dataset_builder::sink::DEFAULT_TARGET_FILE_BYTES,
         cache_rows: 10_000_000,
         writer_lease_secs: 60,
+        keep_days: skuflow_dataset_builder::sink::DEFAULT_KEEP_DAYS,
+        vacuum_every_secs: 3600,
         consume: ConsumeArgs {
             group: Some(format!("bench-builder-{id}")),
             batch_size: batch,

@@ -60,6 +60,19 @@ pub struct BuilderArgs {
     #[arg(long = "writer-lease-secs", env = "SKUFLOW_WRITER_LEASE_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(5..=3600))]
     pub writer_lease_secs: u64,
+    /// Days of history the table keeps: every version of the last this many days stays
+    /// readable (time travel, `skuflow dataset export`); VACUUM deletes the files that only
+    /// older versions name, and the log entries older than that go at checkpoints.
+    #[arg(long = "keep-days", env = "SKUFLOW_DATASET_KEEP_DAYS", default_value_t = sink::DEFAULT_KEEP_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub keep_days: u32,
+    /// How often the builder vacuums the table, in seconds (0: never; then run it elsewhere).
+    #[arg(
+        long = "vacuum-every-secs",
+        env = "SKUFLOW_DATASET_VACUUM_EVERY_SECS",
+        default_value_t = 3600
+    )]
+    pub vacuum_every_secs: u64,
     #[command(flatten)]
     pub consume: skuflow_platform::ConsumeArgs,
 }
@@ -89,7 +102,11 @@ impl BuilderArgs {
         );
         Ok(sink
             .with_lease(lease)
-            .with_target_file_bytes(self.target_file_bytes))
+            .with_target_file_bytes(self.target_file_bytes)
+            .with_maintenance(sink::Maintenance {
+                keep_days: self.keep_days,
+                vacuum_every: std::time::Duration::from_secs(self.vacuum_every_secs),
+            }))
     }
 }
 
@@ -162,6 +179,8 @@ impl Component for DatasetBuilder {
             target_file_bytes: sink::DEFAULT_TARGET_FILE_BYTES,
             cache_rows: 2_000_000,
             writer_lease_secs: 60,
+            keep_days: sink::DEFAULT_KEEP_DAYS,
+            vacuum_every_secs: 3600,
             consume: place.consume.clone(),
         })
     }

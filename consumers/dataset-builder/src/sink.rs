@@ -40,6 +40,26 @@ type ShardKey = (String, NaiveDate, i32, u32);
 /// The files of a country, day and Kafka partition.
 type GroupKey = (String, NaiveDate, i32);
 
+/// Days of history kept by default (versions younger than that stay readable).
+pub const DEFAULT_KEEP_DAYS: u32 = 7;
+
+/// The table's scheduled maintenance: how much history to keep and how often to VACUUM.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Maintenance {
+    pub keep_days: u32,
+    /// Zero: never.
+    pub vacuum_every: std::time::Duration,
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Maintenance {
+            keep_days: DEFAULT_KEEP_DAYS,
+            vacuum_every: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
 /// Bytes per row assumed for the target file size until a file has been written or read.
 const ROW_BYTES_GUESS: f64 = 100.0;
 
@@ -109,6 +129,9 @@ pub struct DatasetSink {
     shard_files: HashMap<ShardKey, DataFile>,
     /// The adds and removes of the batch being written.
     pending: Vec<deltalake_core::kernel::Action>,
+    maintenance: Maintenance,
+    /// When this builder last vacuumed (none yet: at the first chance).
+    vacuumed_at: Option<std::time::Instant>,
 }
 
 impl DatasetSink {
@@ -140,6 +163,46 @@ impl DatasetSink {
             files: HashMap::new(),
             shard_files: HashMap::new(),
             pending: Vec::new(),
+            maintenance: Maintenance::default(),
+            vacuumed_at: None,
+        }
+    }
+
+    /// How much history the table keeps and how often it is vacuumed.
+    pub fn with_maintenance(mut self, maintenance: Maintenance) -> Self {
+        self.maintenance = maintenance;
+        self
+    }
+
+    /// VACUUM when it is due: files replaced more than the kept days ago, and files no version
+    /// named, are deleted. A failure is logged and tried again at the next interval; it never
+    /// holds up a batch.
+    pub async fn maintain(&mut self) {
+        let every = self.maintenance.vacuum_every;
+        if every.is_zero() || self.vacuumed_at.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        let Some(table) = self.table.take() else {
+            return;
+        };
+        self.vacuumed_at = Some(std::time::Instant::now());
+        let keep = chrono::Duration::days(i64::from(self.maintenance.keep_days));
+        let before = table.clone();
+        match table::vacuum(table, keep).await {
+            Ok((t, done)) => {
+                tracing::info!(
+                    replaced_files_deleted = done.replaced,
+                    orphaned_files_deleted = done.orphans,
+                    keep_days = self.maintenance.keep_days,
+                    version = t.version().unwrap_or(-1),
+                    "Vacuumed the dataset table."
+                );
+                self.table = Some(t);
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "Vacuuming the dataset table failed; trying again at the next interval.");
+                self.table = Some(before);
+            }
         }
     }
 
@@ -222,7 +285,11 @@ impl DatasetSink {
         }
         let table = self
             .location
-            .open_or_create(&columns::dataset_schema(), "skuflow_training_set")
+            .open_or_create(
+                &columns::dataset_schema(),
+                "skuflow_training_set",
+                self.maintenance.keep_days,
+            )
             .await?;
         self.files = table::files_by_day(&table).await?;
         self.table = Some(table);
@@ -664,7 +731,10 @@ impl Sink for DatasetSink {
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<Vec<Refusal>, SinkError> {
         match self.write_inner(topic, batch, offsets).await {
-            Ok(()) => Ok(Vec::new()),
+            Ok(()) => {
+                self.maintain().await;
+                Ok(Vec::new())
+            }
             Err(e) => {
                 // What is in memory may be ahead of what is stored: start over from storage.
                 self.forget();
@@ -686,6 +756,7 @@ impl Sink for DatasetSink {
         if let Some(lease) = &mut self.lease {
             lease.ensure().await.map_err(SinkError::Retriable)?;
         }
+        self.maintain().await;
         Ok(())
     }
 
@@ -852,6 +923,66 @@ mod tests {
         assert_eq!(manifest.rows, 2);
         assert_eq!(manifest.table_version, 2);
         assert_eq!(manifest.last_offsets["t/0"], 3);
+    }
+
+    #[tokio::test]
+    async fn vacuum_keeps_the_kept_days_and_deletes_replaced_and_orphaned_files_after_them() {
+        let root = tempfile::tempdir().unwrap();
+        let mut sink = fresh_sink(root.path());
+        let batch = vec![at(0, 0, rec("A", 1)), at(0, 1, rec("B", 1))];
+        sink.write("t", &batch, &BTreeMap::from([(0, 2)]))
+            .await
+            .unwrap();
+        let first = files_at(root.path(), None).await;
+        sink.write(
+            "t",
+            &[at(0, 2, priced("A", 2, 999))],
+            &BTreeMap::from([(0, 3)]),
+        )
+        .await
+        .unwrap();
+        let orphan = format!(
+            "country=SE/business_date={DAY}/{}",
+            DatasetSink::file_name(0, 7)
+        );
+        std::fs::write(root.path().join(&orphan), b"PAR1 never committed").unwrap();
+        let location = Location::parse(root.path().to_str().unwrap(), "--dataset-root").unwrap();
+        let latest = || async { location.load().await.unwrap().unwrap() };
+        // Within the kept days: nothing goes, version 1 still reads.
+        let (_, kept) = table::vacuum(latest().await, chrono::Duration::days(1))
+            .await
+            .unwrap();
+        assert_eq!(kept, table::Vacuumed::default());
+        assert!(root.path().join(&first[0]).exists());
+        // Past them: the replaced file and the orphan go; the latest version, the manifest and
+        // the card stay.
+        let (_, done) = table::vacuum(latest().await, chrono::Duration::zero())
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            table::Vacuumed {
+                replaced: 1,
+                orphans: 1
+            }
+        );
+        assert!(!root.path().join(&first[0]).exists());
+        assert!(!root.path().join(&orphan).exists());
+        let now = keys_by_shard(root.path(), None).await;
+        assert_eq!(now["A"].1.record_version, 2);
+        assert_eq!(now.len(), 2);
+        for side in ["country=SE/_manifest.json", "country=SE/_dataset_card.md"] {
+            assert!(root.path().join(side).exists(), "{side}");
+        }
+        // The table keeps the retention it was created with.
+        let t = latest().await;
+        let config = t.snapshot().unwrap().metadata().configuration().clone();
+        assert_eq!(
+            config
+                .get("delta.deletedFileRetentionDuration")
+                .map(String::as_str),
+            Some("interval 7 days")
+        );
     }
 
     #[test]

@@ -162,14 +162,35 @@ impl Location {
         }
     }
 
-    /// The latest version of the table, created with `schema` when there is none.
+    /// The latest version of the table, created with `schema` when there is none; its history
+    /// retention set to `keep_days` (see [`retention_properties`]).
     pub async fn open_or_create(
         &self,
         schema: &arrow_schema::Schema,
         name: &str,
+        keep_days: u32,
     ) -> anyhow::Result<DeltaTable> {
+        let wanted = retention_properties(keep_days);
         if let Some(t) = self.load().await? {
-            return Ok(t);
+            let config = &t.snapshot()?.metadata().configuration().clone();
+            let differs = wanted
+                .iter()
+                .any(|(k, v)| config.get(k.as_str()) != v.as_ref());
+            if !differs {
+                return Ok(t);
+            }
+            let properties = wanted
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect();
+            return deltalake_core::operations::set_tbl_properties::SetTablePropertiesBuilder::new(
+                t.log_store(),
+                t.snapshot()?.clone(),
+            )
+            .with_properties(properties)
+            .with_raise_if_not_exists(false)
+            .await
+            .context("setting the dataset table's history retention");
         }
         let columns = StructType::try_from_arrow(schema).context("the dataset schema in Delta")?;
         let created = CreateBuilder::new()
@@ -178,6 +199,7 @@ impl Location {
             .with_comment("skuflow training set: one row per (country, store_id, sku, business_date), newest version")
             .with_columns(columns.fields().cloned())
             .with_partition_columns(PARTITION_COLUMNS)
+            .with_configuration(wanted)
             .with_save_mode(SaveMode::Ignore)
             .await;
         match created {
@@ -367,4 +389,76 @@ pub async fn history(table: &DeltaTable, limit: Option<usize>) -> anyhow::Result
             info: c.info,
         })
         .collect())
+}
+
+/// The table properties that keep `days` of history: removed files and log entries younger than
+/// that stay, so every version of the last `days` days can be read.
+pub fn retention_properties(days: u32) -> [(String, Option<String>); 2] {
+    let interval = Some(format!("interval {days} days"));
+    [
+        (
+            "delta.deletedFileRetentionDuration".to_string(),
+            interval.clone(),
+        ),
+        ("delta.logRetentionDuration".to_string(), interval),
+    ]
+}
+
+/// What one round of maintenance removed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Vacuumed {
+    /// Files replaced longer than the retention ago (no kept version names them).
+    pub replaced: usize,
+    /// Files no version ever named (a writer stopped between writing and committing them),
+    /// older than the retention.
+    pub orphans: usize,
+}
+
+/// VACUUM: deletes the data files that were replaced more than `keep` ago, and the data files no
+/// version ever named that are older than `keep` (left by a writer killed before its commit).
+/// Versions younger than `keep` stay readable. Manifests, cards and the lease are not data files
+/// and are never touched.
+pub async fn vacuum(
+    table: DeltaTable,
+    keep: chrono::Duration,
+) -> anyhow::Result<(DeltaTable, Vacuumed)> {
+    use deltalake_core::operations::vacuum::{VacuumBuilder, VacuumMode};
+    let log_store = table.log_store();
+    let snapshot = table.snapshot()?.clone();
+    let mut tracked: std::collections::HashSet<String> =
+        snapshot.file_paths_iter().map(|p| p.to_string()).collect();
+    tracked.extend(
+        snapshot
+            .all_tombstones(log_store.as_ref())
+            .await?
+            .map(|t| t.path.clone()),
+    );
+    let (table, metrics) = VacuumBuilder::new(log_store.clone(), snapshot)
+        .with_retention_period(keep)
+        .with_enforce_retention_duration(false)
+        .with_mode(VacuumMode::Lite)
+        .await
+        .context("vacuuming the dataset table")?;
+    let mut out = Vacuumed {
+        replaced: metrics.files_deleted.len(),
+        orphans: 0,
+    };
+    let store = log_store.object_store(None);
+    let cutoff = Utc::now() - keep;
+    let listed: Vec<object_store::ObjectMeta> = store.list(None).try_collect().await?;
+    for meta in listed {
+        let path = meta.location.to_string();
+        let name = meta.location.filename().unwrap_or_default();
+        let data_file =
+            path.starts_with("country=") && name.starts_with("part-") && name.ends_with(".parquet");
+        if !data_file || tracked.contains(&path) || meta.last_modified >= cutoff {
+            continue;
+        }
+        store
+            .delete(&meta.location)
+            .await
+            .with_context(|| format!("deleting the orphaned file {path}"))?;
+        out.orphans += 1;
+    }
+    Ok((table, out))
 }
