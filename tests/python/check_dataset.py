@@ -11,6 +11,7 @@ import collections
 import decimal
 import hashlib
 import json
+import os
 import pathlib
 import sys
 
@@ -24,6 +25,8 @@ D = decimal.Decimal
 root = pathlib.Path(sys.argv[1])
 expected = [json.loads(l) for l in open(sys.argv[2], encoding="utf-8")]
 version = int(sys.argv[3]) if len(sys.argv) > 3 else None
+# The builder's --time-split, when it was given one.
+cutoffs = os.environ["TIME_SPLIT"].split(",") if os.environ.get("TIME_SPLIT") else None
 dt = deltalake.DeltaTable(str(root), version=version)
 # The documented path for pyarrow and DuckDB: the files the table's version names.
 files = dt.file_uris()
@@ -103,6 +106,12 @@ for country in countries:
         h = int.from_bytes(hashlib.sha256(e["sku"].encode()).digest()[:8], "big") % 10000
         split = "train" if h < 8000 else "validation" if h < 9000 else "test"
         check(r["split"] == split, f"{k} split {r['split']} != {split}")
+        if cutoffs:
+            day = k[3]
+            when = "test" if day >= cutoffs[1] else "validation" if day >= cutoffs[0] else "train"
+            check(r["time_split"] == when, f"{k} time_split {r['time_split']} != {when}")
+        else:
+            check(r["time_split"] is None, f"{k} time_split {r['time_split']} without cut-offs")
         splits[split] += 1
     if version is not None:
         continue

@@ -14,6 +14,8 @@ use rust_decimal::Decimal;
 use skuflow_schemas::SkuRecord;
 
 const WAIT: Duration = Duration::from_secs(180);
+/// The split by time of the SIGKILL test's builder.
+const TIME_SPLIT: &str = "2026-11-21,2026-11-22";
 
 /// A record of key `i` in `country` on `day`, version `version`, with varied costs and sales.
 fn sample(country: &str, i: u64, day: u32, version: i64) -> SkuRecord {
@@ -62,6 +64,8 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
         // Small files: each partition's day spans several, and corrections and restarts must
         // keep every key in exactly one of them.
         "--target-file-size=24KiB".to_string(),
+        // Day 20 trains, day 21 validates.
+        format!("--time-split={TIME_SPLIT}"),
         // A short session lets the group drop a SIGKILLed member quickly.
         "-Xsession.timeout.ms=6000".to_string(),
         "-Xmax.poll.interval.ms=15000".to_string(),
@@ -136,7 +140,7 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
     p.wait_committed(&group, &p.topics.records, &ends, WAIT)
         .await;
 
-    check_with_python(&p, root.path(), &newest(&all));
+    check_version_with_python_env(&p, root.path(), &newest(&all), None, TIME_SPLIT);
     let day = root.path().join("country=SE/business_date=2026-11-20");
     let names: Vec<String> = std::fs::read_dir(&day)
         .unwrap()
@@ -374,6 +378,17 @@ fn check_version_with_python(
     truth: &[&SkuRecord],
     version: Option<i64>,
 ) {
+    check_version_with_python_env(p, root, truth, version, "")
+}
+
+/// As [`check_version_with_python`], for a builder given `--time-split={time_split}`.
+fn check_version_with_python_env(
+    p: &Pipeline,
+    root: &std::path::Path,
+    truth: &[&SkuRecord],
+    version: Option<i64>,
+    time_split: &str,
+) {
     let expected = std::env::temp_dir().join(format!("expected-{}.jsonl", common::unique_id()));
     let lines: String = truth
         .iter()
@@ -386,6 +401,7 @@ fn check_version_with_python(
         .arg(root)
         .arg(&expected)
         .args(version.map(|v| v.to_string()))
+        .env("TIME_SPLIT", time_split)
         .output()
         .expect("python3 runs (scripts/install-stack.sh python installs pyarrow and duckdb)");
     let _ = std::fs::remove_file(&expected);

@@ -113,6 +113,7 @@ async fn main() {
     let args = BuilderArgs {
         root: root.display().to_string(),
         split: "80/10/10".into(),
+        time_split: None,
         row_group_rows: 128 * 1024,
         zstd_level: 3,
         target_file_bytes: skuflow_dataset_builder::sink::DEFAULT_TARGET_FILE_BYTES,

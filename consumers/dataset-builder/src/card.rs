@@ -57,6 +57,18 @@ pub fn dataset_card(country: &str, split: Split) -> String {
         f64::from(split.validation) / 100.0,
         f64::from(split.test) / 100.0
     );
+    let _ = match split.time_cutoffs {
+        Some((v, t)) => writeln!(
+            s,
+            "Split by time (`time_split`): train before {v}, validation from {v}, test from {t} \
+             (by business_date: train on the past, test on the future).\n"
+        ),
+        None => writeln!(
+            s,
+            "Split by time (`time_split`): no cut-offs configured (`--time-split`), so the \
+             column is null.\n"
+        ),
+    };
     let _ = writeln!(
         s,
         "| column | type | nullable | meaning |\n|---|---|---|---|"

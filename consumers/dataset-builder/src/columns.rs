@@ -35,7 +35,7 @@ use skuflow_schemas::{SkuRecord, StoreCategory};
 use crate::rows::{Featured, Row};
 
 /// Derived feature columns, after the record's own.
-pub const FEATURES: [(&str, &str); 5] = [
+pub const FEATURES: [(&str, &str); 6] = [
     (
         "gross_margin",
         "unit_price − unit_cost, DECIMAL(18,4); null when the cost is unknown",
@@ -56,10 +56,15 @@ pub const FEATURES: [(&str, &str); 5] = [
         "split",
         "train, validation or test, by SHA-256 of the SKU (stable across days and countries)",
     ),
+    (
+        "time_split",
+        "train, validation or test by business_date and the cut-offs of --time-split (train on \
+         the past, test on the future); null when no cut-offs are configured",
+    ),
 ];
 
 /// Columns with few distinct values: dictionary-encoded.
-const DICTIONARY: [&str; 12] = [
+const DICTIONARY: [&str; 13] = [
     "country",
     "store_id",
     "store_category",
@@ -68,6 +73,7 @@ const DICTIONARY: [&str; 12] = [
     "brand",
     "currency",
     "split",
+    "time_split",
     "file_id",
     "source_bucket",
     "source_key",
@@ -94,6 +100,7 @@ pub fn dataset_schema() -> SchemaRef {
         true,
     ));
     fields.push(Field::new("split", DataType::Utf8, false));
+    fields.push(Field::new("time_split", DataType::Utf8, true));
     Arc::new(Schema::new(fields))
 }
 
@@ -215,6 +222,13 @@ fn column(name: &str, rows: &[Featured<'_>]) -> anyhow::Result<ArrayRef> {
             let mut b = StringBuilder::new();
             for f in rows {
                 b.append_value(f.split);
+            }
+            Arc::new(b.finish())
+        }
+        "time_split" => {
+            let mut b = StringBuilder::new();
+            for f in rows {
+                b.append_option(f.time_split);
             }
             Arc::new(b.finish())
         }

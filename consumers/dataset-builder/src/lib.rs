@@ -35,6 +35,12 @@ pub struct BuilderArgs {
     /// Train/validation/test weights.
     #[arg(long = "split", env = "SKUFLOW_SPLIT", default_value = "80/10/10")]
     pub split: String,
+    /// Cut-off dates of the split by time, `validation_from,test_from` (e.g.
+    /// `2026-11-01,2026-11-15`): the `time_split` column is `train` before the first,
+    /// `validation` from it, `test` from the second; null without them. Applies to the files
+    /// written from then on: rebuild into a new root to apply new cut-offs to every day.
+    #[arg(long = "time-split", env = "SKUFLOW_TIME_SPLIT")]
+    pub time_split: Option<String>,
     /// Rows per Parquet row group.
     #[arg(long = "row-group-rows", env = "SKUFLOW_ROW_GROUP_ROWS", default_value_t = 128 * 1024)]
     pub row_group_rows: usize,
@@ -79,7 +85,10 @@ pub struct BuilderArgs {
 
 impl BuilderArgs {
     pub fn sink(&self) -> anyhow::Result<DatasetSink> {
-        let split = rows::Split::parse(&self.split).map_err(anyhow::Error::msg)?;
+        let mut split = rows::Split::parse(&self.split).map_err(anyhow::Error::msg)?;
+        if let Some(t) = &self.time_split {
+            split = split.with_time_split(t).map_err(anyhow::Error::msg)?;
+        }
         if !(1..=22).contains(&self.zstd_level) {
             bail!("--zstd-level {} is outside 1..=22", self.zstd_level);
         }
@@ -174,6 +183,7 @@ impl Component for DatasetBuilder {
         Some(BuilderArgs {
             root: place.dir.display().to_string(),
             split: "80/10/10".into(),
+            time_split: None,
             row_group_rows: 128 * 1024,
             zstd_level: 3,
             target_file_bytes: sink::DEFAULT_TARGET_FILE_BYTES,

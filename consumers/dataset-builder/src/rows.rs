@@ -11,12 +11,16 @@ use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use skuflow_schemas::{SkuRecord, StoreCategory};
 
-/// Train/validation/test ratios, in ten-thousandths of the SKU hash space.
+/// Train/validation/test ratios, in ten-thousandths of the SKU hash space, and the cut-off
+/// dates of the split by time (when given).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Split {
     pub train: u32,
     pub validation: u32,
     pub test: u32,
+    /// Business days from the first date are `validation`, from the second `test`, earlier ones
+    /// `train`: train on the past, test on the future.
+    pub time_cutoffs: Option<(NaiveDate, NaiveDate)>,
 }
 
 impl Split {
@@ -44,6 +48,39 @@ impl Split {
             train,
             validation,
             test: 10_000 - train - validation,
+            time_cutoffs: None,
+        })
+    }
+
+    /// With the split by time `2026-11-01,2026-11-15` (validation from the first date, test
+    /// from the second).
+    pub fn with_time_split(mut self, s: &str) -> Result<Self, String> {
+        let (v, t) = s.split_once(',').ok_or_else(|| {
+            format!("time split {s:?}: want validation_from,test_from, e.g. 2026-11-01,2026-11-15")
+        })?;
+        let day = |d: &str| {
+            NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d")
+                .map_err(|e| format!("time split {s:?}: {:?} is not a date ({e})", d.trim()))
+        };
+        let (v, t) = (day(v)?, day(t)?);
+        if t < v {
+            return Err(format!(
+                "time split {s:?}: the test cut-off comes before the validation cut-off"
+            ));
+        }
+        self.time_cutoffs = Some((v, t));
+        Ok(self)
+    }
+
+    /// The split by time of a business day; `None` without cut-offs.
+    pub fn of_day(&self, day: NaiveDate) -> Option<&'static str> {
+        let (v, t) = self.time_cutoffs?;
+        Some(if day >= t {
+            "test"
+        } else if day >= v {
+            "validation"
+        } else {
+            "train"
         })
     }
 
@@ -615,6 +652,8 @@ pub struct Featured<'a> {
     /// unit_price / the median unit_price of the category in this country and day.
     pub price_rel_category_median: Option<f64>,
     pub split: &'static str,
+    /// The split by time of the row's business day, when cut-offs are configured.
+    pub time_split: Option<&'static str>,
 }
 
 impl<'a> Featured<'a> {
@@ -638,6 +677,7 @@ impl<'a> Featured<'a> {
             days_of_cover,
             price_rel_category_median,
             split: split.of_bucket(r.bucket()),
+            time_split: split.of_day(r.business_date()),
         }
     }
 }
@@ -802,9 +842,20 @@ mod tests {
             Split {
                 train: 8000,
                 validation: 1000,
-                test: 1000
+                test: 1000,
+                time_cutoffs: None,
             }
         );
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let t = s.with_time_split("2026-11-10, 2026-11-20").unwrap();
+        assert_eq!(t.of_day(d("2026-11-09")), Some("train"));
+        assert_eq!(t.of_day(d("2026-11-10")), Some("validation"));
+        assert_eq!(t.of_day(d("2026-11-19")), Some("validation"));
+        assert_eq!(t.of_day(d("2026-11-20")), Some("test"));
+        assert_eq!(s.of_day(d("2026-11-20")), None);
+        for bad in ["2026-11-20", "2026-11-20,2026-11-10", "x,2026-11-10"] {
+            assert!(s.with_time_split(bad).is_err(), "{bad}");
+        }
         assert_eq!(s.of("SKU-1"), s.of("SKU-1"));
         let mut n: HashMap<&str, u32> = HashMap::new();
         for i in 0..20_000 {

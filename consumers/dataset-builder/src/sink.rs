@@ -291,6 +291,24 @@ impl DatasetSink {
                 self.maintenance.keep_days,
             )
             .await?;
+        let ours: Vec<String> = columns::dataset_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let theirs: Vec<String> = table
+            .snapshot()?
+            .schema()
+            .fields()
+            .map(|f| f.name().clone())
+            .collect();
+        if ours != theirs {
+            anyhow::bail!(
+                "the dataset table at {:?} has the columns {theirs:?}, this builder writes {ours:?}: \
+                 rebuild into a new --dataset-root (docs/datasets.md)",
+                self.location
+            );
+        }
         self.files = table::files_by_day(&table).await?;
         self.table = Some(table);
         Ok(())
