@@ -731,6 +731,8 @@ fn is_transient(e: &anyhow::Error) -> bool {
         }) || c.downcast_ref::<std::io::Error>().is_some()
             // Another builder holds the root: wait for it to stop.
             || c.downcast_ref::<crate::lease::Held>().is_some()
+            // Another writer committed first: read the table again and retry.
+            || c.downcast_ref::<table::Conflict>().is_some()
     })
 }
 
@@ -1001,6 +1003,61 @@ mod tests {
                 .map(String::as_str),
             Some("interval 7 days")
         );
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_lost_a_commit_race_writes_its_batch_again_on_the_new_version() {
+        let root = tempfile::tempdir().unwrap();
+        let mut a = fresh_sink(root.path());
+        let mut b = fresh_sink(root.path());
+        a.write(
+            "t",
+            &[at(0, 0, priced("A", 1, 100)), at(0, 1, priced("B", 1, 100))],
+            &BTreeMap::from([(0, 2)]),
+        )
+        .await
+        .unwrap();
+        // B reads the table, then A replaces the file B is about to replace.
+        assert_eq!(
+            b.durable_offsets("t", &[0]).await.unwrap(),
+            HashMap::from([(0, 2)])
+        );
+        b.load_day("SE", DAY.parse().unwrap()).await.unwrap();
+        a.write(
+            "t",
+            &[at(0, 2, priced("A", 2, 200))],
+            &BTreeMap::from([(0, 3)]),
+        )
+        .await
+        .unwrap();
+        let lost = b
+            .write(
+                "t",
+                &[at(0, 3, priced("B", 2, 300))],
+                &BTreeMap::from([(0, 4)]),
+            )
+            .await;
+        match lost {
+            Err(SinkError::Retriable(e)) => {
+                assert!(
+                    format!("{e:#}").contains("committed to the dataset table first"),
+                    "{e:#}"
+                )
+            }
+            other => panic!("want a retriable conflict, got {other:?}"),
+        }
+        // The consume loop retries the batch: B reads the new version and commits on it.
+        b.write(
+            "t",
+            &[at(0, 3, priced("B", 2, 300))],
+            &BTreeMap::from([(0, 4)]),
+        )
+        .await
+        .unwrap();
+        let keys = keys_by_shard(root.path(), None).await;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys["A"].1.record_version, 2, "A's correction survived");
+        assert_eq!(keys["B"].1.record_version, 2);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, NaiveDate, Utc};
 use delta_kernel::engine::arrow_conversion::TryFromArrow;
-use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake_core::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake_core::logstore::{
     default_logstore, logstore_factories, object_store_factories, LogStore, LogStoreFactory,
@@ -320,6 +320,12 @@ pub fn remove(file: &DataFile, country: &str, day: NaiveDate) -> Action {
     })
 }
 
+/// Another writer committed first, in a way this batch conflicts with (the same files
+/// replaced, the same offsets): the batch is written again on the new version.
+#[derive(Debug, thiserror::Error)]
+#[error("another writer committed to the dataset table first ({0}); writing the batch again on its version")]
+pub struct Conflict(pub String);
+
 /// Commits `actions` and the offsets of `topic` as one version; returns it. A batch that
 /// only adds files is an append, one that also replaces files an update.
 pub async fn commit(
@@ -351,12 +357,24 @@ pub async fn commit(
     let properties = CommitProperties::default()
         .with_application_transactions(txns)
         .with_metadata(info);
-    let version = CommitBuilder::from(properties)
+    let committed = CommitBuilder::from(properties)
         .with_actions(actions)
         .build(Some(table.snapshot()?), table.log_store(), operation)
-        .await
-        .context("committing a version of the dataset table")?
-        .version();
+        .await;
+    let version = match committed {
+        Ok(c) => c.version(),
+        Err(DeltaTableError::Transaction { source })
+            if matches!(
+                source,
+                TransactionError::CommitConflict(_)
+                    | TransactionError::MaxCommitAttempts(_)
+                    | TransactionError::VersionAlreadyExists(_)
+            ) =>
+        {
+            return Err(Conflict(source.to_string()).into());
+        }
+        Err(e) => return Err(e).context("committing a version of the dataset table"),
+    };
     table
         .update_incremental(None)
         .await
