@@ -141,6 +141,22 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
         .await;
 
     check_version_with_python_env(&p, root.path(), &newest(&all), None, TIME_SPLIT);
+    // Every version the killed builders committed reads consistent.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_versions.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(root.path())
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.contains("versions consistent"),
+        "{report}"
+    );
     let day = root.path().join("country=SE/business_date=2026-11-20");
     let names: Vec<String> = std::fs::read_dir(&day)
         .unwrap()
