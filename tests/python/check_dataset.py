@@ -15,8 +15,11 @@ import os
 import pathlib
 import sys
 
+import datetime
+
 import deltalake
 import duckdb
+import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -38,6 +41,51 @@ def check(cond, what):
     if not cond:
         problems.append(what)
 
+
+# The history features, computed here with pandas from the expected rows: each row's key on the
+# days before it (point in time), by joins on shifted days.
+frame_in = pd.DataFrame({
+    "country": [r["country"] for r in expected],
+    "store_id": [r["store_id"] for r in expected],
+    "sku": [r["sku"] for r in expected],
+    "day": [datetime.date.fromisoformat(r["business_date"]) for r in expected],
+    "units": [r["units_sold"] for r in expected],
+    "price": [D(r["unit_price"]) for r in expected],
+})
+KEY = ["country", "store_id", "sku"]
+
+
+def back(n):
+    """Each row's key n days earlier: units and price of that day (NaN when it has no row)."""
+    shifted = frame_in.assign(day=frame_in["day"] + datetime.timedelta(days=n))
+    return frame_in[KEY + ["day"]].merge(shifted, on=KEY + ["day"], how="left")
+
+
+prev_day, prev_week = back(1), back(7)
+lags = pd.concat([back(n).assign(n=n) for n in range(1, 29)]).dropna(subset=["units"])
+mean7 = lags[lags["n"] <= 7].groupby(KEY + ["day"])["units"].mean()
+mean28 = lags.groupby(KEY + ["day"])["units"].mean()
+lag_rows = {k: g for k, g in lags.groupby(KEY + ["day"])}
+want_history = {}
+for i, r in frame_in.iterrows():
+    k = (r["country"], r["store_id"], r["sku"], r["day"].isoformat())
+    p1, p7 = prev_day.iloc[i]["units"], prev_week.iloc[i]["units"]
+    kk = (r["country"], r["store_id"], r["sku"], r["day"])
+    # Days since the price changed: walk back over the key's earlier rows of the 28 days.
+    earlier = lag_rows.get(kk)
+    since, start = None, 0
+    for _, e in (earlier.sort_values("n").iterrows() if earlier is not None else []):
+        if e["price"] != r["price"]:
+            since = start
+            break
+        start = int(e["n"])
+    want_history[k] = (
+        None if pd.isna(p1) else int(p1),
+        None if pd.isna(p7) else int(p7),
+        mean7.get(kk),
+        mean28.get(kk),
+        since,
+    )
 
 countries = sorted({r["country"] for r in expected})
 check(sorted(p.name for p in root.glob("country=*")) == [f"country={c}" for c in countries],
@@ -106,6 +154,12 @@ for country in countries:
         h = int.from_bytes(hashlib.sha256(e["sku"].encode()).digest()[:8], "big") % 10000
         split = "train" if h < 8000 else "validation" if h < 9000 else "test"
         check(r["split"] == split, f"{k} split {r['split']} != {split}")
+        h = want_history[k]
+        got = (r["units_sold_prev_day"], r["units_sold_prev_week"], r["units_sold_mean_7d"],
+               r["units_sold_mean_28d"], r["days_since_price_change"])
+        close = all((a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-9)
+                    for a, b in zip(got, h))
+        check(close, f"{k} history features {got} != {h} (pandas)")
         if cutoffs:
             day = k[3]
             when = "test" if day >= cutoffs[1] else "validation" if day >= cutoffs[0] else "train"

@@ -35,7 +35,7 @@ use skuflow_schemas::{SkuRecord, StoreCategory};
 use crate::rows::{Featured, Row};
 
 /// Derived feature columns, after the record's own.
-pub const FEATURES: [(&str, &str); 6] = [
+pub const FEATURES: [(&str, &str); 11] = [
     (
         "gross_margin",
         "unit_price − unit_cost, DECIMAL(18,4); null when the cost is unknown",
@@ -60,6 +60,27 @@ pub const FEATURES: [(&str, &str); 6] = [
         "time_split",
         "train, validation or test by business_date and the cut-offs of --time-split (train on \
          the past, test on the future); null when no cut-offs are configured",
+    ),
+    (
+        "units_sold_prev_day",
+        "units_sold of the same country, store and SKU on the day before; null without a row then",
+    ),
+    (
+        "units_sold_prev_week",
+        "units_sold of the same key on the same weekday a week before; null without a row then",
+    ),
+    (
+        "units_sold_mean_7d",
+        "mean units_sold over the key's rows of the 7 days before (not the row's day); null without one",
+    ),
+    (
+        "units_sold_mean_28d",
+        "mean units_sold over the key's rows of the 28 days before; null without one",
+    ),
+    (
+        "days_since_price_change",
+        "days since the key's unit_price last changed (0: on this day), looking back 28 days; null \
+         when it did not change in them",
     ),
 ];
 
@@ -101,6 +122,11 @@ pub fn dataset_schema() -> SchemaRef {
     ));
     fields.push(Field::new("split", DataType::Utf8, false));
     fields.push(Field::new("time_split", DataType::Utf8, true));
+    fields.push(Field::new("units_sold_prev_day", DataType::Int32, true));
+    fields.push(Field::new("units_sold_prev_week", DataType::Int32, true));
+    fields.push(Field::new("units_sold_mean_7d", DataType::Float64, true));
+    fields.push(Field::new("units_sold_mean_28d", DataType::Float64, true));
+    fields.push(Field::new("days_since_price_change", DataType::Int32, true));
     Arc::new(Schema::new(fields))
 }
 
@@ -225,6 +251,17 @@ fn column(name: &str, rows: &[Featured<'_>]) -> anyhow::Result<ArrayRef> {
             }
             Arc::new(b.finish())
         }
+        "units_sold_prev_day" => {
+            Arc::new(Int32Array::from_iter(rows.iter().map(|f| f.history.units_sold_prev_day)))
+        }
+        "units_sold_prev_week" => {
+            Arc::new(Int32Array::from_iter(rows.iter().map(|f| f.history.units_sold_prev_week)))
+        }
+        "units_sold_mean_7d" => float(rows.iter().map(|f| f.history.units_sold_mean_7d)),
+        "units_sold_mean_28d" => float(rows.iter().map(|f| f.history.units_sold_mean_28d)),
+        "days_since_price_change" => Arc::new(Int32Array::from_iter(
+            rows.iter().map(|f| f.history.days_since_price_change),
+        )),
         "time_split" => {
             let mut b = StringBuilder::new();
             for f in rows {

@@ -598,7 +598,11 @@ impl FileRows {
     /// Rows in a stable order (store, SKU), with their features; medians over this partition.
     pub fn featured(&self, split: Split) -> Vec<Featured<'_>> {
         let medians = category_medians(self.rows());
-        self.featured_with(|category| medians.get(category).copied(), split)
+        self.featured_with(
+            |category| medians.get(category).copied(),
+            |_| History::default(),
+            split,
+        )
     }
 
     /// Rows in a stable order (store, SKU), with their features (on every core; in place
@@ -607,6 +611,7 @@ impl FileRows {
     pub fn featured_with<'a>(
         &'a self,
         median_of: impl Fn(&str) -> Option<Decimal> + Sync,
+        history_of: impl Fn(&Row<'_>) -> History + Sync,
         split: Split,
     ) -> Vec<Featured<'a>> {
         // The category medians, looked up once per category rather than per row.
@@ -623,7 +628,8 @@ impl FileRows {
                 .iter()
                 .map(|&i| {
                     let r = self.row(i as usize);
-                    Featured::of(r, medians[r.slot.category as usize], split)
+                    let history = history_of(&r);
+                    Featured::of(r, medians[r.slot.category as usize], split).with_history(history)
                 })
                 .collect()
         };
@@ -654,6 +660,72 @@ pub struct Featured<'a> {
     pub split: &'static str,
     /// The split by time of the row's business day, when cut-offs are configured.
     pub time_split: Option<&'static str>,
+    /// What the key sold and cost on earlier days.
+    pub history: History,
+}
+
+/// Days of history the history features look back.
+pub const HISTORY_DAYS: i64 = 28;
+
+/// What a (country, store, SKU) sold and cost on the days before a row's business day: point in
+/// time, nothing from the row's day or later. Days the key has no row on are missing, not zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct History {
+    /// units_sold on the day before.
+    pub units_sold_prev_day: Option<i32>,
+    /// units_sold on the same weekday a week before.
+    pub units_sold_prev_week: Option<i32>,
+    /// Mean units_sold over the rows of the 7 days before.
+    pub units_sold_mean_7d: Option<f64>,
+    /// Mean units_sold over the rows of the 28 days before.
+    pub units_sold_mean_28d: Option<f64>,
+    /// Days since unit_price last changed, over the rows of the 28 days before and the row's
+    /// own price: 0 when it changed on the row's day; null when it did not change in that window.
+    pub days_since_price_change: Option<i32>,
+}
+
+impl History {
+    /// The history of a row of `day` at `price` from the key's earlier rows `past`
+    /// (day, units_sold, unit_price), in any order; rows of `day` or later are ignored.
+    pub fn of(day: NaiveDate, price: Decimal, past: &[(NaiveDate, i32, Decimal)]) -> History {
+        let mut window: Vec<&(NaiveDate, i32, Decimal)> = past
+            .iter()
+            .filter(|(d, _, _)| *d < day && (day - *d).num_days() <= HISTORY_DAYS)
+            .collect();
+        window.sort_by(|a, b| b.0.cmp(&a.0));
+        let on = |back: i64| {
+            window
+                .iter()
+                .find(|(d, _, _)| (day - *d).num_days() == back)
+                .map(|(_, u, _)| *u)
+        };
+        let mean = |days: i64| {
+            let sold: Vec<i32> = window
+                .iter()
+                .filter(|(d, _, _)| (day - *d).num_days() <= days)
+                .map(|(_, u, _)| *u)
+                .collect();
+            (!sold.is_empty())
+                .then(|| sold.iter().map(|u| f64::from(*u)).sum::<f64>() / sold.len() as f64)
+        };
+        // The current price's unbroken run back from the row's day: where it started.
+        let mut start = day;
+        let mut days_since_price_change = None;
+        for (d, _, p) in &window {
+            if *p != price {
+                days_since_price_change = Some((day - start).num_days() as i32);
+                break;
+            }
+            start = *d;
+        }
+        History {
+            units_sold_prev_day: on(1),
+            units_sold_prev_week: on(7),
+            units_sold_mean_7d: mean(7),
+            units_sold_mean_28d: mean(HISTORY_DAYS),
+            days_since_price_change,
+        }
+    }
 }
 
 impl<'a> Featured<'a> {
@@ -678,7 +750,13 @@ impl<'a> Featured<'a> {
             price_rel_category_median,
             split: split.of_bucket(r.bucket()),
             time_split: split.of_day(r.business_date()),
+            history: History::default(),
         }
+    }
+
+    pub fn with_history(mut self, history: History) -> Self {
+        self.history = history;
+        self
     }
 }
 
@@ -832,6 +910,47 @@ mod tests {
         assert_eq!(d.gross_margin, Some(Decimal::from(-1)));
         assert_eq!(d.margin_pct, None, "no ratio over a zero price");
         assert_eq!(d.price_rel_category_median, None, "median price zero");
+    }
+
+    #[test]
+    fn history_looks_only_back_and_at_most_28_days() {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let p = |c: i64| Decimal::new(c, 2);
+        let day = d("2026-11-30");
+        let past = [
+            (d("2026-11-29"), 4, p(100)),
+            (d("2026-11-28"), 2, p(100)),
+            (d("2026-11-23"), 6, p(100)),
+            (d("2026-11-20"), 9, p(90)),
+            (d("2026-11-01"), 100, p(90)),
+            // Not the past: the row's own day and later.
+            (d("2026-11-30"), 1000, p(1)),
+            (d("2026-12-01"), 1000, p(1)),
+        ];
+        let h = History::of(day, p(100), &past);
+        assert_eq!(h.units_sold_prev_day, Some(4));
+        assert_eq!(h.units_sold_prev_week, Some(6));
+        assert_eq!(h.units_sold_mean_7d, Some(4.0));
+        assert_eq!(
+            h.units_sold_mean_28d,
+            Some(21.0 / 4.0),
+            "2026-11-01 is 29 days back"
+        );
+        // 100 since the 23rd (the 20th was 90): 7 days.
+        assert_eq!(h.days_since_price_change, Some(7));
+        // A new price on the row's day: 0.
+        assert_eq!(
+            History::of(day, p(120), &past).days_since_price_change,
+            Some(0)
+        );
+        // No earlier row: nothing known.
+        assert_eq!(History::of(day, p(100), &[]), History::default());
+        // One price all along: no change in the window.
+        let flat = [(d("2026-11-29"), 1, p(100))];
+        assert_eq!(
+            History::of(day, p(100), &flat).days_since_price_change,
+            None
+        );
     }
 
     #[test]

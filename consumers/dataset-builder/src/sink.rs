@@ -27,7 +27,7 @@ use skuflow_platform::consume::{Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::SkuRecord;
 
 use crate::columns::{self, Encoding};
-use crate::rows::{category_medians, FileRows, Split};
+use crate::rows::{category_medians, FileRows, History, Split, HISTORY_DAYS};
 use crate::table::{self, DataFile, Location};
 
 /// Default size a file grows to before the next file of its partition and day is started.
@@ -431,18 +431,49 @@ impl DatasetSink {
             self.load_day(country, *day).await?;
             self.load_manifest(country).await?;
         }
+        // The stored days within the history window of a touched day, before it (its rows'
+        // history) and after it (whose history the batch may change).
+        let near = |c: &str, d: NaiveDate| {
+            days.iter()
+                .any(|(tc, td)| tc == c && d != *td && (d - *td).num_days().abs() <= HISTORY_DAYS)
+        };
+        let around: BTreeSet<(String, NaiveDate)> = self
+            .files
+            .keys()
+            .filter(|(c, d)| near(c, *d))
+            .cloned()
+            .collect();
+        for (country, day) in &around {
+            self.load_day(country, *day).await?;
+        }
         let mut changed = BTreeSet::new();
         for (group, records) in touched {
             changed.extend(self.merge(group, records));
         }
+        // A day whose rows changed changes the history of the stored days after it.
+        let changed_days: BTreeSet<(String, NaiveDate)> =
+            changed.iter().map(|(c, d, _, _)| (c.clone(), *d)).collect();
+        let later: BTreeSet<(String, NaiveDate)> = around
+            .iter()
+            .filter(|(c, d)| {
+                !days.contains(&(c.clone(), *d))
+                    && changed_days
+                        .iter()
+                        .any(|(cc, cd)| cc == c && d > cd && (*d - *cd).num_days() <= HISTORY_DAYS)
+            })
+            .cloned()
+            .collect();
         for (country, day) in &days {
-            self.rewrite_day(country, *day, &changed).await?;
+            self.rewrite_day(country, *day, &changed, false).await?;
+        }
+        for (country, day) in &later {
+            self.rewrite_day(country, *day, &changed, true).await?;
         }
         let version = self.commit(topic, batch.len(), offsets).await?;
-        for (country, day) in &days {
+        for (country, day) in days.iter().chain(&later) {
             self.update_manifest(country, *day, topic, offsets, version);
         }
-        let countries: BTreeSet<&String> = days.iter().map(|(c, _)| c).collect();
+        let countries: BTreeSet<&String> = days.iter().chain(&later).map(|(c, _)| c).collect();
         for country in countries {
             self.put_manifest(country).await?;
         }
@@ -512,7 +543,41 @@ impl DatasetSink {
         country: &str,
         day: NaiveDate,
         changed: &BTreeSet<ShardKey>,
+        force: bool,
     ) -> anyhow::Result<()> {
+        // The history of the day's keys: their rows of the days before (loaded by the caller).
+        let mut past: HashMap<
+            String,
+            HashMap<String, Vec<(NaiveDate, i32, rust_decimal::Decimal)>>,
+        > = HashMap::new();
+        {
+            let keys_of_day: std::collections::HashSet<(&str, &str)> = self
+                .shards
+                .iter()
+                .filter(|((c, d, _, _), _)| c == country && *d == day)
+                .flat_map(|(_, p)| p.rows().map(|r| (r.store_id(), r.sku())))
+                .collect();
+            for ((c, d, _, _), shard) in &self.shards {
+                if c != country || *d >= day || (day - *d).num_days() > HISTORY_DAYS {
+                    continue;
+                }
+                for r in shard.rows() {
+                    if keys_of_day.contains(&(r.store_id(), r.sku())) {
+                        past.entry(r.store_id().to_string())
+                            .or_default()
+                            .entry(r.sku().to_string())
+                            .or_default()
+                            .push((*d, r.units_sold(), r.unit_price()));
+                    }
+                }
+            }
+        }
+        let history_of = |r: &crate::rows::Row<'_>| {
+            past.get(r.store_id())
+                .and_then(|m| m.get(r.sku()))
+                .map(|p| History::of(day, r.unit_price(), p))
+                .unwrap_or_default()
+        };
         let medians: HashMap<String, rust_decimal::Decimal> = category_medians(
             self.shards
                 .iter()
@@ -540,10 +605,10 @@ impl DatasetSink {
                 .into_iter()
                 .filter_map(|c| medians.get(c).map(|m| (c.to_string(), *m)))
                 .collect();
-            if !changed.contains(&key) && self.written_medians.get(&key) == Some(&used) {
+            if !force && !changed.contains(&key) && self.written_medians.get(&key) == Some(&used) {
                 continue;
             }
-            let rows = shard.featured_with(|c| medians.get(c).copied(), self.split);
+            let rows = shard.featured_with(|c| medians.get(c).copied(), history_of, self.split);
             let file = columns::encode_with_medians(&rows, self.encoding, &used)?;
             let (size, count) = (file.len(), rows.len());
             self.note_file_size(size, count);
@@ -1173,7 +1238,11 @@ mod tests {
         let medians = HashMap::from([("c".to_string(), d("30"))]);
         let mut part = FileRows::default();
         part.upsert(&a2);
-        let rows = part.featured_with(|c| medians.get(c).copied(), Split::default());
+        let rows = part.featured_with(
+            |c| medians.get(c).copied(),
+            |_| History::default(),
+            Split::default(),
+        );
         let enc = Encoding {
             row_group_rows: 100,
             zstd_level: 3,

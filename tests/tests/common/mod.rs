@@ -601,6 +601,29 @@ impl Drop for Pipeline {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // The test's database goes with a passing test (a failing one keeps it to look at), so
+        // that runs do not pile databases up in the shared PostgreSQL. On a thread of its own:
+        // this may run inside the test's runtime.
+        if !std::thread::panicking() {
+            let (admin, db) = (self.stack.pg_url.clone(), format!("sf_{}", self.id));
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                        .await
+                        .ok()?;
+                    tokio::spawn(conn);
+                    client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .await
+                        .ok()
+                })
+            })
+            .join();
+        }
         // The broker (a field) stops after its clients.
     }
 }
