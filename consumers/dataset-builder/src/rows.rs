@@ -692,7 +692,7 @@ impl History {
             .iter()
             .filter(|(d, _, _)| *d < day && (day - *d).num_days() <= HISTORY_DAYS)
             .collect();
-        window.sort_by(|a, b| b.0.cmp(&a.0));
+        window.sort_by_key(|e| std::cmp::Reverse(e.0));
         let on = |back: i64| {
             window
                 .iter()

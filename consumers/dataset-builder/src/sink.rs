@@ -37,6 +37,9 @@ pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;
 /// partition's files of the day (a new one is started when the last reaches the target size).
 type ShardKey = (String, NaiveDate, i32, u32);
 
+/// A day's keys' rows of the days before: store → SKU → (day, units_sold, unit_price).
+type PastRows = HashMap<String, HashMap<String, Vec<(NaiveDate, i32, rust_decimal::Decimal)>>>;
+
 /// The files of a country, day and Kafka partition.
 type GroupKey = (String, NaiveDate, i32);
 
@@ -546,10 +549,7 @@ impl DatasetSink {
         force: bool,
     ) -> anyhow::Result<()> {
         // The history of the day's keys: their rows of the days before (loaded by the caller).
-        let mut past: HashMap<
-            String,
-            HashMap<String, Vec<(NaiveDate, i32, rust_decimal::Decimal)>>,
-        > = HashMap::new();
+        let mut past: PastRows = HashMap::new();
         {
             let keys_of_day: std::collections::HashSet<(&str, &str)> = self
                 .shards
