@@ -142,21 +142,8 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
 
     check_version_with_python_env(&p, root.path(), &newest(&all), None, TIME_SPLIT);
     // Every version the killed builders committed reads consistent.
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_versions.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(root.path())
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.contains("versions consistent"),
-        "{report}"
-    );
+    let (ok, report) = run_python("check_versions.py", &[root.path().as_os_str()], &[]);
+    assert!(ok && report.contains("versions consistent"), "{report}");
     let day = root.path().join("country=SE/business_date=2026-11-20");
     let names: Vec<String> = std::fs::read_dir(&day)
         .unwrap()
@@ -411,24 +398,33 @@ fn check_version_with_python_env(
         .map(|r| serde_json::to_string(r).unwrap() + "\n")
         .collect();
     std::fs::write(&expected, lines).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_dataset.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(root)
-        .arg(&expected)
-        .args(version.map(|v| v.to_string()))
-        .env("TIME_SPLIT", time_split)
-        .output()
-        .expect("python3 runs (scripts/install-stack.sh python installs pyarrow and duckdb)");
+    let version = version.map(|v| v.to_string());
+    let mut args = vec![root.as_os_str(), expected.as_os_str()];
+    args.extend(version.as_deref().map(std::ffi::OsStr::new));
+    let (ok, report) = run_python("check_dataset.py", &args, &[("TIME_SPLIT", time_split)]);
     let _ = std::fs::remove_file(&expected);
+    assert!(ok, "{report}\nlogs:\n{}", p.logs());
+    assert!(
+        report.contains(&format!("ok: {} rows", truth.len())),
+        "{report}"
+    );
+}
+
+/// Runs `tests/python/<script>` with `args` and `env`: whether it exited 0, and what it printed.
+fn run_python(script: &str, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> (bool, String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let out = std::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("python3 runs (scripts/install-stack.sh python installs its packages)");
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{report}\nlogs:\n{}", p.logs());
-    assert!(
-        report.contains(&format!("ok: {} rows", truth.len())),
-        "{report}"
-    );
+    (out.status.success(), report)
 }
