@@ -23,6 +23,7 @@ cargo bench -p skuflow-warehouse-loader --bench loader
 cargo bench -p skuflow-finance-reporter --bench reporter
 cargo bench -p skuflow-search-indexer --bench encode
 cargo bench -p skuflow-dataset-builder --bench build
+cargo bench -p skuflow-dataset-builder --bench day_growth
 cargo bench -p skuflow-ingest --bench ingest
 # Upload-to-sink latency: the whole pipeline on a broker of its own (not the one above).
 cargo bench -p skuflow-e2e --bench latency
