@@ -283,8 +283,22 @@ impl DatasetSink {
     /// The table at its latest version, with its files by day (read once, then kept up to date
     /// by this builder's own commits).
     async fn ensure_table(&mut self) -> anyhow::Result<()> {
-        if self.table.is_some() {
-            return Ok(());
+        if let Some(t) = &mut self.table {
+            // Another writer may have committed since (a builder that held the root before):
+            // then what this one keeps in memory is stale, and it reads the table afresh.
+            let known = t.version();
+            t.update_incremental(None)
+                .await
+                .context("reading the dataset table's new versions")?;
+            if t.version() == known {
+                return Ok(());
+            }
+            tracing::info!(
+                from = known.unwrap_or(-1),
+                to = t.version().unwrap_or(-1),
+                "The dataset table has versions this builder did not write; reading it afresh."
+            );
+            self.forget();
         }
         let table = self
             .location
@@ -1071,7 +1085,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_writer_that_lost_a_commit_race_writes_its_batch_again_on_the_new_version() {
+    async fn a_writer_reads_what_another_committed_and_a_lost_commit_race_is_retriable() {
         let root = tempfile::tempdir().unwrap();
         let mut a = fresh_sink(root.path());
         let mut b = fresh_sink(root.path());
@@ -1082,12 +1096,18 @@ mod tests {
         )
         .await
         .unwrap();
-        // B reads the table, then A replaces the file B is about to replace.
+        // B reads the table, then A replaces the file B holds in memory.
         assert_eq!(
             b.durable_offsets("t", &[0]).await.unwrap(),
             HashMap::from([(0, 2)])
         );
         b.load_day("SE", DAY.parse().unwrap()).await.unwrap();
+        let stale = Location::parse(root.path().to_str().unwrap(), "--dataset-root")
+            .unwrap()
+            .load()
+            .await
+            .unwrap()
+            .unwrap();
         a.write(
             "t",
             &[at(0, 2, priced("A", 2, 200))],
@@ -1095,23 +1115,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let lost = b
-            .write(
-                "t",
-                &[at(0, 3, priced("B", 2, 300))],
-                &BTreeMap::from([(0, 4)]),
-            )
-            .await;
-        match lost {
-            Err(SinkError::Retriable(e)) => {
-                assert!(
-                    format!("{e:#}").contains("committed to the dataset table first"),
-                    "{e:#}"
-                )
-            }
-            other => panic!("want a retriable conflict, got {other:?}"),
-        }
-        // The consume loop retries the batch: B reads the new version and commits on it.
+        // B sees A's version before it writes, so A's correction survives B's.
         b.write(
             "t",
             &[at(0, 3, priced("B", 2, 300))],
@@ -1123,6 +1127,21 @@ mod tests {
         assert_eq!(keys.len(), 2);
         assert_eq!(keys["A"].1.record_version, 2, "A's correction survived");
         assert_eq!(keys["B"].1.record_version, 2);
+        // A commit made on a version older than the file it replaces loses the race: retriable.
+        let day: NaiveDate = DAY.parse().unwrap();
+        let gone = table::files_by_day(&stale).await.unwrap()[&("SE".to_string(), day)][0].clone();
+        let mut stale = stale;
+        let lost = table::commit(
+            &mut stale,
+            vec![table::remove(&gone, "SE", day)],
+            "t",
+            &BTreeMap::from([(0, 3)]),
+            HashMap::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(lost.downcast_ref::<table::Conflict>().is_some(), "{lost:#}");
+        assert!(is_transient(&lost));
     }
 
     #[test]
