@@ -102,31 +102,21 @@ impl Location {
     /// `root` as given to `--dataset-root`: a local directory (created when missing) or
     /// `s3://bucket/prefix` (credentials and endpoint from the standard AWS_* variables).
     pub fn parse(root: &str, flag: &str) -> anyhow::Result<Location> {
-        if let Some(rest) = root.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                bail!("{flag} {root}: no bucket");
-            }
-            let s3 = skuflow_platform::store::s3_builder(bucket, None, flag)
-                .build()
-                .with_context(|| format!("configuring S3 for {flag}"))?;
-            let prefix = prefix.trim_matches('/');
-            let url = Url::parse(&format!("s3://{bucket}/{prefix}"))
-                .with_context(|| format!("{flag} {root}: not a valid S3 URL"))?;
-            return Ok(Location {
-                root_store: Arc::new(s3),
-                url,
-            });
+        // The same checks, credentials and directory creation as every other root.
+        let opened = skuflow_platform::store::open_root(root, flag)?;
+        match opened.local_dir {
+            Some(dir) => Ok(Location {
+                root_store: Arc::new(LocalFileSystem::new()),
+                url: Url::from_directory_path(&dir)
+                    .map_err(|()| anyhow::anyhow!("{flag} {root}: not an absolute directory"))?,
+            }),
+            // An S3 root's store is the bucket's root, and the prefix is in the URL.
+            None => Ok(Location {
+                root_store: opened.store,
+                url: Url::parse(root.trim_end_matches('/'))
+                    .with_context(|| format!("{flag} {root}: not a valid S3 URL"))?,
+            }),
         }
-        std::fs::create_dir_all(root).with_context(|| format!("creating {flag} {root}"))?;
-        let dir =
-            std::fs::canonicalize(root).with_context(|| format!("resolving {flag} {root}"))?;
-        let url = Url::from_directory_path(&dir)
-            .map_err(|()| anyhow::anyhow!("{flag} {root}: not an absolute directory"))?;
-        Ok(Location {
-            root_store: Arc::new(LocalFileSystem::new()),
-            url,
-        })
     }
 
     /// The log store of the table (its commits are put-if-absent on `root_store`).
