@@ -423,7 +423,13 @@ impl<S: Sink> Consuming<'_, S> {
         backoff.recovered(self.sink.name());
         health().report("sink", Ok(()));
         self.last_contact = Instant::now();
-        seek_past_done(consumer, self.topic(), &self.durable, &self.next_offsets);
+        seek_past_done(
+            consumer,
+            self.topic(),
+            &partitions,
+            &self.durable,
+            &self.next_offsets,
+        );
         // The group's committed offsets catch up with what the sink holds, even when nothing
         // is left to consume (lag is measured on them).
         let held: BTreeMap<i32, i64> = partitions
@@ -1015,15 +1021,12 @@ fn resume_at(
 fn seek_past_done<C: rdkafka::consumer::ConsumerContext>(
     consumer: &StreamConsumer<C>,
     topic: &str,
+    assigned: &[i32],
     durable: &HashMap<i32, i64>,
     pending: &BTreeMap<i32, i64>,
 ) {
-    let Ok(assigned) = consumer.assignment() else {
-        return;
-    };
     let positions = consumer.position().ok();
-    for e in assigned.elements_for_topic(topic) {
-        let partition = e.partition();
+    for &partition in assigned {
         let Some(target) = resume_at(durable, pending, partition) else {
             continue;
         };

@@ -106,7 +106,6 @@ pub struct DatasetSink {
     /// The directory behind `store` when the root is local: files are then written by
     /// [`write_local_atomically`] (hidden temporary name, fsync, rename, fsync of the directory).
     local_dir: Option<std::path::PathBuf>,
-    root: Path,
     split: Split,
     encoding: Encoding,
     /// Shards read or written by this process (dropped on every rebalance: another builder may
@@ -152,7 +151,6 @@ impl DatasetSink {
             location,
             store,
             local_dir,
-            root: Path::default(),
             split,
             encoding,
             shards: HashMap::new(),
@@ -185,12 +183,11 @@ impl DatasetSink {
         if every.is_zero() || self.vacuumed_at.is_some_and(|t| t.elapsed() < every) {
             return;
         }
-        let Some(table) = self.table.take() else {
+        let Some(table) = &self.table else {
             return;
         };
         self.vacuumed_at = Some(std::time::Instant::now());
         let keep = chrono::Duration::days(i64::from(self.maintenance.keep_days));
-        let before = table.clone();
         match table::vacuum(table, keep).await {
             Ok((t, done)) => {
                 tracing::info!(
@@ -204,7 +201,6 @@ impl DatasetSink {
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "Vacuuming the dataset table failed; trying again at the next interval.");
-                self.table = Some(before);
             }
         }
     }
@@ -257,9 +253,7 @@ impl DatasetSink {
     }
 
     fn day_dir(&self, country: &str, day: NaiveDate) -> Path {
-        self.root
-            .child(format!("country={country}"))
-            .child(format!("business_date={day}"))
+        Path::from(format!("country={country}")).child(format!("business_date={day}"))
     }
 
     /// `part-p<partition>-<n>-<id>.parquet`: shard `n` of a Kafka partition's keys of a day,
@@ -413,11 +407,8 @@ impl DatasetSink {
             return Ok(());
         }
         // The manifest and the card are written beside the day directories.
-        self.remove_local_leftovers(&self.root.child(format!("country={country}")));
-        let path = self
-            .root
-            .child(format!("country={country}"))
-            .child("_manifest.json");
+        self.remove_local_leftovers(&Path::from(format!("country={country}")));
+        let path = Path::from(format!("country={country}")).child("_manifest.json");
         let m = match self.store.get(&path).await {
             Ok(r) => serde_json::from_slice(&r.bytes().await?)
                 .with_context(|| format!("reading {path}"))?,
@@ -661,7 +652,7 @@ impl DatasetSink {
             .iter()
             .filter(|a| matches!(a, deltalake_core::kernel::Action::Add(_)))
             .count();
-        let info = HashMap::from([
+        let mut info = HashMap::from([
             ("skuflow.records".to_string(), serde_json::json!(records)),
             (
                 "skuflow.files_written".to_string(),
@@ -669,7 +660,6 @@ impl DatasetSink {
             ),
             ("skuflow.topic".to_string(), serde_json::json!(topic)),
         ]);
-        let mut info = info;
         if let Some(lease) = &self.lease {
             let me = lease.me();
             info.insert(
@@ -764,7 +754,7 @@ impl DatasetSink {
             }
         }
         m.built_at = Utc::now().to_rfc3339();
-        let dir = self.root.child(format!("country={country}"));
+        let dir = Path::from(format!("country={country}"));
         let json = serde_json::to_vec_pretty(m)?;
         self.put(&dir.child("_manifest.json"), json).await?;
         let card = crate::card::dataset_card(country, self.split);
@@ -848,7 +838,7 @@ impl Sink for DatasetSink {
 
     async fn ping(&mut self) -> Result<(), SinkError> {
         self.store
-            .list_with_delimiter(Some(&self.root))
+            .list_with_delimiter(None)
             .await
             .map_err(|e| SinkError::Retriable(anyhow::anyhow!("listing the dataset root: {e}")))?;
         // Renews the lease while idle (or reports who holds it).
@@ -1048,14 +1038,14 @@ mod tests {
         let location = Location::parse(root.path().to_str().unwrap(), "--dataset-root").unwrap();
         let latest = || async { location.load().await.unwrap().unwrap() };
         // Within the kept days: nothing goes, version 1 still reads.
-        let (_, kept) = table::vacuum(latest().await, chrono::Duration::days(1))
+        let (_, kept) = table::vacuum(&latest().await, chrono::Duration::days(1))
             .await
             .unwrap();
         assert_eq!(kept, table::Vacuumed::default());
         assert!(root.path().join(&first[0]).exists());
         // Past them: the replaced file and the orphan go; the latest version, the manifest and
         // the card stay.
-        let (_, done) = table::vacuum(latest().await, chrono::Duration::zero())
+        let (_, done) = table::vacuum(&latest().await, chrono::Duration::zero())
             .await
             .unwrap();
         assert_eq!(

@@ -194,9 +194,11 @@ impl Location {
             .await;
         match created {
             Ok(t) => Ok(t),
-            // Another builder created it in the same instant.
-            Err(_) if self.load().await?.is_some() => Ok(self.load().await?.expect("loaded")),
-            Err(e) => Err(e).with_context(|| format!("creating the Delta table at {}", self.url)),
+            // Another builder may have created it in the same instant.
+            Err(e) => match self.load().await? {
+                Some(t) => Ok(t),
+                None => Err(e).with_context(|| format!("creating the Delta table at {}", self.url)),
+            },
         }
     }
 }
@@ -427,7 +429,7 @@ pub struct Vacuumed {
 /// Versions younger than `keep` stay readable. Manifests, cards and the lease are not data files
 /// and are never touched.
 pub async fn vacuum(
-    table: DeltaTable,
+    table: &DeltaTable,
     keep: chrono::Duration,
 ) -> anyhow::Result<(DeltaTable, Vacuumed)> {
     use deltalake_core::operations::vacuum::{VacuumBuilder, VacuumMode};
