@@ -94,6 +94,7 @@ check(sorted(p.name for p in root.glob("country=*")) == [f"country={c}" for c in
 check(dt.metadata().partition_columns == ["country", "business_date"],
       f"partition columns {dt.metadata().partition_columns}")
 everything = ds.dataset(files, format="parquet").to_table()
+with_median = 0  # rows whose category had a median the day before
 for country in countries:
     base = root / f"country={country}"
     table = everything.filter(ds.field("country") == country)
@@ -106,7 +107,7 @@ for country in countries:
     check(types["quantity_on_hand"] == pa.int32(), f"quantity_on_hand is {types['quantity_on_hand']}")
     check(types["source_last_modified"] == pa.timestamp("us", tz="UTC"),
           f"source_last_modified is {types['source_last_modified']}")
-    for f in ("margin_pct", "days_of_cover", "price_rel_category_median"):
+    for f in ("margin_pct", "days_of_cover", "price_rel_prev_day_category_median"):
         check(types[f] == pa.float64(), f"{f} is {types[f]}")
     rows = table.to_pylist()
     keys = [(r["country"], r["store_id"], r["sku"], r["business_date"].isoformat()) for r in rows]
@@ -147,10 +148,16 @@ for country in countries:
             check(abs(r["days_of_cover"] - e["quantity_on_hand"] / e["units_sold"]) < 1e-9, f"{k} days_of_cover")
         else:
             check(r["days_of_cover"] is None, f"{k} days_of_cover should be null")
-        m = medians[(k[3], e["category"])]
-        if m != 0:
-            check(abs(r["price_rel_category_median"] - float(D(e["unit_price"]) / m)) < 1e-9,
-                  f"{k} price_rel_category_median {r['price_rel_category_median']} vs {D(e['unit_price']) / m}")
+        # The category's median of the day before (point in time); none without rows then.
+        before = (datetime.date.fromisoformat(k[3]) - datetime.timedelta(days=1)).isoformat()
+        m = medians.get((before, e["category"]))
+        got = r["price_rel_prev_day_category_median"]
+        if m is not None and m != 0:
+            check(got is not None and abs(got - float(D(e["unit_price"]) / m)) < 1e-9,
+                  f"{k} price_rel_prev_day_category_median {got} vs {D(e['unit_price']) / m}")
+            with_median += 1
+        else:
+            check(got is None, f"{k} price_rel_prev_day_category_median {got} without a median the day before")
         h = int.from_bytes(hashlib.sha256(e["sku"].encode()).digest()[:8], "big") % 10000
         split = "train" if h < 8000 else "validation" if h < 9000 else "test"
         check(r["split"] == split, f"{k} split {r['split']} != {split}")
@@ -217,5 +224,6 @@ if problems:
     for p in problems[:40]:
         print(" -", p)
     sys.exit(1)
-print(f"ok: {len(want)} rows in {len(countries)} countries at version {dt.version()}, read by deltalake "
+print(f"ok: {len(want)} rows ({with_median} with the day before's category median) in {len(countries)} "
+      f"countries at version {dt.version()}, read by deltalake "
       f"{deltalake.__version__}, pyarrow {pa.__version__}, polars {pl.__version__} and duckdb {duckdb.__version__}")

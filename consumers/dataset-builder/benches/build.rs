@@ -121,6 +121,7 @@ async fn main() {
         writer_lease_secs: 60,
         keep_days: skuflow_dataset_builder::sink::DEFAULT_KEEP_DAYS,
         vacuum_every_secs: 3600,
+        optimize_every_secs: skuflow_dataset_builder::sink::DEFAULT_OPTIMIZE_EVERY_SECS,
         consume: ConsumeArgs {
             group: Some(format!("bench-builder-{id}")),
             batch_size: batch,

@@ -89,9 +89,10 @@ pub fn dataset_card(country: &str, split: Split) -> String {
     }
     let _ = writeln!(
         s,
-        "\n`price_rel_category_median` uses the median over every row of the country and day, \
-         across the day's files; when new rows move a median, every file of the day is \
-         rewritten.\n\nRead it through the table, never with a `*.parquet` glob (the directory \
+        "\n`price_rel_prev_day_category_median` compares a row's price with the median of its \
+         category over every row of the country on the business day before (point in time, like \
+         the history features): a batch of today's rows never changes another row of today, and \
+         a change to a day rewrites the next day's files whose categories' medians moved.\n\nRead it through the table, never with a `*.parquet` glob (the directory \
          also holds files of older versions): `deltalake.DeltaTable(root, version=N)`, \
          `polars.read_delta(root, version=N)`, pyarrow `dataset(DeltaTable(root).file_uris())`, \
          DuckDB `read_parquet($files)` with those files. `skuflow dataset versions` lists the \

@@ -49,8 +49,8 @@ pub const FEATURES: [(&str, &str); 11] = [
         "quantity_on_hand / units_sold; null when nothing sold",
     ),
     (
-        "price_rel_category_median",
-        "unit_price / the median unit_price of the same category, country and day",
+        "price_rel_prev_day_category_median",
+        "unit_price / the median unit_price of the same category and country on the day before; null when that day has no row of the category",
     ),
     (
         "split",
@@ -116,7 +116,7 @@ pub fn dataset_schema() -> SchemaRef {
     fields.push(Field::new("margin_pct", DataType::Float64, true));
     fields.push(Field::new("days_of_cover", DataType::Float64, true));
     fields.push(Field::new(
-        "price_rel_category_median",
+        "price_rel_prev_day_category_median",
         DataType::Float64,
         true,
     ));
@@ -243,7 +243,9 @@ fn column(name: &str, rows: &[Featured<'_>]) -> anyhow::Result<ArrayRef> {
         "gross_margin" => decimal(rows.iter().map(|f| f.gross_margin))?,
         "margin_pct" => float(rows.iter().map(|f| f.margin_pct)),
         "days_of_cover" => float(rows.iter().map(|f| f.days_of_cover)),
-        "price_rel_category_median" => float(rows.iter().map(|f| f.price_rel_category_median)),
+        "price_rel_prev_day_category_median" => {
+            float(rows.iter().map(|f| f.price_rel_prev_day_category_median))
+        }
         "split" => {
             let mut b = StringBuilder::new();
             for f in rows {
@@ -284,14 +286,12 @@ pub fn encode(rows: &[Featured<'_>], enc: Encoding) -> anyhow::Result<Vec<u8>> {
     encode_with_medians(rows, enc, &HashMap::new())
 }
 
-/// [`encode`], recording in the file's metadata the category medians its
-/// `price_rel_category_median` column was computed with (so that a restarted builder knows
-/// which files of a day still carry an older median).
-pub fn encode_with_medians(
-    rows: &[Featured<'_>],
+/// The writer properties of every data file: zstd, row groups, dictionaries for the
+/// low-cardinality strings, and the medians the file's rows were computed with.
+fn writer_properties(
     enc: Encoding,
     medians: &HashMap<String, Decimal>,
-) -> anyhow::Result<Vec<u8>> {
+) -> anyhow::Result<WriterProperties> {
     let sorted: std::collections::BTreeMap<&String, String> =
         medians.iter().map(|(k, v)| (k, v.to_string())).collect();
     let mut props = WriterProperties::builder()
@@ -309,10 +309,41 @@ pub fn encode_with_medians(
     for c in DICTIONARY {
         props = props.set_column_dictionary_enabled(ColumnPath::from(c), true);
     }
+    Ok(props.build())
+}
+
+/// One data file holding the rows of `files` (data files of one day, written by [`encode`]) one
+/// after another, their features as they are: what compaction writes. `medians` are those the
+/// files were written with.
+pub fn concat(
+    files: &[Bytes],
+    enc: Encoding,
+    medians: &HashMap<String, Decimal>,
+) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let props = writer_properties(enc, medians)?;
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, dataset_schema(), Some(props))?;
+    for f in files {
+        for batch in ParquetRecordBatchReaderBuilder::try_new(f.clone())?.build()? {
+            writer.write(&batch?)?;
+        }
+    }
+    writer.close()?;
+    Ok(out)
+}
+
+/// [`encode`], recording in the file's metadata the category medians its
+/// `price_rel_prev_day_category_median` column was computed with (the day before's: so that a
+/// builder knows which files of a day still carry an older median when that day changes).
+pub fn encode_with_medians(
+    rows: &[Featured<'_>],
+    enc: Encoding,
+    medians: &HashMap<String, Decimal>,
+) -> anyhow::Result<Vec<u8>> {
     // What ArrowWriter does, with the columns of each row group built and encoded on every
     // core: they are independent until they are appended to the row group in order.
     let schema = dataset_schema();
-    let mut props = props.build();
+    let mut props = writer_properties(enc, medians)?;
     let parquet_schema = ArrowSchemaConverter::new()
         .with_coerce_types(props.coerce_types())
         .convert(&schema)?;

@@ -44,10 +44,10 @@ pub struct BuilderArgs {
     /// Rows per Parquet row group.
     #[arg(long = "row-group-rows", env = "SKUFLOW_ROW_GROUP_ROWS", default_value_t = 128 * 1024)]
     pub row_group_rows: usize,
-    /// Size a Parquet file grows to before new keys of its Kafka partition and day go to the
-    /// next file (`part-p<p>-<n>.parquet`): bytes, or with KiB, MiB, GiB (KB, MB, GB: powers
-    /// of 1000). A target, not a limit: a file's rows are counted from the last file's bytes
-    /// per row, and corrections of its rows stay in it.
+    /// Size of the data files: a batch's new keys of a Kafka partition and day go to new files
+    /// of at most this size, and compaction (`--optimize-every-secs`) joins smaller files up to
+    /// it. Bytes, or with KiB, MiB, GiB (KB, MB, GB: powers of 1000). A target, not a limit:
+    /// a file's rows are counted from the last file's bytes per row.
     #[arg(long = "target-file-size", env = "SKUFLOW_TARGET_FILE_SIZE", default_value = "128MiB",
           value_parser = parse_size)]
     pub target_file_bytes: u64,
@@ -79,6 +79,15 @@ pub struct BuilderArgs {
         default_value_t = 3600
     )]
     pub vacuum_every_secs: u64,
+    /// How often the builder compacts small files (OPTIMIZE), in seconds (0: never): per
+    /// country, day and Kafka partition, files under the target size are joined into files of
+    /// up to it, in a version of their own that changes no row.
+    #[arg(
+        long = "optimize-every-secs",
+        env = "SKUFLOW_DATASET_OPTIMIZE_EVERY_SECS",
+        default_value_t = sink::DEFAULT_OPTIMIZE_EVERY_SECS
+    )]
+    pub optimize_every_secs: u64,
     #[command(flatten)]
     pub consume: skuflow_platform::ConsumeArgs,
 }
@@ -115,6 +124,7 @@ impl BuilderArgs {
             .with_maintenance(sink::Maintenance {
                 keep_days: self.keep_days,
                 vacuum_every: std::time::Duration::from_secs(self.vacuum_every_secs),
+                optimize_every: std::time::Duration::from_secs(self.optimize_every_secs),
             }))
     }
 }
@@ -191,6 +201,7 @@ impl Component for DatasetBuilder {
             writer_lease_secs: 60,
             keep_days: sink::DEFAULT_KEEP_DAYS,
             vacuum_every_secs: 3600,
+            optimize_every_secs: sink::DEFAULT_OPTIMIZE_EVERY_SECS,
             consume: place.consume.clone(),
         })
     }

@@ -11,6 +11,20 @@ use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use skuflow_schemas::{SkuRecord, StoreCategory};
 
+/// A hash of a natural key (store_id, sku) that is the same in every [`FileRows`] and every
+/// process run (the index of which file of a day holds a key).
+pub fn key_hash(store_id: &str, sku: &str) -> u64 {
+    static KEYS: std::sync::LazyLock<ahash::RandomState> = std::sync::LazyLock::new(|| {
+        ahash::RandomState::with_seeds(
+            0x736b_7566_6c6f_7721,
+            0x6b65_7973_2d69_6478,
+            0x0123_4567_89ab_cdef,
+            0xfedc_ba98_7654_3210,
+        )
+    });
+    KEYS.hash_one((store_id, sku))
+}
+
 /// Train/validation/test ratios, in ten-thousandths of the SKU hash space, and the cut-off
 /// dates of the split by time (when given).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,11 +465,14 @@ impl FileRows {
 
     /// Whether the partition has a row (of any version) for `r`'s (store_id, sku).
     pub fn holds(&self, r: &SkuRecord) -> bool {
-        let Some(store_id) = self.dict.lookup(&self.hasher, &r.store_id) else {
-            return false;
-        };
-        let h = Self::hash(&self.hasher, store_id, &r.sku);
-        self.position(h, store_id, &r.sku).is_some()
+        self.get(&r.store_id, &r.sku).is_some()
+    }
+
+    /// The row of (store_id, sku), if the partition has one.
+    pub fn get(&self, store_id: &str, sku: &str) -> Option<Row<'_>> {
+        let id = self.dict.lookup(&self.hasher, store_id)?;
+        let h = Self::hash(&self.hasher, id, sku);
+        self.position(h, id, sku).map(|i| self.row(i))
     }
 
     /// A slot for `r`, its own strings appended to the text.
@@ -655,8 +672,8 @@ pub struct Featured<'a> {
     pub margin_pct: Option<f64>,
     /// quantity_on_hand / units_sold, when something sold.
     pub days_of_cover: Option<f64>,
-    /// unit_price / the median unit_price of the category in this country and day.
-    pub price_rel_category_median: Option<f64>,
+    /// unit_price / the median unit_price of the category in this country on the day before.
+    pub price_rel_prev_day_category_median: Option<f64>,
     pub split: &'static str,
     /// The split by time of the row's business day, when cut-offs are configured.
     pub time_split: Option<&'static str>,
@@ -741,13 +758,13 @@ impl<'a> Featured<'a> {
         };
         let margin_pct = gross_margin.and_then(|m| ratio(m, price));
         let days_of_cover = (sold > 0).then(|| f64::from(r.quantity_on_hand()) / f64::from(sold));
-        let price_rel_category_median = category_median.and_then(|m| ratio(price, m));
+        let price_rel_prev_day_category_median = category_median.and_then(|m| ratio(price, m));
         Featured {
             row: r,
             gross_margin,
             margin_pct,
             days_of_cover,
-            price_rel_category_median,
+            price_rel_prev_day_category_median,
             split: split.of_bucket(r.bucket()),
             time_split: split.of_day(r.business_date()),
             history: History::default(),
@@ -900,7 +917,7 @@ mod tests {
         assert_eq!(a.margin_pct, Some(0.4));
         assert_eq!(a.days_of_cover, Some(4.5));
         assert_eq!(
-            a.price_rel_category_median,
+            a.price_rel_prev_day_category_median,
             Some(0.5),
             "median of 10, 20, 40 is 20"
         );
@@ -909,7 +926,10 @@ mod tests {
         let d = &f[3];
         assert_eq!(d.gross_margin, Some(Decimal::from(-1)));
         assert_eq!(d.margin_pct, None, "no ratio over a zero price");
-        assert_eq!(d.price_rel_category_median, None, "median price zero");
+        assert_eq!(
+            d.price_rel_prev_day_category_median, None,
+            "median price zero"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use skuflow_platform::consume::{Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::SkuRecord;
 
 use crate::columns::{self, Encoding};
-use crate::rows::{category_medians, FileRows, History, Split, HISTORY_DAYS};
+use crate::rows::{category_medians, key_hash, FileRows, History, Row, Split, HISTORY_DAYS};
 use crate::table::{self, DataFile, Location};
 
 /// Default size a file grows to before the next file of its partition and day is started.
@@ -37,14 +37,40 @@ pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 << 20;
 /// partition's files of the day (a new one is started when the last reaches the target size).
 type ShardKey = (String, NaiveDate, i32, u32);
 
-/// A day's keys' rows of the days before: store → SKU → (day, units_sold, unit_price).
-type PastRows = HashMap<String, HashMap<String, Vec<(NaiveDate, i32, rust_decimal::Decimal)>>>;
-
 /// The files of a country, day and Kafka partition.
 type GroupKey = (String, NaiveDate, i32);
 
+/// Which file of a country, day and Kafka partition holds each key: ([`key_hash`], shard).
+type KeyIndex = hashbrown::HashTable<(u64, u32)>;
+
+/// Category medians of one country and day.
+type Medians = HashMap<String, rust_decimal::Decimal>;
+
+/// Rows of a file per split (what the manifest adds up without reading the rows again).
+#[derive(Debug, Clone, Default)]
+struct ShardStats {
+    rows: u64,
+    splits: BTreeMap<&'static str, u64>,
+}
+
+impl ShardStats {
+    fn of(rows: &FileRows, split: Split) -> Self {
+        let mut s = ShardStats {
+            rows: rows.len() as u64,
+            splits: BTreeMap::new(),
+        };
+        for r in rows.rows() {
+            *s.splits.entry(split.of_bucket(r.bucket())).or_default() += 1;
+        }
+        s
+    }
+}
+
 /// Days of history kept by default (versions younger than that stay readable).
 pub const DEFAULT_KEEP_DAYS: u32 = 7;
+
+/// How often small files are compacted by default, in seconds.
+pub const DEFAULT_OPTIMIZE_EVERY_SECS: u64 = 900;
 
 /// The table's scheduled maintenance: how much history to keep and how often to VACUUM.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,6 +78,8 @@ pub struct Maintenance {
     pub keep_days: u32,
     /// Zero: never.
     pub vacuum_every: std::time::Duration,
+    /// How often small files are compacted (OPTIMIZE). Zero: never.
+    pub optimize_every: std::time::Duration,
 }
 
 impl Default for Maintenance {
@@ -59,12 +87,26 @@ impl Default for Maintenance {
         Maintenance {
             keep_days: DEFAULT_KEEP_DAYS,
             vacuum_every: std::time::Duration::from_secs(3600),
+            optimize_every: std::time::Duration::from_secs(DEFAULT_OPTIMIZE_EVERY_SECS),
         }
     }
 }
 
 /// Bytes per row assumed for the target file size until a file has been written or read.
 const ROW_BYTES_GUESS: f64 = 100.0;
+
+/// What one compaction round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Compacted {
+    /// Small files replaced.
+    pub replaced: usize,
+    /// Files written in their place.
+    pub written: usize,
+    /// Rows those files hold.
+    pub rows: u64,
+    /// The version that replaced them (0 when nothing was compacted).
+    pub version: i64,
+}
 
 /// Counts of one business day in the manifest.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -112,8 +154,15 @@ pub struct DatasetSink {
     /// have written them since).
     shards: HashMap<ShardKey, FileRows>,
     manifests: HashMap<String, Manifest>,
-    /// The category medians each file was last written with.
-    written_medians: HashMap<ShardKey, HashMap<String, rust_decimal::Decimal>>,
+    /// The category medians (of the day before) each file was last written with.
+    written_medians: HashMap<ShardKey, Medians>,
+    /// Which shard holds each key of a loaded day, per Kafka partition.
+    index: HashMap<GroupKey, KeyIndex>,
+    /// Rows per split of every loaded shard.
+    stats: HashMap<ShardKey, ShardStats>,
+    /// Category medians of loaded days (what the next day's rows are compared with), computed
+    /// when first needed and dropped when the day changes.
+    day_medians: HashMap<(String, NaiveDate), Arc<Medians>>,
     /// Most rows kept in memory between batches; beyond it, shards are re-read on demand.
     cache_rows: usize,
     /// Size a file grows to before new keys of its partition and day start the next file.
@@ -134,6 +183,8 @@ pub struct DatasetSink {
     maintenance: Maintenance,
     /// When this builder last vacuumed (none yet: at the first chance).
     vacuumed_at: Option<std::time::Instant>,
+    /// When this builder last compacted small files (none yet: at the first chance).
+    optimized_at: Option<std::time::Instant>,
 }
 
 impl DatasetSink {
@@ -156,6 +207,9 @@ impl DatasetSink {
             shards: HashMap::new(),
             manifests: HashMap::new(),
             written_medians: HashMap::new(),
+            index: HashMap::new(),
+            stats: HashMap::new(),
+            day_medians: HashMap::new(),
             cache_rows,
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
             row_bytes: None,
@@ -166,6 +220,7 @@ impl DatasetSink {
             pending: Vec::new(),
             maintenance: Maintenance::default(),
             vacuumed_at: None,
+            optimized_at: None,
         }
     }
 
@@ -175,10 +230,44 @@ impl DatasetSink {
         self
     }
 
-    /// VACUUM when it is due: files replaced more than the kept days ago, and files no version
-    /// named, are deleted. A failure is logged and tried again at the next interval; it never
+    /// The table's scheduled maintenance, each part when it is due: OPTIMIZE (small files
+    /// compacted), then VACUUM (files replaced more than the kept days ago, and files no version
+    /// named, deleted). A failure is logged and tried again at the next interval; it never
     /// holds up a batch.
     pub async fn maintain(&mut self) {
+        self.maintain_optimize().await;
+        self.maintain_vacuum().await;
+    }
+
+    async fn maintain_optimize(&mut self) {
+        let every = self.maintenance.optimize_every;
+        if every.is_zero()
+            || self.table.is_none()
+            || self.optimized_at.is_some_and(|t| t.elapsed() < every)
+        {
+            return;
+        }
+        self.optimized_at = Some(std::time::Instant::now());
+        match self.optimize().await {
+            Ok(done) if done.written > 0 => {
+                tracing::info!(
+                    files_replaced = done.replaced,
+                    files_written = done.written,
+                    rows = done.rows,
+                    version = done.version,
+                    "Compacted the dataset table's small files."
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // What is in memory may name files the failed round replaced: read afresh.
+                self.forget();
+                tracing::warn!(error = %format!("{e:#}"), "Compacting the dataset table failed; trying again at the next interval.");
+            }
+        }
+    }
+
+    async fn maintain_vacuum(&mut self) {
         let every = self.maintenance.vacuum_every;
         if every.is_zero() || self.vacuumed_at.is_some_and(|t| t.elapsed() < every) {
             return;
@@ -203,6 +292,130 @@ impl DatasetSink {
                 tracing::warn!(error = %format!("{e:#}"), "Vacuuming the dataset table failed; trying again at the next interval.");
             }
         }
+    }
+
+    /// Compacts small files (OPTIMIZE): per country, day and Kafka partition, the files under
+    /// the target size are joined, in shard order, into files of up to the target size, their
+    /// rows and features copied as they are; one version (operation OPTIMIZE, `dataChange:
+    /// false`) replaces them. Returns the files replaced and written.
+    pub async fn optimize(&mut self) -> anyhow::Result<Compacted> {
+        self.ensure_table().await?;
+        let target = self.target_file_bytes as i64;
+        // Bins of small files, each becoming one file.
+        let mut bins: Vec<(GroupKey, Vec<(u32, DataFile)>)> = Vec::new();
+        for ((country, day), files) in &self.files {
+            let mut small: BTreeMap<i32, Vec<(u32, DataFile)>> = BTreeMap::new();
+            for f in files {
+                let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+                if let Some((p, n)) = Self::parse_file_name(name) {
+                    if f.size < target {
+                        small.entry(p).or_default().push((n, f.clone()));
+                    }
+                }
+            }
+            for (p, mut files) in small {
+                files.sort_by_key(|(n, _)| *n);
+                let mut bin: Vec<(u32, DataFile)> = Vec::new();
+                let mut bytes = 0;
+                for f in files {
+                    if !bin.is_empty() && bytes + f.1.size > target {
+                        let full = std::mem::take(&mut bin);
+                        if full.len() > 1 {
+                            bins.push(((country.clone(), *day, p), full));
+                        }
+                        bytes = 0;
+                    }
+                    bytes += f.1.size;
+                    bin.push(f);
+                }
+                if bin.len() > 1 {
+                    bins.push(((country.clone(), *day, p), bin));
+                }
+            }
+        }
+        if bins.is_empty() {
+            return Ok(Compacted::default());
+        }
+        let mut done = Compacted::default();
+        let mut actions = Vec::new();
+        let mut days = BTreeSet::new();
+        for ((country, day, p), bin) in bins {
+            let mut files = Vec::with_capacity(bin.len());
+            let mut medians = Medians::new();
+            for (_, f) in &bin {
+                let location = Path::parse(&f.path)
+                    .with_context(|| format!("the table names a file {:?}", f.path))?;
+                let bytes = self.store.get(&location).await?.bytes().await?;
+                medians.extend(columns::medians_of(&bytes)?.unwrap_or_default());
+                files.push(bytes);
+            }
+            let joined = columns::concat(&files, self.encoding, &medians)
+                .with_context(|| format!("compacting {} files of {country} {day}", files.len()))?;
+            drop(files);
+            let rows: u64 = bin.iter().filter_map(|(_, f)| f.rows).sum();
+            let first = bin.iter().map(|(n, _)| *n).min().unwrap_or(0);
+            let path = self.day_dir(&country, day).child(Self::file_name(p, first));
+            let size = joined.len();
+            self.put(&path, joined)
+                .await
+                .with_context(|| format!("writing {path}"))?;
+            actions.push(table::add(
+                path.to_string(),
+                &country,
+                day,
+                size,
+                rows as usize,
+            ));
+            for (_, f) in &bin {
+                actions.push(table::remove(f, &country, day));
+            }
+            done.replaced += bin.len();
+            done.written += 1;
+            done.rows += rows;
+            days.insert((country, day));
+        }
+        let info = HashMap::from([
+            (
+                "skuflow.files_compacted".to_string(),
+                serde_json::json!(done.replaced),
+            ),
+            (
+                "skuflow.files_written".to_string(),
+                serde_json::json!(done.written),
+            ),
+        ]);
+        let table = self.table.as_mut().ok_or_else(|| anyhow!("no table"))?;
+        let version =
+            table::commit_compaction(table, actions, self.target_file_bytes, info).await?;
+        done.version = version;
+        // The compacted days are read again when a batch next needs them; the manifests name
+        // the new files.
+        let now = table::files_by_day(table).await?;
+        for (country, day) in &days {
+            self.drop_day(country, *day);
+            let key = (country.clone(), *day);
+            let names: Vec<String> = now
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path).to_string())
+                .collect();
+            self.load_manifest(country).await?;
+            if let Some(m) = self.manifests.get_mut(country) {
+                if let Some(entry) = m.partitions.get_mut(&day.to_string()) {
+                    let mut names = names;
+                    names.sort();
+                    entry.files = names;
+                }
+                m.table_version = version;
+            }
+        }
+        self.files = now;
+        let countries: BTreeSet<String> = days.into_iter().map(|(c, _)| c).collect();
+        for country in countries {
+            self.put_manifest(&country).await?;
+        }
+        Ok(done)
     }
 
     /// The table's directory as the root of a store (what the lease is kept in).
@@ -327,13 +540,31 @@ impl DatasetSink {
 
     /// Forgets what it read: the next batch reads the table afresh.
     fn forget(&mut self) {
-        self.shards.clear();
+        self.drop_cache();
         self.manifests.clear();
-        self.written_medians.clear();
-        self.shard_files.clear();
         self.files.clear();
         self.pending.clear();
         self.table = None;
+    }
+
+    /// Drops the rows kept in memory and everything derived from them.
+    fn drop_cache(&mut self) {
+        self.shards.clear();
+        self.written_medians.clear();
+        self.shard_files.clear();
+        self.index.clear();
+        self.stats.clear();
+        self.day_medians.clear();
+    }
+
+    /// Drops one day's rows kept in memory (its files changed under them, e.g. by compaction).
+    fn drop_day(&mut self, country: &str, day: NaiveDate) {
+        let of_day = |c: &String, d: &NaiveDate| c == country && *d == day;
+        self.shards.retain(|(c, d, _, _), _| !of_day(c, d));
+        self.written_medians.retain(|(c, d, _, _), _| !of_day(c, d));
+        self.shard_files.retain(|(c, d, _, _), _| !of_day(c, d));
+        self.stats.retain(|(c, d, _, _), _| !of_day(c, d));
+        self.index.retain(|(c, d, _), _| !of_day(c, d));
     }
 
     /// Removes the temporary files a killed writer left in `dir` (hidden, so object-store
@@ -355,7 +586,8 @@ impl DatasetSink {
         }
     }
 
-    /// Loads every shard of a day (the files the table's version names) not in memory yet.
+    /// Loads every shard of a day (the files the table's version names) not in memory yet, with
+    /// the index of which shard holds each key.
     async fn load_day(&mut self, country: &str, day: NaiveDate) -> anyhow::Result<()> {
         self.remove_local_leftovers(&self.day_dir(country, day));
         let files = self
@@ -381,7 +613,7 @@ impl DatasetSink {
             let size = bytes.len();
             let (decoded, medians) = columns::decode_with_medians(bytes)
                 .with_context(|| format!("reading {location}"))?;
-            // The medians the file was written with: it is rewritten when its day's move.
+            // The medians the file was written with: it is rewritten when the day before's move.
             match medians {
                 Some(m) => {
                     self.written_medians.insert(key.clone(), m);
@@ -396,6 +628,13 @@ impl DatasetSink {
             }
             part.settle();
             self.note_file_size(size, part.len());
+            let index = self.index.entry((country.to_string(), day, p)).or_default();
+            for r in part.rows() {
+                let h = key_hash(r.store_id(), r.sku());
+                index.insert_unique(h, (h, n), |&(h, _)| h);
+            }
+            self.stats
+                .insert(key.clone(), ShardStats::of(&part, self.split));
             self.shards.insert(key.clone(), part);
             self.shard_files.insert(key, file);
         }
@@ -419,8 +658,15 @@ impl DatasetSink {
         Ok(())
     }
 
-    /// One batch: the rows merged into their files, every file whose rows or medians changed
-    /// rewritten, then the manifests with the offsets the batch covers.
+    /// One batch: the rows merged into their files (new keys into new files, a stored key into
+    /// the file that has it), the files whose rows or features changed written again, one
+    /// commit, then the manifests with the offsets the batch covers.
+    ///
+    /// What a batch costs depends on the batch, not on the size of its days: its rows' history
+    /// and the day before's medians are looked up by key, and only the files holding a changed
+    /// key are written. A change to an earlier day also rewrites, in the same version, the
+    /// later days' files holding the changed keys (their history) and the next day's files
+    /// whose categories' medians moved.
     async fn write_inner(
         &mut self,
         topic: &str,
@@ -440,7 +686,7 @@ impl DatasetSink {
             self.load_manifest(country).await?;
         }
         // The stored days within the history window of a touched day, before it (its rows'
-        // history) and after it (whose history the batch may change).
+        // history, the day before's medians) and after it (whose history the batch may change).
         let near = |c: &str, d: NaiveDate| {
             days.iter()
                 .any(|(tc, td)| tc == c && d != *td && (d - *td).num_days().abs() <= HISTORY_DAYS)
@@ -454,136 +700,100 @@ impl DatasetSink {
         for (country, day) in &around {
             self.load_day(country, *day).await?;
         }
-        let mut changed = BTreeSet::new();
+        let mut rewrite: BTreeSet<ShardKey> = BTreeSet::new();
+        let mut changed_keys: BTreeMap<GroupKey, Vec<(String, String)>> = BTreeMap::new();
         for (group, records) in touched {
-            changed.extend(self.merge(group, records));
+            let (shards, keys) = self.merge(group.clone(), records);
+            rewrite.extend(shards);
+            if !keys.is_empty() {
+                changed_keys.insert(group, keys);
+            }
         }
-        // A day whose rows changed changes the history of the stored days after it.
-        let changed_days: BTreeSet<(String, NaiveDate)> =
-            changed.iter().map(|(c, d, _, _)| (c.clone(), *d)).collect();
-        let later: BTreeSet<(String, NaiveDate)> = around
-            .iter()
-            .filter(|(c, d)| {
-                !days.contains(&(c.clone(), *d))
-                    && changed_days
-                        .iter()
-                        .any(|(cc, cd)| cc == c && d > cd && (*d - *cd).num_days() <= HISTORY_DAYS)
-            })
-            .cloned()
+        let changed_days: BTreeSet<(String, NaiveDate)> = changed_keys
+            .keys()
+            .map(|(c, d, _)| (c.clone(), *d))
             .collect();
-        for (country, day) in &days {
-            self.rewrite_day(country, *day, &changed, false).await?;
+        for day in &changed_days {
+            self.day_medians.remove(day);
         }
-        for (country, day) in &later {
-            self.rewrite_day(country, *day, &changed, true).await?;
+        // The later days' files holding a changed key: their history changed.
+        for ((country, day, p), keys) in &changed_keys {
+            for later in 1..=HISTORY_DAYS {
+                let group = (country.clone(), *day + chrono::Duration::days(later), *p);
+                let Some(index) = self.index.get(&group) else {
+                    continue;
+                };
+                for (store, sku) in keys {
+                    if let Some((n, _)) = Self::find(&self.shards, index, &group, store, sku) {
+                        rewrite.insert((group.0.clone(), group.1, group.2, n));
+                    }
+                }
+            }
+        }
+        // The next day's files whose categories' medians (of the changed day) moved.
+        for (country, day) in &changed_days {
+            let next = *day + chrono::Duration::days(1);
+            let medians = self.medians_of(country, *day);
+            for (key, shard) in &self.shards {
+                if key.0 != *country || key.1 != next || rewrite.contains(key) {
+                    continue;
+                }
+                if self.written_medians.get(key) != Some(&used_medians(shard, &medians)) {
+                    rewrite.insert(key.clone());
+                }
+            }
+        }
+        let mut by_day: BTreeMap<(String, NaiveDate), Vec<ShardKey>> = BTreeMap::new();
+        for key in rewrite {
+            by_day.entry((key.0.clone(), key.1)).or_default().push(key);
+        }
+        for ((country, day), keys) in &by_day {
+            self.write_shards(country, *day, keys).await?;
         }
         let version = self.commit(topic, batch.len(), offsets).await?;
-        for (country, day) in days.iter().chain(&later) {
+        let written: BTreeSet<&(String, NaiveDate)> = days.iter().chain(by_day.keys()).collect();
+        for (country, day) in &written {
             self.update_manifest(country, *day, topic, offsets, version);
         }
-        let countries: BTreeSet<&String> = days.iter().chain(&later).map(|(c, _)| c).collect();
+        let countries: BTreeSet<&String> = written.iter().map(|(c, _)| c).collect();
         for country in countries {
+            self.load_manifest(country).await?;
             self.put_manifest(country).await?;
         }
         self.trim_cache();
         Ok(())
     }
 
-    /// Merges one partition's records of a country and day into its files; returns the files
-    /// whose rows changed.
-    ///
-    /// A key stays in the file that has it; a new key goes to the last file until that holds a
-    /// target size of rows, then to a new one. Every file is thus replaced on its own, and no
-    /// key is ever in two files, not even for a moment.
-    fn merge(&mut self, (country, day, p): GroupKey, records: Vec<&SkuRecord>) -> Vec<ShardKey> {
-        let rows_per_file = self.rows_per_file();
-        let key = |n: u32| (country.clone(), day, p, n);
-        // This partition's files of the day, in order, taken out of the map for the merge.
-        let mut numbers: Vec<u32> = self
-            .shards
-            .keys()
-            .filter(|(c, d, q, _)| *c == country && *d == day && *q == p)
-            .map(|k| k.3)
-            .collect();
-        numbers.sort_unstable();
-        let mut files: Vec<(u32, FileRows, bool)> = numbers
-            .into_iter()
-            .filter_map(|n| self.shards.remove(&key(n)).map(|s| (n, s, false)))
-            .collect();
-        if files.is_empty() {
-            files.push((0, FileRows::default(), false));
-        }
-        if let Some((_, open, _)) = files.last_mut() {
-            open.reserve(records.len());
-        }
-        for r in records {
-            let last = files.len() - 1;
-            let i = match files[..last].iter().position(|(_, s, _)| s.holds(r)) {
-                Some(i) => i,
-                None if files[last].1.len() >= rows_per_file && !files[last].1.holds(r) => {
-                    files.push((files[last].0 + 1, FileRows::default(), false));
-                    last + 1
-                }
-                None => last,
-            };
-            let (_, rows, changed) = &mut files[i];
-            *changed |= rows.upsert(r);
-        }
-        let mut changed_files = Vec::new();
-        for (n, mut rows, changed) in files {
-            if changed {
-                rows.settle();
-                changed_files.push(key(n));
-            }
-            if !rows.is_empty() {
-                self.shards.insert(key(n), rows);
-            }
-        }
-        changed_files
+    /// The shard of a loaded group holding (store_id, sku), and its row.
+    fn find<'a>(
+        shards: &'a HashMap<ShardKey, FileRows>,
+        index: &KeyIndex,
+        group: &GroupKey,
+        store_id: &str,
+        sku: &str,
+    ) -> Option<(u32, Row<'a>)> {
+        let h = key_hash(store_id, sku);
+        let mut found = None;
+        // Equal hashes of different keys are told apart by the shard's own index.
+        index.find(h, |&(eh, n)| {
+            eh == h
+                && shards
+                    .get(&(group.0.clone(), group.1, group.2, n))
+                    .and_then(|s| s.get(store_id, sku))
+                    .map(|r| found = Some((n, r)))
+                    .is_some()
+        })?;
+        found
     }
 
-    /// Rewrites every file of a country and day whose rows changed or whose category medians
-    /// (over the whole day, across its files) are not those it was written with. Even a pure
-    /// replay checks every file of the day: a crash between two files of a day whose median
-    /// moved leaves the later ones with the older median.
-    async fn rewrite_day(
-        &mut self,
-        country: &str,
-        day: NaiveDate,
-        changed: &BTreeSet<ShardKey>,
-        force: bool,
-    ) -> anyhow::Result<()> {
-        // The history of the day's keys: their rows of the days before (loaded by the caller).
-        let mut past: PastRows = HashMap::new();
-        {
-            let keys_of_day: std::collections::HashSet<(&str, &str)> = self
-                .shards
-                .iter()
-                .filter(|((c, d, _, _), _)| c == country && *d == day)
-                .flat_map(|(_, p)| p.rows().map(|r| (r.store_id(), r.sku())))
-                .collect();
-            for ((c, d, _, _), shard) in &self.shards {
-                if c != country || *d >= day || (day - *d).num_days() > HISTORY_DAYS {
-                    continue;
-                }
-                for r in shard.rows() {
-                    if keys_of_day.contains(&(r.store_id(), r.sku())) {
-                        past.entry(r.store_id().to_string())
-                            .or_default()
-                            .entry(r.sku().to_string())
-                            .or_default()
-                            .push((*d, r.units_sold(), r.unit_price()));
-                    }
-                }
-            }
+    /// The category medians of a loaded day (none for a day not stored), computed once until
+    /// the day changes.
+    fn medians_of(&mut self, country: &str, day: NaiveDate) -> Arc<Medians> {
+        let key = (country.to_string(), day);
+        if let Some(m) = self.day_medians.get(&key) {
+            return m.clone();
         }
-        let history_of = |r: &crate::rows::Row<'_>| {
-            past.get(r.store_id())
-                .and_then(|m| m.get(r.sku()))
-                .map(|p| History::of(day, r.unit_price(), p))
-                .unwrap_or_default()
-        };
-        let medians: HashMap<String, rust_decimal::Decimal> = category_medians(
+        let m: Medians = category_medians(
             self.shards
                 .iter()
                 .filter(|((c, d, _, _), _)| c == country && *d == day)
@@ -592,30 +802,120 @@ impl DatasetSink {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let keys: Vec<ShardKey> = self
+        let m = Arc::new(m);
+        self.day_medians.insert(key, m.clone());
+        m
+    }
+
+    /// Merges one partition's records of a country and day into its files; returns the files
+    /// whose rows changed and the keys that changed.
+    ///
+    /// A stored key stays in the file that has it; new keys go to new files of their own (up
+    /// to the target size each), so a batch of new keys writes only what it brings, and
+    /// compaction ([`DatasetSink::optimize`]) later joins the small files. No key is ever in
+    /// two files, not even for a moment.
+    fn merge(
+        &mut self,
+        group: GroupKey,
+        records: Vec<&SkuRecord>,
+    ) -> (Vec<ShardKey>, Vec<(String, String)>) {
+        let rows_per_file = self.rows_per_file();
+        let (country, day, p) = group.clone();
+        let key = |n: u32| (country.clone(), day, p, n);
+        let mut next = self
             .shards
             .keys()
-            .filter(|(c, d, _, _)| c == country && *d == day)
-            .cloned()
-            .collect();
+            .filter(|(c, d, q, _)| *c == country && *d == day && *q == p)
+            .map(|k| k.3 + 1)
+            .max()
+            .unwrap_or(0);
+        let mut open: Option<u32> = None;
+        let mut changed = BTreeSet::new();
+        let mut keys = Vec::new();
+        let incoming = records.len();
+        for r in records {
+            let index = self.index.entry(group.clone()).or_default();
+            let found = Self::find(&self.shards, index, &group, &r.store_id, &r.sku).map(|f| f.0);
+            let n = match found {
+                Some(n) => n,
+                None => {
+                    let n = match open {
+                        Some(n) if self.shards[&key(n)].len() < rows_per_file => n,
+                        _ => {
+                            let n = next;
+                            next += 1;
+                            let room = incoming.min(rows_per_file);
+                            self.shards.insert(key(n), FileRows::with_capacity(room));
+                            open = Some(n);
+                            n
+                        }
+                    };
+                    let h = key_hash(&r.store_id, &r.sku);
+                    self.index.entry(group.clone()).or_default().insert_unique(
+                        h,
+                        (h, n),
+                        |&(h, _)| h,
+                    );
+                    n
+                }
+            };
+            let shard = self
+                .shards
+                .get_mut(&key(n))
+                .expect("the shard was just found");
+            if shard.upsert(r) {
+                changed.insert(n);
+                keys.push((r.store_id.clone(), r.sku.clone()));
+            }
+        }
+        for n in &changed {
+            if let Some(s) = self.shards.get_mut(&key(*n)) {
+                s.settle();
+            }
+        }
+        (changed.into_iter().map(key).collect(), keys)
+    }
+
+    /// Writes the given shards of a country and day as new files (features from the day
+    /// before's medians and each key's history, looked up by key), each replacing the file it
+    /// was in.
+    async fn write_shards(
+        &mut self,
+        country: &str,
+        day: NaiveDate,
+        keys: &[ShardKey],
+    ) -> anyhow::Result<()> {
+        let medians = self.medians_of(country, day - chrono::Duration::days(1));
         for key in keys {
-            let shard = &self.shards[&key];
+            let Some(shard) = self.shards.get(key) else {
+                continue;
+            };
             if shard.is_empty() {
                 continue;
             }
-            // The file's categories first, so that each is copied once, not once per row.
-            let categories: std::collections::HashSet<&str> =
-                shard.rows().map(|r| r.category()).collect();
-            let used: HashMap<String, rust_decimal::Decimal> = categories
-                .into_iter()
-                .filter_map(|c| medians.get(c).map(|m| (c.to_string(), *m)))
+            // The key's rows of the loaded days before, newest first.
+            let past: Vec<(NaiveDate, GroupKey)> = (1..=HISTORY_DAYS)
+                .map(|back| day - chrono::Duration::days(back))
+                .map(|d| (d, (country.to_string(), d, key.2)))
+                .filter(|(_, g)| self.index.contains_key(g))
                 .collect();
-            if !force && !changed.contains(&key) && self.written_medians.get(&key) == Some(&used) {
-                continue;
-            }
+            let (shards, index) = (&self.shards, &self.index);
+            let history_of = |r: &Row<'_>| {
+                let rows: Vec<(NaiveDate, i32, rust_decimal::Decimal)> = past
+                    .iter()
+                    .filter_map(|(d, g)| {
+                        let (_, row) = Self::find(shards, &index[g], g, r.store_id(), r.sku())?;
+                        Some((*d, row.units_sold(), row.unit_price()))
+                    })
+                    .collect();
+                History::of(day, r.unit_price(), &rows)
+            };
+            let used = used_medians(shard, &medians);
             let rows = shard.featured_with(|c| medians.get(c).copied(), history_of, self.split);
             let file = columns::encode_with_medians(&rows, self.encoding, &used)?;
             let (size, count) = (file.len(), rows.len());
+            drop(rows);
+            let stats = ShardStats::of(shard, self.split);
             self.note_file_size(size, count);
             let path = self
                 .day_dir(country, day)
@@ -633,7 +933,8 @@ impl DatasetSink {
             if let Some(old) = self.shard_files.insert(key.clone(), new) {
                 self.pending.push(table::remove(&old, country, day));
             }
-            self.written_medians.insert(key, used);
+            self.written_medians.insert(key.clone(), used);
+            self.stats.insert(key.clone(), stats);
         }
         Ok(())
     }
@@ -684,9 +985,7 @@ impl DatasetSink {
     fn trim_cache(&mut self) {
         let cached: usize = self.shards.values().map(FileRows::len).sum();
         if cached > self.cache_rows {
-            self.shards.clear();
-            self.written_medians.clear();
-            self.shard_files.clear();
+            self.drop_cache();
         }
     }
 
@@ -699,27 +998,21 @@ impl DatasetSink {
         version: i64,
     ) {
         let mut entry = DayEntry::default();
-        let mut files: Vec<(&ShardKey, &FileRows)> = self
-            .shards
+        let mut files: Vec<(&ShardKey, &ShardStats)> = self
+            .stats
             .iter()
-            .filter(|((c, d, _, _), _)| c == country && *d == day)
+            .filter(|((c, d, _, _), st)| c == country && *d == day && st.rows > 0)
             .collect();
         files.sort_by_key(|(k, _)| (k.2, k.3));
-        for (key, part) in files {
-            if part.is_empty() {
-                continue;
-            }
+        for (key, st) in files {
             if let Some(f) = self.shard_files.get(key) {
                 entry
                     .files
                     .push(f.path.rsplit('/').next().unwrap_or(&f.path).to_string());
             }
-            entry.rows += part.len() as u64;
-            for r in part.rows() {
-                *entry
-                    .splits
-                    .entry(self.split.of_bucket(r.bucket()).to_string())
-                    .or_default() += 1;
+            entry.rows += st.rows;
+            for (split, n) in &st.splits {
+                *entry.splits.entry(split.to_string()).or_default() += n;
             }
         }
         let m = self.manifests.entry(country.to_string()).or_default();
@@ -871,6 +1164,15 @@ impl Sink for DatasetSink {
     }
 }
 
+/// The medians of the categories a file's rows have (what its feature column was computed with).
+fn used_medians(shard: &FileRows, medians: &Medians) -> Medians {
+    let categories: std::collections::HashSet<&str> = shard.rows().map(|r| r.category()).collect();
+    categories
+        .into_iter()
+        .filter_map(|c| medians.get(c).map(|m| (c.to_string(), *m)))
+        .collect()
+}
+
 /// The batch's records by the file group they go to: country, business date, Kafka partition.
 fn by_partition_and_day(batch: &[Consumed<SkuRecord>]) -> BTreeMap<GroupKey, Vec<&SkuRecord>> {
     let mut touched: BTreeMap<GroupKey, Vec<&SkuRecord>> = BTreeMap::new();
@@ -927,13 +1229,27 @@ mod tests {
 
     /// The files of SE's day `DAY` at `version` (the latest without one), relative to the root.
     async fn files_at(root: &std::path::Path, version: Option<i64>) -> Vec<String> {
+        files_of_day(root, version, DAY.parse().unwrap()).await
+    }
+
+    /// The latest version of the table at `root`.
+    async fn latest_version(root: &std::path::Path) -> i64 {
+        let location = Location::parse(root.to_str().unwrap(), "--dataset-root").unwrap();
+        location.load().await.unwrap().unwrap().version().unwrap()
+    }
+
+    /// The files of one of SE's days at `version` (the latest without one).
+    async fn files_of_day(
+        root: &std::path::Path,
+        version: Option<i64>,
+        day: NaiveDate,
+    ) -> Vec<String> {
         let location = Location::parse(root.to_str().unwrap(), "--dataset-root").unwrap();
         let mut t = location.table().unwrap();
         match version {
             Some(v) => t.load_version(v).await.unwrap(),
             None => t.load().await.unwrap(),
         }
-        let day = DAY.parse().unwrap();
         let mut files: Vec<String> = table::files_by_day(&t)
             .await
             .unwrap()
@@ -1156,7 +1472,14 @@ mod tests {
     #[tokio::test]
     async fn files_grow_to_the_target_size_and_keys_never_move_between_shards() {
         let root = tempfile::tempdir().unwrap();
-        let sized = |root: &std::path::Path| fresh_sink(root).with_target_file_bytes(20_000);
+        let sized = |root: &std::path::Path| {
+            fresh_sink(root)
+                .with_target_file_bytes(20_000)
+                .with_maintenance(Maintenance {
+                    optimize_every: std::time::Duration::ZERO,
+                    ..Maintenance::default()
+                })
+        };
         let mut sink = sized(root.path());
         let mut offset = 0;
         let mut batch = |skus: std::ops::Range<u32>, version: i64, cents: i64| {
@@ -1230,28 +1553,38 @@ mod tests {
     ) {
         let root = tempfile::tempdir().unwrap();
         let d = |s: &str| s.parse::<rust_decimal::Decimal>().unwrap();
-        // Prices 10 (p0), 20 and 30 (p1): the category median is 20.
+        let next: NaiveDate = DAY.parse::<NaiveDate>().unwrap() + chrono::Duration::days(1);
+        let on_next = |mut r: SkuRecord| {
+            r.business_date = next;
+            r
+        };
+        // Prices 10 (p0), 20 and 30 (p1): the category median of DAY is 20. The day after has
+        // a row in each partition, compared with that median.
         let first = vec![
             at(0, 0, priced("A", 1, 1000)),
             at(1, 0, priced("B", 1, 2000)),
             at(1, 1, priced("C", 1, 3000)),
+            at(0, 1, on_next(priced("X", 1, 4000))),
+            at(1, 2, on_next(priced("Y", 1, 6000))),
         ];
         let mut sink = fresh_sink(root.path());
-        sink.write("t", &first, &BTreeMap::from([(0, 1), (1, 2)]))
+        sink.write("t", &first, &BTreeMap::from([(0, 2), (1, 3)]))
             .await
             .unwrap();
         let before = files_at(root.path(), None).await;
-        // A correction of A to 40 moves the median to 30. The builder writes the new p0 file and
+        let next_before = files_of_day(root.path(), None, next).await;
+        assert_eq!(next_before.len(), 2);
+        for f in &next_before {
+            let bytes = bytes::Bytes::from(std::fs::read(root.path().join(f)).unwrap());
+            let want = HashMap::from([("c".to_string(), d("20"))]);
+            assert_eq!(columns::medians_of(&bytes).unwrap(), Some(want), "{f}");
+        }
+        // A correction of A to 40 moves DAY's median to 30. The builder writes the new p0 file and
         // is killed before the commit: the file is there, but no version names it.
         let a2 = priced("A", 2, 4000);
-        let medians = HashMap::from([("c".to_string(), d("30"))]);
         let mut part = FileRows::default();
         part.upsert(&a2);
-        let rows = part.featured_with(
-            |c| medians.get(c).copied(),
-            |_| History::default(),
-            Split::default(),
-        );
+        let rows = part.featured_with(|_| None, |_| History::default(), Split::default());
         let enc = Encoding {
             row_group_rows: 100,
             zstd_level: 3,
@@ -1262,7 +1595,7 @@ mod tests {
         );
         std::fs::write(
             root.path().join(&orphan),
-            columns::encode_with_medians(&rows, enc, &medians).unwrap(),
+            columns::encode_with_medians(&rows, enc, &HashMap::new()).unwrap(),
         )
         .unwrap();
         assert_eq!(files_at(root.path(), None).await, before);
@@ -1270,25 +1603,190 @@ mod tests {
         let mut restarted = fresh_sink(root.path());
         assert_eq!(
             restarted.durable_offsets("t", &[0, 1]).await.unwrap(),
-            HashMap::from([(0, 1), (1, 2)])
+            HashMap::from([(0, 2), (1, 3)])
         );
         restarted
-            .write("t", &[at(0, 1, a2)], &BTreeMap::from([(0, 2)]))
+            .write("t", &[at(0, 2, a2)], &BTreeMap::from([(0, 3)]))
             .await
             .unwrap();
         let now = files_at(root.path(), None).await;
         assert!(!now.contains(&orphan), "{now:?}");
         assert_eq!(now.len(), 2, "{now:?}");
+        // Only the p0 file of DAY changed: the p1 file holds no corrected key.
+        assert_eq!(now.iter().filter(|f| before.contains(f)).count(), 1);
         let keys = keys_by_shard(root.path(), None).await;
         assert_eq!(keys["A"].1.record_version, 2);
-        // Both files carry the new median: the p1 file was rewritten in the same version.
-        for f in &now {
+        // Both files of the day after carry DAY's new median: rewritten in the same version.
+        let next_now = files_of_day(root.path(), None, next).await;
+        assert!(next_now.iter().all(|f| !next_before.contains(f)));
+        for f in &next_now {
             let bytes = bytes::Bytes::from(std::fs::read(root.path().join(f)).unwrap());
-            assert_eq!(
-                columns::medians_of(&bytes).unwrap(),
-                Some(medians.clone()),
-                "{f}"
-            );
+            let want = HashMap::from([("c".to_string(), d("30"))]);
+            assert_eq!(columns::medians_of(&bytes).unwrap(), Some(want), "{f}");
         }
+        let rel = float_column(root.path(), &next_now, "price_rel_prev_day_category_median");
+        let mut rel: Vec<f64> = rel.into_iter().flatten().collect();
+        rel.sort_by(f64::total_cmp);
+        assert_eq!(rel, vec![40.0 / 30.0, 60.0 / 30.0]);
+    }
+
+    /// The values of a Float64 or Int32 column of the given files (relative to the root).
+    fn float_column(root: &std::path::Path, files: &[String], name: &str) -> Vec<Option<f64>> {
+        use arrow_array::{Array, Float64Array, Int32Array};
+        let mut out = Vec::new();
+        for f in files {
+            let bytes = bytes::Bytes::from(std::fs::read(root.join(f)).unwrap());
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                let c = b.column_by_name(name).unwrap();
+                if let Some(a) = c.as_any().downcast_ref::<Float64Array>() {
+                    out.extend((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))));
+                } else {
+                    let a = c.as_any().downcast_ref::<Int32Array>().unwrap();
+                    out.extend((0..a.len()).map(|i| a.is_valid(i).then(|| f64::from(a.value(i)))));
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn new_keys_go_to_new_files_and_optimize_joins_the_small_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let mut sink = fresh_sink(root.path()).with_maintenance(Maintenance {
+            optimize_every: std::time::Duration::ZERO,
+            ..Maintenance::default()
+        });
+        let mut offset = 0;
+        for b in 0..4 {
+            let batch: Vec<Consumed<SkuRecord>> = (0..50)
+                .map(|i| {
+                    offset += 1;
+                    at(0, offset, priced(&format!("S{b}-{i:03}"), 1, 100 + i))
+                })
+                .collect();
+            sink.write("t", &batch, &BTreeMap::from([(0, offset + 1)]))
+                .await
+                .unwrap();
+        }
+        let four = files_at(root.path(), None).await;
+        assert_eq!(four.len(), 4, "one file per batch of new keys: {four:?}");
+        // A correction writes again only the file that holds its key.
+        offset += 1;
+        sink.write(
+            "t",
+            &[at(0, offset, priced("S2-007", 2, 1))],
+            &BTreeMap::from([(0, offset + 1)]),
+        )
+        .await
+        .unwrap();
+        let corrected = files_at(root.path(), None).await;
+        assert_eq!(corrected.len(), 4);
+        assert_eq!(corrected.iter().filter(|f| four.contains(f)).count(), 3);
+        let before = keys_by_shard(root.path(), None).await;
+        let version = latest_version(root.path()).await;
+        // OPTIMIZE: the four small files become one, in a version of its own; no row changes.
+        let done = sink.optimize().await.unwrap();
+        assert_eq!(
+            (done.replaced, done.written, done.rows, done.version),
+            (4, 1, 200, version + 1)
+        );
+        let joined = files_at(root.path(), None).await;
+        assert_eq!(joined.len(), 1, "{joined:?}");
+        let after = keys_by_shard(root.path(), None).await;
+        assert_eq!(after.len(), 200);
+        for (sku, (_, r)) in &after {
+            assert_eq!(r, &before[sku].1, "{sku}");
+        }
+        assert_eq!(files_at(root.path(), Some(version)).await, corrected);
+        let location = Location::parse(root.path().to_str().unwrap(), "--dataset-root").unwrap();
+        let t = location.load().await.unwrap().unwrap();
+        let last = &table::history(&t, Some(1)).await.unwrap()[0];
+        assert_eq!(last.operation, "OPTIMIZE");
+        let manifest: Manifest = serde_json::from_slice(
+            &std::fs::read(root.path().join("country=SE/_manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest.rows, 200);
+        assert_eq!(manifest.table_version, version + 1);
+        assert_eq!(
+            manifest.partitions[DAY].files,
+            vec![joined[0].rsplit('/').next().unwrap().to_string()]
+        );
+        // Nothing left to join; a later correction goes to the joined file.
+        assert_eq!(sink.optimize().await.unwrap(), Compacted::default());
+        offset += 1;
+        sink.write(
+            "t",
+            &[at(0, offset, priced("S0-001", 2, 5))],
+            &BTreeMap::from([(0, offset + 1)]),
+        )
+        .await
+        .unwrap();
+        let again = keys_by_shard(root.path(), None).await;
+        assert_eq!(again.len(), 200);
+        assert_eq!(again["S0-001"].1.record_version, 2);
+        assert_eq!(files_at(root.path(), None).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_change_to_a_day_rewrites_only_the_later_files_holding_its_keys() {
+        let root = tempfile::tempdir().unwrap();
+        let mut sink = fresh_sink(root.path());
+        let day: NaiveDate = DAY.parse().unwrap();
+        let on = |sku: &str, version: i64, back: i64, sold: i32| {
+            let mut r = priced(sku, version, 100);
+            r.business_date = day + chrono::Duration::days(back);
+            r.units_sold = sold;
+            r
+        };
+        sink.write(
+            "t",
+            &[at(0, 0, on("A", 1, 0, 5)), at(0, 1, on("B", 1, 0, 6))],
+            &BTreeMap::from([(0, 2)]),
+        )
+        .await
+        .unwrap();
+        // The next day's keys arrive in two batches: two files.
+        sink.write(
+            "t",
+            &[at(0, 2, on("A", 1, 1, 1))],
+            &BTreeMap::from([(0, 3)]),
+        )
+        .await
+        .unwrap();
+        sink.write(
+            "t",
+            &[at(0, 3, on("B", 1, 1, 1))],
+            &BTreeMap::from([(0, 4)]),
+        )
+        .await
+        .unwrap();
+        let next = day + chrono::Duration::days(1);
+        let before = files_of_day(root.path(), None, next).await;
+        assert_eq!(before.len(), 2);
+        let prev = |files: &[String]| float_column(root.path(), files, "units_sold_prev_day");
+        let mut got = prev(&before);
+        got.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(got, vec![Some(5.0), Some(6.0)]);
+        // A correction of A's first day (same price: the median stays): only the next day's
+        // file holding A is written again, with A's new history.
+        sink.write(
+            "t",
+            &[at(0, 4, on("A", 2, 0, 9))],
+            &BTreeMap::from([(0, 5)]),
+        )
+        .await
+        .unwrap();
+        let after = files_of_day(root.path(), None, next).await;
+        assert_eq!(after.iter().filter(|f| before.contains(f)).count(), 1);
+        let mut got = prev(&after);
+        got.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(got, vec![Some(6.0), Some(9.0)]);
     }
 }

@@ -346,6 +346,45 @@ pub async fn commit(
             last_updated: Some(now),
         })
         .collect();
+    commit_as(table, actions, operation, txns, info).await
+}
+
+/// Compacted files as one version (operation OPTIMIZE): the adds and removes carry
+/// `dataChange: false`, so readers of changes know no row changed.
+pub async fn commit_compaction(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    target_size: u64,
+    info: HashMap<String, serde_json::Value>,
+) -> anyhow::Result<i64> {
+    let actions = actions
+        .into_iter()
+        .map(|a| match a {
+            Action::Add(add) => Action::Add(Add {
+                data_change: false,
+                ..add
+            }),
+            Action::Remove(r) => Action::Remove(Remove {
+                data_change: false,
+                ..r
+            }),
+            other => other,
+        })
+        .collect();
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: target_size as i64,
+    };
+    commit_as(table, actions, operation, Vec::new(), info).await
+}
+
+async fn commit_as(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    txns: Vec<Transaction>,
+    info: HashMap<String, serde_json::Value>,
+) -> anyhow::Result<i64> {
     let properties = CommitProperties::default()
         .with_application_transactions(txns)
         .with_metadata(info);
