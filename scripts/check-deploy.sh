@@ -32,8 +32,9 @@ refuse() {
   fi
   log "refused as it should ($*): $(grep -m1 -v '^$' "$tmp/err")"
 }
-refuse --set components.datasetBuilder.replicas=2
-refuse --set components.datasetBuilder.keda.enabled=true
+refuse --set components.datasetBuilder.replicas=2 --set components.datasetBuilder.writerLeaseSecs=60
+refuse --set components.datasetBuilder.keda.enabled=true --set components.datasetBuilder.writerLeaseSecs=60
+refuse --set components.datasetBuilder.writerLeaseSecs=3
 refuse --set elasticsearch.url=https://user:pw@es.example:9200
 refuse --set ops.port=0
 refuse -f "$chart/ci/full-values.yaml" --set components.notifier.smtp.from=

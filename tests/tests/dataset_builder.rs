@@ -346,6 +346,105 @@ async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
     assert_eq!(rows, newest(&first_load).len() as u64);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_builders_of_one_group_share_one_table_without_a_lease() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let group = format!("sdb-pair-{}", p.id);
+    let args = vec![
+        format!("--group={group}"),
+        format!("--dataset-root={}", root.path().display()),
+        "--batch-size=300".to_string(),
+        "--flush-interval-ms=200".to_string(),
+        // Small files and frequent compaction: both builders replace files all the time.
+        "--target-file-size=24KiB".to_string(),
+        "--optimize-every-secs=2".to_string(),
+        "-Xsession.timeout.ms=6000".to_string(),
+    ];
+    // Both start at once: the group splits the records topic's partitions between them.
+    let a = p.start_builder_env(&args, &[("HOSTNAME", "host-a".into())]);
+    let b = p.start_builder_env(&args, &[("HOSTNAME", "host-b".into())]);
+    let assigned = common::wait_until(WAIT, || {
+        p.logs()
+            .lines()
+            .filter(|l| l.contains("Partitions assigned") && !l.contains("partitions=0"))
+            .count()
+            >= 2
+    });
+    assert!(assigned, "{}", p.logs());
+    // Two consecutive days, so the second day's rows carry the first day's medians.
+    let mut all: Vec<SkuRecord> = (0..600u64)
+        .flat_map(|i| [sample("SE", i, 20, 1000), sample("SE", i, 21, 1000)])
+        .chain((0..300u64).map(|i| sample("NO", i, 21, 1000)))
+        .collect();
+    let mut positions = produce(
+        &p.stack.brokers,
+        &p.topics.records,
+        &skuflow_e2e::record_messages(&all),
+    )
+    .await;
+    // A later upload corrects a third of SE's first day: its medians move, and every file of
+    // the next day, whichever builder wrote it, is written again.
+    let wave: Vec<SkuRecord> = (0..600u64)
+        .filter(|i| i % 3 == 0)
+        .map(|i| {
+            let mut r = sample("SE", i, 20, 3000);
+            r.unit_price += Decimal::new(700, 2);
+            r.units_sold += 4;
+            r
+        })
+        .collect();
+    positions.extend(
+        produce(
+            &p.stack.brokers,
+            &p.topics.records,
+            &skuflow_e2e::record_messages(&wave),
+        )
+        .await,
+    );
+    all.extend(wave);
+    p.wait_committed(
+        &group,
+        &p.topics.records,
+        &common::ends_of(&positions, 3),
+        WAIT,
+    )
+    .await;
+    // Both wrote versions, none of them a lease.
+    let hosts = writer_hosts(root.path());
+    assert!(
+        hosts.contains("host-a") && hosts.contains("host-b"),
+        "{hosts:?}\n{}",
+        p.logs()
+    );
+    assert!(!root.path().join("_writer.json").exists());
+    let latest = latest_version(root.path());
+    check_version_with_python(&p, root.path(), &newest(&all), Some(latest));
+    let (ok, report) = run_python("check_versions.py", &[root.path().as_os_str()], &[]);
+    assert!(ok && report.contains("versions consistent"), "{report}");
+    for builder in [a, b] {
+        assert!(p.terminate(builder, Duration::from_secs(30)).is_some());
+    }
+}
+
+/// The hosts of the builders that committed versions of the table at `root`.
+fn writer_hosts(root: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(root.join("_delta_log")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(h) = v["commitInfo"]["skuflow.writer"]["host"].as_str() {
+                out.insert(h.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// The consumer groups of the builders that committed versions of the table at `root`.
 fn writers(root: &std::path::Path) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();

@@ -118,7 +118,7 @@ async fn main() {
         zstd_level: 3,
         target_file_bytes: skuflow_dataset_builder::sink::DEFAULT_TARGET_FILE_BYTES,
         cache_rows: 10_000_000,
-        writer_lease_secs: 60,
+        writer_lease_secs: 0,
         keep_days: skuflow_dataset_builder::sink::DEFAULT_KEEP_DAYS,
         vacuum_every_secs: 3600,
         optimize_every_secs: skuflow_dataset_builder::sink::DEFAULT_OPTIMIZE_EVERY_SECS,

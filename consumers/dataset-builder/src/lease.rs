@@ -57,13 +57,9 @@ pub struct Lease {
     held: bool,
 }
 
-impl Lease {
-    /// This builder as a holder of the lease (group, host, instance).
-    pub fn me(&self) -> &Holder {
-        &self.me
-    }
-
-    pub fn new(store: Arc<dyn ObjectStore>, root: &Path, group: &str, ttl: Duration) -> Self {
+impl Holder {
+    /// This process as a writer of the table: its group, host and instance (pid and start time).
+    pub fn me(group: &str) -> Self {
         let host = std::env::var("HOSTNAME")
             .ok()
             .filter(|h| !h.is_empty())
@@ -79,16 +75,27 @@ impl Lease {
             std::process::id(),
             now.timestamp_nanos_opt().unwrap_or_default()
         );
+        Holder {
+            group: group.to_string(),
+            host,
+            instance,
+            renewed_at: now,
+            expires_at: now,
+        }
+    }
+}
+
+impl Lease {
+    /// This builder as a holder of the lease (group, host, instance).
+    pub fn me(&self) -> &Holder {
+        &self.me
+    }
+
+    pub fn new(store: Arc<dyn ObjectStore>, root: &Path, group: &str, ttl: Duration) -> Self {
         Lease {
             store,
             path: root.child("_writer.json"),
-            me: Holder {
-                group: group.to_string(),
-                host,
-                instance,
-                renewed_at: now,
-                expires_at: now,
-            },
+            me: Holder::me(group),
             ttl,
             held: false,
         }

@@ -61,10 +61,13 @@ pub struct BuilderArgs {
         default_value_t = 2_000_000
     )]
     pub cache_rows: usize,
-    /// Lifetime of the one-writer lease on the dataset root (`_writer.json`), in seconds: a
-    /// builder elsewhere waits this long after its holder stopped without releasing it.
-    #[arg(long = "writer-lease-secs", env = "SKUFLOW_WRITER_LEASE_SECS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(5..=3600))]
+    /// A one-writer lease on the dataset root (`_writer.json`), lasting this many seconds
+    /// (5–3600): only its holder writes, and a builder elsewhere waits this long after the
+    /// holder stopped without releasing it. 0 (the default): no lease; any number of builders
+    /// of the group write the table, each batch a version of its own, and a batch that loses
+    /// the commit race to another builder's is written again on the version that won.
+    #[arg(long = "writer-lease-secs", env = "SKUFLOW_WRITER_LEASE_SECS", default_value_t = 0,
+          value_parser = parse_lease_secs)]
     pub writer_lease_secs: u64,
     /// Days of history the table keeps: every version of the last this many days stays
     /// readable (time travel, `skuflow dataset export`); VACUUM deletes the files that only
@@ -112,20 +115,36 @@ impl BuilderArgs {
             },
             self.cache_rows,
         );
-        let lease = lease::Lease::new(
-            sink.store(),
-            &Path::default(),
-            group,
-            std::time::Duration::from_secs(self.writer_lease_secs),
-        );
+        let mut sink = sink.with_writer(group);
+        if self.writer_lease_secs > 0 {
+            let lease = lease::Lease::new(
+                sink.store(),
+                &Path::default(),
+                group,
+                std::time::Duration::from_secs(self.writer_lease_secs),
+            );
+            sink = sink.with_lease(lease);
+        }
         Ok(sink
-            .with_lease(lease)
             .with_target_file_bytes(self.target_file_bytes)
             .with_maintenance(sink::Maintenance {
                 keep_days: self.keep_days,
                 vacuum_every: std::time::Duration::from_secs(self.vacuum_every_secs),
                 optimize_every: std::time::Duration::from_secs(self.optimize_every_secs),
             }))
+    }
+}
+
+/// `--writer-lease-secs`: 0 (no lease) or 5 to 3600 seconds.
+fn parse_lease_secs(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if n == 0 || (5..=3600).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is outside 0 (no lease) and 5..=3600"))
     }
 }
 
@@ -198,7 +217,7 @@ impl Component for DatasetBuilder {
             zstd_level: 3,
             target_file_bytes: sink::DEFAULT_TARGET_FILE_BYTES,
             cache_rows: 2_000_000,
-            writer_lease_secs: 60,
+            writer_lease_secs: 0,
             keep_days: sink::DEFAULT_KEEP_DAYS,
             vacuum_every_secs: 3600,
             optimize_every_secs: sink::DEFAULT_OPTIMIZE_EVERY_SECS,

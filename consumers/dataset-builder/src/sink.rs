@@ -2,16 +2,16 @@
 //! Hive-partitioned Parquet files named by the table's log ([`crate::table`]).
 //!
 //! Layout: `country=<CC>/business_date=<YYYY-MM-DD>/part-p<kafka partition>-<n>-<id>.parquet`:
-//! shard `n` of a Kafka partition's keys of that day (a new shard is started once the last one
-//! reaches the target size), `<id>` new on every write. Records are keyed by (country, store,
-//! SKU), so every natural key lives in exactly one Kafka partition, and a key stays in the shard
-//! of that partition and day it first went to: exactly one file of its day in every version. A
-//! batch merges into each shard it touches (the newest version per (store_id, sku) wins); every
-//! shard of that day whose rows or category medians changed is written as a new file, and one
-//! commit adds the new files, removes the ones they replace and records the batch's offsets:
-//! readers see the version before the batch or the one after it, never a part. One builder writes
-//! a dataset root (the group runs one member; the day's medians span every file of the day, so
-//! the builder rewrites files of partitions other than the batch's). Then
+//! file `n` of a Kafka partition's keys of that day, `<id>` new on every write. Records are keyed
+//! by (country, store, SKU), so every natural key lives in exactly one Kafka partition, and a key
+//! stays in the file of that partition and day it first went to: exactly one file of its day in
+//! every version. A batch's new keys go to new files; a stored key's newer version is merged into
+//! the file holding it (the newest version per (store_id, sku) wins). Each file whose rows or
+//! features changed is written as a new file, and one commit adds the new files, removes the ones
+//! they replace and records the batch's offsets: readers see the version before the batch or the
+//! one after it, never a part. Scheduled compaction joins small files ([`DatasetSink::optimize`]).
+//! Several builders may write one table: a batch is committed as one that read the whole table,
+//! so of two concurrent batches one is written again on the other's version. Then
 //! `country=<CC>/_manifest.json` and `_dataset_card.md` describe the committed version.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -169,8 +169,10 @@ pub struct DatasetSink {
     target_file_bytes: u64,
     /// Compressed bytes per row of the last file written or read (to size files).
     row_bytes: Option<f64>,
-    /// The one-writer lease on the root (none in unit tests and benchmarks).
+    /// The one-writer lease on the root, when the operator asked for one.
     lease: Option<crate::lease::Lease>,
+    /// Who writes (group, host, instance), recorded in every commit.
+    writer: Option<crate::lease::Holder>,
     /// The table at the last version this builder read or committed (none until the first
     /// batch, and again after a failed one: it is then read afresh).
     table: Option<deltalake_core::DeltaTable>,
@@ -180,6 +182,14 @@ pub struct DatasetSink {
     shard_files: HashMap<ShardKey, DataFile>,
     /// The adds and removes of the batch being written.
     pending: Vec<deltalake_core::kernel::Action>,
+    /// The shards the batch being written changed in memory (dropped if its commit loses).
+    batch_shards: BTreeSet<ShardKey>,
+    /// The Kafka partitions this builder was last assigned (none: every partition's files are
+    /// its to compact, as in tests and benchmarks).
+    assigned: Option<BTreeSet<i32>>,
+    /// The offsets the table holds, by transaction app id, as far as this builder has seen
+    /// them (a batch never records offsets below them: see [`DatasetSink::commit`]).
+    table_offsets: HashMap<String, i64>,
     maintenance: Maintenance,
     /// When this builder last vacuumed (none yet: at the first chance).
     vacuumed_at: Option<std::time::Instant>,
@@ -214,10 +224,14 @@ impl DatasetSink {
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
             row_bytes: None,
             lease: None,
+            writer: None,
             table: None,
             files: HashMap::new(),
             shard_files: HashMap::new(),
             pending: Vec::new(),
+            batch_shards: BTreeSet::new(),
+            table_offsets: HashMap::new(),
+            assigned: None,
             maintenance: Maintenance::default(),
             vacuumed_at: None,
             optimized_at: None,
@@ -259,6 +273,13 @@ impl DatasetSink {
                 );
             }
             Ok(_) => {}
+            // Another builder committed first: nothing in memory changed before the commit.
+            Err(e)
+                if e.chain()
+                    .any(|c| c.downcast_ref::<table::Conflict>().is_some()) =>
+            {
+                tracing::info!(error = %format!("{e:#}"), "Compacting the dataset table lost the race to another builder's version; trying again at the next interval.");
+            }
             Err(e) => {
                 // What is in memory may name files the failed round replaced: read afresh.
                 self.forget();
@@ -294,10 +315,11 @@ impl DatasetSink {
         }
     }
 
-    /// Compacts small files (OPTIMIZE): per country, day and Kafka partition, the files under
-    /// the target size are joined, in shard order, into files of up to the target size, their
-    /// rows and features copied as they are; one version (operation OPTIMIZE, `dataChange:
-    /// false`) replaces them. Returns the files replaced and written.
+    /// Compacts small files (OPTIMIZE): per country, day and Kafka partition (of the partitions
+    /// assigned to this builder), the files under the target size are joined, in shard order,
+    /// into files of up to the target size, their rows and features copied as they are; one
+    /// version (operation OPTIMIZE, `dataChange: false`) replaces them. Returns the files
+    /// replaced and written.
     pub async fn optimize(&mut self) -> anyhow::Result<Compacted> {
         self.ensure_table().await?;
         let target = self.target_file_bytes as i64;
@@ -308,7 +330,8 @@ impl DatasetSink {
             for f in files {
                 let name = f.path.rsplit('/').next().unwrap_or(&f.path);
                 if let Some((p, n)) = Self::parse_file_name(name) {
-                    if f.size < target {
+                    let mine = self.assigned.as_ref().is_none_or(|a| a.contains(&p));
+                    if f.size < target && mine {
                         small.entry(p).or_default().push((n, f.clone()));
                     }
                 }
@@ -447,6 +470,12 @@ impl DatasetSink {
         self
     }
 
+    /// Records who writes (group, host, instance) in every commit.
+    pub fn with_writer(mut self, group: &str) -> Self {
+        self.writer = Some(crate::lease::Holder::me(group));
+        self
+    }
+
     /// Puts a whole object atomically and durably: readers see the old object or the new one.
     async fn put(&self, path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
         match &self.local_dir {
@@ -491,21 +520,30 @@ impl DatasetSink {
     /// by this builder's own commits).
     async fn ensure_table(&mut self) -> anyhow::Result<()> {
         if let Some(t) = &mut self.table {
-            // Another writer may have committed since (a builder that held the root before):
-            // then what this one keeps in memory is stale, and it reads the table afresh.
-            let known = t.version();
+            // Another builder may have committed since: what it changed is read from its
+            // versions' log entries and dropped from memory (those files are read again when
+            // needed); a version that changed the table's metadata makes this builder read the
+            // whole table afresh.
+            let known = t.version().unwrap_or(-1);
             t.update_incremental(None)
                 .await
                 .context("reading the dataset table's new versions")?;
-            if t.version() == known {
+            let now = t.version().unwrap_or(-1);
+            if now == known {
                 return Ok(());
             }
-            tracing::info!(
-                from = known.unwrap_or(-1),
-                to = t.version().unwrap_or(-1),
-                "The dataset table has versions this builder did not write; reading it afresh."
-            );
-            self.forget();
+            match self.catch_up(known, now).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(
+                        from = known,
+                        to = now,
+                        reason = %format!("{e:#}"),
+                        "The dataset table changed under this builder; reading it afresh."
+                    );
+                    self.forget();
+                }
+            }
         }
         let table = self
             .location
@@ -538,12 +576,74 @@ impl DatasetSink {
         Ok(())
     }
 
+    /// Applies the versions after `from` up to `to` that another builder committed: the files
+    /// they removed are dropped from memory, the ones they added are noted (and read when a
+    /// batch needs their day), and the medians of their days are computed again.
+    async fn catch_up(&mut self, from: i64, to: i64) -> anyhow::Result<()> {
+        let table = self.table.as_ref().ok_or_else(|| anyhow!("no table"))?;
+        let mut all = Vec::new();
+        for v in from + 1..=to {
+            all.push(table::changes(table, v).await?);
+        }
+        for changes in all {
+            anyhow::ensure!(!changes.metadata, "a version changed the table's metadata");
+            for (day, path) in changes.removed {
+                if let Some(files) = self.files.get_mut(&day) {
+                    files.retain(|f| f.path != path);
+                }
+                let held = self
+                    .shard_files
+                    .iter()
+                    .find(|(_, f)| f.path == path)
+                    .map(|(k, _)| k.clone());
+                if let Some(key) = held {
+                    self.drop_shard(&key);
+                }
+                self.day_medians.remove(&day);
+            }
+            for (day, file) in changes.added {
+                self.day_medians.remove(&day);
+                self.files.entry(day).or_default().push(file);
+            }
+            for (app, version) in changes.txns {
+                let known = self.table_offsets.entry(app).or_insert(version);
+                *known = (*known).max(version);
+            }
+        }
+        // The other builder may have written the manifests since.
+        self.manifests.clear();
+        Ok(())
+    }
+
+    /// Drops one shard from memory (it is read again from the table's file when needed).
+    fn drop_shard(&mut self, key: &ShardKey) {
+        self.shards.remove(key);
+        self.stats.remove(key);
+        self.written_medians.remove(key);
+        self.shard_files.remove(key);
+        if let Some(index) = self.index.get_mut(&(key.0.clone(), key.1, key.2)) {
+            index.retain(|&mut (_, n)| n != key.3);
+        }
+    }
+
+    /// Undoes in memory a batch whose commit lost the race to another builder's: the shards it
+    /// changed are dropped (the next attempt reads them from the version that won).
+    fn roll_back(&mut self) {
+        for key in std::mem::take(&mut self.batch_shards) {
+            self.drop_shard(&key);
+            self.day_medians.remove(&(key.0.clone(), key.1));
+        }
+        self.pending.clear();
+    }
+
     /// Forgets what it read: the next batch reads the table afresh.
     fn forget(&mut self) {
         self.drop_cache();
         self.manifests.clear();
         self.files.clear();
         self.pending.clear();
+        self.batch_shards.clear();
+        self.table_offsets.clear();
         self.table = None;
     }
 
@@ -702,8 +802,10 @@ impl DatasetSink {
         }
         let mut rewrite: BTreeSet<ShardKey> = BTreeSet::new();
         let mut changed_keys: BTreeMap<GroupKey, Vec<(String, String)>> = BTreeMap::new();
+        self.batch_shards.clear();
         for (group, records) in touched {
             let (shards, keys) = self.merge(group.clone(), records);
+            self.batch_shards.extend(shards.iter().cloned());
             rewrite.extend(shards);
             if !keys.is_empty() {
                 changed_keys.insert(group, keys);
@@ -733,6 +835,14 @@ impl DatasetSink {
         // The next day's files whose categories' medians (of the changed day) moved.
         for (country, day) in &changed_days {
             let next = *day + chrono::Duration::days(1);
+            // Only a stored (or, in this batch, new) next day needs the changed day's medians.
+            if !self
+                .index
+                .keys()
+                .any(|(c, d, _)| c == country && *d == next)
+            {
+                continue;
+            }
             let medians = self.medians_of(country, *day);
             for (key, shard) in &self.shards {
                 if key.0 != *country || key.1 != next || rewrite.contains(key) {
@@ -743,6 +853,7 @@ impl DatasetSink {
                 }
             }
         }
+        self.batch_shards.extend(rewrite.iter().cloned());
         let mut by_day: BTreeMap<(String, NaiveDate), Vec<ShardKey>> = BTreeMap::new();
         for key in rewrite {
             by_day.entry((key.0.clone(), key.1)).or_default().push(key);
@@ -961,15 +1072,29 @@ impl DatasetSink {
             ),
             ("skuflow.topic".to_string(), serde_json::json!(topic)),
         ]);
-        if let Some(lease) = &self.lease {
-            let me = lease.me();
+        if let Some(me) = &self.writer {
             info.insert(
                 "skuflow.writer".to_string(),
                 serde_json::json!({"group": me.group, "host": me.host, "instance": me.instance}),
             );
         }
+        // A partition another builder has taken over and written further (a batch of this one
+        // still in flight when the partition moved) keeps the further offset.
+        let offsets: BTreeMap<i32, i64> = offsets
+            .iter()
+            .filter(|(p, o)| {
+                self.table_offsets
+                    .get(&table::offsets_app_id(topic, **p))
+                    .is_none_or(|known| known < *o)
+            })
+            .map(|(p, o)| (*p, *o))
+            .collect();
         let table = self.table.as_mut().ok_or_else(|| anyhow!("no table"))?;
-        let version = table::commit(table, actions, topic, offsets, info).await?;
+        let version = table::commit(table, actions, topic, &offsets, info).await?;
+        for (p, o) in &offsets {
+            self.table_offsets
+                .insert(table::offsets_app_id(topic, *p), *o);
+        }
         // The files of the days this version changed, from the shards in memory.
         let mut days: HashMap<(String, NaiveDate), Vec<DataFile>> = HashMap::new();
         for ((c, d, _, _), f) in &self.shard_files {
@@ -1024,6 +1149,16 @@ impl DatasetSink {
     }
 
     async fn put_manifest(&mut self, country: &str) -> anyhow::Result<()> {
+        // Another builder may have described a later version meanwhile: that one stays.
+        let path = Path::from(format!("country={country}")).child("_manifest.json");
+        let ours = self.manifests.get(country).map_or(0, |m| m.table_version);
+        if let Ok(r) = self.store.get(&path).await {
+            let stored: Option<Manifest> = serde_json::from_slice(&r.bytes().await?).ok();
+            if let Some(stored) = stored.filter(|s| s.table_version > ours) {
+                self.manifests.insert(country.to_string(), stored);
+                return Ok(());
+            }
+        }
         let m = self
             .manifests
             .get_mut(country)
@@ -1118,8 +1253,16 @@ impl Sink for DatasetSink {
                 Ok(Vec::new())
             }
             Err(e) => {
-                // What is in memory may be ahead of what is stored: start over from storage.
-                self.forget();
+                // What is in memory may be ahead of what is stored: a lost commit race drops
+                // what the batch changed; any other failure starts over from storage.
+                if e.chain()
+                    .any(|c| c.downcast_ref::<table::Conflict>().is_some())
+                {
+                    tracing::info!(error = %format!("{e:#}"), "Another dataset builder committed first; writing the batch again on its version.");
+                    self.roll_back();
+                } else {
+                    self.forget();
+                }
                 if is_transient(&e) {
                     Err(SinkError::Retriable(e))
                 } else {
@@ -1155,10 +1298,16 @@ impl Sink for DatasetSink {
     ) -> Result<HashMap<i32, i64>, SinkError> {
         // Called after every rebalance: another builder may have committed meanwhile.
         self.forget();
+        self.assigned = Some(partitions.iter().copied().collect());
         let read = async {
             self.ensure_table().await?;
             let table = self.table.as_ref().ok_or_else(|| anyhow!("no table"))?;
-            table::offsets(table, topic, partitions.iter().copied()).await
+            let held = table::offsets(table, topic, partitions.iter().copied()).await?;
+            for (p, o) in &held {
+                self.table_offsets
+                    .insert(table::offsets_app_id(topic, *p), *o);
+            }
+            Ok(held)
         };
         read.await.map_err(SinkError::Retriable)
     }

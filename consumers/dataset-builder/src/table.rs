@@ -236,26 +236,74 @@ pub async fn files_by_day(
         .await?;
     let mut out: HashMap<(String, NaiveDate), Vec<DataFile>> = HashMap::new();
     for add in adds {
-        let value = |k: &str| add.partition_values.get(k).cloned().flatten();
-        let (Some(country), Some(day)) = (value("country"), value("business_date")) else {
-            bail!(
-                "{}: a data file without its country or business date",
-                add.path
-            );
-        };
-        let day: NaiveDate = day
-            .parse()
-            .with_context(|| format!("{}: business_date {day:?}", add.path))?;
-        let rows = add
-            .stats
-            .as_deref()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .and_then(|v| v["numRecords"].as_u64());
-        out.entry((country, day)).or_default().push(DataFile {
-            path: add.path.clone(),
-            size: add.size,
-            rows,
-        });
+        let (day, file) = data_file(&add)?;
+        out.entry(day).or_default().push(file);
+    }
+    Ok(out)
+}
+
+/// The country and day of an `add`, and the file it names.
+fn data_file(add: &Add) -> anyhow::Result<((String, NaiveDate), DataFile)> {
+    let day = file_day(&add.path, |k| {
+        add.partition_values.get(k).cloned().flatten()
+    })?;
+    let rows = add
+        .stats
+        .as_deref()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .and_then(|v| v["numRecords"].as_u64());
+    let file = DataFile {
+        path: add.path.clone(),
+        size: add.size,
+        rows,
+    };
+    Ok((day, file))
+}
+
+fn file_day(
+    path: &str,
+    value: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<(String, NaiveDate)> {
+    let (Some(country), Some(day)) = (value("country"), value("business_date")) else {
+        bail!("{path}: a data file without its country or business date");
+    };
+    let day: NaiveDate = day
+        .parse()
+        .with_context(|| format!("{path}: business_date {day:?}"))?;
+    Ok((country, day))
+}
+
+/// What one version did to the data files.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub added: Vec<((String, NaiveDate), DataFile)>,
+    pub removed: Vec<((String, NaiveDate), String)>,
+    /// Transaction identifiers (app id, version): the offsets the version recorded.
+    pub txns: Vec<(String, i64)>,
+    /// The version changed the table's schema, settings or protocol.
+    pub metadata: bool,
+}
+
+/// The data files `version` added and removed, read from its log entry.
+pub async fn changes(table: &DeltaTable, version: i64) -> anyhow::Result<Changes> {
+    let bytes = table
+        .log_store()
+        .read_commit_entry(version)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("version {version} of the dataset table is gone"))?;
+    let mut out = Changes::default();
+    for action in deltalake_core::logstore::get_actions(version, bytes).await? {
+        match action {
+            Action::Add(add) => out.added.push(data_file(&add)?),
+            Action::Remove(r) => {
+                let values = r.partition_values.clone().unwrap_or_default();
+                let day = file_day(&r.path, |k| values.get(k).cloned().flatten())?;
+                out.removed.push((day, r.path));
+            }
+            Action::Txn(t) => out.txns.push((t.app_id, t.version)),
+            Action::Metadata(_) | Action::Protocol(_) => out.metadata = true,
+            _ => {}
+        }
     }
     Ok(out)
 }
@@ -318,8 +366,14 @@ pub fn remove(file: &DataFile, country: &str, day: NaiveDate) -> Action {
 #[error("another writer committed to the dataset table first ({0}); writing the batch again on its version")]
 pub struct Conflict(pub String);
 
-/// Commits `actions` and the offsets of `topic` as one version; returns it. A batch that
-/// only adds files is an append, one that also replaces files an update.
+/// Commits `actions` and the offsets of `topic` as one version; returns it.
+///
+/// A batch is recorded as a MERGE that read the whole table (it did: the day before's medians,
+/// the keys' history, the files holding its keys), so Delta's conflict check refuses it when
+/// any version committed since the batch read the table added or removed a file: of two
+/// builders writing at once, one commits and the other reads the new version and writes its
+/// batch again. Several builders can thus share one table, and what each wrote is what a
+/// single builder would have.
 pub async fn commit(
     table: &mut DeltaTable,
     actions: Vec<Action>,
@@ -327,15 +381,17 @@ pub async fn commit(
     offsets: &std::collections::BTreeMap<i32, i64>,
     info: HashMap<String, serde_json::Value>,
 ) -> anyhow::Result<i64> {
-    let replaces = actions.iter().any(|a| matches!(a, Action::Remove(_)));
-    let operation = if replaces {
-        DeltaOperation::Update { predicate: None }
-    } else {
-        DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: Some(PARTITION_COLUMNS.iter().map(|c| c.to_string()).collect()),
-            predicate: None,
-        }
+    let operation = DeltaOperation::Merge {
+        predicate: None,
+        merge_predicate: Some(
+            "target.country = source.country AND target.store_id = source.store_id \
+             AND target.sku = source.sku AND target.business_date = source.business_date \
+             AND target.record_version < source.record_version"
+                .to_string(),
+        ),
+        matched_predicates: Vec::new(),
+        not_matched_predicates: Vec::new(),
+        not_matched_by_source_predicates: Vec::new(),
     };
     let now = Utc::now().timestamp_millis();
     let txns: Vec<Transaction> = offsets
