@@ -66,9 +66,11 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
         "--target-file-size=24KiB".to_string(),
         // Day 20 trains, day 21 validates.
         format!("--time-split={TIME_SPLIT}"),
-        // A short session lets the group drop a SIGKILLed member quickly.
+        // A short session lets the group drop a SIGKILLed member quickly; a member left
+        // without partitions by the broker after a kill (docs/tansu.md) joins again.
         "-Xsession.timeout.ms=6000".to_string(),
         "-Xmax.poll.interval.ms=15000".to_string(),
+        "--rejoin-stalled-secs=20".to_string(),
     ];
 
     // Two countries, two days, 1500 keys each, two versions shuffled.
@@ -118,6 +120,8 @@ async fn datasets_survive_sigkill_and_corrections_and_read_exactly_in_pyarrow_an
         x ^= x << 17;
         tokio::time::sleep(Duration::from_millis(x % 700)).await;
         p.kill(child);
+        // The next builder joins once the killed member's session has expired.
+        tokio::time::sleep(Duration::from_secs(7)).await;
         if round == 1 {
             // A wave of corrections: a later upload changes prices of a third of SE's day 20.
             let wave: Vec<SkuRecord> = (0..1500u64)
@@ -356,10 +360,11 @@ async fn two_builders_of_one_group_share_one_table_without_a_lease() {
         format!("--dataset-root={}", root.path().display()),
         "--batch-size=300".to_string(),
         "--flush-interval-ms=200".to_string(),
-        // Small files and frequent compaction: both builders replace files all the time.
-        "--target-file-size=24KiB".to_string(),
+        // Small files (a batch writes some 20 KiB per file) and frequent compaction.
+        "--target-file-size=64KiB".to_string(),
         "--optimize-every-secs=2".to_string(),
         "-Xsession.timeout.ms=6000".to_string(),
+        "--rejoin-stalled-secs=20".to_string(),
     ];
     // Both start at once: the group splits the records topic's partitions between them.
     let a = p.start_builder_env(&args, &[("HOSTNAME", "host-a".into())]);
@@ -367,6 +372,7 @@ async fn two_builders_of_one_group_share_one_table_without_a_lease() {
     let assigned = common::wait_until(WAIT, || {
         p.logs()
             .lines()
+            .map(without_colours)
             .filter(|l| l.contains("Partitions assigned") && !l.contains("partitions=0"))
             .count()
             >= 2
@@ -383,8 +389,17 @@ async fn two_builders_of_one_group_share_one_table_without_a_lease() {
         &skuflow_e2e::record_messages(&all),
     )
     .await;
-    // A later upload corrects a third of SE's first day: its medians move, and every file of
-    // the next day, whichever builder wrote it, is written again.
+    p.wait_committed(
+        &group,
+        &p.topics.records,
+        &common::ends_of(&positions, 3),
+        WAIT,
+    )
+    .await;
+    // Compaction is due at the builders' next batches.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // A later upload corrects a third of SE's first day: its medians move, and both builders
+    // write again every file of the next day, the other's as well as their own.
     let wave: Vec<SkuRecord> = (0..600u64)
         .filter(|i| i % 3 == 0)
         .map(|i| {
@@ -410,13 +425,35 @@ async fn two_builders_of_one_group_share_one_table_without_a_lease() {
         WAIT,
     )
     .await;
-    // Both wrote versions, none of them a lease.
-    let hosts = writer_hosts(root.path());
+    let log = table_log(root.path());
+    let hosts: std::collections::BTreeSet<&str> = log.iter().map(|v| v.host.as_str()).collect();
     assert!(
         hosts.contains("host-a") && hosts.contains("host-b"),
         "{hosts:?}\n{}",
         p.logs()
     );
+    // A batch of one builder replaced a file the other wrote, and both compacted.
+    let mut added_by: HashMap<&str, &str> = HashMap::new();
+    let mut crossed = 0;
+    for v in &log {
+        if v.operation == "MERGE" {
+            crossed += v
+                .removed
+                .iter()
+                .filter(|f| added_by.get(f.as_str()).is_some_and(|h| *h != v.host))
+                .count();
+        }
+        for f in &v.added {
+            added_by.insert(f, &v.host);
+        }
+    }
+    assert!(crossed > 0, "no batch replaced a file of the other builder");
+    let compacted: std::collections::BTreeSet<&str> = log
+        .iter()
+        .filter(|v| v.operation == "OPTIMIZE")
+        .map(|v| v.host.as_str())
+        .collect();
+    assert_eq!(compacted.len(), 2, "{compacted:?}\n{}", p.logs());
     assert!(!root.path().join("_writer.json").exists());
     let latest = latest_version(root.path());
     check_version_with_python(&p, root.path(), &newest(&all), Some(latest));
@@ -427,22 +464,76 @@ async fn two_builders_of_one_group_share_one_table_without_a_lease() {
     }
 }
 
-/// The hosts of the builders that committed versions of the table at `root`.
-fn writer_hosts(root: &std::path::Path) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    for e in std::fs::read_dir(root.join("_delta_log")).unwrap() {
-        let path = e.unwrap().path();
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            if let Some(h) = v["commitInfo"]["skuflow.writer"]["host"].as_str() {
-                out.insert(h.to_string());
+/// A log line without its terminal colours.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
             }
+        } else {
+            out.push(c);
         }
     }
     out
+}
+
+/// One version of the dataset table, as its log entry says.
+struct Logged {
+    operation: String,
+    host: String,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
+/// The versions of the table at `root`, oldest first.
+fn table_log(root: &std::path::Path) -> Vec<Logged> {
+    let mut entries: Vec<(i64, std::path::PathBuf)> = std::fs::read_dir(root.join("_delta_log"))
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.unwrap().path();
+            let v = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()?;
+            Some((v, path))
+        })
+        .collect();
+    entries.sort();
+    entries
+        .into_iter()
+        .map(|(_, path)| {
+            let mut v = Logged {
+                operation: String::new(),
+                host: String::new(),
+                added: Vec::new(),
+                removed: Vec::new(),
+            };
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let a: serde_json::Value = serde_json::from_str(line).unwrap();
+                if let Some(op) = a["commitInfo"]["operation"].as_str() {
+                    v.operation = op.to_string();
+                    v.host = a["commitInfo"]["skuflow.writer"]["host"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                }
+                if let Some(f) = a["add"]["path"].as_str() {
+                    v.added.push(f.to_string());
+                }
+                if let Some(f) = a["remove"]["path"].as_str() {
+                    v.removed.push(f.to_string());
+                }
+            }
+            v
+        })
+        .collect()
 }
 
 /// The consumer groups of the builders that committed versions of the table at `root`.

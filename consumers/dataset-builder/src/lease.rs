@@ -34,6 +34,11 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// Group, host and instance, as recorded in the table's commits.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({"group": self.group, "host": self.host, "instance": self.instance})
+    }
+
     fn same_owner(&self, other: &Holder) -> bool {
         self.group == other.group && self.host == other.host
     }

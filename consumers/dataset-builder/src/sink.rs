@@ -397,7 +397,7 @@ impl DatasetSink {
             done.rows += rows;
             days.insert((country, day));
         }
-        let info = HashMap::from([
+        let mut info = HashMap::from([
             (
                 "skuflow.files_compacted".to_string(),
                 serde_json::json!(done.replaced),
@@ -407,6 +407,9 @@ impl DatasetSink {
                 serde_json::json!(done.written),
             ),
         ]);
+        if let Some(me) = &self.writer {
+            info.insert("skuflow.writer".to_string(), me.json());
+        }
         let table = self.table.as_mut().ok_or_else(|| anyhow!("no table"))?;
         let version =
             table::commit_compaction(table, actions, self.target_file_bytes, info).await?;
@@ -1073,10 +1076,7 @@ impl DatasetSink {
             ("skuflow.topic".to_string(), serde_json::json!(topic)),
         ]);
         if let Some(me) = &self.writer {
-            info.insert(
-                "skuflow.writer".to_string(),
-                serde_json::json!({"group": me.group, "host": me.host, "instance": me.instance}),
-            );
+            info.insert("skuflow.writer".to_string(), me.json());
         }
         // A partition another builder has taken over and written further (a batch of this one
         // still in flight when the partition moved) keeps the further offset.
