@@ -192,7 +192,10 @@ for country in countries:
     for d, entry in manifest["partitions"].items():
         listed = sorted(f.rsplit("/", 1)[1] for f in files if f"/country={country}/business_date={d}/" in f)
         check(sorted(entry["files"]) == listed, f"{country} {d}: manifest files {entry['files']}, table {listed}")
-    check((base / "_dataset_card.md").read_text().count("| `") >= len(schema), f"{country} card lacks columns")
+    card = (base / "_dataset_card.md").read_text()
+    check(card.count("| `") >= len(schema), f"{country} card lacks columns")
+    check(f"Describes version {manifest['table_version']} " in card,
+          f"{country} card does not name the manifest's version {manifest['table_version']}")
     check(not list(base.rglob("*.tmp")) and not list(base.rglob(".*")), f"{country}: temporary files left")
 
 # DuckDB over the version's files.

@@ -338,6 +338,11 @@ async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
         said.contains(&format!("Exported version {loaded_at} ")),
         "{said}"
     );
+    let card = std::fs::read_to_string(to.join("country=FI/_dataset_card.md")).unwrap();
+    assert!(
+        card.contains(&format!("Describes version {loaded_at} ")),
+        "{card}"
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(to.join("_export.json")).unwrap()).unwrap();
     let rows: u64 = manifest["rows"]

@@ -36,10 +36,14 @@ fn describe(name: &str) -> &'static str {
     }
 }
 
-/// `country=<CC>/_dataset_card.md`.
-pub fn dataset_card(country: &str, split: Split) -> String {
+/// How the card's line naming the table version it describes starts.
+const VERSION_LINE: &str = "Describes version ";
+
+/// `country=<CC>/_dataset_card.md`, describing the table's `version`.
+pub fn dataset_card(country: &str, split: Split, version: i64) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# skuflow SKU dataset: {country}\n");
+    let _ = writeln!(s, "{VERSION_LINE}{version} of the Delta Lake table.\n");
     let _ = writeln!(
         s,
         "One row per (store_id, sku, business_date): the latest uploaded version, never a \
@@ -99,4 +103,19 @@ pub fn dataset_card(country: &str, split: Split) -> String {
          versions, `skuflow dataset export --version N --to DIR` copies one for a training run."
     );
     s
+}
+
+/// A card describing another version (an export of that version): its version line replaced.
+pub fn for_version(card: &str, version: i64) -> String {
+    card.lines()
+        .map(|l| {
+            if l.starts_with(VERSION_LINE) {
+                format!("{VERSION_LINE}{version} of the Delta Lake table (an export of it).")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }

@@ -411,9 +411,15 @@ impl DatasetSink {
             info.insert("skuflow.writer".to_string(), me.json());
         }
         let table = self.table.as_mut().ok_or_else(|| anyhow!("no table"))?;
+        let read = table.version().unwrap_or(-1);
         let version =
             table::commit_compaction(table, actions, self.target_file_bytes, info).await?;
         done.version = version;
+        // Versions another builder committed meanwhile that this one did not conflict with.
+        if version > read + 1 {
+            self.catch_up(read, version - 1).await?;
+        }
+        let table = self.table.as_ref().ok_or_else(|| anyhow!("no table"))?;
         // The compacted days are read again when a batch next needs them; the manifests name
         // the new files.
         let now = table::files_by_day(table).await?;
@@ -536,7 +542,11 @@ impl DatasetSink {
                 return Ok(());
             }
             match self.catch_up(known, now).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // The other builder may have written the manifests since.
+                    self.manifests.clear();
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::info!(
                         from = known,
@@ -613,8 +623,6 @@ impl DatasetSink {
                 *known = (*known).max(version);
             }
         }
-        // The other builder may have written the manifests since.
-        self.manifests.clear();
         Ok(())
     }
 
@@ -1090,7 +1098,17 @@ impl DatasetSink {
             .map(|(p, o)| (*p, *o))
             .collect();
         let table = self.table.as_mut().ok_or_else(|| anyhow!("no table"))?;
+        let read = table.version().unwrap_or(-1);
+        if actions.is_empty() && offsets.is_empty() {
+            // Nothing new (a batch another builder already wrote): no version.
+            return Ok(read);
+        }
         let version = table::commit(table, actions, topic, &offsets, info).await?;
+        // Versions another builder committed meanwhile that this batch did not conflict with
+        // (they changed no file): their offsets.
+        if version > read + 1 {
+            self.catch_up(read, version - 1).await?;
+        }
         for (p, o) in &offsets {
             self.table_offsets
                 .insert(table::offsets_app_id(topic, *p), *o);
@@ -1184,8 +1202,9 @@ impl DatasetSink {
         m.built_at = Utc::now().to_rfc3339();
         let dir = Path::from(format!("country={country}"));
         let json = serde_json::to_vec_pretty(m)?;
+        let version = m.table_version;
         self.put(&dir.child("_manifest.json"), json).await?;
-        let card = crate::card::dataset_card(country, self.split);
+        let card = crate::card::dataset_card(country, self.split, version);
         self.put(&dir.child("_dataset_card.md"), card.into_bytes())
             .await?;
         Ok(())

@@ -143,9 +143,11 @@ pub async fn export(
     for c in &countries {
         let card = format!("country={c}/_dataset_card.md");
         if let Ok(r) = source.get(&Path::parse(&card)?).await {
+            let text = String::from_utf8_lossy(&r.bytes().await?).to_string();
+            let text = crate::card::for_version(&text, version);
             target
                 .store
-                .put(&child(&card)?, PutPayload::from(r.bytes().await?))
+                .put(&child(&card)?, PutPayload::from(text.into_bytes()))
                 .await?;
         }
     }
