@@ -89,10 +89,10 @@ up_tansu() {
   if port_open "$KAFKA_PORT"; then log "tansu already on $KAFKA_PORT"; return 0; fi
   mkdir -p "$STACK/tansu"
   local storage="${SKUFLOW_TANSU_STORAGE:-sqlite:///$STACK/tansu/tansu.db}"
-  nohup tansu broker \
+  (cd "$STACK/tansu" && exec nohup tansu broker \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine "$storage" > "$STACK/tansu/tansu.log" 2>&1 &
+    --storage-engine "$storage" > "$STACK/tansu/tansu.log" 2>&1) &
   echo $! > "$STACK/tansu/pid"
   wait_port "$KAFKA_PORT" tansu "$STACK/tansu/tansu.log"
   case "$storage" in sqlite:///*) python3 "$here/tansu-index.py" "${storage#sqlite://}" ;; esac
@@ -110,8 +110,10 @@ up_s3() {
   "$here/install-stack.sh" s3s-fs
   if port_open "$S3_PORT"; then log "s3s-fs already on $S3_PORT"; return 0; fi
   mkdir -p "$STACK/s3/data"
-  nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" \
-    "$STACK/s3/data" > "$STACK/s3/s3s-fs.log" 2>&1 &
+  # Started from its own directory: s3s-fs resolves every object path against its working
+  # directory, so a checkout removed under it would fail each request with a 500.
+  (cd "$STACK/s3" && exec nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" \
+    --secret-key "$S3_SECRET" "$STACK/s3/data" > "$STACK/s3/s3s-fs.log" 2>&1) &
   echo $! > "$STACK/s3/pid"
   wait_port "$S3_PORT" s3s-fs "$STACK/s3/s3s-fs.log"
   log "s3s-fs ready on 127.0.0.1:$S3_PORT (data in $STACK/s3/data)"

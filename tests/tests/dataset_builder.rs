@@ -264,15 +264,7 @@ async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
             r
         })
         .collect();
-    positions.extend(
-        produce(
-            &p.stack.brokers,
-            &p.topics.records,
-            &skuflow_e2e::record_messages(&wave),
-        )
-        .await,
-    );
-    all.extend(wave);
+    produce_more(&p, &mut positions, &mut all, wave).await;
     let ends = common::ends_of(&positions, 3);
     p.wait_committed(&first_group, &p.topics.records, &ends, WAIT)
         .await;
@@ -414,15 +406,7 @@ async fn two_builders_of_one_group_share_one_table_without_a_lease() {
             r
         })
         .collect();
-    positions.extend(
-        produce(
-            &p.stack.brokers,
-            &p.topics.records,
-            &skuflow_e2e::record_messages(&wave),
-        )
-        .await,
-    );
-    all.extend(wave);
+    produce_more(&p, &mut positions, &mut all, wave).await;
     p.wait_committed(
         &group,
         &p.topics.records,
@@ -539,6 +523,18 @@ fn table_log(root: &std::path::Path) -> Vec<Logged> {
             v
         })
         .collect()
+}
+
+/// Produces `records` to the records topic, adding their positions and them to the lists kept.
+async fn produce_more(
+    p: &Pipeline,
+    positions: &mut Vec<(i32, i64)>,
+    all: &mut Vec<SkuRecord>,
+    records: Vec<SkuRecord>,
+) {
+    let messages = skuflow_e2e::record_messages(&records);
+    positions.extend(produce(&p.stack.brokers, &p.topics.records, &messages).await);
+    all.extend(records);
 }
 
 /// The consumer groups of the builders that committed versions of the table at `root`.
