@@ -831,13 +831,17 @@ impl DatasetSink {
         }
         // The later days' files holding a changed key: their history changed.
         for ((country, day, p), keys) in &changed_keys {
-            for later in 1..=HISTORY_DAYS {
-                let group = (country.clone(), *day + chrono::Duration::days(later), *p);
-                let Some(index) = self.index.get(&group) else {
-                    continue;
-                };
-                for (store, sku) in keys {
-                    if let Some((n, _)) = Self::find(&self.shards, index, &group, store, sku) {
+            let later: Vec<(GroupKey, &KeyIndex)> = (1..=HISTORY_DAYS)
+                .map(|d| (country.clone(), *day + chrono::Duration::days(d), *p))
+                .filter_map(|g| self.index.get(&g).map(|index| (g, index)))
+                .collect();
+            if later.is_empty() {
+                continue;
+            }
+            for (store, sku) in keys {
+                let key = (key_hash(store, sku), store.as_str(), sku.as_str());
+                for (group, index) in &later {
+                    if let Some((n, _)) = Self::find(&self.shards, index, group, key) {
                         rewrite.insert((group.0.clone(), group.1, group.2, n));
                     }
                 }
@@ -879,22 +883,20 @@ impl DatasetSink {
         }
         let countries: BTreeSet<&String> = written.iter().map(|(c, _)| c).collect();
         for country in countries {
-            self.load_manifest(country).await?;
             self.put_manifest(country).await?;
         }
         self.trim_cache();
         Ok(())
     }
 
-    /// The shard of a loaded group holding (store_id, sku), and its row.
+    /// The shard of a loaded group holding (store_id, sku), whose [`key_hash`] is `h`, and its
+    /// row.
     fn find<'a>(
         shards: &'a HashMap<ShardKey, FileRows>,
         index: &KeyIndex,
         group: &GroupKey,
-        store_id: &str,
-        sku: &str,
+        (h, store_id, sku): (u64, &str, &str),
     ) -> Option<(u32, Row<'a>)> {
-        let h = key_hash(store_id, sku);
         let mut found = None;
         // Equal hashes of different keys are told apart by the shard's own index.
         index.find(h, |&(eh, n)| {
@@ -956,8 +958,10 @@ impl DatasetSink {
         let mut keys = Vec::new();
         let incoming = records.len();
         for r in records {
+            let h = key_hash(&r.store_id, &r.sku);
             let index = self.index.entry(group.clone()).or_default();
-            let found = Self::find(&self.shards, index, &group, &r.store_id, &r.sku).map(|f| f.0);
+            let found = Self::find(&self.shards, index, &group, (h, &r.store_id, &r.sku));
+            let found = found.map(|f| f.0);
             let n = match found {
                 Some(n) => n,
                 None => {
@@ -972,7 +976,6 @@ impl DatasetSink {
                             n
                         }
                     };
-                    let h = key_hash(&r.store_id, &r.sku);
                     self.index.entry(group.clone()).or_default().insert_unique(
                         h,
                         (h, n),
@@ -1023,10 +1026,14 @@ impl DatasetSink {
                 .collect();
             let (shards, index) = (&self.shards, &self.index);
             let history_of = |r: &Row<'_>| {
+                if past.is_empty() {
+                    return History::default();
+                }
+                let wanted = (key_hash(r.store_id(), r.sku()), r.store_id(), r.sku());
                 let rows: Vec<(NaiveDate, i32, rust_decimal::Decimal)> = past
                     .iter()
                     .filter_map(|(d, g)| {
-                        let (_, row) = Self::find(shards, &index[g], g, r.store_id(), r.sku())?;
+                        let (_, row) = Self::find(shards, &index[g], g, wanted)?;
                         Some((*d, row.units_sold(), row.unit_price()))
                     })
                     .collect();
