@@ -225,15 +225,11 @@ async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
     let mut p = Pipeline::new().await;
     let root = tempfile::tempdir().unwrap();
     let (first_group, second_group) = (format!("sdb-a-{}", p.id), format!("sdb-b-{}", p.id));
-    let mut all: Vec<SkuRecord> = (0..300u64)
+    let (mut all, mut positions) = (Vec::new(), Vec::new());
+    let first: Vec<SkuRecord> = (0..300u64)
         .flat_map(|i| [sample("FI", i, 22, 1000), sample("DK", i, 22, 1000)])
         .collect();
-    let mut positions = produce(
-        &p.stack.brokers,
-        &p.topics.records,
-        &skuflow_e2e::record_messages(&all),
-    )
-    .await;
+    produce_more(&p, &mut positions, &mut all, first).await;
     let args = |group: &str| {
         vec![
             format!("--group={group}"),
@@ -376,16 +372,12 @@ async fn two_builders_of_one_group_share_one_table_without_a_lease() {
     });
     assert!(assigned, "{}", p.logs());
     // Two consecutive days, so the second day's rows carry the first day's medians.
-    let mut all: Vec<SkuRecord> = (0..600u64)
+    let (mut all, mut positions) = (Vec::new(), Vec::new());
+    let first: Vec<SkuRecord> = (0..600u64)
         .flat_map(|i| [sample("SE", i, 20, 1000), sample("SE", i, 21, 1000)])
         .chain((0..300u64).map(|i| sample("NO", i, 21, 1000)))
         .collect();
-    let mut positions = produce(
-        &p.stack.brokers,
-        &p.topics.records,
-        &skuflow_e2e::record_messages(&all),
-    )
-    .await;
+    produce_more(&p, &mut positions, &mut all, first).await;
     p.wait_committed(
         &group,
         &p.topics.records,

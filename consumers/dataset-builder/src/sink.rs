@@ -274,10 +274,7 @@ impl DatasetSink {
             }
             Ok(_) => {}
             // Another builder committed first: nothing in memory changed before the commit.
-            Err(e)
-                if e.chain()
-                    .any(|c| c.downcast_ref::<table::Conflict>().is_some()) =>
-            {
+            Err(e) if lost_race(&e) => {
                 tracing::info!(error = %format!("{e:#}"), "Compacting the dataset table lost the race to another builder's version; trying again at the next interval.");
             }
             Err(e) => {
@@ -328,7 +325,7 @@ impl DatasetSink {
         for ((country, day), files) in &self.files {
             let mut small: BTreeMap<i32, Vec<(u32, DataFile)>> = BTreeMap::new();
             for f in files {
-                let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+                let name = f.name();
                 if let Some((p, n)) = Self::parse_file_name(name) {
                     let mine = self.assigned.as_ref().is_none_or(|a| a.contains(&p));
                     if f.size < target && mine {
@@ -430,7 +427,7 @@ impl DatasetSink {
                 .get(&key)
                 .into_iter()
                 .flatten()
-                .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path).to_string())
+                .map(|f| f.name().to_string())
                 .collect();
             self.load_manifest(country).await?;
             if let Some(m) = self.manifests.get_mut(country) {
@@ -707,7 +704,7 @@ impl DatasetSink {
             .cloned()
             .unwrap_or_default();
         for file in files {
-            let name = file.path.rsplit('/').next().unwrap_or(&file.path);
+            let name = file.name();
             let Some((p, n)) = Self::parse_file_name(name) else {
                 anyhow::bail!(
                     "{}: not a file name this builder writes (part-p<partition>-<shard>-<id>.parquet)",
@@ -957,12 +954,12 @@ impl DatasetSink {
         let mut changed = BTreeSet::new();
         let mut keys = Vec::new();
         let incoming = records.len();
+        // The group's index, out of the map while the batch's keys are looked up and added.
+        let mut index = self.index.remove(&group).unwrap_or_default();
         for r in records {
             let h = key_hash(&r.store_id, &r.sku);
-            let index = self.index.entry(group.clone()).or_default();
-            let found = Self::find(&self.shards, index, &group, (h, &r.store_id, &r.sku));
-            let found = found.map(|f| f.0);
-            let n = match found {
+            let found = Self::find(&self.shards, &index, &group, (h, &r.store_id, &r.sku));
+            let n = match found.map(|f| f.0) {
                 Some(n) => n,
                 None => {
                     let n = match open {
@@ -976,11 +973,7 @@ impl DatasetSink {
                             n
                         }
                     };
-                    self.index.entry(group.clone()).or_default().insert_unique(
-                        h,
-                        (h, n),
-                        |&(h, _)| h,
-                    );
+                    index.insert_unique(h, (h, n), |&(h, _)| h);
                     n
                 }
             };
@@ -993,6 +986,7 @@ impl DatasetSink {
                 keys.push((r.store_id.clone(), r.sku.clone()));
             }
         }
+        self.index.insert(group, index);
         for n in &changed {
             if let Some(s) = self.shards.get_mut(&key(*n)) {
                 s.settle();
@@ -1156,9 +1150,7 @@ impl DatasetSink {
         files.sort_by_key(|(k, _)| (k.2, k.3));
         for (key, st) in files {
             if let Some(f) = self.shard_files.get(key) {
-                entry
-                    .files
-                    .push(f.path.rsplit('/').next().unwrap_or(&f.path).to_string());
+                entry.files.push(f.name().to_string());
             }
             entry.rows += st.rows;
             for (split, n) in &st.splits {
@@ -1254,9 +1246,13 @@ fn is_transient(e: &anyhow::Error) -> bool {
         }) || c.downcast_ref::<std::io::Error>().is_some()
             // Another builder holds the root: wait for it to stop.
             || c.downcast_ref::<crate::lease::Held>().is_some()
-            // Another writer committed first: read the table again and retry.
-            || c.downcast_ref::<table::Conflict>().is_some()
-    })
+    }) || lost_race(e)
+}
+
+/// Another writer committed first: the work is done again on the version that won.
+fn lost_race(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<table::Conflict>().is_some())
 }
 
 #[async_trait]
@@ -1281,9 +1277,7 @@ impl Sink for DatasetSink {
             Err(e) => {
                 // What is in memory may be ahead of what is stored: a lost commit race drops
                 // what the batch changed; any other failure starts over from storage.
-                if e.chain()
-                    .any(|c| c.downcast_ref::<table::Conflict>().is_some())
-                {
+                if lost_race(&e) {
                     tracing::info!(error = %format!("{e:#}"), "Another dataset builder committed first; writing the batch again on its version.");
                     self.roll_back();
                 } else {

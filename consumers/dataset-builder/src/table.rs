@@ -225,6 +225,13 @@ pub struct DataFile {
     pub rows: Option<u64>,
 }
 
+impl DataFile {
+    /// The file's name, without its `country=…/business_date=…/` directories.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
 /// The data files of the table's loaded version by (country, business day).
 pub async fn files_by_day(
     table: &DeltaTable,
