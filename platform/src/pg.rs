@@ -28,6 +28,58 @@ pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// COPYs `rows` in binary format with `sql` (a `COPY … FROM STDIN (FORMAT binary)`) in `tx`;
+/// `fill` puts one row's values, in the order of `types`, into the vector it is given.
+pub async fn copy_binary<'a, R: Sync>(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    types: &[tokio_postgres::types::Type],
+    rows: &'a [R],
+    fill: impl Fn(&'a R, &mut Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>),
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx.copy_in(sql).await?;
+    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, types);
+    futures::pin_mut!(writer);
+    let mut values = Vec::with_capacity(types.len());
+    for row in rows {
+        values.clear();
+        fill(row, &mut values);
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await
+}
+
+/// Whether a batch should first try a COPY straight into its keyed table (new keys only, the
+/// common case), or go through the slower merge that compares versions with the stored keys.
+/// After a direct COPY met a stored key, the next batches merge for a while: a replay or a run
+/// of corrections would otherwise pay for a failed COPY each time.
+#[derive(Debug, Default)]
+pub struct DirectFirst {
+    merge_only: u32,
+}
+
+impl DirectFirst {
+    /// Batches that merge after a direct COPY met a stored key.
+    pub const MERGE_AFTER_CONFLICT: u32 = 16;
+
+    /// Whether this batch tries the direct COPY first.
+    pub fn try_direct(&mut self) -> bool {
+        let direct = self.merge_only == 0;
+        self.merge_only = self.merge_only.saturating_sub(1);
+        direct
+    }
+
+    /// The direct COPY failed with `e`: `true` when a key was stored already (the savepoint is
+    /// to be rolled back and the batch merged); the next batches merge.
+    pub fn conflicted(&mut self, e: &tokio_postgres::Error) -> bool {
+        let stored = e.code() == Some(&SqlState::UNIQUE_VIOLATION);
+        if stored {
+            self.merge_only = Self::MERGE_AFTER_CONFLICT;
+        }
+        stored
+    }
+}
+
 /// Whether the error is about the data of a row (retrying cannot fix it; single the row out).
 pub fn is_row_error(e: &tokio_postgres::Error) -> bool {
     e.code()

@@ -3,11 +3,18 @@
 //! changes there (a newer version of a key first takes the old contribution away), in one
 //! transaction with the consumed offsets. Replays and duplicates change nothing: a version that
 //! is not newer than the stored one is not applied.
+//!
+//! A batch of new keys (the common case: a store's upload of a day) is COPYed straight into the
+//! lines and its contribution summed here, so PostgreSQL only adds a few sums per store, day and
+//! category. A batch that meets a stored key goes back to its savepoint and takes the merge,
+//! which compares versions and takes the old contributions away in SQL.
 
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
+use chrono::NaiveDate;
 use rust_decimal::Decimal;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
 use skuflow_platform::consume::dead_letters;
@@ -39,6 +46,195 @@ const LINE_COLUMNS: [&str; 15] = [
     "file_id",
 ];
 
+/// Types of [`LINE_COLUMNS`], for the binary COPY.
+const LINE_TYPES: [Type; 15] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::DATE,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::INT4,
+    Type::INT4,
+    Type::TEXT,
+];
+
+static INDIVIDUAL: &str = "individual";
+static RETAIL_CHAIN: &str = "retail_chain";
+static NO_CHAIN: &str = "";
+
+/// A line's values in the order of [`LINE_COLUMNS`].
+fn line_values<'a>(r: &'a SkuRecord, values: &mut Vec<&'a (dyn ToSql + Sync)>) {
+    let category: &'static &'static str = match r.store_category.as_str() {
+        "individual" => &INDIVIDUAL,
+        _ => &RETAIL_CHAIN,
+    };
+    let chain: &'a (dyn ToSql + Sync) = match &r.chain {
+        Some(c) => c,
+        None => &NO_CHAIN,
+    };
+    values.extend([
+        &r.country as &(dyn ToSql + Sync),
+        &r.store_id,
+        &r.sku,
+        &r.business_date,
+        &r.record_version,
+        &r.record_id,
+        category,
+        chain,
+        &r.category,
+        &r.currency,
+        &r.unit_price,
+        &r.unit_cost,
+        &r.units_sold,
+        &r.quantity_on_hand,
+        &r.file_id,
+    ]);
+}
+
+/// The dimensions of a daily aggregate row, in the order of [`DIMENSIONS`].
+type Dims<'a> = (
+    NaiveDate,
+    &'a str,
+    &'a str,
+    &'static str,
+    &'a str,
+    &'a str,
+    &'a str,
+);
+
+/// The measures of a daily aggregate row, in the order of [`MEASURES`].
+#[derive(Default)]
+struct Sums {
+    skus: i64,
+    skus_with_cost: i64,
+    units: i64,
+    revenue: Decimal,
+    revenue_with_cost: Decimal,
+    cost: Decimal,
+    stock_value_retail: Decimal,
+    stock_value_cost: Decimal,
+}
+
+impl Sums {
+    /// Adds the contribution of `r` (what [`contribution`] computes in SQL); `None` when a sum
+    /// leaves the range of exact decimals (PostgreSQL's numeric has no such limit).
+    fn add(&mut self, r: &SkuRecord) -> Option<()> {
+        let units = Decimal::from(r.units_sold);
+        let on_hand = Decimal::from(r.quantity_on_hand);
+        let revenue = r.unit_price.checked_mul(units)?;
+        self.skus += 1;
+        self.units += i64::from(r.units_sold);
+        self.revenue = self.revenue.checked_add(revenue)?;
+        self.stock_value_retail = self
+            .stock_value_retail
+            .checked_add(r.unit_price.checked_mul(on_hand)?)?;
+        if let Some(cost) = r.unit_cost {
+            self.skus_with_cost += 1;
+            self.revenue_with_cost = self.revenue_with_cost.checked_add(revenue)?;
+            self.cost = self.cost.checked_add(cost.checked_mul(units)?)?;
+            self.stock_value_cost = self
+                .stock_value_cost
+                .checked_add(cost.checked_mul(on_hand)?)?;
+        }
+        Some(())
+    }
+}
+
+/// The contribution of a batch of new lines to the daily aggregates, as the column arrays of
+/// the statement that adds them.
+#[derive(Default)]
+struct Contribution<'a> {
+    business_date: Vec<NaiveDate>,
+    country: Vec<&'a str>,
+    store_id: Vec<&'a str>,
+    store_category: Vec<&'static str>,
+    chain: Vec<&'a str>,
+    category: Vec<&'a str>,
+    currency: Vec<&'a str>,
+    counts: [Vec<i64>; 3],
+    amounts: [Vec<Decimal>; 5],
+}
+
+impl<'a> Contribution<'a> {
+    /// Sums `rows` per aggregate row; `None` when a sum is out of exact decimal range.
+    fn of(rows: &[(usize, &'a SkuRecord)]) -> Option<Self> {
+        let mut sums: HashMap<Dims<'a>, Sums> = HashMap::new();
+        for (_, r) in rows {
+            let dims = (
+                r.business_date,
+                r.country.as_str(),
+                r.store_id.as_str(),
+                r.store_category.as_str(),
+                r.chain.as_deref().unwrap_or(""),
+                r.category.as_str(),
+                r.currency.as_str(),
+            );
+            sums.entry(dims).or_default().add(r)?;
+        }
+        let mut c = Contribution::default();
+        for (d, s) in sums {
+            c.business_date.push(d.0);
+            c.country.push(d.1);
+            c.store_id.push(d.2);
+            c.store_category.push(d.3);
+            c.chain.push(d.4);
+            c.category.push(d.5);
+            c.currency.push(d.6);
+            for (v, x) in c.counts.iter_mut().zip([s.skus, s.skus_with_cost, s.units]) {
+                v.push(x);
+            }
+            let amounts = [
+                s.revenue,
+                s.revenue_with_cost,
+                s.cost,
+                s.stock_value_retail,
+                s.stock_value_cost,
+            ];
+            for (v, x) in c.amounts.iter_mut().zip(amounts) {
+                v.push(x);
+            }
+        }
+        Some(c)
+    }
+
+    async fn add_to_daily(
+        &self,
+        tx: &Transaction<'_>,
+        sql: &str,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let [skus, with_cost, units] = &self.counts;
+        let [revenue, revenue_with_cost, cost, retail, at_cost] = &self.amounts;
+        tx.execute(
+            sql,
+            &[
+                &self.business_date,
+                &self.country,
+                &self.store_id,
+                &self.store_category,
+                &self.chain,
+                &self.category,
+                &self.currency,
+                skus,
+                with_cost,
+                units,
+                revenue,
+                revenue_with_cost,
+                cost,
+                retail,
+                at_cost,
+            ],
+        )
+        .await
+    }
+}
+
 /// The contribution of line `x` to each measure, in the order of [`MEASURES`], times `sign`.
 fn contribution(x: &str, sign: i32) -> String {
     let parts = [
@@ -65,6 +261,10 @@ struct Statements {
     clear_stage: String,
     aggregate: String,
     drop_empty: String,
+    /// The direct COPY of a batch of new keys into the lines.
+    copy_lines: String,
+    /// Adds a [`Contribution`] computed here to the daily aggregates.
+    add_daily: String,
 }
 
 impl Statements {
@@ -97,7 +297,8 @@ impl Statements {
             .collect();
         Statements {
             setup: format!(
-                "CREATE TEMP TABLE IF NOT EXISTS fin_staging (LIKE {LINES}) ON COMMIT DELETE ROWS;\n\
+                "SET synchronous_commit = off;\n\
+                 CREATE TEMP TABLE IF NOT EXISTS fin_staging (LIKE {LINES}) ON COMMIT DELETE ROWS;\n\
                  CREATE TEMP TABLE IF NOT EXISTS fin_contrib ON COMMIT DELETE ROWS AS\n\
                  SELECT {dims}, {measures} FROM {DAILY} WITH NO DATA"
             ),
@@ -123,6 +324,16 @@ impl Statements {
                 contribution("up", 1)
             ),
             clear_stage: "DELETE FROM fin_staging".into(),
+            copy_lines: format!("COPY {LINES} ({cols}) FROM STDIN (FORMAT binary)"),
+            add_daily: format!(
+                "INSERT INTO {DAILY} AS d ({dims}, {measures})\n\
+                 SELECT * FROM UNNEST($1::date[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                   $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::numeric[], \
+                   $12::numeric[], $13::numeric[], $14::numeric[], $15::numeric[]) \
+                 ORDER BY 1, 2, 3, 4, 5, 6, 7\n\
+                 ON CONFLICT ({dims}) DO UPDATE SET {}, updated_at = now()",
+                adds.join(", ")
+            ),
             aggregate: format!(
                 "INSERT INTO {DAILY} AS d ({dims}, {measures})\n\
                  SELECT {dims}, {} FROM fin_contrib GROUP BY {dims} ORDER BY {dims}\n\
@@ -212,6 +423,7 @@ pub struct FinanceSink {
     conn: pg::SinkConnection,
     group: String,
     sql: Statements,
+    direct: pg::DirectFirst,
 }
 
 impl FinanceSink {
@@ -221,6 +433,7 @@ impl FinanceSink {
             conn: pg::SinkConnection::new(url, migrations::all(), sql.setup.clone()),
             group: group.to_string(),
             sql,
+            direct: pg::DirectFirst::default(),
         }
     }
 
@@ -242,29 +455,59 @@ impl FinanceSink {
         isolate: bool,
     ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
         let (sql, group) = (&self.sql, &self.group);
-        let tx = self.conn.client().transaction().await?;
+        let mut tx = self.conn.client().transaction().await?;
         let mut refused = known.to_vec();
-        if isolate {
-            for (index, rec) in rows {
-                tx.batch_execute("SAVEPOINT line").await?;
-                match merge(&tx, sql, &Columns::of([*rec])).await {
-                    Ok(()) => tx.batch_execute("RELEASE SAVEPOINT line").await?,
-                    Err(e) if is_row_error(&e) => {
-                        tx.batch_execute("ROLLBACK TO SAVEPOINT line").await?;
-                        refused.push(Refusal {
-                            index: *index,
-                            rule: "postgres_constraint".into(),
-                            message: describe(&e),
-                        });
+        // Summed before the COPY: a batch whose sums leave exact decimals is merged in SQL.
+        let contribution = if isolate || !self.direct.try_direct() {
+            None
+        } else {
+            Contribution::of(rows)
+        };
+        let direct = match contribution {
+            None => false,
+            Some(contribution) => {
+                let savepoint = tx.savepoint("direct").await?;
+                match pg::copy_binary(&savepoint, &sql.copy_lines, &LINE_TYPES, rows, |row, v| {
+                    line_values(row.1, v)
+                })
+                .await
+                {
+                    Ok(_) => {
+                        savepoint.commit().await?;
+                        contribution.add_to_daily(&tx, &sql.add_daily).await?;
+                        true
+                    }
+                    Err(e) if self.direct.conflicted(&e) => {
+                        savepoint.rollback().await?;
+                        false
                     }
                     Err(e) => return Err(e),
                 }
             }
-        } else {
-            merge(&tx, sql, &Columns::of(rows.iter().map(|(_, r)| *r))).await?;
+        };
+        if !direct {
+            if isolate {
+                for (index, rec) in rows {
+                    tx.batch_execute("SAVEPOINT line").await?;
+                    match merge(&tx, sql, &Columns::of([*rec])).await {
+                        Ok(()) => tx.batch_execute("RELEASE SAVEPOINT line").await?,
+                        Err(e) if is_row_error(&e) => {
+                            tx.batch_execute("ROLLBACK TO SAVEPOINT line").await?;
+                            refused.push(Refusal {
+                                index: *index,
+                                rule: "postgres_constraint".into(),
+                                message: describe(&e),
+                            });
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            } else {
+                merge(&tx, sql, &Columns::of(rows.iter().map(|(_, r)| *r))).await?;
+            }
+            tx.execute(sql.aggregate.as_str(), &[]).await?;
+            tx.execute(sql.drop_empty.as_str(), &[]).await?;
         }
-        tx.execute(sql.aggregate.as_str(), &[]).await?;
-        tx.execute(sql.drop_empty.as_str(), &[]).await?;
         pg::store_offsets(&tx, OFFSETS_TABLE, group, topic, offsets).await?;
         let letters = dead_letters(SINK_NAME, batch, &refused);
         pg::store_dead_letters(&tx, OUTBOX_TABLE, group, &letters).await?;

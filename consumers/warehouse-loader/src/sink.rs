@@ -5,9 +5,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
-use futures::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
@@ -19,9 +16,6 @@ use skuflow_schemas::{record_fields, FieldType, RejectMessage, SkuRecord, StoreC
 
 use crate::migrations::{self, FACT_TABLE, OFFSETS_TABLE, OUTBOX_TABLE, PARTITION_LOCK};
 
-/// Batches written through the staging table after a direct COPY met a stored key.
-const MERGE_ONLY_AFTER_CONFLICT: u32 = 16;
-
 /// COPYs `rows` (binary) with `sql` in `tx`.
 async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
@@ -30,17 +24,11 @@ async fn copy_rows(
     columns: &[&'static str],
     rows: &[&SkuRecord],
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in(sql).await?;
-    let writer = BinaryCopyInWriter::new(sink, types);
-    pin_mut!(writer);
-    let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(columns.len());
-    for rec in rows {
-        values.clear();
-        values.extend(columns.iter().map(|c| column_value(rec, c)));
-        writer.as_mut().write(&values).await?;
-    }
-    writer.finish().await?;
-    Ok(())
+    pg::copy_binary(tx, sql, types, rows, |rec, values| {
+        values.extend(columns.iter().map(|c| column_value(rec, c)))
+    })
+    .await
+    .map(|_| ())
 }
 
 /// The sink's name: its dead letters' stage.
@@ -138,9 +126,9 @@ pub struct PgSink {
     /// COPY straight into the fact table: a batch of keys not stored yet (a first load) needs
     /// no staging table and no merge.
     direct_copy_sql: String,
-    /// Batches to write through the staging table before trying a direct COPY again, after one
-    /// met stored keys (corrections or a replay tend to come in runs).
-    merge_only: u32,
+    /// Whether the next batch tries the direct COPY (after one met stored keys, corrections or a
+    /// replay tend to come in runs, so the next batches go through the staging table).
+    direct: pg::DirectFirst,
     types: Vec<Type>,
     columns: Vec<&'static str>,
 }
@@ -181,7 +169,7 @@ impl PgSink {
             ),
             copy_sql: format!("COPY sku_staging ({cols}) FROM STDIN (FORMAT binary)"),
             direct_copy_sql: format!("COPY {FACT_TABLE} ({cols}) FROM STDIN (FORMAT binary)"),
-            merge_only: 0,
+            direct: pg::DirectFirst::default(),
             types: record_fields()
                 .iter()
                 .map(|f| pg_wire_type(f.field_type))
@@ -227,8 +215,7 @@ impl PgSink {
         offsets: &BTreeMap<i32, i64>,
         letters: &[RejectMessage],
     ) -> Result<(), tokio_postgres::Error> {
-        let try_direct = self.merge_only == 0;
-        self.merge_only = self.merge_only.saturating_sub(1);
+        let try_direct = self.direct.try_direct();
         let (copy_sql, direct_copy_sql, merge_sql, types, columns, group) = (
             &self.copy_sql,
             &self.direct_copy_sql,
@@ -247,10 +234,7 @@ impl PgSink {
                     direct.commit().await?;
                     merge = false;
                 }
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    direct.rollback().await?;
-                    self.merge_only = MERGE_ONLY_AFTER_CONFLICT;
-                }
+                Err(e) if self.direct.conflicted(&e) => direct.rollback().await?,
                 Err(e) => return Err(e),
             }
         }
