@@ -296,6 +296,9 @@ fn ingest_args(buckets: &Path) -> IngestArgs {
         scan_interval_secs: 1,
         requeue_after_secs: skuflow_ingest::discovery::REQUEUE_AFTER.as_secs(),
         concurrency: None,
+        bulk_after_rows: skuflow_ingest::worker::IngestSettings::default().bulk_after_rows,
+        bulk_records_per_sec: skuflow_ingest::worker::IngestSettings::default()
+            .bulk_records_per_sec,
         group: format!("{DEMO_GROUP}-ingest"),
         max_reject_ratio: 0.5,
         max_object_bytes: 4 << 30,

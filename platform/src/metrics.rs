@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, OnceLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -77,6 +77,9 @@ pub struct Metrics {
     /// `skuflow_uploads_in_flight`: uploads this ingest worker is ingesting now (at most its
     /// `--concurrency`).
     pub uploads_in_flight: IntGauge,
+    /// `skuflow_bulk_lane_wait_seconds_total`: time large uploads were held back by the ingest
+    /// worker's bulk lane (`--bulk-records-per-sec`).
+    pub bulk_lane_wait: Counter,
 }
 
 /// The process-wide metrics.
@@ -111,6 +114,7 @@ pub const NAMES: &[&str] = &[
     "skuflow_store_upload_late",
     "skuflow_late_uploads_total",
     "skuflow_uploads_in_flight",
+    "skuflow_bulk_lane_wait_seconds_total",
     "skuflow_build_info",
 ];
 
@@ -269,6 +273,13 @@ impl Metrics {
                 IntGauge::new(
                     "uploads_in_flight",
                     "Uploads this ingest worker is ingesting now.",
+                )?,
+            )?,
+            bulk_lane_wait: reg(
+                &registry,
+                Counter::new(
+                    "bulk_lane_wait_seconds_total",
+                    "Time large uploads were held back by the ingest worker's bulk lane.",
                 )?,
             )?,
             registry,

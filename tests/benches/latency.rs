@@ -7,8 +7,11 @@
 //!             partition (each sink commits only what it has made durable, so the file's rows are
 //!             readable there by then).
 //! Two phases of SKUFLOW_BENCH_LATENCY_SECS (default 60) each: the stream alone, then the same
-//! stream while one very large upload (SKUFLOW_BENCH_LARGE_ROWS rows, default 1,500,000) is
-//! being ingested. Prints p50, p95, p99 and max per phase, size class and stage, and each
+//! stream while one very large upload (SKUFLOW_BENCH_LARGE_ROWS rows, default 100,000) is
+//! being ingested. The ingest's bulk lane is sized to the spare capacity of the bench's broker
+//! (tansu on sqlite, which saturates one core at about 3,000 records a second here): records past
+//! an upload's first SKUFLOW_BENCH_BULK_AFTER_ROWS (default 10,000) at most
+//! SKUFLOW_BENCH_BULK_RECORDS_PER_SEC (default 500; 0 turns the lane off). Prints p50, p95, p99 and max per phase, size class and stage, and each
 //! stage's ratio of a small file's p99 with the large upload to without. Target: at most 2×.
 //! Then the CPU each stage's process spent per record over the whole run (ingest: rows read;
 //! sinks: records consumed), as records per CPU-second, and the cores each stage needs for
@@ -223,7 +226,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let phase_secs = env_u64("SKUFLOW_BENCH_LATENCY_SECS", 60);
-    let large_rows = env_u64("SKUFLOW_BENCH_LARGE_ROWS", 1_500_000);
+    let large_rows = env_u64("SKUFLOW_BENCH_LARGE_ROWS", 100_000);
+    let bulk_rate = env_u64("SKUFLOW_BENCH_BULK_RECORDS_PER_SEC", 500);
+    let bulk_after = env_u64("SKUFLOW_BENCH_BULK_AFTER_ROWS", 10_000);
     let mut p = Pipeline::new().await;
     let root = tempfile::Builder::new()
         .prefix("skuflow-bench-latency-")
@@ -249,7 +254,9 @@ async fn main() {
         let mut c = command("skuflow-ingest", &group("ingest"));
         c.arg(format!("--bucket-root={}", buckets.display()))
             .arg("--buckets=skus-de")
-            .arg("--scan-interval-secs=1");
+            .arg("--scan-interval-secs=1")
+            .arg(format!("--bulk-records-per-sec={bulk_rate}"))
+            .arg(format!("--bulk-after-rows={bulk_after}"));
         (c, "ingest")
     }];
     for (name, g) in &stages {
@@ -282,6 +289,7 @@ async fn main() {
         CLASSES[1].every.as_secs(),
         CLASSES[1].name
     );
+    println!("Ingest bulk lane: --bulk-records-per-sec={bulk_rate} --bulk-after-rows={bulk_after}");
 
     let mut uploads: Vec<Upload> = Vec::new();
     let mut seed = 1u64;

@@ -781,3 +781,60 @@ async fn small_uploads_do_not_wait_behind_large_ones_and_nothing_is_queued_twice
     );
     assert!(rss > 0 && rss <= budget, "peak RSS {rss} above {budget}");
 }
+
+/// The bulk lane: past its first `--bulk-after-rows` records, a large upload produces at most
+/// `--bulk-records-per-sec`; it still produces every row, and a small upload landing meanwhile
+/// is not held back with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_upload_is_paced_past_its_first_rows_and_loses_nothing() {
+    let mut p = Pipeline::new().await;
+    let root = tempfile::tempdir().unwrap();
+    let buckets = root.path().join("buckets");
+    let (rows_large, rows_small, after, rate) = (11_000u64, 20u64, 1_000u64, 1_000u64);
+    let large = "incoming/individual/big-1/2026-11-24/skus.csv";
+    upload_local(
+        &buckets,
+        "skus-at",
+        large,
+        &sample_rows(7, rows_large, 0, "EUR", "2026-11-24"),
+    );
+    p.start_ingest(&[
+        format!("--bucket-root={}", buckets.display()),
+        format!("--bulk-after-rows={after}"),
+        format!("--bulk-records-per-sec={rate}"),
+    ]);
+    wait_event(&p, large, "accepted");
+    let small = "incoming/individual/small-1/2026-11-24/skus.csv";
+    upload_local(
+        &buckets,
+        "skus-at",
+        small,
+        &sample_rows(8, rows_small, 0, "EUR", "2026-11-24"),
+    );
+    wait_event(&p, small, "completed");
+    assert!(
+        !events_of(&p, large)
+            .iter()
+            .any(|e| e["status"] == "completed"),
+        "the large upload was done before the small one: nothing was paced"
+    );
+    let done = wait_event(&p, large, "completed");
+    // 10,000 paced records at 1,000 a second, less the tenth of a second the lane may hold.
+    let took = done["duration_ms"].as_u64().unwrap();
+    let least = (rows_large - after) * 1000 / rate - 100;
+    assert!(
+        took >= least,
+        "the large upload took {took} ms, less than the lane allows ({least} ms)"
+    );
+    assert_eq!(
+        topic_end(&p, &p.topics.records),
+        (rows_large + rows_small) as i64,
+        "records produced"
+    );
+    let logs = p.logs();
+    assert!(
+        logs.contains("Large upload: its further records go through the worker's bulk lane")
+            && logs.contains(done["file_id"].as_str().unwrap()),
+        "no log line says the upload went through the bulk lane\n{logs}"
+    );
+}

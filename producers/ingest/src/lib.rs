@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod apikeys;
+pub mod bulk;
 pub mod codes;
 pub mod contract;
 pub mod csvstream;
@@ -99,6 +100,24 @@ pub struct IngestArgs {
     /// 16.
     #[arg(long = "concurrency", env = "SKUFLOW_INGEST_CONCURRENCY")]
     pub concurrency: Option<usize>,
+    /// Messages of one upload produced at full speed; past them, the upload is large and its
+    /// messages go through the bulk lane (--bulk-records-per-sec).
+    #[arg(
+        long = "bulk-after-rows",
+        env = "SKUFLOW_BULK_AFTER_ROWS",
+        default_value_t = 100_000
+    )]
+    pub bulk_after_rows: u64,
+    /// Messages per second that all of a worker's large uploads together may produce past their
+    /// first --bulk-after-rows, so that the broker and the sinks keep room for the small uploads
+    /// that land meanwhile (every sink reads a partition in order: a small file's records wait
+    /// behind what a large upload produced before them). 0: large uploads are not held back.
+    #[arg(
+        long = "bulk-records-per-sec",
+        env = "SKUFLOW_BULK_RECORDS_PER_SEC",
+        default_value_t = 0
+    )]
+    pub bulk_records_per_sec: u64,
     /// Seconds before the scan queues an object again that is still in the incoming prefix; it
     /// does only when the object's request is final on the work queue (never while the request
     /// waits or its upload is being ingested).
@@ -240,6 +259,8 @@ impl IngestArgs {
             },
             single_copy_max_bytes: self.single_copy_max_bytes.min(worker::S3_SINGLE_COPY_MAX),
             report_cap: self.report_max_rows,
+            bulk_after_rows: self.bulk_after_rows,
+            bulk_records_per_sec: self.bulk_records_per_sec,
             ..IngestSettings::default()
         };
         settings.limits.max_record_bytes = self.max_record_bytes.max(1024);
@@ -253,6 +274,10 @@ impl IngestArgs {
                 countries,
                 template,
                 topics: topics.clone(),
+                bulk: std::sync::Arc::new(bulk::BulkLane::new(
+                    settings.bulk_after_rows,
+                    settings.bulk_records_per_sec,
+                )),
                 settings,
                 records,
                 control,

@@ -73,6 +73,10 @@ pub struct IngestSettings {
     /// Objects above this size are moved by a streamed multipart upload instead of one
     /// server-side copy (S3's CopyObject takes at most 5 GiB).
     pub single_copy_max_bytes: u64,
+    /// Messages of an upload before it goes through the bulk lane.
+    pub bulk_after_rows: u64,
+    /// The bulk lane's rate per worker; 0: none.
+    pub bulk_records_per_sec: u64,
 }
 
 /// The largest object S3 copies in one CopyObject request.
@@ -92,6 +96,8 @@ impl Default for IngestSettings {
             processed_prefix: "processed/".into(),
             errors_prefix: "errors/".into(),
             single_copy_max_bytes: S3_SINGLE_COPY_MAX,
+            bulk_after_rows: 100_000,
+            bulk_records_per_sec: 0,
         }
     }
 }
@@ -109,6 +115,8 @@ pub struct Ingestor {
     /// File lifecycle events and upload requests: a client of their own, so that they never
     /// queue behind a file's records (sharing one also cost more CPU in the ingest bench).
     pub control: Arc<RecordProducer>,
+    /// The rate the worker's large uploads share.
+    pub bulk: Arc<crate::bulk::BulkLane>,
 }
 
 /// The deterministic id of an upload version.
@@ -772,8 +780,20 @@ impl Ingestor {
             progress.clone(),
             ctx.file_id.clone(),
         );
+        let (bulk, bulk_after, mut sent) = (self.bulk.clone(), self.settings.bulk_after_rows, 0u64);
         let pass = self
             .run_pass(object, hint, (), move |ev, _| {
+                sent += 1;
+                if sent == 1 + bulk_after && bulk.holds(sent) {
+                    tracing::info!(file_id = %file_id, after_rows = bulk_after,
+                        "Large upload: its further records go through the worker's bulk lane.");
+                }
+                let waited = bulk.pace(sent);
+                if !waited.is_zero() {
+                    skuflow_platform::metrics::metrics()
+                        .bulk_lane_wait
+                        .inc_by(waited.as_secs_f64());
+                }
                 match ev {
                     RowEvent::Valid {
                         line,
