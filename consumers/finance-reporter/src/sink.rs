@@ -20,7 +20,7 @@ use tokio_postgres::Transaction;
 use skuflow_platform::consume::dead_letters;
 use skuflow_platform::pg::{self, classify, describe, is_retriable, is_row_error};
 use skuflow_platform::{Consumed, Refusal, Sink, SinkError};
-use skuflow_schemas::{RejectMessage, SkuRecord};
+use skuflow_schemas::{RejectMessage, SkuRecord, StoreCategory};
 
 use crate::migrations::{self, DAILY, DIMENSIONS, LINES, MEASURES, OFFSETS_TABLE, OUTBOX_TABLE};
 
@@ -71,9 +71,9 @@ static NO_CHAIN: &str = "";
 
 /// A line's values in the order of [`LINE_COLUMNS`].
 fn line_values<'a>(r: &'a SkuRecord, values: &mut Vec<&'a (dyn ToSql + Sync)>) {
-    let category: &'static &'static str = match r.store_category.as_str() {
-        "individual" => &INDIVIDUAL,
-        _ => &RETAIL_CHAIN,
+    let category: &'static &'static str = match r.store_category {
+        StoreCategory::Individual => &INDIVIDUAL,
+        StoreCategory::RetailChain => &RETAIL_CHAIN,
     };
     let chain: &'a (dyn ToSql + Sync) = match &r.chain {
         Some(c) => c,
@@ -595,5 +595,64 @@ impl Sink for FinanceSink {
         self.conn
             .clear_dead_letters(OUTBOX_TABLE, &self.group, ids)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    fn line(store: &str, category: &str, price: Decimal, cost: Option<Decimal>) -> SkuRecord {
+        let mut r = skuflow_e2e::synthetic_record(1);
+        r.store_id = store.into();
+        r.category = category.into();
+        r.unit_price = price;
+        r.unit_cost = cost;
+        r.units_sold = 3;
+        r.quantity_on_hand = 10;
+        r
+    }
+
+    #[test]
+    fn a_batch_is_summed_per_aggregate_row_as_the_sql_contribution_does() {
+        let rows = [
+            line("s1", "dairy", dec("2.50"), Some(dec("1.25"))),
+            line("s1", "dairy", dec("1.00"), None),
+            line("s2", "dairy", dec("4.00"), Some(dec("3.00"))),
+        ];
+        let indexed: Vec<(usize, &SkuRecord)> = rows.iter().enumerate().collect();
+        let c = Contribution::of(&indexed).unwrap();
+        assert_eq!(c.store_id.len(), 2);
+        let s1 = c.store_id.iter().position(|s| *s == "s1").unwrap();
+        let counts: Vec<i64> = c.counts.iter().map(|v| v[s1]).collect();
+        let amounts: Vec<Decimal> = c.amounts.iter().map(|v| v[s1]).collect();
+        // skus, skus with cost, units
+        assert_eq!(counts, vec![2, 1, 6]);
+        // revenue, revenue with cost, cost, stock at retail, stock at cost
+        assert_eq!(
+            amounts,
+            vec![
+                dec("10.50"),
+                dec("7.50"),
+                dec("3.75"),
+                dec("35.00"),
+                dec("12.50")
+            ]
+        );
+    }
+
+    #[test]
+    fn sums_beyond_exact_decimals_are_left_to_postgresql() {
+        let big = Decimal::MAX / Decimal::TWO;
+        let rows = [
+            line("s1", "dairy", big, None),
+            line("s1", "dairy", big, None),
+        ];
+        let indexed: Vec<(usize, &SkuRecord)> = rows.iter().enumerate().collect();
+        assert!(Contribution::of(&indexed).is_none());
     }
 }
