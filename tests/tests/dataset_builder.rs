@@ -260,10 +260,7 @@ async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
             r
         })
         .collect();
-    produce_more(&p, &mut positions, &mut all, wave).await;
-    let ends = common::ends_of(&positions, 3);
-    p.wait_committed(&first_group, &p.topics.records, &ends, WAIT)
-        .await;
+    produce_and_wait(&p, &first_group, &mut positions, &mut all, wave).await;
     let refused = "another dataset builder holds the dataset root (group";
     let seen = common::wait_until(WAIT, || p.logs().contains(refused));
     assert!(seen, "{}", p.logs());
@@ -283,6 +280,7 @@ async fn a_second_builder_on_the_same_root_waits_for_the_first_to_stop() {
         "{}",
         p.logs()
     );
+    let ends = common::ends_of(&positions, 3);
     p.wait_committed(&second_group, &p.topics.records, &ends, WAIT)
         .await;
     check_with_python(&p, root.path(), &newest(&all));
@@ -377,14 +375,7 @@ async fn two_builders_of_one_group_share_one_table_without_a_lease() {
         .flat_map(|i| [sample("SE", i, 20, 1000), sample("SE", i, 21, 1000)])
         .chain((0..300u64).map(|i| sample("NO", i, 21, 1000)))
         .collect();
-    produce_more(&p, &mut positions, &mut all, first).await;
-    p.wait_committed(
-        &group,
-        &p.topics.records,
-        &common::ends_of(&positions, 3),
-        WAIT,
-    )
-    .await;
+    produce_and_wait(&p, &group, &mut positions, &mut all, first).await;
     // Compaction is due at the builders' next batches.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // A later upload corrects a third of SE's first day: its medians move, and both builders
@@ -398,14 +389,7 @@ async fn two_builders_of_one_group_share_one_table_without_a_lease() {
             r
         })
         .collect();
-    produce_more(&p, &mut positions, &mut all, wave).await;
-    p.wait_committed(
-        &group,
-        &p.topics.records,
-        &common::ends_of(&positions, 3),
-        WAIT,
-    )
-    .await;
+    produce_and_wait(&p, &group, &mut positions, &mut all, wave).await;
     let log = table_log(root.path());
     let hosts: std::collections::BTreeSet<&str> = log.iter().map(|v| v.host.as_str()).collect();
     assert!(
@@ -527,6 +511,24 @@ async fn produce_more(
     let messages = skuflow_e2e::record_messages(&records);
     positions.extend(produce(&p.stack.brokers, &p.topics.records, &messages).await);
     all.extend(records);
+}
+
+/// [`produce_more`], then waits until `group` has committed everything produced so far.
+async fn produce_and_wait(
+    p: &Pipeline,
+    group: &str,
+    positions: &mut Vec<(i32, i64)>,
+    all: &mut Vec<SkuRecord>,
+    records: Vec<SkuRecord>,
+) {
+    produce_more(p, positions, all, records).await;
+    p.wait_committed(
+        group,
+        &p.topics.records,
+        &common::ends_of(positions, 3),
+        WAIT,
+    )
+    .await;
 }
 
 /// The consumer groups of the builders that committed versions of the table at `root`.
