@@ -27,7 +27,7 @@ use crate::migrations::{self, DAILY, DIMENSIONS, LINES, MEASURES, OFFSETS_TABLE,
 /// The sink's name: its dead letters' stage.
 const SINK_NAME: &str = "finance-reporter";
 
-/// Columns of a line, in the order of the staging insert.
+/// Columns of a line, in the order of its COPY.
 const LINE_COLUMNS: [&str; 15] = [
     "country",
     "store_id",
@@ -270,15 +270,6 @@ struct Statements {
 impl Statements {
     fn new() -> Self {
         let cols = LINE_COLUMNS.join(", ");
-        let types = [
-            "text", "text", "text", "date", "int8", "text", "text", "text", "text", "text",
-            "numeric", "numeric", "int4", "int4", "text",
-        ];
-        let arrays: Vec<String> = types
-            .iter()
-            .enumerate()
-            .map(|(i, t)| format!("${}::{t}[]", i + 1))
-            .collect();
         let key = "country, store_id, sku, business_date";
         let updates: Vec<String> = LINE_COLUMNS[4..]
             .iter()
@@ -302,10 +293,7 @@ impl Statements {
                  CREATE TEMP TABLE IF NOT EXISTS fin_contrib ON COMMIT DELETE ROWS AS\n\
                  SELECT {dims}, {measures} FROM {DAILY} WITH NO DATA"
             ),
-            stage: format!(
-                "INSERT INTO fin_staging ({cols}) SELECT * FROM UNNEST({})",
-                arrays.join(", ")
-            ),
+            stage: format!("COPY fin_staging ({cols}) FROM STDIN (FORMAT binary)"),
             take_old: format!(
                 "WITH old AS (\n\
                      SELECT l.* FROM {LINES} l JOIN fin_staging s USING ({key})\n\
@@ -347,74 +335,6 @@ impl Statements {
                 dim_match.join(" AND ")
             ),
         }
-    }
-}
-
-/// Column arrays of a set of records, for the staging insert (borrowed from the records).
-#[derive(Default)]
-struct Columns<'a> {
-    country: Vec<&'a str>,
-    store_id: Vec<&'a str>,
-    sku: Vec<&'a str>,
-    business_date: Vec<chrono::NaiveDate>,
-    record_version: Vec<i64>,
-    record_id: Vec<&'a str>,
-    store_category: Vec<&'static str>,
-    chain: Vec<&'a str>,
-    category: Vec<&'a str>,
-    currency: Vec<&'a str>,
-    unit_price: Vec<Decimal>,
-    unit_cost: Vec<Option<Decimal>>,
-    units_sold: Vec<i32>,
-    quantity_on_hand: Vec<i32>,
-    file_id: Vec<&'a str>,
-}
-
-impl<'a> Columns<'a> {
-    fn of(records: impl IntoIterator<Item = &'a SkuRecord>) -> Self {
-        let mut c = Columns::default();
-        for r in records {
-            c.country.push(&r.country);
-            c.store_id.push(&r.store_id);
-            c.sku.push(&r.sku);
-            c.business_date.push(r.business_date);
-            c.record_version.push(r.record_version);
-            c.record_id.push(&r.record_id);
-            c.store_category.push(r.store_category.as_str());
-            c.chain.push(r.chain.as_deref().unwrap_or(""));
-            c.category.push(&r.category);
-            c.currency.push(&r.currency);
-            c.unit_price.push(r.unit_price);
-            c.unit_cost.push(r.unit_cost);
-            c.units_sold.push(r.units_sold);
-            c.quantity_on_hand.push(r.quantity_on_hand);
-            c.file_id.push(&r.file_id);
-        }
-        c
-    }
-
-    async fn stage(&self, tx: &Transaction<'_>, sql: &str) -> Result<u64, tokio_postgres::Error> {
-        tx.execute(
-            sql,
-            &[
-                &self.country,
-                &self.store_id,
-                &self.sku,
-                &self.business_date,
-                &self.record_version,
-                &self.record_id,
-                &self.store_category,
-                &self.chain,
-                &self.category,
-                &self.currency,
-                &self.unit_price,
-                &self.unit_cost,
-                &self.units_sold,
-                &self.quantity_on_hand,
-                &self.file_id,
-            ],
-        )
-        .await
     }
 }
 
@@ -467,11 +387,7 @@ impl FinanceSink {
             None => false,
             Some(contribution) => {
                 let savepoint = tx.savepoint("direct").await?;
-                match pg::copy_binary(&savepoint, &sql.copy_lines, &LINE_TYPES, rows, |row, v| {
-                    line_values(row.1, v)
-                })
-                .await
-                {
+                match copy_lines(&savepoint, &sql.copy_lines, rows).await {
                     Ok(_) => {
                         savepoint.commit().await?;
                         contribution.add_to_daily(&tx, &sql.add_daily).await?;
@@ -487,9 +403,9 @@ impl FinanceSink {
         };
         if !direct {
             if isolate {
-                for (index, rec) in rows {
+                for row @ (index, _) in rows {
                     tx.batch_execute("SAVEPOINT line").await?;
-                    match merge(&tx, sql, &Columns::of([*rec])).await {
+                    match merge(&tx, sql, std::slice::from_ref(row)).await {
                         Ok(()) => tx.batch_execute("RELEASE SAVEPOINT line").await?,
                         Err(e) if is_row_error(&e) => {
                             tx.batch_execute("ROLLBACK TO SAVEPOINT line").await?;
@@ -503,7 +419,7 @@ impl FinanceSink {
                     }
                 }
             } else {
-                merge(&tx, sql, &Columns::of(rows.iter().map(|(_, r)| *r))).await?;
+                merge(&tx, sql, rows).await?;
             }
             tx.execute(sql.aggregate.as_str(), &[]).await?;
             tx.execute(sql.drop_empty.as_str(), &[]).await?;
@@ -516,13 +432,22 @@ impl FinanceSink {
     }
 }
 
-/// Stages `cols`, takes away the contributions of the lines they replace and adds theirs.
+/// COPYs `rows` as lines with `sql` (into the lines, or into the staging table).
+async fn copy_lines(
+    tx: &Transaction<'_>,
+    sql: &str,
+    rows: &[(usize, &SkuRecord)],
+) -> Result<u64, tokio_postgres::Error> {
+    pg::copy_binary(tx, sql, &LINE_TYPES, rows, |row, v| line_values(row.1, v)).await
+}
+
+/// Stages `rows`, takes away the contributions of the lines they replace and adds theirs.
 async fn merge(
     tx: &Transaction<'_>,
     sql: &Statements,
-    cols: &Columns<'_>,
+    rows: &[(usize, &SkuRecord)],
 ) -> Result<(), tokio_postgres::Error> {
-    cols.stage(tx, &sql.stage).await?;
+    copy_lines(tx, &sql.stage, rows).await?;
     tx.execute(sql.take_old.as_str(), &[]).await?;
     tx.execute(sql.put_new.as_str(), &[]).await?;
     tx.execute(sql.clear_stage.as_str(), &[]).await?;

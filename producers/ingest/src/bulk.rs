@@ -43,6 +43,16 @@ impl BulkLane {
         self.per_sec > 0.0 && n > self.after_rows
     }
 
+    /// Whether an upload's `n`-th message is its first through the lane (the upload is large).
+    pub fn enters(&self, n: u64) -> bool {
+        self.holds(n) && n == self.after_rows + 1
+    }
+
+    /// Messages of an upload before it goes through the lane.
+    pub fn after_rows(&self) -> u64 {
+        self.after_rows
+    }
+
     /// Called on the scanning thread after an upload's `n`-th message: blocks while the lane's
     /// rate is spent. Returns the time it waited.
     pub fn pace(&self, n: u64) -> Duration {
@@ -81,6 +91,7 @@ mod tests {
         let lane = BulkLane::new(1000, 500);
         assert!(!lane.holds(1000));
         assert!(lane.holds(1001));
+        assert!(lane.enters(1001) && !lane.enters(1002) && !lane.enters(1000));
         for n in 1..=1000 {
             assert_eq!(lane.pace(n), Duration::ZERO);
         }

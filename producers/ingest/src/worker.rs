@@ -780,12 +780,12 @@ impl Ingestor {
             progress.clone(),
             ctx.file_id.clone(),
         );
-        let (bulk, bulk_after, mut sent) = (self.bulk.clone(), self.settings.bulk_after_rows, 0u64);
+        let (bulk, mut sent) = (self.bulk.clone(), 0u64);
         let pass = self
             .run_pass(object, hint, (), move |ev, _| {
                 sent += 1;
-                if sent == 1 + bulk_after && bulk.holds(sent) {
-                    tracing::info!(file_id = %file_id, after_rows = bulk_after,
+                if bulk.enters(sent) {
+                    tracing::info!(file_id = %file_id, after_rows = bulk.after_rows(),
                         "Large upload: its further records go through the worker's bulk lane.");
                 }
                 let waited = bulk.pace(sent);
