@@ -193,7 +193,8 @@ pub struct DatasetSink {
     maintenance: Maintenance,
     /// When this builder last vacuumed (none yet: at the first chance).
     vacuumed_at: Option<std::time::Instant>,
-    /// When this builder last compacted small files (none yet: at the first chance).
+    /// When this builder last compacted small files (none: at the first chance, which a
+    /// builder holding no partition never has).
     optimized_at: Option<std::time::Instant>,
 }
 
@@ -257,6 +258,8 @@ impl DatasetSink {
         let every = self.maintenance.optimize_every;
         if every.is_zero()
             || self.table.is_none()
+            // Nothing is its to compact: the first chance is kept for when partitions come.
+            || self.assigned.as_ref().is_some_and(BTreeSet::is_empty)
             || self.optimized_at.is_some_and(|t| t.elapsed() < every)
         {
             return;
@@ -1318,7 +1321,17 @@ impl Sink for DatasetSink {
     ) -> Result<HashMap<i32, i64>, SinkError> {
         // Called after every rebalance: another builder may have committed meanwhile.
         self.forget();
-        self.assigned = Some(partitions.iter().copied().collect());
+        let now: BTreeSet<i32> = partitions.iter().copied().collect();
+        // Partitions taken over (from a builder that stopped, or after holding none) are
+        // compacted at the first chance rather than at the next interval.
+        if self
+            .assigned
+            .as_ref()
+            .is_some_and(|was| !now.is_subset(was))
+        {
+            self.optimized_at = None;
+        }
+        self.assigned = Some(now);
         let read = async {
             self.ensure_table().await?;
             let table = self.table.as_ref().ok_or_else(|| anyhow!("no table"))?;
@@ -1901,6 +1914,73 @@ mod tests {
         assert_eq!(again.len(), 200);
         assert_eq!(again["S0-001"].1.record_version, 2);
         assert_eq!(files_at(root.path(), None).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn scheduled_compaction_waits_for_partitions_and_comes_again_when_more_are_taken_over() {
+        let root = tempfile::tempdir().unwrap();
+        let every = std::time::Duration::from_secs(3600);
+        let mut writer = fresh_sink(root.path()).with_maintenance(Maintenance {
+            optimize_every: std::time::Duration::ZERO,
+            ..Maintenance::default()
+        });
+        let mut offset = 0;
+        for b in 0..3 {
+            let batch: Vec<Consumed<SkuRecord>> = (0..20)
+                .map(|i| {
+                    offset += 1;
+                    at(0, offset, priced(&format!("S{b}-{i:03}"), 1, 100 + i))
+                })
+                .collect();
+            writer
+                .write("t", &batch, &BTreeMap::from([(0, offset + 1)]))
+                .await
+                .unwrap();
+        }
+        assert_eq!(files_at(root.path(), None).await.len(), 3);
+        let mut sink = fresh_sink(root.path()).with_maintenance(Maintenance {
+            optimize_every: every,
+            ..Maintenance::default()
+        });
+        // A member the group left without partitions compacts nothing and keeps its chance.
+        sink.durable_offsets("t", &[]).await.unwrap();
+        sink.maintain().await;
+        assert_eq!(files_at(root.path(), None).await.len(), 3);
+        // Given partition 1 (whose files are none), then partition 0 besides: the first
+        // chance after taking partition 0 over compacts its files.
+        sink.durable_offsets("t", &[1]).await.unwrap();
+        sink.maintain().await;
+        writer.forget();
+        for b in 3..5 {
+            let batch: Vec<Consumed<SkuRecord>> = (0..20)
+                .map(|i| {
+                    offset += 1;
+                    at(0, offset, priced(&format!("S{b}-{i:03}"), 1, 100 + i))
+                })
+                .collect();
+            writer
+                .write("t", &batch, &BTreeMap::from([(0, offset + 1)]))
+                .await
+                .unwrap();
+        }
+        assert_eq!(files_at(root.path(), None).await.len(), 5);
+        sink.durable_offsets("t", &[0, 1]).await.unwrap();
+        sink.maintain().await;
+        assert_eq!(files_at(root.path(), None).await.len(), 1);
+        // Then not again before the interval.
+        writer.forget();
+        offset += 1;
+        writer
+            .write(
+                "t",
+                &[at(0, offset, priced("S9-000", 1, 1))],
+                &BTreeMap::from([(0, offset + 1)]),
+            )
+            .await
+            .unwrap();
+        sink.durable_offsets("t", &[0, 1]).await.unwrap();
+        sink.maintain().await;
+        assert_eq!(files_at(root.path(), None).await.len(), 2);
     }
 
     #[tokio::test]
