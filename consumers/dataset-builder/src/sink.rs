@@ -1916,6 +1916,21 @@ mod tests {
         assert_eq!(files_at(root.path(), None).await.len(), 1);
     }
 
+    /// Writes 20 new keys (`S{b}-…`) on partition 0 after `offset` as one batch, so one new
+    /// file; the last offset used.
+    async fn write_new_keys(sink: &mut DatasetSink, b: usize, mut offset: i64) -> i64 {
+        let batch: Vec<Consumed<SkuRecord>> = (0..20)
+            .map(|i| {
+                offset += 1;
+                at(0, offset, priced(&format!("S{b}-{i:03}"), 1, 100 + i))
+            })
+            .collect();
+        sink.write("t", &batch, &BTreeMap::from([(0, offset + 1)]))
+            .await
+            .unwrap();
+        offset
+    }
+
     #[tokio::test]
     async fn scheduled_compaction_waits_for_partitions_and_comes_again_when_more_are_taken_over() {
         let root = tempfile::tempdir().unwrap();
@@ -1926,16 +1941,7 @@ mod tests {
         });
         let mut offset = 0;
         for b in 0..3 {
-            let batch: Vec<Consumed<SkuRecord>> = (0..20)
-                .map(|i| {
-                    offset += 1;
-                    at(0, offset, priced(&format!("S{b}-{i:03}"), 1, 100 + i))
-                })
-                .collect();
-            writer
-                .write("t", &batch, &BTreeMap::from([(0, offset + 1)]))
-                .await
-                .unwrap();
+            offset = write_new_keys(&mut writer, b, offset).await;
         }
         assert_eq!(files_at(root.path(), None).await.len(), 3);
         let mut sink = fresh_sink(root.path()).with_maintenance(Maintenance {
@@ -1952,16 +1958,7 @@ mod tests {
         sink.maintain().await;
         writer.forget();
         for b in 3..5 {
-            let batch: Vec<Consumed<SkuRecord>> = (0..20)
-                .map(|i| {
-                    offset += 1;
-                    at(0, offset, priced(&format!("S{b}-{i:03}"), 1, 100 + i))
-                })
-                .collect();
-            writer
-                .write("t", &batch, &BTreeMap::from([(0, offset + 1)]))
-                .await
-                .unwrap();
+            offset = write_new_keys(&mut writer, b, offset).await;
         }
         assert_eq!(files_at(root.path(), None).await.len(), 5);
         sink.durable_offsets("t", &[0, 1]).await.unwrap();
