@@ -1846,15 +1846,7 @@ mod tests {
         });
         let mut offset = 0;
         for b in 0..4 {
-            let batch: Vec<Consumed<SkuRecord>> = (0..50)
-                .map(|i| {
-                    offset += 1;
-                    at(0, offset, priced(&format!("S{b}-{i:03}"), 1, 100 + i))
-                })
-                .collect();
-            sink.write("t", &batch, &BTreeMap::from([(0, offset + 1)]))
-                .await
-                .unwrap();
+            offset = write_new_keys(&mut sink, b, 50, offset).await;
         }
         let four = files_at(root.path(), None).await;
         assert_eq!(four.len(), 4, "one file per batch of new keys: {four:?}");
@@ -1916,10 +1908,10 @@ mod tests {
         assert_eq!(files_at(root.path(), None).await.len(), 1);
     }
 
-    /// Writes 20 new keys (`S{b}-…`) on partition 0 after `offset` as one batch, so one new
-    /// file; the last offset used.
-    async fn write_new_keys(sink: &mut DatasetSink, b: usize, mut offset: i64) -> i64 {
-        let batch: Vec<Consumed<SkuRecord>> = (0..20)
+    /// Writes `keys` new keys (`S{b}-…`) on partition 0 after `offset` as one batch, so one
+    /// new file; the last offset used.
+    async fn write_new_keys(sink: &mut DatasetSink, b: usize, keys: i64, mut offset: i64) -> i64 {
+        let batch: Vec<Consumed<SkuRecord>> = (0..keys)
             .map(|i| {
                 offset += 1;
                 at(0, offset, priced(&format!("S{b}-{i:03}"), 1, 100 + i))
@@ -1941,7 +1933,7 @@ mod tests {
         });
         let mut offset = 0;
         for b in 0..3 {
-            offset = write_new_keys(&mut writer, b, offset).await;
+            offset = write_new_keys(&mut writer, b, 20, offset).await;
         }
         assert_eq!(files_at(root.path(), None).await.len(), 3);
         let mut sink = fresh_sink(root.path()).with_maintenance(Maintenance {
@@ -1958,7 +1950,7 @@ mod tests {
         sink.maintain().await;
         writer.forget();
         for b in 3..5 {
-            offset = write_new_keys(&mut writer, b, offset).await;
+            offset = write_new_keys(&mut writer, b, 20, offset).await;
         }
         assert_eq!(files_at(root.path(), None).await.len(), 5);
         sink.durable_offsets("t", &[0, 1]).await.unwrap();
