@@ -188,6 +188,7 @@ async fn main() {
         got, want,
         "the write path's aggregates differ from the GROUP BY's"
     );
+    let size = ConsumeArgs::default().batch_size as usize;
     let tenth = (load_times.len() / 10).max(1);
     let mean = |d: &[Duration]| d.iter().sum::<Duration>().as_secs_f64() / d.len() as f64;
     let (early, late) = (
@@ -197,14 +198,26 @@ async fn main() {
 
     // (b) again with the records in upload order: a store's day after another, as files
     // deliver them, so that a batch touches a few aggregate rows instead of thousands.
-    let mut in_order = records.clone();
-    in_order.sort_by(|x, y| {
-        (&x.store_id, x.business_date, &x.sku).cmp(&(&y.store_id, y.business_date, &y.sku))
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by_key(|&i| {
+        let r = &records[i];
+        (&r.store_id, r.business_date, &r.sku)
     });
+    let in_order: Vec<Consumed<SkuRecord>> = order
+        .iter()
+        .enumerate()
+        .map(|(offset, &i)| Consumed {
+            partition: 0,
+            offset: offset as i64,
+            value: records[i].clone(),
+        })
+        .collect();
+    drop(order);
     let mut sink_u = FinanceSink::new(&url_u, "bench");
     sink_u.connect().await.unwrap();
     let t = Instant::now();
-    write_all(&mut sink_u, &consumed(&in_order, 0)).await;
+    write_all(&mut sink_u, &in_order).await;
+    drop(in_order);
     write_all(&mut sink_u, &again).await;
     let b_upload_order = t.elapsed();
     assert_eq!(
@@ -270,6 +283,23 @@ async fn main() {
         late * 1e3,
         early * 1e3,
         if late / early <= 1.5 { "ok" } else { "MISSED" }
+    );
+    // The mean batch cost over each tenth of the first load, with the lines stored before it.
+    let tenths: Vec<String> = load_times
+        .chunks(tenth)
+        .take(10)
+        .enumerate()
+        .map(|(k, d)| {
+            format!(
+                "{:.0} ms at {:.2}M",
+                mean(d) * 1e3,
+                (k * tenth) as f64 * size as f64 / 1e6
+            )
+        })
+        .collect();
+    println!(
+        "  batch cost by tenth of the first load (lines stored before it): {}",
+        tenths.join(", ")
     );
     if let Some((c, total)) = end_to_end {
         println!(
