@@ -141,13 +141,11 @@ async fn main() {
     // loader, timed apart), then one INSERT … SELECT … GROUP BY.
     let first = consumed(&records, 0);
     let again = consumed(&corrections, n as i64);
+    let size = ConsumeArgs::default().batch_size as usize;
     let mut loader = PgSink::new(&url_a, "bench");
     loader.connect().await.unwrap();
     let t = Instant::now();
-    for chunk in first
-        .chunks(ConsumeArgs::default().batch_size as usize)
-        .chain(again.chunks(ConsumeArgs::default().batch_size as usize))
-    {
+    for chunk in first.chunks(size).chain(again.chunks(size)) {
         let offsets = BTreeMap::from([(0, chunk.last().unwrap().offset + 1)]);
         loader.write("bench", chunk, &offsets).await.unwrap();
     }
@@ -188,7 +186,6 @@ async fn main() {
         got, want,
         "the write path's aggregates differ from the GROUP BY's"
     );
-    let size = ConsumeArgs::default().batch_size as usize;
     let tenth = (load_times.len() / 10).max(1);
     let mean = |d: &[Duration]| d.iter().sum::<Duration>().as_secs_f64() / d.len() as f64;
     let (early, late) = (
