@@ -28,6 +28,19 @@ pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// A store category as a PostgreSQL text value, for COPY and query parameters.
+pub fn store_category_value(
+    category: skuflow_schemas::StoreCategory,
+) -> &'static (dyn tokio_postgres::types::ToSql + Sync) {
+    use skuflow_schemas::StoreCategory;
+    static INDIVIDUAL: &str = StoreCategory::Individual.as_str();
+    static RETAIL_CHAIN: &str = StoreCategory::RetailChain.as_str();
+    match category {
+        StoreCategory::Individual => &INDIVIDUAL,
+        StoreCategory::RetailChain => &RETAIL_CHAIN,
+    }
+}
+
 /// COPYs `rows` in binary format with `sql` (a `COPY … FROM STDIN (FORMAT binary)`) in `tx`;
 /// `fill` puts one row's values, in the order of `types`, into the vector it is given.
 pub async fn copy_binary<'a, R: Sync>(

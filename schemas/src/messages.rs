@@ -18,7 +18,7 @@ pub enum StoreCategory {
 }
 
 impl StoreCategory {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             StoreCategory::Individual => "individual",
             StoreCategory::RetailChain => "retail_chain",

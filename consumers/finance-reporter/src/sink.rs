@@ -20,7 +20,7 @@ use tokio_postgres::Transaction;
 use skuflow_platform::consume::dead_letters;
 use skuflow_platform::pg::{self, classify, describe, is_retriable, is_row_error};
 use skuflow_platform::{Consumed, Refusal, Sink, SinkError};
-use skuflow_schemas::{RejectMessage, SkuRecord, StoreCategory};
+use skuflow_schemas::{RejectMessage, SkuRecord};
 
 use crate::migrations::{self, DAILY, DIMENSIONS, LINES, MEASURES, OFFSETS_TABLE, OUTBOX_TABLE};
 
@@ -65,16 +65,10 @@ const LINE_TYPES: [Type; 15] = [
     Type::TEXT,
 ];
 
-static INDIVIDUAL: &str = "individual";
-static RETAIL_CHAIN: &str = "retail_chain";
 static NO_CHAIN: &str = "";
 
 /// A line's values in the order of [`LINE_COLUMNS`].
 fn line_values<'a>(r: &'a SkuRecord, values: &mut Vec<&'a (dyn ToSql + Sync)>) {
-    let category: &'static &'static str = match r.store_category {
-        StoreCategory::Individual => &INDIVIDUAL,
-        StoreCategory::RetailChain => &RETAIL_CHAIN,
-    };
     let chain: &'a (dyn ToSql + Sync) = match &r.chain {
         Some(c) => c,
         None => &NO_CHAIN,
@@ -86,7 +80,7 @@ fn line_values<'a>(r: &'a SkuRecord, values: &mut Vec<&'a (dyn ToSql + Sync)>) {
         &r.business_date,
         &r.record_version,
         &r.record_id,
-        category,
+        pg::store_category_value(r.store_category),
         chain,
         &r.category,
         &r.currency,

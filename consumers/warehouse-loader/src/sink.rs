@@ -12,7 +12,7 @@ use skuflow_platform::consume::dead_letters;
 use skuflow_platform::pg::{classify, describe, is_retriable, is_row_error};
 use skuflow_platform::{pg, Consumed, Refusal, Sink, SinkError};
 use skuflow_schemas::postgres::{column_names, NATURAL_KEY};
-use skuflow_schemas::{record_fields, FieldType, RejectMessage, SkuRecord, StoreCategory};
+use skuflow_schemas::{record_fields, FieldType, RejectMessage, SkuRecord};
 
 use crate::migrations::{self, FACT_TABLE, OFFSETS_TABLE, OUTBOX_TABLE, PARTITION_LOCK};
 
@@ -34,9 +34,6 @@ async fn copy_rows(
 /// The sink's name: its dead letters' stage.
 const SINK_NAME: &str = "warehouse-loader";
 
-static INDIVIDUAL: &str = "individual";
-static RETAIL_CHAIN: &str = "retail_chain";
-
 /// The value of column `name` of a record, for COPY and INSERT.
 pub fn column_value<'a>(rec: &'a SkuRecord, name: &str) -> &'a (dyn ToSql + Sync) {
     match name {
@@ -44,10 +41,7 @@ pub fn column_value<'a>(rec: &'a SkuRecord, name: &str) -> &'a (dyn ToSql + Sync
         "record_version" => &rec.record_version,
         "country" => &rec.country,
         "store_id" => &rec.store_id,
-        "store_category" => match rec.store_category {
-            StoreCategory::Individual => &INDIVIDUAL,
-            StoreCategory::RetailChain => &RETAIL_CHAIN,
-        },
+        "store_category" => pg::store_category_value(rec.store_category),
         "chain" => &rec.chain,
         "sku" => &rec.sku,
         "product_name" => &rec.product_name,
